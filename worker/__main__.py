@@ -1,0 +1,5 @@
+"""``python -m worker`` is ``cancel-orders``."""
+
+from worker.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""Access tokens: OAuth2 client credentials (cached, refreshed ahead of expiry, one refresh for
+everyone on a 401) or a static token given by the user."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Protocol
+
+import aiohttp
+import structlog
+
+from worker.clock import Clock
+from worker.errors import FatalApiError
+from worker.limiter import RateLimiter
+from worker.retry import Backoff
+
+log = structlog.get_logger(__name__)
+
+
+class TokenProvider(Protocol):
+    """What the dispatcher needs from authentication."""
+
+    async def get(self) -> str:
+        """A token believed valid now."""
+        ...
+
+    async def refresh(self, stale: str) -> str:
+        """A token other than ``stale``: refreshed once for all callers that saw it fail."""
+        ...
+
+
+class StaticToken:
+    """A ready bearer token: no refresh, so a 401 is final for the run."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def get(self) -> str:
+        """The given token."""
+        return self._token
+
+    async def refresh(self, stale: str) -> str:
+        """Cannot refresh: the run must stop."""
+        raise FatalApiError(
+            "the API answered 401 to the given access token (MOUVONE_ACCESS_TOKEN): "
+            "it is invalid or expired, or the API key is wrong"
+        )
+
+
+class ClientCredentials:
+    """OAuth2 client-credentials grant against the token endpoint."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        limiter: RateLimiter,
+        clock: Clock,
+        timeout_s: float,
+        max_attempts: int,
+        backoff: Backoff,
+        on_token: Callable[[str], None] = lambda _token: None,
+    ) -> None:
+        self._session = session
+        self._url = token_url
+        self._form = {
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret,
+        }
+        self._limiter = limiter
+        self._clock = clock
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._on_token = on_token
+        self._lock = asyncio.Lock()
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self.refreshes = 0
+
+    async def get(self) -> str:
+        """The cached token, fetched when missing or due for refresh."""
+        token = self._token
+        if token is not None and self._clock.monotonic() < self._refresh_at:
+            return token
+        async with self._lock:
+            if self._token is None or self._clock.monotonic() >= self._refresh_at:
+                await self._fetch()
+            assert self._token is not None
+            return self._token
+
+    async def refresh(self, stale: str) -> str:
+        """Refresh unless another caller already replaced ``stale``."""
+        async with self._lock:
+            if self._token is None or self._token == stale:
+                await self._fetch()
+            assert self._token is not None
+            return self._token
+
+    async def _fetch(self) -> None:
+        for attempt in range(1, self._max_attempts + 1):
+            problem = await self._try_fetch()
+            if problem is None:
+                return
+            if attempt < self._max_attempts:
+                delay = self._backoff.delay(attempt)
+                log.warning("token_retry", attempt=attempt, problem=problem, delay_s=round(delay, 3))
+                await self._clock.sleep(delay)
+        raise FatalApiError(f"no access token after {self._max_attempts} attempts: {problem}")
+
+    async def _try_fetch(self) -> str | None:
+        """One token request; None on success, else what went wrong (retryable)."""
+        await self._limiter.acquire()
+        try:
+            async with self._session.post(self._url, data=self._form, timeout=self._timeout) as r:
+                body = await r.read()
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return f"token endpoint unreachable: {type(exc).__name__}"
+        if status in (400, 401, 403):
+            raise FatalApiError(
+                f"the token endpoint refused the client credentials (HTTP {status}"
+                f"{_oauth_error(body)}): check MOUVONE_CLIENT_ID and MOUVONE_CLIENT_SECRET"
+            )
+        if status != 200:
+            return f"token endpoint answered HTTP {status}"
+        try:
+            data = json.loads(body)
+            token = str(data["access_token"])
+            expires_in = float(data.get("expires_in", 300))
+        except (ValueError, KeyError, TypeError):
+            return "token endpoint answered an unreadable body"
+        self._on_token(token)
+        self._token = token
+        self._refresh_at = self._clock.monotonic() + expires_in - min(60.0, expires_in / 5)
+        self.refreshes += 1
+        log.debug("token_refreshed", expires_in=expires_in)
+        return None
+
+
+def _oauth_error(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ""
+    if isinstance(data, dict):
+        err = data.get("error") or data.get("message")
+        if isinstance(err, str):
+            return f": {err[:100]}"
+    return ""

@@ -1,0 +1,118 @@
+"""Pure classification: (HTTP status, API error code, transport failure) -> verdict.
+
+The mapping is data, read from ``config/outcomes.toml`` or a user's override of it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from worker.config import defaults_file
+from worker.errors import ConfigError
+from worker.models import FINAL, Outcome
+
+
+class Action(StrEnum):
+    """What the dispatcher does with an answer."""
+
+    FINAL = "final"
+    RETRY = "retry"
+    FATAL = "fatal"
+    THROTTLE = "throttle"
+    QUOTA = "quota"
+    REAUTH = "reauth"
+
+
+TRANSPORT_FAILURES = ("timeout", "connection", "unreadable")
+# The error_code recorded for answers that carry no API code.
+TRANSPORT_CODES = {
+    "timeout": "TIMEOUT",
+    "connection": "CONNECTION_ERROR",
+    "unreadable": "UNREADABLE_RESPONSE",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The classification of one answer."""
+
+    action: Action
+    outcome: Outcome | None = None  # set when action is FINAL
+
+
+def _parse_verdict(value: Any, where: str) -> Verdict:
+    if not isinstance(value, str):
+        raise ConfigError(f"outcome table: {where}: verdict must be a string, got {value!r}")
+    if value in {o.value for o in FINAL}:
+        return Verdict(Action.FINAL, Outcome(value))
+    if value in {a.value for a in Action if a is not Action.FINAL}:
+        return Verdict(Action(value))
+    allowed = sorted({o.value for o in FINAL} | {a.value for a in Action} - {"final"})
+    raise ConfigError(f"outcome table: {where}: unknown verdict {value!r} (one of {allowed})")
+
+
+@dataclass(frozen=True)
+class OutcomeTable:
+    """Lookup tables built once from the TOML data."""
+
+    by_status: dict[str, Verdict]
+    by_code: dict[str, dict[str, Verdict]]
+    transport: dict[str, Verdict]
+    default: Verdict
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> OutcomeTable:
+        """Read a table file (the shipped one when path is None)."""
+        source = path or defaults_file("outcomes.toml")
+        try:
+            data = tomllib.loads(source.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read the outcome table: {exc}") from None
+        return cls.from_dict(data, str(source))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], name: str = "table") -> OutcomeTable:
+        """Validate and index the table's data."""
+        by_status: dict[str, Verdict] = {}
+        by_code: dict[str, dict[str, Verdict]] = {}
+        for status, entry in data.get("status", {}).items():
+            where = f"{name}: status.{status}"
+            if "verdict" in entry:
+                by_status[status] = _parse_verdict(entry["verdict"], where)
+            codes = entry.get("codes", {})
+            by_code[status] = {c: _parse_verdict(v, f"{where}.codes.{c}") for c, v in codes.items()}
+        transport = {
+            kind: _parse_verdict(data.get("transport", {}).get(kind, "retry"), f"transport.{kind}")
+            for kind in TRANSPORT_FAILURES
+        }
+        default = _parse_verdict(data.get("default", {}).get("verdict", "retry"), "default")
+        return cls(by_status, by_code, transport, default)
+
+    def classify(self, status: int | None, code: str | None, failure: str | None) -> Verdict:
+        """Decide what an answer means; pure and total."""
+        if failure is not None:
+            return self.transport.get(failure, self.default)
+        if status is None:
+            return self.transport["connection"]
+        key = str(status)
+        if code is not None:
+            for group in (key, f"{key[0]}xx"):
+                found = self.by_code.get(group, {}).get(code)
+                if found is not None:
+                    return found
+        return self.by_status.get(key) or self.by_status.get(f"{key[0]}xx") or self.default
+
+
+def error_code_for(status: int | None, code: str | None, failure: str | None) -> str | None:
+    """The error_code recorded for an answer: the API's, else a descriptive stand-in."""
+    if code:
+        return code
+    if failure is not None:
+        return TRANSPORT_CODES.get(failure, failure.upper())
+    if status is None or status == 200:
+        return None
+    return f"HTTP_{status}"

@@ -1,0 +1,254 @@
+"""The command line: parse, load settings, configure logs, run, map the result to an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, suppress
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from worker import __version__
+from worker.config import Settings, load_settings
+from worker.dispatcher import RunControl
+from worker.errors import ConfigError, WorkerError
+from worker.ledger import Ledger
+from worker.logs import configure
+from worker.models import Outcome
+from worker.report import render_run, write_csv, write_json, write_table
+from worker.runner import RunOptions, Runner, new_run_id
+from worker.sources import IdValidator, OrderSource
+from worker.sources.csv_file import CsvSource, spool_stdin
+from worker.sources.ledger_source import LedgerSource
+
+log = structlog.get_logger(__name__)
+
+# flag dest -> settings key; every setting has a flag.
+SETTING_FLAGS = {
+    "ledger": ("--ledger", Path, "PATH", "ledger path (MOUVONE_LEDGER)"),
+    "base_url": ("--base-url", str, "URL", "API base URL (MOUVONE_BASE_URL)"),
+    "token_url": ("--token-url", str, "URL", "OAuth2 token endpoint (MOUVONE_TOKEN_URL)"),
+    "client_id": ("--client-id", str, "ID", "OAuth2 client id (MOUVONE_CLIENT_ID)"),
+    "client_secret": ("--client-secret", str, "SECRET",
+                      "OAuth2 client secret (prefer MOUVONE_CLIENT_SECRET)"),
+    "access_token": ("--access-token", str, "TOKEN",
+                     "ready bearer token, no refresh (prefer MOUVONE_ACCESS_TOKEN)"),
+    "api_key": ("--api-key", str, "KEY", "subscription key (prefer MOUVONE_API_KEY)"),
+    "rate": ("--rate", float, "R", "requests per second, all together (MOUVONE_RATE, 10)"),
+    "concurrency": ("--concurrency", int, "C", "requests in flight (MOUVONE_CONCURRENCY, 16)"),
+    "max_attempts": ("--max-attempts", int, "N",
+                     "attempts per order, the first included (MOUVONE_MAX_ATTEMPTS, 5)"),
+    "timeout": ("--timeout", float, "S", "seconds per request (MOUVONE_TIMEOUT, 30)"),
+    "max_wait": ("--max-wait", float, "S",
+                 "longest Retry-After pause before stopping (MOUVONE_MAX_WAIT, 300)"),
+    "id_pattern": ("--id-pattern", str, "REGEX", "valid order ID (MOUVONE_ID_PATTERN)"),
+    "outcome_table": ("--outcome-table", Path, "FILE",
+                      "outcome table replacing the shipped one (MOUVONE_OUTCOME_TABLE)"),
+    "grace": ("--grace", float, "S", "seconds in-flight requests get after a signal (35)"),
+    "log_format": ("--log-format", str, "json|console", "log format (MOUVONE_LOG_FORMAT)"),
+    "log_level": ("--log-level", str, "LEVEL", "debug, info, warning, error (MOUVONE_LOG_LEVEL)"),
+}
+RUN_SETTINGS = tuple(SETTING_FLAGS)
+REPORT_SETTINGS = ("ledger", "log_format", "log_level")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line and exit status 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_settings(parser: argparse.ArgumentParser, keys: Sequence[str]) -> None:
+    group = parser.add_argument_group("settings (flag > environment > .env > --config)")
+    group.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
+    for key in keys:
+        flag, kind, metavar, text = SETTING_FLAGS[key]
+        group.add_argument(flag, dest=key, type=kind, metavar=metavar, help=text)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate and report what would be sent; send nothing")
+    parser.add_argument("--yes", action="store_true",
+                        help="send without asking (needed when not on a terminal)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_settings(parser, RUN_SETTINGS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = _Parser(prog="cancel-orders",
+                     description="Bulk-cancel SOGET MouvONE customer orders, resumably.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="cancel the orders listed in a CSV file or on stdin")
+    run.add_argument("input", metavar="INPUT", help="CSV or text file, or - for standard input")
+    run.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
+    run.add_argument("--force", action="store_true",
+                     help="send again orders that already have a final outcome")
+    _add_run_options(run)
+
+    retry = sub.add_parser("retry", help="send again the retryable_failed and pending orders")
+    _add_run_options(retry)
+
+    report = sub.add_parser("report", help="show or export the outcomes recorded in a ledger")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.add_argument("--outcome", choices=[o.value for o in Outcome], metavar="NAME",
+                        help="only orders with this outcome")
+    _add_settings(report, REPORT_SETTINGS)
+
+    from worker.demo import add_simulate_arguments  # noqa: PLC0415 - keeps imports one-way
+
+    simulate = sub.add_parser("simulate", help="run a local MouvONE look-alike")
+    add_simulate_arguments(simulate)
+
+    demo = sub.add_parser("demo", help="the full pipeline against the built-in simulator")
+    demo.add_argument("--keep", metavar="DIR", type=Path,
+                      help="keep the demo's ledger and input in DIR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cancel-orders``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": cmd_run, "retry": cmd_run, "report": cmd_report,
+        "simulate": _simulate, "demo": _demo,
+    }
+    try:
+        return commands[args.command](args)
+    except WorkerError as exc:
+        print(f"cancel-orders: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cancel-orders: interrupted: nothing more was sent", file=sys.stderr)
+        return 130
+
+
+def _settings(args: argparse.Namespace, keys: Sequence[str]) -> Settings:
+    flags = {key: getattr(args, key, None) for key in keys}
+    settings = load_settings(flags, args.config)
+    configure(settings.log_format, settings.log_level, settings.secrets())
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`run` and `retry`."""
+    settings = _settings(args, RUN_SETTINGS)
+    if not args.dry_run:
+        settings.require_credentials()
+    with ExitStack() as stack:
+        source = _source(args, settings, stack)
+        total = source.scan()
+        ledger = _open_ledger(settings.ledger, dry=args.dry_run, stack=stack)
+        if not args.dry_run and not args.yes:
+            _confirm(source, settings, args, total)
+        options = RunOptions(
+            command=args.command, force=getattr(args, "force", False), dry_run=args.dry_run,
+            progress_bar=sys.stderr.isatty() and not args.no_progress, total=total,
+        )
+        report = asyncio.run(_execute(Runner(settings, source, ledger, options)))
+        sys.stdout.write(render_run(report.as_dict()))
+        if report.exit_code in (3, 130, 143) and report.reason:
+            print(f"cancel-orders: {report.reason}; unanswered orders stay pending "
+                  f"(resume with the same command)", file=sys.stderr)
+        return report.exit_code
+
+
+def _source(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> OrderSource:
+    if args.command == "retry":
+        if not settings.ledger.is_file():
+            raise ConfigError(f"{settings.ledger}: no ledger at this path")
+        return LedgerSource(settings.ledger)
+    validator = IdValidator(settings.id_pattern)
+    if args.input == "-":
+        spooled = spool_stdin()
+        stack.callback(lambda: spooled.unlink(missing_ok=True))
+        return CsvSource(spooled, validator, args.column, name="<stdin>")
+    return CsvSource(Path(args.input), validator, args.column)
+
+
+def _open_ledger(path: Path, *, dry: bool, stack: ExitStack) -> Ledger:
+    """The run's ledger; a dry run reads an existing one, or a throwaway one, writing nothing."""
+    if dry:
+        if not path.is_file():
+            path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dry.sqlite"
+            Ledger(path).close()
+        ledger = Ledger(path, readonly=True)
+    else:
+        ledger = Ledger(path)
+    stack.callback(ledger.close)
+    return ledger
+
+
+def _confirm(source: OrderSource, settings: Settings, args: argparse.Namespace, total: int) -> None:
+    """Ask a person to type yes; refuse when nobody can be asked."""
+    if args.command == "run" and args.input == "-":
+        raise ConfigError("orders read from standard input: pass --yes to confirm")
+    if not sys.stdin.isatty():
+        raise ConfigError("not on a terminal, so nobody can confirm: pass --yes to send")
+    to_send = _count_to_send(source, settings.ledger, force=getattr(args, "force", False))
+    sys.stderr.write(
+        f"About to cancel {to_send} orders at {settings.base_url}\n"
+        f"  input: {source.name} ({total} IDs), ledger: {settings.ledger}\n"
+        f"  A cancellation cannot be undone. Type 'yes' to go on: "
+    )
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() != "yes":
+        raise ConfigError("not confirmed: nothing was sent")
+
+
+def _count_to_send(source: OrderSource, ledger_path: Path, *, force: bool) -> int:
+    with ExitStack() as stack:
+        ledger = _open_ledger(ledger_path, dry=True, stack=stack)
+        run_id = new_run_id()
+        return sum(
+            len(ledger.claim(batch, run_id, force=force, dry=True).to_send)
+            for batch in source.batches(500)
+        )
+
+
+async def _execute(runner: Runner) -> Any:
+    """Run with SIGINT and SIGTERM turned into a graceful stop."""
+    loop = asyncio.get_running_loop()
+    control: RunControl = runner.control
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        loop.add_signal_handler(signum, control.interrupt, code, signal.Signals(signum).name)
+    try:
+        return await runner.execute()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with suppress(Exception):
+                loop.remove_signal_handler(signum)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`report`: table, json or csv, from the ledger."""
+    settings = _settings(args, REPORT_SETTINGS)
+    ledger = Ledger(settings.ledger, readonly=True)
+    try:
+        writer = {"table": write_table, "json": write_json, "csv": write_csv}[args.format]
+        writer(ledger, sys.stdout, args.outcome)
+    finally:
+        ledger.close()
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from worker.demo import simulate  # noqa: PLC0415
+
+    return simulate(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from worker.demo import demo  # noqa: PLC0415
+
+    return demo(args)

@@ -1,0 +1,32 @@
+"""Time, injected: production reads the event loop's clock; tests pass a fake one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Monotonic time and sleeping, the only two things time-dependent code needs."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait this long (or not at all when seconds <= 0)."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        """Seconds from time.monotonic()."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """asyncio.sleep, skipped for non-positive durations."""
+        if seconds > 0:
+            await asyncio.sleep(seconds)

@@ -1,0 +1,162 @@
+"""Settings: built once at the edge, frozen, passed down. No other module reads the environment.
+
+Precedence, highest first: command-line flags, the environment (``MOUVONE_*``), a ``.env`` file,
+the ``--config`` TOML file, then the defaults shipped in ``config/defaults.toml``.
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "MOUVONE_"
+_config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
+_use_environment: ContextVar[bool] = ContextVar("use_environment", default=True)
+
+
+def defaults_file(name: str) -> Path:
+    """Path of a file shipped in ``config/`` (installed as the ``worker.defaults`` package)."""
+    return Path(str(resources.files("worker.defaults").joinpath(name)))
+
+
+class Settings(BaseSettings):
+    """Every setting of the contract; field names are the TOML keys and, upper-cased, the env."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", env_file=".env"
+    )
+
+    base_url: str
+    token_url: str
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    access_token: SecretStr | None = None
+    api_key: SecretStr | None = None
+    ledger: Path
+    rate: float = Field(gt=0, description="requests per second, all requests together")
+    concurrency: int = Field(ge=1, le=1024, description="requests in flight at most")
+    max_attempts: int = Field(ge=1, le=100)
+    timeout: float = Field(gt=0, description="seconds per request")
+    max_wait: float = Field(ge=0, description="longest Retry-After pause, seconds")
+    id_pattern: str
+    log_format: Literal["json", "console"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"]
+    backoff_base: float = Field(gt=0)
+    backoff_cap: float = Field(gt=0)
+    grace: float = Field(ge=0, description="seconds in-flight requests get after a signal")
+    progress_interval: float = Field(gt=0)
+    outcome_table: Path | None = None
+
+    @field_validator("base_url", "token_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("id_pattern")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from exc
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags, environment, .env, the --config file, the shipped defaults."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings]
+        if _use_environment.get():
+            sources += [env_settings, dotenv_settings]
+        user_file = _config_file.get()
+        if user_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=user_file))
+        sources.append(TomlConfigSettingsSource(settings_cls, toml_file=defaults_file("defaults.toml")))
+        return tuple(sources)
+
+    def secrets(self) -> list[str]:
+        """The secret values, for redaction."""
+        found = [self.client_secret, self.access_token, self.api_key]
+        return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
+
+    def require_credentials(self) -> None:
+        """Raise ConfigError naming what is missing, before anything is sent."""
+        missing = []
+        if self.api_key is None or not self.api_key.get_secret_value():
+            missing.append(f"{ENV_PREFIX}API_KEY (--api-key)")
+        if self.access_token is None:
+            if not self.client_id:
+                missing.append(f"{ENV_PREFIX}CLIENT_ID (--client-id)")
+            if self.client_secret is None or not self.client_secret.get_secret_value():
+                missing.append(f"{ENV_PREFIX}CLIENT_SECRET (--client-secret)")
+        if missing:
+            alt = f" (or {ENV_PREFIX}ACCESS_TOKEN instead of the client credentials)"
+            hint = alt if any("CLIENT" in m for m in missing) else ""
+            raise ConfigError("missing credential: " + ", ".join(missing) + hint)
+
+
+def load_settings(
+    flags: dict[str, Any],
+    config_file: Path | None = None,
+    env_file: Path | None = Path(".env"),
+    *,
+    environment: bool = True,
+) -> Settings:
+    """Build the settings from every source; a bad value is a one-line ConfigError.
+
+    With ``environment=False`` only the flags and files count (the demo must not pick up a
+    real credential from the environment).
+    """
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"{config_file}: config file not found")
+    given = {key: value for key, value in flags.items() if value is not None}
+    token = _config_file.set(config_file)
+    env_token = _use_environment.set(environment)
+    try:
+        return Settings(_env_file=env_file, **given)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, config_file)) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise ConfigError(f"{config_file}: {exc}") from None
+    finally:
+        _config_file.reset(token)
+        _use_environment.reset(env_token)
+
+
+def _one_line(exc: ValidationError, config_file: Path | None) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "settings"
+    where = f" (config file {config_file})" if config_file else ""
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown setting"
+    extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid setting {key}: {message}{where}{extra}"

@@ -1,0 +1,147 @@
+"""`cancel-orders simulate` and `cancel-orders demo`: the look-alike on its own, or the whole
+pipeline against it with a sample batch and a temporary ledger."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import signal
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from worker.config import load_settings
+from worker.ledger import Ledger
+from worker.logs import configure
+from worker.report import render_run, write_table
+from worker.runner import RunOptions, Runner
+from worker.simulator import SimConfig, start
+from worker.sources import IdValidator
+from worker.sources.csv_file import CsvSource
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulator's flags."""
+    d = SimConfig()
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks one)")
+    parser.add_argument("--latency-ms", type=float, default=d.latency_ms,
+                        help="added to every API answer")
+    parser.add_argument("--rate-limit", type=float, default=d.rate_limit,
+                        help="gateway limit per sliding second; 429 with Retry-After beyond")
+    parser.add_argument("--retry-after", type=int, default=d.retry_after_s,
+                        help="Retry-After seconds of a 429 (1)")
+    parser.add_argument("--error-rate", type=float, default=d.error_rate,
+                        help="share of DELETEs answered 503 at random (0)")
+    parser.add_argument("--reset-rate", type=float, default=d.reset_rate,
+                        help="share of DELETEs whose connection is reset at random (0)")
+    parser.add_argument("--stall", type=float, default=d.stall_s,
+                        help="seconds an SLO order stalls (120)")
+    parser.add_argument("--token-ttl", type=float, default=d.token_ttl_s,
+                        help="access token lifetime in seconds (3600)")
+    parser.add_argument("--token-failures", type=int, default=d.token_failures,
+                        help="the first N token requests answer 503 (0)")
+    parser.add_argument("--orders", type=int, default=d.orders,
+                        help="orders to create for the list endpoint (0)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="random seed (0)")
+    parser.add_argument("--client-id", default=d.client_id)
+    parser.add_argument("--client-secret", default=d.client_secret)
+    parser.add_argument("--api-key", default=d.api_key)
+
+
+def simulate(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM."""
+    config = SimConfig(
+        client_id=args.client_id, client_secret=args.client_secret, api_key=args.api_key,
+        token_ttl_s=args.token_ttl, token_failures=args.token_failures,
+        latency_ms=args.latency_ms, rate_limit=args.rate_limit, retry_after_s=args.retry_after,
+        stall_s=args.stall, error_rate=args.error_rate, reset_rate=args.reset_rate,
+        seed=args.seed, orders=args.orders,
+    )
+    return asyncio.run(_serve(config, args.host, args.port))
+
+
+async def _serve(config: SimConfig, host: str, port: int) -> int:
+    running = await start(config, host, port)
+    print(f"MouvONE simulator listening on {running.root} (stats: {running.root}/_sim/stats)\n"
+          f"  export MOUVONE_BASE_URL={running.base_url}\n"
+          f"  export MOUVONE_TOKEN_URL={running.token_url}\n"
+          f"  export MOUVONE_CLIENT_ID={config.client_id} "
+          f"MOUVONE_CLIENT_SECRET={config.client_secret} MOUVONE_API_KEY={config.api_key}",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await running.close()
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Run the sample batch twice (the second run resumes: nothing is sent again), then report."""
+    workdir = Path(tempfile.mkdtemp(prefix="cancel-orders-demo-"))
+    try:
+        return asyncio.run(_demo(workdir))
+    finally:
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for item in workdir.iterdir():
+                shutil.copy2(item, args.keep / item.name)
+            print(f"\nDemo files kept in {args.keep}")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _demo(workdir: Path) -> int:
+    config = SimConfig(latency_ms=20, stall_s=5)
+    running = await start(config)
+    try:
+        batch = workdir / "orders.csv"
+        batch.write_bytes(resources.files("worker").joinpath("sample_orders.csv").read_bytes())
+        settings = load_settings(
+            {
+                "base_url": running.base_url, "token_url": running.token_url,
+                "client_id": config.client_id, "client_secret": config.client_secret,
+                "api_key": config.api_key, "ledger": workdir / "cancellations.sqlite",
+                "rate": 40, "concurrency": 8, "max_attempts": 3, "timeout": 2,
+                "backoff_base": 0.1, "backoff_cap": 1.0, "log_level": "warning",
+            },
+            env_file=None,
+            environment=False,
+        )
+        configure(settings.log_format, settings.log_level, settings.secrets())
+        print(f"Simulator on {running.root}; batch {batch.name}; ledger {settings.ledger}\n")
+        for title in ("First run", "Same command again: resumes, sends nothing already final"):
+            print(f"== {title}: cancel-orders run orders.csv --yes")
+            source = CsvSource(batch, IdValidator(settings.id_pattern))
+            ledger = Ledger(settings.ledger)
+            options = RunOptions(total=source.scan())
+            try:
+                report = await Runner(settings, source, ledger, options).execute()
+            finally:
+                ledger.close()
+            sys.stdout.write(render_run(report.as_dict()) + "\n")
+        print("== cancel-orders report")
+        ledger = Ledger(settings.ledger, readonly=True)
+        try:
+            write_table(ledger, sys.stdout)
+            print("\nLeft for `cancel-orders retry`:")
+            write_table_rows(ledger)
+        finally:
+            ledger.close()
+        print(f"\nThe simulator saw {running.sim.stats.as_dict()['deletes']} DELETEs, "
+              f"at most {running.sim.stats.max_in_window()} in any one second "
+              f"(--rate {settings.rate:g}).")
+    finally:
+        await running.close()
+    return 0
+
+
+def write_table_rows(ledger: Ledger) -> None:
+    """The orders a person still has to look at."""
+    for row in ledger.rows("retryable_failed"):
+        order_id, outcome, status, code, message, attempts, _ = row
+        print(f"  {order_id}  {outcome}  http={status}  code={code}  attempts={attempts}"
+              + (f"  {message}" if message else ""))

@@ -1,0 +1,216 @@
+"""One order's life: token -> semaphore -> rate limiter -> client -> classifier -> retry policy."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import structlog
+
+from worker.auth import TokenProvider
+from worker.classifier import Action, OutcomeTable, error_code_for
+from worker.client import Answer, MouvoneClient
+from worker.clock import Clock
+from worker.errors import FatalApiError
+from worker.limiter import RateLimiter
+from worker.models import Outcome, Result
+from worker.retry import Backoff
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_THROTTLE_PAUSE_S = 1.0  # a 429 without Retry-After still slows everyone down
+
+
+class RunControl:
+    """Stop and abort state shared by every part of a run. Setting it never blocks."""
+
+    def __init__(self) -> None:
+        self.stop_event = asyncio.Event()
+        self.exit_code: int | None = None
+        self.reason: str | None = None
+        self.in_flight: set[asyncio.Task[object]] = set()
+        self.requests = 0
+
+    @property
+    def stopping(self) -> bool:
+        """True once the run must not start anything new."""
+        return self.stop_event.is_set()
+
+    def abort(self, reason: str, exit_code: int = 3) -> None:
+        """Stop the run; the first reason wins."""
+        if self.exit_code is None:
+            self.exit_code = exit_code
+            self.reason = reason
+            log.error("run_aborted", reason=reason, exit_code=exit_code)
+        self.stop_event.set()
+
+    def interrupt(self, exit_code: int, signal_name: str) -> None:
+        """A signal asked the run to stop (130 for SIGINT, 143 for SIGTERM)."""
+        if self.exit_code is None or self.exit_code == 3:
+            self.exit_code = exit_code
+            self.reason = f"interrupted by {signal_name}"
+        log.warning("run_interrupted", signal=signal_name)
+        self.stop_event.set()
+
+
+@dataclass(slots=True)
+class OrderState:
+    """What is known of one order while it is being worked on."""
+
+    order_id: str
+    attempts: int = 0
+    last: Answer | None = field(default=None)
+
+    def result(self, outcome: Outcome, message: str | None = None) -> Result:
+        """A Result from the last answer (if any) with this outcome."""
+        last = self.last
+        if last is None:
+            return Result(self.order_id, outcome, None, None, message, self.attempts)
+        return Result(
+            self.order_id,
+            outcome,
+            last.status,
+            error_code_for(last.status, last.code, last.failure),
+            message or last.message,
+            self.attempts,
+            round(last.latency_ms, 1),
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one order."""
+
+    max_attempts: int
+    max_wait_s: float
+    backoff: Backoff
+
+
+class Dispatcher:
+    """Runs orders through the API, one call at a time per caller; shared by all workers."""
+
+    def __init__(
+        self,
+        client: MouvoneClient,
+        tokens: TokenProvider,
+        limiter: RateLimiter,
+        table: OutcomeTable,
+        policy: RetryPolicy,
+        control: RunControl,
+        clock: Clock,
+        concurrency: int,
+    ) -> None:
+        self._client = client
+        self._tokens = tokens
+        self._limiter = limiter
+        self._table = table
+        self._policy = policy
+        self._control = control
+        self._clock = clock
+        self._semaphore = asyncio.Semaphore(concurrency)
+
+    async def process(self, state: OrderState) -> Result:
+        """Take one order to an outcome; `pending` when the run stops first. Never raises."""
+        reauthed = False
+        failures = 0
+        while True:
+            try:
+                sent = await self._attempt(state)
+            except FatalApiError as exc:
+                self._control.abort(str(exc))
+                return state.result(Outcome.PENDING)
+            if sent is None:
+                return state.result(Outcome.PENDING, "not sent: the run was stopping")
+            answer, token = sent
+            verdict = self._table.classify(answer.status, answer.code, answer.failure)
+            action = verdict.action
+            if action is Action.FINAL:
+                assert verdict.outcome is not None
+                return state.result(verdict.outcome)
+            if action is Action.REAUTH and not reauthed:
+                reauthed = True
+                if await self._refresh(token):
+                    continue
+                return state.result(Outcome.PENDING)
+            if action in (Action.REAUTH, Action.FATAL) or (
+                action is Action.QUOTA and answer.retry_after_s is None
+            ):
+                self._control.abort(_fatal_reason(state.order_id, answer, reauthed))
+                return state.result(Outcome.PENDING)
+            if action is Action.QUOTA:
+                if self._pause_all(answer.retry_after_s):
+                    continue
+                return state.result(Outcome.PENDING)
+            if action is Action.THROTTLE and not self._pause_all(answer.retry_after_s):
+                return state.result(Outcome.PENDING)
+            failures += 1
+            if failures >= self._policy.max_attempts:
+                return state.result(Outcome.RETRYABLE_FAILED)
+            if not await self._backoff(failures, answer):
+                return state.result(Outcome.PENDING)
+
+    async def _attempt(self, state: OrderState) -> tuple[Answer, str] | None:
+        """Send one DELETE when the limiter admits it; None if the run stops before that."""
+        token = await self._tokens.get()
+        async with self._semaphore:
+            await self._limiter.acquire()
+            if self._control.stopping:
+                return None
+            state.attempts += 1
+            self._control.requests += 1
+            task = asyncio.current_task()
+            assert task is not None
+            self._control.in_flight.add(task)
+            try:
+                answer = await self._client.cancel(state.order_id, token)
+            finally:
+                self._control.in_flight.discard(task)
+        state.last = answer
+        return answer, token
+
+    async def _refresh(self, stale: str) -> bool:
+        try:
+            await self._tokens.refresh(stale)
+        except FatalApiError as exc:
+            self._control.abort(str(exc))
+            return False
+        return True
+
+    def _pause_all(self, retry_after_s: float | None) -> bool:
+        """Pause every worker; False (and the run aborted) when the wait is over max_wait."""
+        wait = DEFAULT_THROTTLE_PAUSE_S if retry_after_s is None else retry_after_s
+        if wait > self._policy.max_wait_s:
+            self._control.abort(
+                f"the gateway asked to wait {wait:.0f}s (Retry-After), longer than max_wait "
+                f"{self._policy.max_wait_s:.0f}s: resume the run later"
+            )
+            return False
+        self._limiter.pause(wait)
+        return True
+
+    async def _backoff(self, failures: int, answer: Answer) -> bool:
+        """Sleep before the next attempt; False when the run is stopping instead."""
+        if self._control.stopping:
+            return False
+        delay = self._policy.backoff.delay(failures, answer.retry_after_s)
+        await self._clock.sleep(delay)
+        return not self._control.stopping
+
+
+def _fatal_reason(order_id: str, answer: Answer, reauthed: bool) -> str:
+    if answer.status == 401:
+        after = " after a token refresh" if reauthed else ""
+        return (
+            f"the API answered 401{after} (order {order_id}): the access token or the API key "
+            f"(MOUVONE_API_KEY) is not accepted"
+            + (f": {answer.message}" if answer.message else "")
+        )
+    if answer.status == 403:
+        return (
+            f"the API answered 403 without Retry-After (order {order_id}): access denied"
+            + (f": {answer.message}" if answer.message else "")
+        )
+    detail = answer.code or f"HTTP {answer.status}"
+    return f"fatal API answer {detail} (order {order_id})" + (
+        f": {answer.message}" if answer.message else ""
+    )

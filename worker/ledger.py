@@ -1,0 +1,315 @@
+"""All SQL: the results ledger, one row per order, the source of truth of every run.
+
+SQLite in WAL mode. Writes are idempotent upserts, batched by the caller. A final outcome is never
+downgraded to `pending`. One process writes a ledger at a time (an exclusive flock on the file).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from worker.errors import LedgerError
+from worker.models import FINAL, Outcome, Result
+
+SCHEMA_VERSION = 1
+_FINAL_SQL = ", ".join(f"'{o.value}'" for o in sorted(FINAL))
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS orders (
+    order_id    TEXT PRIMARY KEY,
+    outcome     TEXT NOT NULL,
+    http_status INTEGER,
+    error_code  TEXT,
+    message     TEXT,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    run_id      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS orders_by_outcome ON orders(outcome, order_id);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    command     TEXT NOT NULL,
+    base_url    TEXT,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    exit_code   INTEGER,
+    summary     TEXT
+);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+_UPSERT_RESULT = f"""
+INSERT INTO orders (order_id, outcome, http_status, error_code, message, attempts, run_id,
+                    created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (order_id) DO UPDATE SET
+    outcome = excluded.outcome, http_status = excluded.http_status,
+    error_code = excluded.error_code, message = excluded.message, attempts = excluded.attempts,
+    run_id = excluded.run_id, updated_at = excluded.updated_at
+WHERE excluded.outcome != 'pending' OR orders.outcome NOT IN ({_FINAL_SQL})
+"""
+
+_CLAIM = """
+INSERT INTO orders (order_id, outcome, attempts, run_id, created_at, updated_at)
+VALUES (?, 'pending', 0, ?, ?, ?)
+ON CONFLICT (order_id) DO UPDATE SET run_id = excluded.run_id, updated_at = excluded.updated_at
+"""
+
+CSV_COLUMNS = ("order_id", "outcome", "http_status", "error_code", "message", "attempts",
+               "updated_at")
+
+
+def now_iso() -> str:
+    """UTC now, ISO-8601 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Plan:
+    """What to do with one batch of input IDs."""
+
+    to_send: list[str] = field(default_factory=list)
+    invalid: list[Result] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # outcomes of orders already final
+    duplicates: int = 0
+
+
+class Ledger:
+    """The SQLite ledger. Not thread-safe: use it from one thread at a time."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._lock_fd: int | None = None
+        try:
+            if readonly:
+                if not path.is_file():
+                    raise LedgerError(f"{path}: no ledger at this path")
+                self._db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+                )
+            else:
+                self._lock_fd = self._lock(path)
+                self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute("PRAGMA temp_store=FILE")
+            self._check_schema()
+        except sqlite3.Error as exc:
+            self.close()
+            raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
+
+    @staticmethod
+    def _lock(path: Path) -> int:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise LedgerError(f"{path}: cannot open the ledger: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise LedgerError(f"{path}: the ledger is in use by another run") from None
+        return fd
+
+    def _check_schema(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path}: ledger schema {version} is newer than this tool ({SCHEMA_VERSION})"
+            )
+        if version < SCHEMA_VERSION and not self.readonly:
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection and release the lock."""
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def begin_run(self, run_id: str, command: str, base_url: str) -> None:
+        """Note the start of a run."""
+        self._write("INSERT INTO runs (run_id, command, base_url, started_at) VALUES (?,?,?,?)",
+                    [(run_id, command, base_url, now_iso())])
+
+    def end_run(self, run_id: str, exit_code: int, summary: dict[str, object]) -> None:
+        """Note how a run ended."""
+        self._write(
+            "UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE run_id = ?",
+            [(now_iso(), exit_code, json.dumps(summary), run_id)],
+        )
+
+    # -- input --------------------------------------------------------------------------------
+
+    def existing(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """order_id -> (outcome, run_id) for the IDs already in the ledger."""
+        rows = self._db.execute(
+            "SELECT order_id, outcome, run_id FROM orders "
+            "WHERE order_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(ids)),),
+        )
+        return {order_id: (outcome, run_id) for order_id, outcome, run_id in rows}
+
+    def claim(
+        self,
+        batch: Sequence[tuple[str, Result | None]],
+        run_id: str,
+        *,
+        force: bool = False,
+        dry: bool = False,
+    ) -> Plan:
+        """Decide each (ID, invalid-result-or-None) of a batch and mark the ones to send.
+
+        Orders already handled by this run are duplicates; final ones are skipped unless
+        ``force``; the rest are marked `pending` under this run before anything is sent.
+        A ``dry`` claim writes nothing to the ledger: it remembers what it saw in a temporary
+        table, so that memory does not grow with the input.
+        """
+        ids = [order_id for order_id, _ in batch]
+        known = self.existing(ids)
+        if dry:
+            fresh = self._first_sightings(ids)
+            for order_id in ids:
+                if order_id not in fresh:
+                    known[order_id] = ("", run_id)
+        plan = Plan()
+        for order_id, invalid in batch:
+            seen = known.get(order_id)
+            if seen is not None and seen[1] == run_id:
+                plan.duplicates += 1
+                continue
+            known[order_id] = ("", run_id)
+            if seen is not None and seen[0] in _FINAL_VALUES and not force:
+                plan.skipped.append(seen[0])
+            elif invalid is not None:
+                plan.invalid.append(invalid)
+            else:
+                plan.to_send.append(order_id)
+        if dry:
+            return plan
+        stamp = now_iso()
+        with self._transaction():
+            self._db.executemany(_CLAIM, [(o, run_id, stamp, stamp) for o in plan.to_send])
+            self._db.executemany(_UPSERT_RESULT, _result_rows(plan.invalid, run_id, stamp))
+        return plan
+
+    def _first_sightings(self, ids: Sequence[str]) -> set[str]:
+        """The IDs not seen before in this connection's dry run (a temporary table on disk)."""
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS dry_seen (order_id TEXT PRIMARY KEY)")
+        rows = self._db.execute(
+            "INSERT INTO temp.dry_seen SELECT value FROM json_each(?) WHERE true "
+            "ON CONFLICT DO NOTHING RETURNING order_id",
+            (json.dumps(list(ids)),),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def candidates(self, outcomes: Iterable[Outcome], after: str, limit: int) -> list[str]:
+        """Order IDs with these outcomes, in ID order, after ``after`` (keyset paging)."""
+        names = [o.value for o in outcomes]
+        marks = ",".join("?" * len(names))
+        rows = self._db.execute(
+            f"SELECT order_id FROM orders WHERE outcome IN ({marks}) AND order_id > ? "  # noqa: S608
+            "ORDER BY order_id LIMIT ?",
+            (*names, after, limit),
+        )
+        return [r[0] for r in rows]
+
+    # -- results ------------------------------------------------------------------------------
+
+    def record(self, results: Sequence[Result], run_id: str) -> None:
+        """Upsert a batch of results in one transaction."""
+        if results:
+            with self._transaction():
+                self._db.executemany(_UPSERT_RESULT, _result_rows(results, run_id, now_iso()))
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def counts(self, outcome: str | None = None) -> tuple[dict[str, int], dict[str, int]]:
+        """(outcome -> count, error_code -> count), optionally for one outcome."""
+        where, args = ("WHERE outcome = ?", (outcome,)) if outcome else ("", ())
+        outcomes = dict(self._db.execute(
+            f"SELECT outcome, COUNT(*) FROM orders {where} GROUP BY outcome", args))  # noqa: S608
+        codes = dict(self._db.execute(
+            f"SELECT error_code, COUNT(*) FROM orders {where} "  # noqa: S608
+            f"{'AND' if where else 'WHERE'} error_code IS NOT NULL GROUP BY error_code", args))
+        return outcomes, codes
+
+    def rows(self, outcome: str | None = None) -> Iterator[tuple[object, ...]]:
+        """Every order row in the CSV column order, by order ID."""
+        cols = ", ".join(CSV_COLUMNS)
+        if outcome:
+            yield from self._db.execute(
+                f"SELECT {cols} FROM orders WHERE outcome = ? ORDER BY order_id",  # noqa: S608
+                (outcome,))
+        else:
+            yield from self._db.execute(f"SELECT {cols} FROM orders ORDER BY order_id")  # noqa: S608
+
+    def last_run(self) -> dict[str, object] | None:
+        """The most recent run's row."""
+        row = self._db.execute(
+            "SELECT run_id, command, base_url, started_at, finished_at, exit_code, summary "
+            "FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        keys = ("run_id", "command", "base_url", "started_at", "finished_at", "exit_code",
+                "summary")
+        return dict(zip(keys, row, strict=True))
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _write(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        with self._transaction():
+            self._db.executemany(sql, rows)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db, self.path)
+
+
+_FINAL_VALUES = frozenset(o.value for o in FINAL)
+
+
+def _result_rows(results: Iterable[Result], run_id: str, stamp: str) -> Iterator[tuple[object, ...]]:
+    for r in results:
+        yield (r.order_id, r.outcome.value, r.http_status, r.error_code, r.message, r.attempts,
+               run_id, stamp, stamp)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, turning SQLite failures into a LedgerError naming the file."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self._path = path
+
+    def __enter__(self) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self._path}: cannot write the ledger: {exc}") from None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self._db.execute("COMMIT")
+                return
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise LedgerError(f"{self._path}: cannot write the ledger: {err}") from None
+        if isinstance(exc, sqlite3.Error):
+            raise LedgerError(f"{self._path}: cannot write the ledger: {exc}") from exc

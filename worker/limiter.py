@@ -1,0 +1,76 @@
+"""One process-wide rate limit: even spacing, a hard cap, and a shared pause.
+
+asyncio-throttle's ``Throttler`` keeps a sliding log of start times and so never lets more than
+``rate`` requests start within any one-second window: it is the hard cap. On its own it admits a
+whole second's quota in a burst at the start of the window, which Azure API Management's sliding
+window answers with 429s, and its waiters poll every ``retry_interval``. So requests are first
+paced onto evenly spaced slots (``1 / (rate * margin)`` apart, first come first served, no
+polling), and then pass the throttler, which in steady state never has to wait.
+
+A 429 or a quota answer pauses every caller: no slot is handed out before the pause ends.
+"""
+
+from __future__ import annotations
+
+import math
+
+from asyncio_throttle import Throttler
+
+from worker.clock import Clock
+
+DEFAULT_MARGIN = 0.98  # pace a little under the limit: the gateway's window is not exact
+
+
+class RateLimiter:
+    """Admit requests at most ``rate_per_s`` per second, evenly spaced."""
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        clock: Clock,
+        *,
+        margin: float = DEFAULT_MARGIN,
+        hard_cap: bool = True,
+    ) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be positive")
+        self._clock = clock
+        self.rate_per_s = rate_per_s
+        self._interval_s = 1.0 / (rate_per_s * margin)
+        self._next_slot = 0.0
+        self._paused_until = 0.0
+        self.paused_total_s = 0.0
+        self._throttler: Throttler | None = None
+        if hard_cap:
+            burst = max(1, math.floor(rate_per_s))
+            self._throttler = Throttler(
+                rate_limit=burst,
+                period=burst / rate_per_s,
+                retry_interval=min(0.01, self._interval_s / 2),
+            )
+
+    async def acquire(self) -> None:
+        """Wait for this caller's slot, then take it."""
+        while True:
+            now = self._clock.monotonic()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + self._interval_s
+            await self._clock.sleep(slot - now)
+            if self._clock.monotonic() >= self._paused_until:
+                break
+            # A pause began while this caller waited: queue again behind it.
+        if self._throttler is not None:
+            await self._throttler.acquire()
+
+    def pause(self, seconds: float) -> None:
+        """Hand out no slot for ``seconds`` from now (a pause never shortens an earlier one)."""
+        until = self._clock.monotonic() + max(0.0, seconds)
+        if until > self._paused_until:
+            self.paused_total_s += until - max(self._paused_until, self._clock.monotonic())
+            self._paused_until = until
+        self._next_slot = max(self._next_slot, self._paused_until)
+
+    @property
+    def paused_until(self) -> float:
+        """Monotonic time the current pause ends (in the past when not paused)."""
+        return self._paused_until

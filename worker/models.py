@@ -1,0 +1,72 @@
+"""The ledger's vocabulary: outcomes, one order's result, and a run's summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """What happened to one order (the contract's outcome names)."""
+
+    CANCELLED = "cancelled"
+    ALREADY_CANCELLED = "already_cancelled"
+    NOT_FOUND = "not_found"
+    REJECTED = "rejected"
+    INVALID = "invalid"
+    RETRYABLE_FAILED = "retryable_failed"
+    PENDING = "pending"
+
+
+FINAL: frozenset[Outcome] = frozenset(
+    {
+        Outcome.CANCELLED,
+        Outcome.ALREADY_CANCELLED,
+        Outcome.NOT_FOUND,
+        Outcome.REJECTED,
+        Outcome.INVALID,
+    }
+)
+RETRYABLE: frozenset[Outcome] = frozenset({Outcome.RETRYABLE_FAILED, Outcome.PENDING})
+SUCCESS: frozenset[Outcome] = frozenset({Outcome.CANCELLED, Outcome.ALREADY_CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One order's recorded outcome."""
+
+    order_id: str
+    outcome: Outcome
+    http_status: int | None = None
+    error_code: str | None = None
+    message: str | None = None
+    attempts: int = 0
+    latency_ms: float | None = None
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """Counts for one run, built as results arrive."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    error_codes: Counter[str] = field(default_factory=Counter)
+    skipped_final: int = 0
+    duplicates: int = 0
+    read: int = 0
+    sent_requests: int = 0
+
+    def add(self, result: Result) -> None:
+        """Count one order's result."""
+        self.outcomes[result.outcome] += 1
+        if result.error_code:
+            self.error_codes[result.error_code] += 1
+
+    @property
+    def answered(self) -> int:
+        """Orders this run gave a final or retryable outcome to."""
+        return sum(self.outcomes.values())
+
+    def all_succeeded(self) -> bool:
+        """True when every order counted ended cancelled or already cancelled."""
+        return all(Outcome(name) in SUCCESS for name, n in self.outcomes.items() if n)

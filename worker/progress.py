@@ -1,0 +1,95 @@
+"""Progress: a bar on a terminal, a periodic `progress` event otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from worker.models import RunSummary
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+log = structlog.get_logger(__name__)
+
+
+class ProgressReporter:
+    """Shows how far a run is; reads the summary, never slows the workers."""
+
+    def __init__(
+        self, summary: RunSummary, requests: Callable[[], int], *, bar: bool, interval_s: float
+    ) -> None:
+        self._summary = summary
+        self._requests = requests
+        self._bar = bar
+        self._interval_s = interval_s
+        self.total: int | None = None
+        self._started = time.monotonic()
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def done(self) -> int:
+        """Orders dealt with so far (answered, invalid, skipped or duplicate)."""
+        s = self._summary
+        return s.answered + s.skipped_final + s.duplicates
+
+    async def run(self) -> None:
+        """Update until cancelled."""
+        if self._bar:
+            self._start_bar()
+        try:
+            while True:
+                await asyncio.sleep(0.2 if self._bar else self._interval_s)
+                self.update()
+        finally:
+            self.stop()
+
+    def update(self) -> None:
+        """Redraw the bar, or log one progress event."""
+        done = self.done()
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=done, total=self.total)
+            return
+        elapsed = time.monotonic() - self._started
+        log.info(
+            "progress",
+            done=done,
+            total=self.total,
+            requests=self._requests(),
+            elapsed_s=round(elapsed, 1),
+            outcomes=dict(self._summary.outcomes),
+        )
+
+    def _start_bar(self) -> None:
+        from rich.console import Console  # noqa: PLC0415 - only on a terminal
+        from rich.progress import (  # noqa: PLC0415
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("cancelling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("orders", total=self.total)
+
+    def stop(self) -> None:
+        """Remove the bar (idempotent)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

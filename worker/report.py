@@ -1,0 +1,102 @@
+"""Summaries and exports of a ledger: table (for a person), JSON and CSV (for scripts)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import TextIO
+
+from worker.ledger import CSV_COLUMNS, Ledger
+from worker.models import Outcome
+
+TABLE_ORDER_LIMIT = 1000  # with --outcome, the table lists at most this many orders
+
+
+def summary(ledger: Ledger, outcome: str | None = None) -> dict[str, object]:
+    """``total``, ``outcomes`` (every name, zeros included), ``error_codes``, ``last_run``."""
+    outcomes, codes = ledger.counts(outcome)
+    last = ledger.last_run()
+    if last is not None and isinstance(last.get("summary"), str):
+        last["summary"] = json.loads(str(last["summary"]))
+    return {
+        "ledger": str(ledger.path),
+        "total": sum(outcomes.values()),
+        "outcomes": {o.value: outcomes.get(o.value, 0) for o in Outcome},
+        "error_codes": dict(sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "last_run": last,
+    }
+
+
+def write_json(ledger: Ledger, out: TextIO, outcome: str | None = None) -> None:
+    """The summary as one JSON object."""
+    json.dump(summary(ledger, outcome), out, indent=2)
+    out.write("\n")
+
+
+def write_csv(ledger: Ledger, out: TextIO, outcome: str | None = None) -> None:
+    """One row per order, header ``order_id,outcome,http_status,error_code,message,...``."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(ledger.rows(outcome))
+
+
+def write_table(ledger: Ledger, out: TextIO, outcome: str | None = None) -> None:
+    """The summary for a person; with ``outcome``, the orders too."""
+    data = summary(ledger, outcome)
+    out.write(render_counts(data))
+    if outcome:
+        out.write(f"\nOrders with outcome {outcome}:\n")
+        for n, row in enumerate(ledger.rows(outcome)):
+            if n >= TABLE_ORDER_LIMIT:
+                out.write(f"  ... (first {TABLE_ORDER_LIMIT} shown; use --format csv for all)\n")
+                break
+            order_id, _, status, code, message, attempts, _updated = row
+            out.write(f"  {order_id}  http={status or '-'}  code={code or '-'}  "
+                      f"attempts={attempts}  {message or ''}".rstrip() + "\n")
+
+
+def render_counts(data: dict[str, object]) -> str:
+    """The outcome and error-code counts as aligned text."""
+    lines = [f"Ledger: {data['ledger']}"]
+    last = data.get("last_run")
+    if isinstance(last, dict):
+        lines.append(f"Last run: {last['run_id']} ({last['command']}), started "
+                     f"{last['started_at']}, exit {last['exit_code']}")
+    lines.append(f"Orders: {data['total']}")
+    lines.append("")
+    lines.append(f"{'outcome':<20}{'orders':>10}")
+    outcomes = data["outcomes"]
+    assert isinstance(outcomes, dict)
+    lines.extend(f"{name:<20}{count:>10}" for name, count in outcomes.items())
+    codes = data["error_codes"]
+    assert isinstance(codes, dict)
+    if codes:
+        width = max(20, *(len(c) + 2 for c in codes))
+        lines.append("")
+        lines.append(f"{'error code':<{width}}{'orders':>10}")
+        lines.extend(f"{code:<{width}}{count:>10}" for code, count in codes.items())
+    return "\n".join(lines) + "\n"
+
+
+def render_run(data: dict[str, object]) -> str:
+    """The end-of-run summary for a person."""
+    dry = bool(data.get("dry_run"))
+    head = "Dry run (nothing sent)" if dry else f"Run {data['run_id']}"
+    lines = [f"{head}: exit {data['exit_code']}"
+             + (f" ({data['reason']})" if data.get("reason") else "")]
+    outcomes = data["outcomes"]
+    assert isinstance(outcomes, dict)
+    lines.append(f"  orders read          {data['orders_read']:>10}")
+    lines.append(f"  already final        {data['skipped_final']:>10}   (in the ledger: not sent)")
+    lines.append(f"  duplicates           {data['duplicates']:>10}   (sent once)")
+    if dry:
+        lines.append(f"  would send           {data['would_send']:>10}")
+        lines.append(f"  invalid              {outcomes.get('invalid', 0):>10}")
+    else:
+        lines.extend(f"  {name:<20}{count:>10}" for name, count in outcomes.items() if count)
+        lines.append(f"  requests             {data['requests']:>10}   in {data['elapsed_s']} s"
+                     f" ({data['rate_per_s']}/s)")
+    codes = data.get("error_codes")
+    if isinstance(codes, dict) and codes:
+        lines.append("  error codes: " + ", ".join(f"{c} {n}" for c, n in codes.items()))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,281 @@
+"""Wiring and lifecycle of one run: producer -> bounded queue -> workers -> results sink.
+
+Shutdown has two phases: on a signal or a fatal answer the producer stops and every worker that
+has no request in flight is cancelled at once; requests in flight get ``grace`` seconds to
+finish and be recorded, then the rest are cancelled and stay `pending`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import aiohttp
+import structlog
+
+from worker.auth import ClientCredentials, StaticToken, TokenProvider
+from worker.classifier import OutcomeTable
+from worker.client import MouvoneClient, new_session
+from worker.clock import Clock, SystemClock
+from worker.config import Settings
+from worker.dispatcher import Dispatcher, OrderState, RetryPolicy, RunControl
+from worker.errors import LedgerError, WorkerError
+from worker.ledger import Ledger
+from worker.limiter import RateLimiter
+from worker.logs import redact
+from worker.models import SUCCESS, Outcome, RunSummary
+from worker.progress import ProgressReporter
+from worker.retry import Backoff
+from worker.sink import LedgerThread, ResultSink
+from worker.sources import Batch, OrderSource
+
+log = structlog.get_logger(__name__)
+
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How this run treats its input."""
+
+    command: str = "run"
+    force: bool = False
+    dry_run: bool = False
+    progress_bar: bool = False
+    total: int | None = None  # orders in the input, when known beforehand
+
+
+@dataclass
+class RunReport:
+    """How a run ended."""
+
+    run_id: str
+    exit_code: int
+    summary: RunSummary
+    elapsed_s: float
+    dry_run: bool
+    reason: str | None = None
+    skipped_outcomes: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        """The summary event's fields."""
+        s = self.summary
+        return {
+            "run_id": self.run_id,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "dry_run": self.dry_run,
+            "orders_read": s.read,
+            "outcomes": {o.value: s.outcomes.get(o.value, 0) for o in Outcome},
+            "error_codes": dict(sorted(s.error_codes.items())),
+            "skipped_final": s.skipped_final,
+            "duplicates": s.duplicates,
+            "would_send" if self.dry_run else "requests": s.sent_requests,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "rate_per_s": round(s.sent_requests / self.elapsed_s, 2) if self.elapsed_s else 0.0,
+        }
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time plus random hex."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+
+
+class Runner:
+    """One run of `run` or `retry` (or a dry run of either)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: OrderSource,
+        ledger: Ledger,
+        options: RunOptions,
+        *,
+        control: RunControl | None = None,
+        clock: Clock | None = None,
+        table: OutcomeTable | None = None,
+    ) -> None:
+        self._settings = settings
+        self._source = source
+        self._ledger = LedgerThread(ledger)
+        self._options = options
+        self.control = control or RunControl()
+        self._clock = clock or SystemClock()
+        self._table = table or OutcomeTable.load(settings.outcome_table)
+        self.run_id = new_run_id()
+        self.summary = RunSummary()
+        self._skipped: dict[str, int] = {}
+        self._sink = ResultSink(None if options.dry_run else self._ledger, self.run_id, self.summary)
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=settings.concurrency * 2)
+
+    async def execute(self) -> RunReport:
+        """Run to the end (or to a stop) and return how it went; the ledger is flushed."""
+        started = time.monotonic()
+        ledger = self._ledger.ledger
+        if not self._options.dry_run:
+            await self._ledger.call(ledger.begin_run, self.run_id, self._options.command,
+                                    self._settings.base_url)
+        log.info("run_started", run_id=self.run_id, command=self._options.command,
+                 base_url=self._settings.base_url, dry_run=self._options.dry_run,
+                 rate=self._settings.rate, concurrency=self._settings.concurrency)
+        progress = ProgressReporter(self.summary, lambda: self.control.requests,
+                                    bar=self._options.progress_bar,
+                                    interval_s=self._settings.progress_interval)
+        progress.total = self._options.total
+        progress_task = asyncio.create_task(progress.run())
+        try:
+            if self._options.dry_run:
+                await self._produce(None)
+            else:
+                await self._send_all()
+        finally:
+            progress_task.cancel()
+            await asyncio.gather(progress_task, return_exceptions=True)
+        report = self._finish(time.monotonic() - started)
+        if not self._options.dry_run:
+            await self._ledger.call(ledger.end_run, self.run_id, report.exit_code,
+                                    report.as_dict())
+        self._ledger.close()
+        log.info("run_summary", **report.as_dict())
+        return report
+
+    async def _send_all(self) -> None:
+        session = new_session(self._settings.concurrency)
+        try:
+            dispatcher = self._dispatcher(session)
+            flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
+            producer = asyncio.create_task(self._produce(self._queue))
+            workers = [
+                asyncio.create_task(self._work(dispatcher))
+                for _ in range(self._settings.concurrency * 2)
+            ]
+            await self._supervise(producer, workers)
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            await self._final_flush()
+        finally:
+            await session.close()
+
+    def _dispatcher(self, session: aiohttp.ClientSession) -> Dispatcher:
+        s = self._settings
+        limiter = RateLimiter(s.rate, self._clock)
+        backoff = Backoff(s.backoff_base, s.backoff_cap)
+        tokens: TokenProvider
+        if s.access_token is not None:
+            tokens = StaticToken(s.access_token.get_secret_value())
+        else:
+            assert s.client_id is not None and s.client_secret is not None
+            tokens = ClientCredentials(
+                session, s.token_url, s.client_id, s.client_secret.get_secret_value(),
+                limiter=limiter, clock=self._clock, timeout_s=s.timeout,
+                max_attempts=s.max_attempts, backoff=backoff, on_token=redact.add,
+            )
+        assert s.api_key is not None
+        client = MouvoneClient(session, s.base_url, s.api_key.get_secret_value(), s.timeout)
+        policy = RetryPolicy(s.max_attempts, s.max_wait, backoff)
+        return Dispatcher(client, tokens, limiter, self._table, policy, self.control,
+                          self._clock, s.concurrency)
+
+    async def _supervise(self, producer: asyncio.Task[None], workers: list[asyncio.Task[None]]) -> None:
+        stop = asyncio.create_task(self.control.stop_event.wait())
+        everything = asyncio.gather(producer, *workers)
+        await asyncio.wait([stop, everything], return_when=asyncio.FIRST_COMPLETED)
+        if self.control.stopping:
+            producer.cancel()
+            for worker in workers:
+                if worker not in self.control.in_flight:
+                    worker.cancel()
+            busy = [w for w in workers if not w.done()]
+            if busy:
+                _, late = await asyncio.wait(busy, timeout=self._settings.grace)
+                for worker in late:
+                    worker.cancel()
+        stop.cancel()
+        await asyncio.gather(everything, stop, return_exceptions=True)
+
+    async def _produce(self, queue: asyncio.Queue[str | None] | None) -> None:
+        """Read, validate and claim the input in batches; feed the queue (none in a dry run)."""
+        try:
+            await self._read_input(queue)
+        except WorkerError as exc:
+            self.control.abort(str(exc))
+        except Exception as exc:  # a bug must stop the run, never hang it
+            log.exception("producer_failed")
+            self.control.abort(f"internal error while reading the input: {exc!r}")
+        else:
+            if queue is not None:
+                for _ in range(self._settings.concurrency * 2):
+                    await queue.put(None)
+
+    async def _read_input(self, queue: asyncio.Queue[str | None] | None) -> None:
+        batches = self._source.batches(BATCH)
+        dry = self._options.dry_run
+        while not self.control.stopping:
+            batch = await asyncio.to_thread(_next_batch, batches)
+            if batch is None:
+                return
+            self.summary.read += len(batch)
+            plan = await self._ledger.call(self._ledger.ledger.claim, batch, self.run_id,
+                                           force=self._options.force, dry=dry)
+            self.summary.duplicates += plan.duplicates
+            self.summary.skipped_final += len(plan.skipped)
+            for outcome in plan.skipped:
+                self._skipped[outcome] = self._skipped.get(outcome, 0) + 1
+            for result in plan.invalid:
+                self._sink.add(result)
+            if queue is None:
+                self.summary.sent_requests += len(plan.to_send)
+                continue
+            for order_id in plan.to_send:
+                await queue.put(order_id)
+
+    async def _work(self, dispatcher: Dispatcher) -> None:
+        while not self.control.stopping:
+            order_id = await self._queue.get()
+            if order_id is None or self.control.stopping:
+                return
+            state = OrderState(order_id)
+            try:
+                result = await dispatcher.process(state)
+            except asyncio.CancelledError:
+                self._sink.add(state.result(Outcome.PENDING, "interrupted before an answer"))
+                raise
+            except Exception as exc:  # a bug must stop the run, never lose the order
+                log.exception("worker_failed", order_id=order_id)
+                self._sink.add(state.result(Outcome.PENDING, "internal error"))
+                self.control.abort(f"internal error while sending: {exc!r}")
+                return
+            self._sink.add(result)
+
+    def _ledger_failed(self, message: str) -> None:
+        self.control.abort(f"ledger write failed: {message}")
+
+    async def _final_flush(self) -> None:
+        try:
+            await self._sink.flush()
+        except LedgerError as exc:
+            self.control.abort(f"ledger write failed: {exc}")
+            for result in self._sink.unrecorded():
+                log.error("unrecorded_result", order_id=result.order_id,
+                          outcome=result.outcome.value, http_status=result.http_status,
+                          error_code=result.error_code, attempts=result.attempts)
+
+    def _finish(self, elapsed_s: float) -> RunReport:
+        if not self._options.dry_run:
+            self.summary.sent_requests = self.control.requests
+        code = self.control.exit_code
+        if code is None:
+            outcomes = {o for o, n in self.summary.outcomes.items() if n} | set(self._skipped)
+            code = 0 if all(Outcome(o) in SUCCESS for o in outcomes) else 1
+            if self._options.dry_run:
+                code = 0 if not self.summary.outcomes.get(Outcome.INVALID.value) else 1
+        return RunReport(self.run_id, code, self.summary, elapsed_s, self._options.dry_run,
+                         self.control.reason, dict(self._skipped))
+
+
+def _next_batch(batches: Iterator[Batch]) -> Batch | None:
+    return next(batches, None)

@@ -1,0 +1,103 @@
+"""The results sink: counts, logs and batches every result into the ledger.
+
+``add`` never awaits, so a result that has been received is buffered even if its worker is
+cancelled the next instant; ``flush`` writes the buffer in one transaction on the ledger thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+import structlog
+
+from worker.errors import LedgerError
+from worker.ledger import Ledger
+from worker.models import Result, RunSummary
+
+log = structlog.get_logger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+FLUSH_EVERY = 512  # results
+FLUSH_INTERVAL_S = 0.25
+
+
+class LedgerThread:
+    """Runs every ledger call on one dedicated thread, so SQLite never blocks the event loop."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` on the ledger thread."""
+        loop = asyncio.get_running_loop()
+        # Shielded: once submitted, a ledger write completes even if the caller is cancelled.
+        return await asyncio.shield(loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs)))
+
+    def close(self) -> None:
+        """Finish queued calls and stop the thread."""
+        self._executor.shutdown(wait=True)
+
+
+class ResultSink:
+    """Receives results from every worker."""
+
+    def __init__(self, ledger: LedgerThread | None, run_id: str, summary: RunSummary) -> None:
+        self._ledger = ledger  # None in a dry run: nothing is written
+        self._run_id = run_id
+        self.summary = summary
+        self._buffer: list[Result] = []
+        self._full = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+
+    def add(self, result: Result) -> None:
+        """Count, log and buffer one order's result (never awaits)."""
+        self.summary.add(result)
+        log.info(
+            "order",
+            order_id=result.order_id,
+            outcome=result.outcome.value,
+            http_status=result.http_status,
+            error_code=result.error_code,
+            attempts=result.attempts,
+            latency_ms=result.latency_ms,
+        )
+        if self._ledger is not None:
+            self._buffer.append(result)
+            if len(self._buffer) >= FLUSH_EVERY:
+                self._full.set()
+
+    async def flush(self) -> None:
+        """Write what is buffered; on failure the results stay buffered and LedgerError rises."""
+        async with self._flush_lock:
+            if self._ledger is None or not self._buffer:
+                return
+            batch, self._buffer = self._buffer, []
+            self._full.clear()
+            try:
+                await self._ledger.call(self._ledger.ledger.record, batch, self._run_id)
+            except LedgerError:
+                self._buffer[:0] = batch
+                raise
+
+    async def run(self, on_error: Callable[[str], None]) -> None:
+        """Flush whenever the buffer fills or every FLUSH_INTERVAL_S, until cancelled."""
+        while True:
+            try:
+                await asyncio.wait_for(self._full.wait(), FLUSH_INTERVAL_S)
+            except TimeoutError:
+                pass
+            try:
+                await self.flush()
+            except LedgerError as exc:
+                on_error(str(exc))
+                return
+
+    def unrecorded(self) -> list[Result]:
+        """Results that could not be written (after a final flush failed)."""
+        return list(self._buffer)

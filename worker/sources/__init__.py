@@ -1,0 +1,52 @@
+"""Where order IDs come from. Every source yields batches of (order ID, invalid result or None)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Protocol
+
+from worker.models import Outcome, Result
+
+MAX_STORED_ID = 100  # longer invalid IDs are stored shortened
+
+Batch = list[tuple[str, Result | None]]
+
+
+class OrderSource(Protocol):
+    """A stream of order IDs, read in batches so memory does not grow with the input."""
+
+    name: str
+
+    def scan(self) -> int:
+        """Read the whole input once without acting on it; the number of IDs it holds.
+
+        Raises InputError for an input that cannot be read, so nothing is sent.
+        """
+        ...
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        """The IDs, in input order, validated against the ID pattern."""
+        ...
+
+
+class IdValidator:
+    """Checks IDs against the ID pattern (the whole ID must match)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._regex = re.compile(pattern)
+
+    def matches(self, value: str) -> bool:
+        """True when ``value`` is a well-formed order ID."""
+        return self._regex.fullmatch(value) is not None
+
+    def check(self, value: str, where: str) -> tuple[str, Result | None]:
+        """(ID, None) for a valid ID, else (stored ID, an `invalid` result saying why)."""
+        if self.matches(value):
+            return value, None
+        stored = value
+        if len(value) > MAX_STORED_ID:
+            stored = f"{value[:MAX_STORED_ID]}...(+{len(value) - MAX_STORED_ID} chars)"
+        message = f"{where}: does not match the ID pattern {self.pattern}"
+        return stored, Result(stored, Outcome.INVALID, None, "WRONG_FORMAT", message, 0)

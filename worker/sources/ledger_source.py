@@ -1,0 +1,38 @@
+"""Order IDs taken back from a ledger: the ones `retry` sends again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from worker.ledger import Ledger
+from worker.models import RETRYABLE
+from worker.sources import Batch
+
+
+class LedgerSource:
+    """The orders whose outcome is `retryable_failed` or `pending`, in ID order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = f"{path} (retryable_failed and pending orders)"
+
+    def scan(self) -> int:
+        """How many orders there are to retry now."""
+        ledger = Ledger(self.path, readonly=True)
+        try:
+            outcomes, _ = ledger.counts()
+        finally:
+            ledger.close()
+        return sum(outcomes.get(o.value, 0) for o in RETRYABLE)
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        """Keyset pages over a read-only connection of its own."""
+        ledger = Ledger(self.path, readonly=True)
+        try:
+            last = ""
+            while page := ledger.candidates(RETRYABLE, last, size):
+                last = page[-1]
+                yield [(order_id, None) for order_id in page]
+        finally:
+            ledger.close()
