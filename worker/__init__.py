@@ -1,3 +1,3 @@
-"""cancel-orders: bulk-cancel SOGET MouvONE customer orders, resumably and within the API's quota."""
+"""cancel-orders: bulk-cancel SOGET MouvONE customer orders, resumably, within the quota."""
 
 __version__ = "0.1.0"

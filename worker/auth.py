@@ -41,7 +41,7 @@ class StaticToken:
         """The given token."""
         return self._token
 
-    async def refresh(self, stale: str) -> str:
+    async def refresh(self, stale: str) -> str:  # noqa: ARG002 - the protocol's signature
         """Cannot refresh: the run must stop."""
         raise FatalApiError(
             "the API answered 401 to the given access token (MOUVONE_ACCESS_TOKEN): "
@@ -110,7 +110,9 @@ class ClientCredentials:
                 return
             if attempt < self._max_attempts:
                 delay = self._backoff.delay(attempt)
-                log.warning("token_retry", attempt=attempt, problem=problem, delay_s=round(delay, 3))
+                log.warning(
+                    "token_retry", attempt=attempt, problem=problem, delay_s=round(delay, 3)
+                )
                 await self._clock.sleep(delay)
         raise FatalApiError(f"no access token after {self._max_attempts} attempts: {problem}")
 

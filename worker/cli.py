@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
 import structlog
 
@@ -22,7 +22,7 @@ from worker.ledger import Ledger
 from worker.logs import configure
 from worker.models import Outcome
 from worker.report import render_run, write_csv, write_json, write_table
-from worker.runner import RunOptions, Runner, new_run_id
+from worker.runner import Runner, RunOptions, RunReport, new_run_id
 from worker.sources import IdValidator, OrderSource
 from worker.sources.csv_file import CsvSource, spool_stdin
 from worker.sources.ledger_source import LedgerSource
@@ -35,21 +35,41 @@ SETTING_FLAGS = {
     "base_url": ("--base-url", str, "URL", "API base URL (MOUVONE_BASE_URL)"),
     "token_url": ("--token-url", str, "URL", "OAuth2 token endpoint (MOUVONE_TOKEN_URL)"),
     "client_id": ("--client-id", str, "ID", "OAuth2 client id (MOUVONE_CLIENT_ID)"),
-    "client_secret": ("--client-secret", str, "SECRET",
-                      "OAuth2 client secret (prefer MOUVONE_CLIENT_SECRET)"),
-    "access_token": ("--access-token", str, "TOKEN",
-                     "ready bearer token, no refresh (prefer MOUVONE_ACCESS_TOKEN)"),
+    "client_secret": (
+        "--client-secret",
+        str,
+        "SECRET",
+        "OAuth2 client secret (prefer MOUVONE_CLIENT_SECRET)",
+    ),
+    "access_token": (
+        "--access-token",
+        str,
+        "TOKEN",
+        "ready bearer token, no refresh (prefer MOUVONE_ACCESS_TOKEN)",
+    ),
     "api_key": ("--api-key", str, "KEY", "subscription key (prefer MOUVONE_API_KEY)"),
     "rate": ("--rate", float, "R", "requests per second, all together (MOUVONE_RATE, 10)"),
     "concurrency": ("--concurrency", int, "C", "requests in flight (MOUVONE_CONCURRENCY, 16)"),
-    "max_attempts": ("--max-attempts", int, "N",
-                     "attempts per order, the first included (MOUVONE_MAX_ATTEMPTS, 5)"),
+    "max_attempts": (
+        "--max-attempts",
+        int,
+        "N",
+        "attempts per order, the first included (MOUVONE_MAX_ATTEMPTS, 5)",
+    ),
     "timeout": ("--timeout", float, "S", "seconds per request (MOUVONE_TIMEOUT, 30)"),
-    "max_wait": ("--max-wait", float, "S",
-                 "longest Retry-After pause before stopping (MOUVONE_MAX_WAIT, 300)"),
+    "max_wait": (
+        "--max-wait",
+        float,
+        "S",
+        "longest Retry-After pause before stopping (MOUVONE_MAX_WAIT, 300)",
+    ),
     "id_pattern": ("--id-pattern", str, "REGEX", "valid order ID (MOUVONE_ID_PATTERN)"),
-    "outcome_table": ("--outcome-table", Path, "FILE",
-                      "outcome table replacing the shipped one (MOUVONE_OUTCOME_TABLE)"),
+    "outcome_table": (
+        "--outcome-table",
+        Path,
+        "FILE",
+        "outcome table replacing the shipped one (MOUVONE_OUTCOME_TABLE)",
+    ),
     "grace": ("--grace", float, "S", "seconds in-flight requests get after a signal (35)"),
     "log_format": ("--log-format", str, "json|console", "log format (MOUVONE_LOG_FORMAT)"),
     "log_level": ("--log-level", str, "LEVEL", "debug, info, warning, error (MOUVONE_LOG_LEVEL)"),
@@ -61,7 +81,7 @@ REPORT_SETTINGS = ("ledger", "log_format", "log_level")
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors on one line and exit status 2."""
 
-    def error(self, message: str) -> Any:
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -74,26 +94,32 @@ def _add_settings(parser: argparse.ArgumentParser, keys: Sequence[str]) -> None:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dry-run", action="store_true",
-                        help="validate and report what would be sent; send nothing")
-    parser.add_argument("--yes", action="store_true",
-                        help="send without asking (needed when not on a terminal)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and report what would be sent; send nothing",
+    )
+    parser.add_argument(
+        "--yes", action="store_true", help="send without asking (needed when not on a terminal)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_settings(parser, RUN_SETTINGS)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
-    parser = _Parser(prog="cancel-orders",
-                     description="Bulk-cancel SOGET MouvONE customer orders, resumably.")
+    parser = _Parser(
+        prog="cancel-orders", description="Bulk-cancel SOGET MouvONE customer orders, resumably."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="cancel the orders listed in a CSV file or on stdin")
     run.add_argument("input", metavar="INPUT", help="CSV or text file, or - for standard input")
     run.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
-    run.add_argument("--force", action="store_true",
-                     help="send again orders that already have a final outcome")
+    run.add_argument(
+        "--force", action="store_true", help="send again orders that already have a final outcome"
+    )
     _add_run_options(run)
 
     retry = sub.add_parser("retry", help="send again the retryable_failed and pending orders")
@@ -101,8 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="show or export the outcomes recorded in a ledger")
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    report.add_argument("--outcome", choices=[o.value for o in Outcome], metavar="NAME",
-                        help="only orders with this outcome")
+    report.add_argument(
+        "--outcome",
+        choices=[o.value for o in Outcome],
+        metavar="NAME",
+        help="only orders with this outcome",
+    )
     _add_settings(report, REPORT_SETTINGS)
 
     from worker.demo import add_simulate_arguments  # noqa: PLC0415 - keeps imports one-way
@@ -111,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate_arguments(simulate)
 
     demo = sub.add_parser("demo", help="the full pipeline against the built-in simulator")
-    demo.add_argument("--keep", metavar="DIR", type=Path,
-                      help="keep the demo's ledger and input in DIR")
+    demo.add_argument(
+        "--keep", metavar="DIR", type=Path, help="keep the demo's ledger and input in DIR"
+    )
     return parser
 
 
@@ -120,11 +151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``cancel-orders``; returns the exit status."""
     args = build_parser().parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "run": cmd_run, "retry": cmd_run, "report": cmd_report,
-        "simulate": _simulate, "demo": _demo,
+        "run": cmd_run,
+        "retry": cmd_run,
+        "report": cmd_report,
+        "simulate": _simulate,
+        "demo": _demo,
     }
     try:
-        return commands[args.command](args)
+        command: Callable[[argparse.Namespace], int] = commands[args.command]
+        return command(args)
     except WorkerError as exc:
         print(f"cancel-orders: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -152,14 +187,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.dry_run and not args.yes:
             _confirm(source, settings, args, total)
         options = RunOptions(
-            command=args.command, force=getattr(args, "force", False), dry_run=args.dry_run,
-            progress_bar=sys.stderr.isatty() and not args.no_progress, total=total,
+            command=args.command,
+            force=getattr(args, "force", False),
+            dry_run=args.dry_run,
+            progress_bar=sys.stderr.isatty() and not args.no_progress,
+            total=total,
         )
         report = asyncio.run(_execute(Runner(settings, source, ledger, options)))
         sys.stdout.write(render_run(report.as_dict()))
         if report.exit_code in (3, 130, 143) and report.reason:
-            print(f"cancel-orders: {report.reason}; unanswered orders stay pending "
-                  f"(resume with the same command)", file=sys.stderr)
+            print(
+                f"cancel-orders: {report.reason}; unanswered orders stay pending "
+                f"(resume with the same command)",
+                file=sys.stderr,
+            )
         return report.exit_code
 
 
@@ -216,7 +257,7 @@ def _count_to_send(source: OrderSource, ledger_path: Path, *, force: bool) -> in
         )
 
 
-async def _execute(runner: Runner) -> Any:
+async def _execute(runner: Runner) -> RunReport:
     """Run with SIGINT and SIGTERM turned into a graceful stop."""
     loop = asyncio.get_running_loop()
     control: RunControl = runner.control

@@ -1,4 +1,4 @@
-"""One HTTP call to MouvONE. Returns what came back; never raises for an answer or a network fault."""
+"""One HTTP call to MouvONE: what came back. Never raises for an answer or a network fault."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def new_session(concurrency: int) -> aiohttp.ClientSession:
     """
     connector = aiohttp.TCPConnector(limit=concurrency + 2, limit_per_host=concurrency + 2)
     session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
-    session._retry_connection = False  # noqa: SLF001 - the only switch, see the docstring
+    session._retry_connection = False
     return session
 
 

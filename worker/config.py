@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,
         dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - not used
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Flags, environment, .env, the --config file, the shipped defaults."""
         sources: list[PydanticBaseSettingsSource] = [init_settings]
@@ -99,7 +99,8 @@ class Settings(BaseSettings):
         user_file = _config_file.get()
         if user_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=user_file))
-        sources.append(TomlConfigSettingsSource(settings_cls, toml_file=defaults_file("defaults.toml")))
+        defaults = defaults_file("defaults.toml")
+        sources.append(TomlConfigSettingsSource(settings_cls, toml_file=defaults))
         return tuple(sources)
 
     def secrets(self) -> list[str]:
@@ -141,7 +142,7 @@ def load_settings(
     token = _config_file.set(config_file)
     env_token = _use_environment.set(environment)
     try:
-        return Settings(_env_file=env_file, **given)
+        return Settings(_env_file=env_file, **given)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, config_file)) from None
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML

@@ -16,7 +16,7 @@ from worker.config import load_settings
 from worker.ledger import Ledger
 from worker.logs import configure
 from worker.report import render_run, write_table
-from worker.runner import RunOptions, Runner
+from worker.runner import Runner, RunOptions
 from worker.simulator import SimConfig, start
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource
@@ -27,24 +27,48 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     d = SimConfig()
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks one)")
-    parser.add_argument("--latency-ms", type=float, default=d.latency_ms,
-                        help="added to every API answer")
-    parser.add_argument("--rate-limit", type=float, default=d.rate_limit,
-                        help="gateway limit per sliding second; 429 with Retry-After beyond")
-    parser.add_argument("--retry-after", type=int, default=d.retry_after_s,
-                        help="Retry-After seconds of a 429 (1)")
-    parser.add_argument("--error-rate", type=float, default=d.error_rate,
-                        help="share of DELETEs answered 503 at random (0)")
-    parser.add_argument("--reset-rate", type=float, default=d.reset_rate,
-                        help="share of DELETEs whose connection is reset at random (0)")
-    parser.add_argument("--stall", type=float, default=d.stall_s,
-                        help="seconds an SLO order stalls (120)")
-    parser.add_argument("--token-ttl", type=float, default=d.token_ttl_s,
-                        help="access token lifetime in seconds (3600)")
-    parser.add_argument("--token-failures", type=int, default=d.token_failures,
-                        help="the first N token requests answer 503 (0)")
-    parser.add_argument("--orders", type=int, default=d.orders,
-                        help="orders to create for the list endpoint (0)")
+    parser.add_argument(
+        "--latency-ms", type=float, default=d.latency_ms, help="added to every API answer"
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=d.rate_limit,
+        help="gateway limit per sliding second; 429 with Retry-After beyond",
+    )
+    parser.add_argument(
+        "--retry-after", type=int, default=d.retry_after_s, help="Retry-After seconds of a 429 (1)"
+    )
+    parser.add_argument(
+        "--error-rate",
+        type=float,
+        default=d.error_rate,
+        help="share of DELETEs answered 503 at random (0)",
+    )
+    parser.add_argument(
+        "--reset-rate",
+        type=float,
+        default=d.reset_rate,
+        help="share of DELETEs whose connection is reset at random (0)",
+    )
+    parser.add_argument(
+        "--stall", type=float, default=d.stall_s, help="seconds an SLO order stalls (120)"
+    )
+    parser.add_argument(
+        "--token-ttl",
+        type=float,
+        default=d.token_ttl_s,
+        help="access token lifetime in seconds (3600)",
+    )
+    parser.add_argument(
+        "--token-failures",
+        type=int,
+        default=d.token_failures,
+        help="the first N token requests answer 503 (0)",
+    )
+    parser.add_argument(
+        "--orders", type=int, default=d.orders, help="orders to create for the list endpoint (0)"
+    )
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (0)")
     parser.add_argument("--client-id", default=d.client_id)
     parser.add_argument("--client-secret", default=d.client_secret)
@@ -54,23 +78,33 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
 def simulate(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM."""
     config = SimConfig(
-        client_id=args.client_id, client_secret=args.client_secret, api_key=args.api_key,
-        token_ttl_s=args.token_ttl, token_failures=args.token_failures,
-        latency_ms=args.latency_ms, rate_limit=args.rate_limit, retry_after_s=args.retry_after,
-        stall_s=args.stall, error_rate=args.error_rate, reset_rate=args.reset_rate,
-        seed=args.seed, orders=args.orders,
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        api_key=args.api_key,
+        token_ttl_s=args.token_ttl,
+        token_failures=args.token_failures,
+        latency_ms=args.latency_ms,
+        rate_limit=args.rate_limit,
+        retry_after_s=args.retry_after,
+        stall_s=args.stall,
+        error_rate=args.error_rate,
+        reset_rate=args.reset_rate,
+        seed=args.seed,
+        orders=args.orders,
     )
     return asyncio.run(_serve(config, args.host, args.port))
 
 
 async def _serve(config: SimConfig, host: str, port: int) -> int:
     running = await start(config, host, port)
-    print(f"MouvONE simulator listening on {running.root} (stats: {running.root}/_sim/stats)\n"
-          f"  export MOUVONE_BASE_URL={running.base_url}\n"
-          f"  export MOUVONE_TOKEN_URL={running.token_url}\n"
-          f"  export MOUVONE_CLIENT_ID={config.client_id} "
-          f"MOUVONE_CLIENT_SECRET={config.client_secret} MOUVONE_API_KEY={config.api_key}",
-          flush=True)
+    print(
+        f"MouvONE simulator listening on {running.root} (stats: {running.root}/_sim/stats)\n"
+        f"  export MOUVONE_BASE_URL={running.base_url}\n"
+        f"  export MOUVONE_TOKEN_URL={running.token_url}\n"
+        f"  export MOUVONE_CLIENT_ID={config.client_id} "
+        f"MOUVONE_CLIENT_SECRET={config.client_secret} MOUVONE_API_KEY={config.api_key}",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -102,11 +136,19 @@ async def _demo(workdir: Path) -> int:
         batch.write_bytes(resources.files("worker").joinpath("sample_orders.csv").read_bytes())
         settings = load_settings(
             {
-                "base_url": running.base_url, "token_url": running.token_url,
-                "client_id": config.client_id, "client_secret": config.client_secret,
-                "api_key": config.api_key, "ledger": workdir / "cancellations.sqlite",
-                "rate": 40, "concurrency": 8, "max_attempts": 3, "timeout": 2,
-                "backoff_base": 0.1, "backoff_cap": 1.0, "log_level": "warning",
+                "base_url": running.base_url,
+                "token_url": running.token_url,
+                "client_id": config.client_id,
+                "client_secret": config.client_secret,
+                "api_key": config.api_key,
+                "ledger": workdir / "cancellations.sqlite",
+                "rate": 40,
+                "concurrency": 8,
+                "max_attempts": 3,
+                "timeout": 2,
+                "backoff_base": 0.1,
+                "backoff_cap": 1.0,
+                "log_level": "warning",
             },
             env_file=None,
             environment=False,
@@ -131,9 +173,11 @@ async def _demo(workdir: Path) -> int:
             write_table_rows(ledger)
         finally:
             ledger.close()
-        print(f"\nThe simulator saw {running.sim.stats.as_dict()['deletes']} DELETEs, "
-              f"at most {running.sim.stats.max_in_window()} in any one second "
-              f"(--rate {settings.rate:g}).")
+        print(
+            f"\nThe simulator saw {running.sim.stats.as_dict()['deletes']} DELETEs, "
+            f"at most {running.sim.stats.max_in_window()} in any one second "
+            f"(--rate {settings.rate:g})."
+        )
     finally:
         await running.close()
     return 0
@@ -143,5 +187,7 @@ def write_table_rows(ledger: Ledger) -> None:
     """The orders a person still has to look at."""
     for row in ledger.rows("retryable_failed"):
         order_id, outcome, status, code, message, attempts, _ = row
-        print(f"  {order_id}  {outcome}  http={status}  code={code}  attempts={attempts}"
-              + (f"  {message}" if message else ""))
+        print(
+            f"  {order_id}  {outcome}  http={status}  code={code}  attempts={attempts}"
+            + (f"  {message}" if message else "")
+        )

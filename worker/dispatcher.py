@@ -58,8 +58,14 @@ class OrderState:
     """What is known of one order while it is being worked on."""
 
     order_id: str
-    attempts: int = 0
+    attempts: int = 0  # requests sent
+    failures: int = 0  # retryable failures, counted against max_attempts
+    reauthed: bool = False
     last: Answer | None = field(default=None)
+
+    def pending(self) -> Result:
+        """Left unanswered because the run stopped."""
+        return self.result(Outcome.PENDING)
 
     def result(self, outcome: Outcome, message: str | None = None) -> Result:
         """A Result from the last answer (if any) with this outcome."""
@@ -91,6 +97,7 @@ class Dispatcher:
 
     def __init__(
         self,
+        *,
         client: MouvoneClient,
         tokens: TokenProvider,
         limiter: RateLimiter,
@@ -111,43 +118,43 @@ class Dispatcher:
 
     async def process(self, state: OrderState) -> Result:
         """Take one order to an outcome; `pending` when the run stops first. Never raises."""
-        reauthed = False
-        failures = 0
         while True:
             try:
                 sent = await self._attempt(state)
             except FatalApiError as exc:
-                self._control.abort(str(exc))
-                return state.result(Outcome.PENDING)
+                return self._stop(state, str(exc))
             if sent is None:
                 return state.result(Outcome.PENDING, "not sent: the run was stopping")
-            answer, token = sent
-            verdict = self._table.classify(answer.status, answer.code, answer.failure)
-            action = verdict.action
-            if action is Action.FINAL:
-                assert verdict.outcome is not None
-                return state.result(verdict.outcome)
-            if action is Action.REAUTH and not reauthed:
-                reauthed = True
-                if await self._refresh(token):
-                    continue
-                return state.result(Outcome.PENDING)
-            if action in (Action.REAUTH, Action.FATAL) or (
-                action is Action.QUOTA and answer.retry_after_s is None
-            ):
-                self._control.abort(_fatal_reason(state.order_id, answer, reauthed))
-                return state.result(Outcome.PENDING)
-            if action is Action.QUOTA:
-                if self._pause_all(answer.retry_after_s):
-                    continue
-                return state.result(Outcome.PENDING)
-            if action is Action.THROTTLE and not self._pause_all(answer.retry_after_s):
-                return state.result(Outcome.PENDING)
-            failures += 1
-            if failures >= self._policy.max_attempts:
-                return state.result(Outcome.RETRYABLE_FAILED)
-            if not await self._backoff(failures, answer):
-                return state.result(Outcome.PENDING)
+            done = await self._handle(state, *sent)
+            if done is not None:
+                return done
+
+    async def _handle(self, state: OrderState, answer: Answer, token: str) -> Result | None:
+        """The order's result, or None to send it again."""
+        verdict = self._table.classify(answer.status, answer.code, answer.failure)
+        action = verdict.action
+        if action is Action.FINAL:
+            assert verdict.outcome is not None
+            return state.result(verdict.outcome)
+        if action is Action.REAUTH and not state.reauthed:
+            state.reauthed = True
+            return await self._refresh(state, token)
+        if action in (Action.REAUTH, Action.FATAL):
+            return self._stop(state, _fatal_reason(state.order_id, answer, state.reauthed))
+        if action is Action.QUOTA:
+            if answer.retry_after_s is None:
+                return self._stop(state, _fatal_reason(state.order_id, answer, state.reauthed))
+            return None if self._pause_all(answer.retry_after_s) else state.pending()
+        if action is Action.THROTTLE and not self._pause_all(answer.retry_after_s):
+            return state.pending()
+        state.failures += 1
+        if state.failures >= self._policy.max_attempts:
+            return state.result(Outcome.RETRYABLE_FAILED)
+        return None if await self._backoff(state.failures, answer) else state.pending()
+
+    def _stop(self, state: OrderState, reason: str) -> Result:
+        self._control.abort(reason)
+        return state.pending()
 
     async def _attempt(self, state: OrderState) -> tuple[Answer, str] | None:
         """Send one DELETE when the limiter admits it; None if the run stops before that."""
@@ -168,13 +175,13 @@ class Dispatcher:
         state.last = answer
         return answer, token
 
-    async def _refresh(self, stale: str) -> bool:
+    async def _refresh(self, state: OrderState, stale: str) -> Result | None:
+        """Refresh the token once for everyone; None to send again, else the run stops."""
         try:
             await self._tokens.refresh(stale)
         except FatalApiError as exc:
-            self._control.abort(str(exc))
-            return False
-        return True
+            return self._stop(state, str(exc))
+        return None
 
     def _pause_all(self, retry_after_s: float | None) -> bool:
         """Pause every worker; False (and the run aborted) when the wait is over max_wait."""
@@ -202,13 +209,11 @@ def _fatal_reason(order_id: str, answer: Answer, reauthed: bool) -> str:
         after = " after a token refresh" if reauthed else ""
         return (
             f"the API answered 401{after} (order {order_id}): the access token or the API key "
-            f"(MOUVONE_API_KEY) is not accepted"
-            + (f": {answer.message}" if answer.message else "")
+            f"(MOUVONE_API_KEY) is not accepted" + (f": {answer.message}" if answer.message else "")
         )
     if answer.status == 403:
-        return (
-            f"the API answered 403 without Retry-After (order {order_id}): access denied"
-            + (f": {answer.message}" if answer.message else "")
+        return f"the API answered 403 without Retry-After (order {order_id}): access denied" + (
+            f": {answer.message}" if answer.message else ""
         )
     detail = answer.code or f"HTTP {answer.status}"
     return f"fatal API answer {detail} (order {order_id})" + (

@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS runs (
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
-_UPSERT_RESULT = f"""
+# Built from constants only.
+_UPSERT_RESULT = f"""  # noqa: S608
 INSERT INTO orders (order_id, outcome, http_status, error_code, message, attempts, run_id,
                     created_at, updated_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -63,8 +64,15 @@ VALUES (?, 'pending', 0, ?, ?, ?)
 ON CONFLICT (order_id) DO UPDATE SET run_id = excluded.run_id, updated_at = excluded.updated_at
 """
 
-CSV_COLUMNS = ("order_id", "outcome", "http_status", "error_code", "message", "attempts",
-               "updated_at")
+CSV_COLUMNS = (
+    "order_id",
+    "outcome",
+    "http_status",
+    "error_code",
+    "message",
+    "attempts",
+    "updated_at",
+)
 
 
 def now_iso() -> str:
@@ -143,8 +151,10 @@ class Ledger:
 
     def begin_run(self, run_id: str, command: str, base_url: str) -> None:
         """Note the start of a run."""
-        self._write("INSERT INTO runs (run_id, command, base_url, started_at) VALUES (?,?,?,?)",
-                    [(run_id, command, base_url, now_iso())])
+        self._write(
+            "INSERT INTO runs (run_id, command, base_url, started_at) VALUES (?,?,?,?)",
+            [(run_id, command, base_url, now_iso())],
+        )
 
     def end_run(self, run_id: str, exit_code: int, summary: dict[str, object]) -> None:
         """Note how a run ended."""
@@ -222,7 +232,7 @@ class Ledger:
         names = [o.value for o in outcomes]
         marks = ",".join("?" * len(names))
         rows = self._db.execute(
-            f"SELECT order_id FROM orders WHERE outcome IN ({marks}) AND order_id > ? "  # noqa: S608
+            f"SELECT order_id FROM orders WHERE outcome IN ({marks}) AND order_id > ? "
             "ORDER BY order_id LIMIT ?",
             (*names, after, limit),
         )
@@ -241,11 +251,16 @@ class Ledger:
     def counts(self, outcome: str | None = None) -> tuple[dict[str, int], dict[str, int]]:
         """(outcome -> count, error_code -> count), optionally for one outcome."""
         where, args = ("WHERE outcome = ?", (outcome,)) if outcome else ("", ())
-        outcomes = dict(self._db.execute(
-            f"SELECT outcome, COUNT(*) FROM orders {where} GROUP BY outcome", args))  # noqa: S608
-        codes = dict(self._db.execute(
-            f"SELECT error_code, COUNT(*) FROM orders {where} "  # noqa: S608
-            f"{'AND' if where else 'WHERE'} error_code IS NOT NULL GROUP BY error_code", args))
+        outcomes = dict(
+            self._db.execute(f"SELECT outcome, COUNT(*) FROM orders {where} GROUP BY outcome", args)
+        )
+        codes = dict(
+            self._db.execute(
+                f"SELECT error_code, COUNT(*) FROM orders {where} "
+                f"{'AND' if where else 'WHERE'} error_code IS NOT NULL GROUP BY error_code",
+                args,
+            )
+        )
         return outcomes, codes
 
     def rows(self, outcome: str | None = None) -> Iterator[tuple[object, ...]]:
@@ -253,20 +268,29 @@ class Ledger:
         cols = ", ".join(CSV_COLUMNS)
         if outcome:
             yield from self._db.execute(
-                f"SELECT {cols} FROM orders WHERE outcome = ? ORDER BY order_id",  # noqa: S608
-                (outcome,))
+                f"SELECT {cols} FROM orders WHERE outcome = ? ORDER BY order_id",
+                (outcome,),
+            )
         else:
-            yield from self._db.execute(f"SELECT {cols} FROM orders ORDER BY order_id")  # noqa: S608
+            yield from self._db.execute(f"SELECT {cols} FROM orders ORDER BY order_id")
 
     def last_run(self) -> dict[str, object] | None:
         """The most recent run's row."""
         row = self._db.execute(
             "SELECT run_id, command, base_url, started_at, finished_at, exit_code, summary "
-            "FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+            "FROM runs ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()
         if row is None:
             return None
-        keys = ("run_id", "command", "base_url", "started_at", "finished_at", "exit_code",
-                "summary")
+        keys = (
+            "run_id",
+            "command",
+            "base_url",
+            "started_at",
+            "finished_at",
+            "exit_code",
+            "summary",
+        )
         return dict(zip(keys, row, strict=True))
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -282,10 +306,21 @@ class Ledger:
 _FINAL_VALUES = frozenset(o.value for o in FINAL)
 
 
-def _result_rows(results: Iterable[Result], run_id: str, stamp: str) -> Iterator[tuple[object, ...]]:
+def _result_rows(
+    results: Iterable[Result], run_id: str, stamp: str
+) -> Iterator[tuple[object, ...]]:
     for r in results:
-        yield (r.order_id, r.outcome.value, r.http_status, r.error_code, r.message, r.attempts,
-               run_id, stamp, stamp)
+        yield (
+            r.order_id,
+            r.outcome.value,
+            r.http_status,
+            r.error_code,
+            r.message,
+            r.attempts,
+            run_id,
+            stamp,
+            stamp,
+        )
 
 
 class _Transaction:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from asyncio_throttle import Throttler
+from asyncio_throttle.throttler import Throttler
 
 from worker.clock import Clock
 
@@ -60,7 +60,7 @@ class RateLimiter:
                 break
             # A pause began while this caller waited: queue again behind it.
         if self._throttler is not None:
-            await self._throttler.acquire()
+            await self._throttler.acquire()  # type: ignore[no-untyped-call]
 
     def pause(self, seconds: float) -> None:
         """Hand out no slot for ``seconds`` from now (a pause never shortens an earlier one)."""

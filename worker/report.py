@@ -51,8 +51,11 @@ def write_table(ledger: Ledger, out: TextIO, outcome: str | None = None) -> None
                 out.write(f"  ... (first {TABLE_ORDER_LIMIT} shown; use --format csv for all)\n")
                 break
             order_id, _, status, code, message, attempts, _updated = row
-            out.write(f"  {order_id}  http={status or '-'}  code={code or '-'}  "
-                      f"attempts={attempts}  {message or ''}".rstrip() + "\n")
+            out.write(
+                f"  {order_id}  http={status or '-'}  code={code or '-'}  "
+                f"attempts={attempts}  {message or ''}".rstrip()
+                + "\n"
+            )
 
 
 def render_counts(data: dict[str, object]) -> str:
@@ -60,8 +63,10 @@ def render_counts(data: dict[str, object]) -> str:
     lines = [f"Ledger: {data['ledger']}"]
     last = data.get("last_run")
     if isinstance(last, dict):
-        lines.append(f"Last run: {last['run_id']} ({last['command']}), started "
-                     f"{last['started_at']}, exit {last['exit_code']}")
+        lines.append(
+            f"Last run: {last['run_id']} ({last['command']}), started "
+            f"{last['started_at']}, exit {last['exit_code']}"
+        )
     lines.append(f"Orders: {data['total']}")
     lines.append("")
     lines.append(f"{'outcome':<20}{'orders':>10}")
@@ -82,8 +87,9 @@ def render_run(data: dict[str, object]) -> str:
     """The end-of-run summary for a person."""
     dry = bool(data.get("dry_run"))
     head = "Dry run (nothing sent)" if dry else f"Run {data['run_id']}"
-    lines = [f"{head}: exit {data['exit_code']}"
-             + (f" ({data['reason']})" if data.get("reason") else "")]
+    lines = [
+        f"{head}: exit {data['exit_code']}" + (f" ({data['reason']})" if data.get("reason") else "")
+    ]
     outcomes = data["outcomes"]
     assert isinstance(outcomes, dict)
     lines.append(f"  orders read          {data['orders_read']:>10}")
@@ -94,8 +100,10 @@ def render_run(data: dict[str, object]) -> str:
         lines.append(f"  invalid              {outcomes.get('invalid', 0):>10}")
     else:
         lines.extend(f"  {name:<20}{count:>10}" for name, count in outcomes.items() if count)
-        lines.append(f"  requests             {data['requests']:>10}   in {data['elapsed_s']} s"
-                     f" ({data['rate_per_s']}/s)")
+        lines.append(
+            f"  requests             {data['requests']:>10}   in {data['elapsed_s']} s"
+            f" ({data['rate_per_s']}/s)"
+        )
     codes = data.get("error_codes")
     if isinstance(codes, dict) and codes:
         lines.append("  error codes: " + ", ".join(f"{c} {n}" for c, n in codes.items()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +21,9 @@ class Backoff:
     def delay(self, attempt: int, retry_after_s: float | None = None) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))], at least Retry-After."""
         ceiling = min(self.cap_s, self.base_s * 2 ** max(0, attempt - 1))
-        jittered = ceiling * self.rand()
+        jittered: float = ceiling * self.rand()
         if retry_after_s is not None:
-            return max(jittered, retry_after_s)
+            return max(jittered, float(retry_after_s))
         return jittered
 
 
@@ -43,6 +44,6 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds != seconds or seconds in {float("inf"), float("-inf")}:  # NaN or infinite
+    if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)

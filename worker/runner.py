@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import structlog
@@ -109,7 +110,8 @@ class Runner:
         self.run_id = new_run_id()
         self.summary = RunSummary()
         self._skipped: dict[str, int] = {}
-        self._sink = ResultSink(None if options.dry_run else self._ledger, self.run_id, self.summary)
+        writer = None if options.dry_run else self._ledger
+        self._sink = ResultSink(writer, self.run_id, self.summary)
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=settings.concurrency * 2)
 
     async def execute(self) -> RunReport:
@@ -117,14 +119,24 @@ class Runner:
         started = time.monotonic()
         ledger = self._ledger.ledger
         if not self._options.dry_run:
-            await self._ledger.call(ledger.begin_run, self.run_id, self._options.command,
-                                    self._settings.base_url)
-        log.info("run_started", run_id=self.run_id, command=self._options.command,
-                 base_url=self._settings.base_url, dry_run=self._options.dry_run,
-                 rate=self._settings.rate, concurrency=self._settings.concurrency)
-        progress = ProgressReporter(self.summary, lambda: self.control.requests,
-                                    bar=self._options.progress_bar,
-                                    interval_s=self._settings.progress_interval)
+            await self._ledger.call(
+                ledger.begin_run, self.run_id, self._options.command, self._settings.base_url
+            )
+        log.info(
+            "run_started",
+            run_id=self.run_id,
+            command=self._options.command,
+            base_url=self._settings.base_url,
+            dry_run=self._options.dry_run,
+            rate=self._settings.rate,
+            concurrency=self._settings.concurrency,
+        )
+        progress = ProgressReporter(
+            self.summary,
+            lambda: self.control.requests,
+            bar=self._options.progress_bar,
+            interval_s=self._settings.progress_interval,
+        )
         progress.total = self._options.total
         progress_task = asyncio.create_task(progress.run())
         try:
@@ -137,8 +149,7 @@ class Runner:
             await asyncio.gather(progress_task, return_exceptions=True)
         report = self._finish(time.monotonic() - started)
         if not self._options.dry_run:
-            await self._ledger.call(ledger.end_run, self.run_id, report.exit_code,
-                                    report.as_dict())
+            await self._ledger.call(ledger.end_run, self.run_id, report.exit_code, report.as_dict())
         self._ledger.close()
         log.info("run_summary", **report.as_dict())
         return report
@@ -168,22 +179,41 @@ class Runner:
         if s.access_token is not None:
             tokens = StaticToken(s.access_token.get_secret_value())
         else:
-            assert s.client_id is not None and s.client_secret is not None
+            assert s.client_id is not None
+            assert s.client_secret is not None
             tokens = ClientCredentials(
-                session, s.token_url, s.client_id, s.client_secret.get_secret_value(),
-                limiter=limiter, clock=self._clock, timeout_s=s.timeout,
-                max_attempts=s.max_attempts, backoff=backoff, on_token=redact.add,
+                session,
+                s.token_url,
+                s.client_id,
+                s.client_secret.get_secret_value(),
+                limiter=limiter,
+                clock=self._clock,
+                timeout_s=s.timeout,
+                max_attempts=s.max_attempts,
+                backoff=backoff,
+                on_token=redact.add,
             )
         assert s.api_key is not None
         client = MouvoneClient(session, s.base_url, s.api_key.get_secret_value(), s.timeout)
         policy = RetryPolicy(s.max_attempts, s.max_wait, backoff)
-        return Dispatcher(client, tokens, limiter, self._table, policy, self.control,
-                          self._clock, s.concurrency)
+        return Dispatcher(
+            client=client,
+            tokens=tokens,
+            limiter=limiter,
+            table=self._table,
+            policy=policy,
+            control=self.control,
+            clock=self._clock,
+            concurrency=s.concurrency,
+        )
 
-    async def _supervise(self, producer: asyncio.Task[None], workers: list[asyncio.Task[None]]) -> None:
-        stop = asyncio.create_task(self.control.stop_event.wait())
+    async def _supervise(
+        self, producer: asyncio.Task[None], workers: list[asyncio.Task[None]]
+    ) -> None:
+        stop = asyncio.ensure_future(self.control.stop_event.wait())
         everything = asyncio.gather(producer, *workers)
-        await asyncio.wait([stop, everything], return_when=asyncio.FIRST_COMPLETED)
+        waits: set[asyncio.Future[Any]] = {stop, everything}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if self.control.stopping:
             producer.cancel()
             for worker in workers:
@@ -219,8 +249,9 @@ class Runner:
             if batch is None:
                 return
             self.summary.read += len(batch)
-            plan = await self._ledger.call(self._ledger.ledger.claim, batch, self.run_id,
-                                           force=self._options.force, dry=dry)
+            plan = await self._ledger.call(
+                self._ledger.ledger.claim, batch, self.run_id, force=self._options.force, dry=dry
+            )
             self.summary.duplicates += plan.duplicates
             self.summary.skipped_final += len(plan.skipped)
             for outcome in plan.skipped:
@@ -259,10 +290,15 @@ class Runner:
             await self._sink.flush()
         except LedgerError as exc:
             self.control.abort(f"ledger write failed: {exc}")
-            for result in self._sink.unrecorded():
-                log.error("unrecorded_result", order_id=result.order_id,
-                          outcome=result.outcome.value, http_status=result.http_status,
-                          error_code=result.error_code, attempts=result.attempts)
+        for result in self._sink.unrecorded():  # one event per result the ledger could not take
+            log.error(
+                "unrecorded_result",
+                order_id=result.order_id,
+                outcome=result.outcome.value,
+                http_status=result.http_status,
+                error_code=result.error_code,
+                attempts=result.attempts,
+            )
 
     def _finish(self, elapsed_s: float) -> RunReport:
         if not self._options.dry_run:
@@ -273,8 +309,15 @@ class Runner:
             code = 0 if all(Outcome(o) in SUCCESS for o in outcomes) else 1
             if self._options.dry_run:
                 code = 0 if not self.summary.outcomes.get(Outcome.INVALID.value) else 1
-        return RunReport(self.run_id, code, self.summary, elapsed_s, self._options.dry_run,
-                         self.control.reason, dict(self._skipped))
+        return RunReport(
+            self.run_id,
+            code,
+            self.summary,
+            elapsed_s,
+            self._options.dry_run,
+            self.control.reason,
+            dict(self._skipped),
+        )
 
 
 def _next_batch(batches: Iterator[Batch]) -> Batch | None:

@@ -49,8 +49,12 @@ BEHAVIOURS: dict[str, tuple[str, str]] = {
     "THR": ("transient", "429"),
     "QTA": ("transient", "quota"),
 }
-NOT_FINAL = {"conflict", "USER_ID_INVALID", "ORGANIZATION_NOT_FOUND",
-             "ORGANIZATION_ACTOR_CODE_INVALID"}
+NOT_FINAL = {
+    "conflict",
+    "USER_ID_INVALID",
+    "ORGANIZATION_NOT_FOUND",
+    "ORGANIZATION_ACTOR_CODE_INVALID",
+}
 STATUSES = ("Draft", "Valid", "Submitted", "InProcess", "Accepted")
 
 
@@ -73,7 +77,7 @@ class SimConfig:
     seed: int = 0
     orders: int = 0  # orders to pre-create for the list endpoint
     base_path: str = "/customer-orders/v1"
-    token_path: str = "/soget-connect/v1/openid-connect/token"
+    token_path: str = "/soget-connect/v1/openid-connect/token"  # noqa: S105 - a path
 
 
 @dataclass
@@ -123,7 +127,7 @@ class Simulator:
         self._failures: Counter[str] = Counter()
         self._tokens: dict[str, float] = {}
         self._window: deque[float] = deque()
-        self._random = random.Random(self.config.seed)  # noqa: S311 - fault injection only
+        self._random = random.Random(self.config.seed)
         self._created: dict[str, date] = {}
         self._seed_orders()
 
@@ -146,9 +150,11 @@ class Simulator:
         form = await request.post()
         if self.stats.token_requests <= self.config.token_failures:
             return web.Response(status=503, text="<html>Service Unavailable</html>")
-        if (form.get("grant_type") != "client_credentials"
-                or form.get("client_id") != self.config.client_id
-                or form.get("client_secret") != self.config.client_secret):
+        if (
+            form.get("grant_type") != "client_credentials"
+            or form.get("client_id") != self.config.client_id
+            or form.get("client_secret") != self.config.client_secret
+        ):
             return web.json_response({"error": "invalid_client"}, status=401)
         token = secrets.token_urlsafe(24)
         self._tokens[token] = time.monotonic() + self.config.token_ttl_s
@@ -236,8 +242,9 @@ class Simulator:
         if detail == "503":
             return web.Response(status=503, text="")
         if detail == "502html":
-            return web.Response(status=502, text="<html><body>Bad Gateway</body></html>",
-                                content_type="text/html")
+            return web.Response(
+                status=502, text="<html><body>Bad Gateway</body></html>", content_type="text/html"
+            )
         if detail == "500json":
             return web.Response(status=500, text='{"code": "INTERN', content_type=JSON)
         if detail == "reset":
@@ -255,7 +262,7 @@ class Simulator:
             transport.abort()
         raise asyncio.CancelledError
 
-    def _count(self, response: web.Response) -> web.Response:
+    def _count(self, response: web.StreamResponse) -> web.StreamResponse:
         self.stats.statuses[response.status] += 1
         return response
 
@@ -263,7 +270,7 @@ class Simulator:
 
     def order(self, order_id: str) -> dict[str, object] | None:
         """The order as GET /customer-orders/{id} shows it; None when it does not exist."""
-        kind, detail = BEHAVIOURS.get(order_id[:3], ("normal", ""))
+        _kind, detail = BEHAVIOURS.get(order_id[:3], ("normal", ""))
         if detail in {"CUSTOMER_ORDER_NOT_FOUND", "404"}:
             return None
         digest = hashlib.sha256(order_id.encode()).digest()
@@ -282,7 +289,7 @@ class Simulator:
             "creationDate": created.isoformat(),
         }
 
-    async def get_one(self, request: web.Request) -> web.Response:
+    async def get_one(self, request: web.Request) -> web.StreamResponse:
         """GET /customer-orders/{id}."""
         refused = await self._gateway(request)
         if refused is not None:
@@ -293,7 +300,7 @@ class Simulator:
             return self._count(_api_error("CUSTOMER_ORDER_NOT_FOUND", "Order doesn't exist."))
         return self._count(web.json_response(found))
 
-    async def get_list(self, request: web.Request) -> web.Response:
+    async def get_list(self, request: web.Request) -> web.StreamResponse:
         """GET /customer-orders with status, date, offset and limit filters."""
         refused = await self._gateway(request)
         if refused is not None:
@@ -320,10 +327,12 @@ class Simulator:
             items = [o for o in items if str(o["creationDate"]) >= start.isoformat()]
         if end:
             items = [o for o in items if str(o["creationDate"]) <= end.isoformat()]
-        page = items[offset:offset + min(limit, 50)]
-        return self._count(web.json_response(
-            {"total": len(items), "returned": len(page), "first": offset, "items": page}
-        ))
+        page = items[offset : offset + min(limit, 50)]
+        return self._count(
+            web.json_response(
+                {"total": len(items), "returned": len(page), "first": offset, "items": page}
+            )
+        )
 
     def _seed_orders(self) -> None:
         today = datetime.now(UTC).date()
@@ -342,7 +351,7 @@ def _order_id(request: web.Request, base_path: str) -> str | None:
     prefix = base_path + "/customer-orders/"
     if not raw.startswith(prefix):
         return None
-    segment = raw[len(prefix):]
+    segment = raw[len(prefix) :]
     if not segment or "/" in segment:
         return None
     return unquote(segment)
@@ -356,8 +365,10 @@ def _api_error(code: str, message: str | None = None) -> web.Response:
 def _apim(status: int, message: str, retry_after: int | None = None) -> web.Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return web.Response(
-        status=status, text=json.dumps({"statusCode": status, "message": message}),
-        content_type=JSON, headers=headers,
+        status=status,
+        text=json.dumps({"statusCode": status, "message": message}),
+        content_type=JSON,
+        headers=headers,
     )
 
 
@@ -390,15 +401,16 @@ class RunningSimulator:
         await self.runner.cleanup()
 
 
-async def start(config: SimConfig | None = None, host: str = "127.0.0.1",
-                port: int = 0) -> RunningSimulator:
+async def start(
+    config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0
+) -> RunningSimulator:
     """Start a simulator (port 0 picks a free one)."""
     sim = Simulator(config)
     runner = web.AppRunner(sim.app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, shutdown_timeout=0.5)
     await site.start()
-    server = site._server  # noqa: SLF001 - the only way to learn the port picked for 0
+    server = site._server
     assert server is not None
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port

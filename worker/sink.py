@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from typing import ParamSpec, TypeVar
 
 import structlog
@@ -37,7 +38,8 @@ class LedgerThread:
         """Run ``fn(*args, **kwargs)`` on the ledger thread."""
         loop = asyncio.get_running_loop()
         # Shielded: once submitted, a ledger write completes even if the caller is cancelled.
-        return await asyncio.shield(loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs)))
+        future = loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        return await asyncio.shield(future)
 
     def close(self) -> None:
         """Finish queued calls and stop the thread."""
@@ -88,10 +90,8 @@ class ResultSink:
     async def run(self, on_error: Callable[[str], None]) -> None:
         """Flush whenever the buffer fills or every FLUSH_INTERVAL_S, until cancelled."""
         while True:
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), FLUSH_INTERVAL_S)
-            except TimeoutError:
-                pass
             try:
                 await self.flush()
             except LedgerError as exc:

@@ -32,8 +32,9 @@ class CsvSource:
     without BOM, LF or CRLF, comma, semicolon or tab separated. Blank values are skipped.
     """
 
-    def __init__(self, path: Path, validator: IdValidator, column: str | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self, path: Path, validator: IdValidator, column: str | None = None, name: str | None = None
+    ) -> None:
         self.path = path
         self.name = name or str(path)
         self._validator = validator
@@ -117,11 +118,12 @@ class _LineCounter:
         if len(raw) == FIELD_LIMIT and not raw.endswith(b"\n"):
             raise InputError(f"{self._name}:{self.number}: line longer than {FIELD_LIMIT} bytes")
         if self.number == 1 and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8):]
+            raw = raw[len(codecs.BOM_UTF8) :]
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InputError(f"{self._name}:{self.number}: not valid UTF-8 ({exc.reason})") from None
+            where = f"{self._name}:{self.number}"
+            raise InputError(f"{where}: not valid UTF-8 ({exc.reason})") from None
 
     def first_content_line(self) -> str | None:
         """The first line that is not blank, or None for an empty input."""
