@@ -165,6 +165,8 @@ async def _demo(workdir: Path) -> int:
             finally:
                 ledger.close()
             sys.stdout.write(render_run(report.as_dict()) + "\n")
+            if report.exit_code not in (0, 1):
+                return report.exit_code  # the demo itself went wrong
         print("== cancel-orders report")
         ledger = Ledger(settings.ledger, readonly=True)
         try:

@@ -47,7 +47,7 @@ PRAGMA user_version = {SCHEMA_VERSION};
 """
 
 # Built from constants only.
-_UPSERT_RESULT = f"""  # noqa: S608
+_UPSERT_RESULT = f"""
 INSERT INTO orders (order_id, outcome, http_status, error_code, message, attempts, run_id,
                     created_at, updated_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
