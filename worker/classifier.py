@@ -86,10 +86,14 @@ class OutcomeTable:
             codes = entry.get("codes", {})
             by_code[status] = {c: _parse_verdict(v, f"{where}.codes.{c}") for c, v in codes.items()}
         transport = {
-            kind: _parse_verdict(data.get("transport", {}).get(kind, "retry"), f"transport.{kind}")
+            kind: _parse_verdict(
+                data.get("transport", {}).get(kind, "retry"), f"{name}: transport.{kind}"
+            )
             for kind in TRANSPORT_FAILURES
         }
-        default = _parse_verdict(data.get("default", {}).get("verdict", "retry"), "default")
+        default = _parse_verdict(
+            data.get("default", {}).get("verdict", "retry"), f"{name}: default"
+        )
         return cls(by_status, by_code, transport, default)
 
     def classify(self, status: int | None, code: str | None, failure: str | None) -> Verdict:

@@ -155,9 +155,9 @@ def load_settings(
 def _one_line(exc: ValidationError, config_file: Path | None) -> str:
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "settings"
-    where = f" (config file {config_file})" if config_file else ""
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = "unknown setting"
+        where = f"{config_file} or .env" if config_file else ".env"
+        message = f"unknown setting (in {where})"
     extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"invalid setting {key}: {message}{where}{extra}"
+    return f"invalid setting {key}: {message}{extra}"

@@ -124,6 +124,7 @@ class Simulator:
         self.stats = SimStats()
         self.cancelled: set[str] = set()
         self.finalized: set[str] = set()  # orders that have had a final answer
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._failures: Counter[str] = Counter()
         self._tokens: dict[str, float] = {}
         self._window: deque[float] = deque()
@@ -201,6 +202,7 @@ class Simulator:
         if order_id is None:
             return self._count(_api_error("WRONG_FORMAT", "Order identifier is in wrong format."))
         self.stats.deletes[order_id] += 1
+        self._notify()
         if order_id in self.finalized:
             self.stats.resent_final += 1
         if self._random.random() < self.config.reset_rate:
@@ -230,6 +232,24 @@ class Simulator:
             return _api_error("ORDER_ALREADY_CANCELED", "The order has already been cancelled.")
         self.cancelled.add(order_id)
         return web.Response(status=200)
+
+    async def wait_for_deletes(self, count: int) -> None:
+        """Return once at least ``count`` DELETEs have arrived (for tests and rehearsals)."""
+        if sum(self.stats.deletes.values()) >= count:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((count, future))
+        await future
+
+    def _notify(self) -> None:
+        if not self._waiters:
+            return
+        seen = sum(self.stats.deletes.values())
+        for count, future in list(self._waiters):
+            if seen >= count:
+                self._waiters.remove((count, future))
+                if not future.done():
+                    future.set_result(None)
 
     def _fails_now(self, order_id: str) -> bool:
         times = int(order_id[-1]) if order_id[-1].isdigit() else 1

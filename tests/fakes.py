@@ -1,0 +1,46 @@
+"""A virtual clock: sleeping tasks wake in time order, and no test waits on real time."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+
+
+class FakeClock:
+    """Time moves only when every task is asleep, straight to the next wake-up."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        """Virtual now."""
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        """Park until virtual time reaches now + seconds."""
+        self.slept.append(seconds)
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + seconds, next(self._seq), future))
+        await future
+
+    async def run(self, *tasks: asyncio.Task[object]) -> None:
+        """Drive virtual time until these tasks are done."""
+        while not all(t.done() for t in tasks):
+            for _ in range(20):  # let every runnable task reach its next sleep
+                await asyncio.sleep(0)
+            if all(t.done() for t in tasks):
+                break
+            if not self._sleepers:
+                continue
+            wake, _, future = heapq.heappop(self._sleepers)
+            self.now = max(self.now, wake)
+            if not future.done():
+                future.set_result(None)
+        await asyncio.gather(*tasks)

@@ -1,0 +1,121 @@
+"""Settings: precedence flag > environment > .env > --config > defaults; one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.config import load_settings
+from worker.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _no_mouvone_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("MOUVONE_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_match_the_contract(tmp_path: Path) -> None:
+    """The shipped defaults are the contract's."""
+    s = load_settings({}, env_file=tmp_path / "none.env")
+    assert s.base_url == "https://soget-api-integration.azure-api.net/customer-orders/v1"
+    assert s.token_url.endswith("/soget-connect/v1/openid-connect/token")
+    assert (s.rate, s.concurrency, s.max_attempts, s.timeout, s.max_wait) == (10, 16, 5, 30, 300)
+    assert s.ledger == Path("cancellations.sqlite")
+    assert s.id_pattern == "^[A-Z]{3}[0-9]{10}$"
+    assert s.log_level == "info"
+    assert s.log_format is None
+
+
+def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each source overrides the ones below it, key by key."""
+    config = tmp_path / "c.toml"
+    config.write_text("rate = 1\nconcurrency = 2\nmax_attempts = 3\ntimeout = 4\n")
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("MOUVONE_CONCURRENCY=20\nMOUVONE_MAX_ATTEMPTS=30\nMOUVONE_TIMEOUT=40\n")
+    monkeypatch.setenv("MOUVONE_MAX_ATTEMPTS", "31")
+    monkeypatch.setenv("MOUVONE_TIMEOUT", "400")
+    s = load_settings({"timeout": 4000.0, "rate": None}, config, env_file=dotenv)
+    assert s.rate == 1  # config file over default
+    assert s.concurrency == 20  # .env over config file
+    assert s.max_attempts == 31  # environment over .env
+    assert s.timeout == 4000  # flag over environment
+    assert s.max_wait == 300  # default
+
+
+def test_secrets_are_hidden(tmp_path: Path) -> None:
+    """Secrets are SecretStr: their repr does not show them."""
+    s = load_settings({"client_secret": "s3cr3t-value", "api_key": "k3y-value"},
+                      env_file=tmp_path / "none")
+    assert "s3cr3t-value" not in repr(s)
+    assert "k3y-value" not in str(s)
+    assert set(s.secrets()) == {"s3cr3t-value", "k3y-value"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({}, "missing credential: MOUVONE_API_KEY (--api-key), MOUVONE_CLIENT_ID"),
+        ({"api_key": "k"}, "MOUVONE_CLIENT_ID (--client-id), MOUVONE_CLIENT_SECRET"),
+        ({"api_key": "k", "client_id": "c"}, "MOUVONE_CLIENT_SECRET (--client-secret)"),
+        ({"access_token": "t"}, "missing credential: MOUVONE_API_KEY (--api-key)"),
+    ],
+)
+def test_missing_credentials_are_named(tmp_path: Path, flags: dict[str, str], message: str) -> None:
+    """The one-line error names every missing credential."""
+    s = load_settings(flags, env_file=tmp_path / "none")
+    with pytest.raises(ConfigError) as err:
+        s.require_credentials()
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_complete_credentials(tmp_path: Path) -> None:
+    """Client credentials or a static token, each with the API key, are enough."""
+    load_settings({"api_key": "k", "client_id": "c", "client_secret": "s"},
+                  env_file=tmp_path / "n").require_credentials()
+    load_settings({"api_key": "k", "access_token": "t"},
+                  env_file=tmp_path / "n").require_credentials()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"rate": 0}, "invalid setting rate: Input should be greater than 0"),
+        ({"concurrency": 0}, "invalid setting concurrency"),
+        ({"base_url": "ftp://x"}, "invalid setting base_url: must be an http:// or https:// URL"),
+        ({"id_pattern": "(["}, "invalid setting id_pattern: not a regular expression"),
+        ({"log_level": "loud"}, "invalid setting log_level"),
+        ({"log_format": "xml"}, "invalid setting log_format"),
+    ],
+)
+def test_bad_values(tmp_path: Path, flags: dict[str, object], message: str) -> None:
+    """A bad value is one line naming the setting."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(flags, env_file=tmp_path / "none")
+    assert message in str(err.value)
+
+
+def test_bad_config_file(tmp_path: Path) -> None:
+    """A missing file, bad TOML or an unknown key names the file."""
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings({}, tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("rate = [\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
+        load_settings({}, bad, env_file=tmp_path / "none")
+    typo = tmp_path / "typo.toml"
+    typo.write_text("rat = 5\n")
+    with pytest.raises(ConfigError, match=r"invalid setting rat: unknown setting \(in .*typo\.toml or \.env\)"):
+        load_settings({}, typo, env_file=tmp_path / "none")
+
+
+def test_environment_can_be_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo builds settings that a real credential in the environment cannot reach."""
+    monkeypatch.setenv("MOUVONE_ACCESS_TOKEN", "real-token")
+    s = load_settings({}, env_file=None, environment=False)
+    assert s.access_token is None
