@@ -426,9 +426,10 @@ async def start(
 ) -> RunningSimulator:
     """Start a simulator (port 0 picks a free one)."""
     sim = Simulator(config)
-    runner = web.AppRunner(sim.app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(sim.app(), access_log=None, handle_signals=False,
+                           shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=0.5)
+    site = web.TCPSite(runner, host, port)
     await site.start()
     server = site._server
     assert server is not None
