@@ -44,3 +44,26 @@ class FakeClock:
             if not future.done():
                 future.set_result(None)
         await asyncio.gather(*tasks)
+
+
+class InstantClock:
+    """Real monotonic time, but sleeping returns at once and is only recorded."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        """Real time plus whatever the test advanced."""
+        import time
+
+        return time.monotonic() + self.offset
+
+    async def sleep(self, seconds: float) -> None:
+        """Record and return."""
+        self.slept.append(seconds)
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        """Jump ahead (a token growing old)."""
+        self.offset += seconds

@@ -115,9 +115,23 @@ class Dispatcher:
         self._control = control
         self._clock = clock
         self._semaphore = asyncio.Semaphore(concurrency)
+        self._probe = asyncio.Lock()
+        self._credentials_accepted = asyncio.Event()
 
     async def process(self, state: OrderState) -> Result:
-        """Take one order to an outcome; `pending` when the run stops first. Never raises."""
+        """Take one order to an outcome; `pending` when the run stops first. Never raises.
+
+        Until one answer has shown that the credentials are accepted, orders go one at a time
+        (the first is a probe), so wrong credentials stop the run after a request or two
+        instead of a whole round of ``concurrency`` refusals.
+        """
+        if not self._credentials_accepted.is_set():
+            async with self._probe:
+                if not self._credentials_accepted.is_set():
+                    return await self._process(state)
+        return await self._process(state)
+
+    async def _process(self, state: OrderState) -> Result:
         while True:
             try:
                 sent = await self._attempt(state)
@@ -173,6 +187,8 @@ class Dispatcher:
             finally:
                 self._control.in_flight.discard(task)
         state.last = answer
+        if answer.status is not None and answer.status not in (401, 403):
+            self._credentials_accepted.set()
         return answer, token
 
     async def _refresh(self, state: OrderState, stale: str) -> Result | None:

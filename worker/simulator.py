@@ -89,6 +89,7 @@ class SimStats:
     arrivals: list[float] = field(default_factory=list)  # monotonic time of each API request
     token_requests: int = 0
     resent_final: int = 0  # DELETEs for an order that had already had a final answer
+    answers: list[tuple[float, str, int]] = field(default_factory=list)  # (time, order, status)
 
     def max_in_window(self, window_s: float = 1.0) -> int:
         """The most API requests that arrived within any sliding window of this length."""
@@ -210,6 +211,7 @@ class Simulator:
         if self._random.random() < self.config.error_rate:
             return self._count(web.Response(status=503, text=""))
         response = await self._behave(request, order_id)
+        self.stats.answers.append((time.monotonic(), order_id, response.status))
         if response.status in (200, 404) or (
             response.status == 400 and BEHAVIOURS.get(order_id[:3], ("", ""))[1] not in NOT_FINAL
         ):
