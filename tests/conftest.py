@@ -97,11 +97,15 @@ class Cli:
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
 
-    async def start(self, *args: str, env: dict[str, str] | None = None,
-                    stdin: bytes | None = None) -> asyncio.subprocess.Process:
+    async def start(
+        self, *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+    ) -> asyncio.subprocess.Process:
         """Start the CLI; the caller waits for it."""
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker", *args,
+            sys.executable,
+            "-m",
+            "worker",
+            *args,
             cwd=self.cwd,
             env=env if env is not None else _clean_env(),
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -109,8 +113,13 @@ class Cli:
             stderr=asyncio.subprocess.PIPE,
         )
 
-    async def run(self, *args: str, env: dict[str, str] | None = None,
-                  stdin: bytes | None = None, timeout: float = 60) -> Completed:
+    async def run(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        stdin: bytes | None = None,
+        timeout: float = 60,
+    ) -> Completed:
         """Run the CLI to its end."""
         proc = await self.start(*args, env=env, stdin=stdin)
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)

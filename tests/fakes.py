@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 
 
 class FakeClock:
@@ -55,8 +56,6 @@ class InstantClock:
 
     def monotonic(self) -> float:
         """Real time plus whatever the test advanced."""
-        import time
-
         return time.monotonic() + self.offset
 
     async def sleep(self, seconds: float) -> None:

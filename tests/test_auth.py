@@ -24,12 +24,23 @@ async def session() -> AsyncIterator[Any]:
     await s.close()
 
 
-def _provider(session: Any, running: RunningSimulator, clock: InstantClock,
-              secret: str = "demo-secret", seen: list[str] | None = None) -> ClientCredentials:
+def _provider(
+    session: Any,
+    running: RunningSimulator,
+    clock: InstantClock,
+    secret: str = "demo-secret",
+    seen: list[str] | None = None,
+) -> ClientCredentials:
     return ClientCredentials(
-        session, running.token_url, "demo-client", secret,
-        limiter=RateLimiter(1000, clock, hard_cap=False), clock=clock, timeout_s=5,
-        max_attempts=3, backoff=Backoff(0.1, 1.0, lambda: 1.0),
+        session,
+        running.token_url,
+        "demo-client",
+        secret,
+        limiter=RateLimiter(1000, clock, hard_cap=False),
+        clock=clock,
+        timeout_s=5,
+        max_attempts=3,
+        backoff=Backoff(0.1, 1.0, lambda: 1.0),
         on_token=(seen.append if seen is not None else lambda _t: None),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,6 @@ def test_reference_list_is_complete() -> None:
     reference = Path(__file__).resolve().parents[2] / "shared" / "api" / "cancel-order.md"
     if not reference.is_file():
         pytest.skip(f"API reference not found at {reference}")
-    import re
-
     named = set(re.findall(r"^- ([A-Z0-9_]+):", reference.read_text(), flags=re.M))
     assert named
     assert named <= set(REFERENCE_CODES)
@@ -124,7 +123,7 @@ def test_bad_table_is_a_config_error(tmp_path: Path, text: str) -> None:
     """An unknown verdict, a TOML error or a non-final outcome is refused with the file named."""
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match="bad.toml"):
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
         OutcomeTable.load(path)
 
 
@@ -139,7 +138,8 @@ def test_bad_table_is_a_config_error(tmp_path: Path, text: str) -> None:
         (400, None, "unreadable", "UNREADABLE_RESPONSE"),
     ],
 )
-def test_error_code_recorded(status: int | None, code: str | None, failure: str | None,
-                             expected: str | None) -> None:
+def test_error_code_recorded(
+    status: int | None, code: str | None, failure: str | None, expected: str | None
+) -> None:
     """The ledger's error_code is the API's code, else a descriptive stand-in."""
     assert error_code_for(status, code, failure) == expected

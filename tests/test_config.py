@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,6 @@ from worker.errors import ConfigError
 
 @pytest.fixture(autouse=True)
 def _no_mouvone_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     for key in list(os.environ):
         if key.startswith("MOUVONE_"):
             monkeypatch.delenv(key)
@@ -49,8 +48,9 @@ def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_secrets_are_hidden(tmp_path: Path) -> None:
     """Secrets are SecretStr: their repr does not show them."""
-    s = load_settings({"client_secret": "s3cr3t-value", "api_key": "k3y-value"},
-                      env_file=tmp_path / "none")
+    s = load_settings(
+        {"client_secret": "s3cr3t-value", "api_key": "k3y-value"}, env_file=tmp_path / "none"
+    )
     assert "s3cr3t-value" not in repr(s)
     assert "k3y-value" not in str(s)
     assert set(s.secrets()) == {"s3cr3t-value", "k3y-value"}
@@ -76,10 +76,12 @@ def test_missing_credentials_are_named(tmp_path: Path, flags: dict[str, str], me
 
 def test_complete_credentials(tmp_path: Path) -> None:
     """Client credentials or a static token, each with the API key, are enough."""
-    load_settings({"api_key": "k", "client_id": "c", "client_secret": "s"},
-                  env_file=tmp_path / "n").require_credentials()
-    load_settings({"api_key": "k", "access_token": "t"},
-                  env_file=tmp_path / "n").require_credentials()
+    load_settings(
+        {"api_key": "k", "client_id": "c", "client_secret": "s"}, env_file=tmp_path / "n"
+    ).require_credentials()
+    load_settings(
+        {"api_key": "k", "access_token": "t"}, env_file=tmp_path / "n"
+    ).require_credentials()
 
 
 @pytest.mark.parametrize(
@@ -110,7 +112,8 @@ def test_bad_config_file(tmp_path: Path) -> None:
         load_settings({}, bad, env_file=tmp_path / "none")
     typo = tmp_path / "typo.toml"
     typo.write_text("rat = 5\n")
-    with pytest.raises(ConfigError, match=r"invalid setting rat: unknown setting \(in .*typo\.toml or \.env\)"):
+    expected = r"invalid setting rat: unknown setting \(in .*typo\.toml or \.env\)"
+    with pytest.raises(ConfigError, match=expected):
         load_settings({}, typo, env_file=tmp_path / "none")
 
 

@@ -59,7 +59,8 @@ def test_column_flag(tmp_path: Path) -> None:
 def test_unknown_column(tmp_path: Path) -> None:
     """A --column that is not in the header is an error naming file, line and the columns."""
     path = _file(tmp_path, f"id,ref\n{A},x\n".encode())
-    with pytest.raises(InputError, match=r"in\.csv:1: no column 'nope' in the header \(columns: id, ref\)"):
+    expected = r"in\.csv:1: no column 'nope' in the header \(columns: id, ref\)"
+    with pytest.raises(InputError, match=expected):
         CsvSource(path, PATTERN, "nope").scan()
 
 
@@ -78,7 +79,7 @@ def test_invalid_ids_are_results(tmp_path: Path) -> None:
 def test_long_invalid_id_is_shortened(tmp_path: Path) -> None:
     """A huge value is recorded shortened, not whole."""
     path = _file(tmp_path, ("id\n" + "X" * 5000 + "\n").encode())
-    (order_id, result), = next(CsvSource(path, PATTERN).batches(10))
+    ((order_id, result),) = next(CsvSource(path, PATTERN).batches(10))
     assert result is not None
     assert len(order_id) < 200
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
@@ -40,8 +39,13 @@ def test_claim_marks_pending_and_dedupes(ledger: Ledger) -> None:
 def test_resume_skips_final_only(ledger: Ledger) -> None:
     """A later run skips final orders and takes pending and retryable_failed ones again."""
     ledger.claim([(A, None), (B, None), (C, None)], "run1")
-    ledger.record([Result(A, Outcome.CANCELLED, 200, None, None, 1),
-                   Result(B, Outcome.RETRYABLE_FAILED, 503, "HTTP_503", None, 5)], "run1")
+    ledger.record(
+        [
+            Result(A, Outcome.CANCELLED, 200, None, None, 1),
+            Result(B, Outcome.RETRYABLE_FAILED, 503, "HTTP_503", None, 5),
+        ],
+        "run1",
+    )
     plan = ledger.claim([(A, None), (B, None), (C, None)], "run2")
     assert plan.to_send == [B, C]
     assert plan.skipped == ["cancelled"]
@@ -60,8 +64,9 @@ def test_final_is_never_downgraded_to_pending(ledger: Ledger) -> None:
     ledger.record([Result(A, Outcome.CANCELLED, 200, None, None, 1)], "run1")
     ledger.record([Result(A, Outcome.PENDING, None, None, "interrupted", 1)], "run2")
     assert _row(ledger, A)[1] == "cancelled"
-    ledger.record([Result(A, Outcome.ALREADY_CANCELLED, 400, "ORDER_ALREADY_CANCELED", None, 1)],
-                  "run2")
+    ledger.record(
+        [Result(A, Outcome.ALREADY_CANCELLED, 400, "ORDER_ALREADY_CANCELED", None, 1)], "run2"
+    )
     assert _row(ledger, A)[1] == "already_cancelled"
 
 
@@ -136,12 +141,12 @@ def test_file_is_private(tmp_path: Path) -> None:
     """A new ledger is readable by its owner only."""
     path = tmp_path / "p.sqlite"
     Ledger(path).close()
-    assert os.stat(path).st_mode & 0o077 == 0
+    assert path.stat().st_mode & 0o077 == 0
 
 
 def test_unwritable_location(tmp_path: Path) -> None:
     """A ledger in a missing folder is a LedgerError naming the path."""
-    with pytest.raises(LedgerError, match="missing/l.sqlite: cannot open the ledger"):
+    with pytest.raises(LedgerError, match=r"missing/l\.sqlite: cannot open the ledger"):
         Ledger(tmp_path / "missing" / "l.sqlite")
 
 
@@ -153,8 +158,13 @@ def test_readonly_needs_a_file(tmp_path: Path) -> None:
 
 def test_counts(ledger: Ledger) -> None:
     """Counts by outcome and error code, optionally for one outcome."""
-    ledger.record([Result(A, Outcome.REJECTED, 400, "R0008", None, 1),
-                   Result(B, Outcome.REJECTED, 400, "R0009", None, 1),
-                   Result(C, Outcome.CANCELLED, 200, None, None, 1)], "run1")
+    ledger.record(
+        [
+            Result(A, Outcome.REJECTED, 400, "R0008", None, 1),
+            Result(B, Outcome.REJECTED, 400, "R0009", None, 1),
+            Result(C, Outcome.CANCELLED, 200, None, None, 1),
+        ],
+        "run1",
+    )
     assert ledger.counts() == ({"rejected": 2, "cancelled": 1}, {"R0008": 1, "R0009": 1})
     assert ledger.counts("cancelled") == ({"cancelled": 1}, {})

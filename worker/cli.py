@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from pathlib import Path
@@ -18,7 +17,7 @@ from worker import __version__
 from worker.config import Settings, load_settings
 from worker.dispatcher import RunControl
 from worker.errors import ConfigError, WorkerError
-from worker.ledger import Ledger
+from worker.ledger import Ledger, open_ledger
 from worker.logs import configure
 from worker.models import Outcome
 from worker.report import render_run, write_csv, write_json, write_table
@@ -183,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         source = _source(args, settings, stack)
         total = source.scan()
-        ledger = _open_ledger(settings.ledger, dry=args.dry_run, stack=stack)
+        ledger = open_ledger(settings.ledger, dry=args.dry_run, stack=stack)
         if not args.dry_run and not args.yes:
             _confirm(source, settings, args, total)
         options = RunOptions(
@@ -217,19 +216,6 @@ def _source(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> O
     return CsvSource(Path(args.input), validator, args.column)
 
 
-def _open_ledger(path: Path, *, dry: bool, stack: ExitStack) -> Ledger:
-    """The run's ledger; a dry run reads an existing one, or a throwaway one, writing nothing."""
-    if dry:
-        if not path.is_file():
-            path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dry.sqlite"
-            Ledger(path).close()
-        ledger = Ledger(path, readonly=True)
-    else:
-        ledger = Ledger(path)
-    stack.callback(ledger.close)
-    return ledger
-
-
 def _confirm(source: OrderSource, settings: Settings, args: argparse.Namespace, total: int) -> None:
     """Ask a person to type yes; refuse when nobody can be asked."""
     if args.command == "run" and args.input == "-":
@@ -249,7 +235,7 @@ def _confirm(source: OrderSource, settings: Settings, args: argparse.Namespace, 
 
 def _count_to_send(source: OrderSource, ledger_path: Path, *, force: bool) -> int:
     with ExitStack() as stack:
-        ledger = _open_ledger(ledger_path, dry=True, stack=stack)
+        ledger = open_ledger(ledger_path, dry=True, stack=stack)
         run_id = new_run_id()
         return sum(
             len(ledger.claim(batch, run_id, force=force, dry=True).to_send)

@@ -10,7 +10,9 @@ import fcntl
 import json
 import os
 import sqlite3
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -321,6 +323,20 @@ def _result_rows(
             stamp,
             stamp,
         )
+
+
+def open_ledger(path: Path, *, dry: bool, stack: ExitStack) -> Ledger:
+    """A run's ledger, closed with ``stack``. A dry run only reads: the existing ledger, or an
+    empty throwaway one when there is none yet, so that it never creates or changes the file."""
+    if dry:
+        if not path.is_file():
+            path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dry.sqlite"
+            Ledger(path).close()
+        ledger = Ledger(path, readonly=True)
+    else:
+        ledger = Ledger(path)
+    stack.callback(ledger.close)
+    return ledger
 
 
 class _Transaction:

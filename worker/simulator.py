@@ -198,8 +198,8 @@ class Simulator:
         order_id = _order_id(request, self.config.base_path)
         refused = await self._gateway(request)
         if refused is not None:
-            self.stats.statuses[refused.status] += 1
-            return refused
+            self.stats.answers.append((time.monotonic(), order_id or "", refused.status))
+            return self._count(refused)
         if order_id is None:
             return self._count(_api_error("WRONG_FORMAT", "Order identifier is in wrong format."))
         self.stats.deletes[order_id] += 1
@@ -428,8 +428,7 @@ async def start(
 ) -> RunningSimulator:
     """Start a simulator (port 0 picks a free one)."""
     sim = Simulator(config)
-    runner = web.AppRunner(sim.app(), access_log=None, handle_signals=False,
-                           shutdown_timeout=0.5)
+    runner = web.AppRunner(sim.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
