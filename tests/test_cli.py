@@ -1,0 +1,354 @@
+"""The real CLI in a subprocess against the simulator: exit statuses, output, resume, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import random
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cli, ledger_rows, sim_env, write_ids
+from worker.models import FINAL
+from worker.simulator import RunningSimulator
+
+MIXED = [
+    "CDE0000000001",
+    "CDE0000000002",
+    "SUB0000000001",
+    "NFD0000000001",
+    "ALR0000000001",
+    "ERR0000000000",
+    "not-an-id",
+    "CDE0000000001",
+]
+
+
+def _events(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["retry"], ["report"], ["simulate"], ["demo"]])
+async def test_help(cli: Cli, command: list[str]) -> None:
+    """Every command answers --help."""
+    done = await cli.run(*command, "--help")
+    assert done.code == 0
+    assert "usage: cancel-orders" in done.stdout
+
+
+async def test_mixed_run_exit_1_with_summary_and_events(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """A mixed batch: exit 1, a summary on stdout, one JSON event per order on stderr."""
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "orders.csv", MIXED)
+    done = await cli.run("run", str(src), "--yes", "--max-attempts", "2", env=sim_env(sim, ledger))
+    assert done.code == 1, done.stderr
+    assert "cancelled                    2" in done.stdout
+    assert "error codes:" in done.stdout
+    events = _events(done.stderr)
+    orders = [e for e in events if e["event"] == "order"]
+    assert len(orders) == 7
+    assert {"order_id", "outcome", "http_status", "error_code", "attempts", "latency_ms"} <= set(
+        orders[0]
+    )
+    summary = next(e for e in events if e["event"] == "run_summary")
+    assert summary["outcomes"]["rejected"] == 1
+    assert summary["duplicates"] == 1
+
+
+async def test_all_cancelled_exit_0_then_resume_sends_nothing(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Exit 0 when every order is cancelled; the same command again sends nothing."""
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "orders.csv", [f"CDE{n:010d}" for n in range(1, 31)])
+    env = sim_env(sim, ledger)
+    assert (await cli.run("run", str(src), "--yes", env=env)).code == 0
+    again = await cli.run("run", str(src), "--yes", env=env)
+    assert again.code == 0
+    assert "already final                30" in again.stdout
+    assert sim.sim.stats.resent_final == 0
+    assert sum(sim.sim.stats.deletes.values()) == 30
+
+
+async def test_standard_input(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """`-` reads the IDs from standard input."""
+    done = await cli.run(
+        "run",
+        "-",
+        "--yes",
+        env=sim_env(sim, tmp_path / "l.sqlite"),
+        stdin=b"CDE0000000001\r\nCDE0000000002\r\n",
+    )
+    assert done.code == 0, done.stderr
+    assert set(ledger_rows(tmp_path / "l.sqlite")) == {"CDE0000000001", "CDE0000000002"}
+
+
+async def test_missing_credential_exit_2(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """A missing credential is named in one line, exit 2, nothing sent."""
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    del env["MOUVONE_API_KEY"]
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001"])
+    done = await cli.run("run", str(src), "--yes", env=env)
+    assert done.code == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "cancel-orders: error: missing credential: MOUVONE_API_KEY (--api-key)"
+    )
+    assert sim.sim.stats.token_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "fast"], "argument --rate: invalid float value"),
+        (["--rate", "0"], "invalid setting rate"),
+        (["--nope"], "unrecognized arguments: --nope"),
+        (["--ledger", "/nonexistent/dir/l.sqlite"], "cannot open the ledger"),
+        (["--config", "/nonexistent.toml"], "config file not found"),
+    ],
+)
+async def test_usage_errors_exit_2(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path, args: list[str], message: str
+) -> None:
+    """Bad flags and settings: one line, exit 2, nothing sent."""
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001"])
+    done = await cli.run("run", str(src), "--yes", *args, env=sim_env(sim, tmp_path / "l.sqlite"))
+    assert done.code == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert sum(sim.sim.stats.deletes.values()) == 0
+
+
+async def test_unreadable_input_exit_2(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """Undecodable input names file and line; nothing is sent, even the lines before it."""
+    src = tmp_path / "bad.csv"
+    src.write_bytes(b"orderId\nCDE0000000001\nCDE0000000002\n\xff\xfe\xfa\n")
+    done = await cli.run("run", str(src), "--yes", env=sim_env(sim, tmp_path / "l.sqlite"))
+    assert done.code == 2
+    assert f"{src}:4: not valid UTF-8" in done.stderr
+    assert sum(sim.sim.stats.deletes.values()) == 0
+
+
+async def test_missing_input_exit_2(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """A missing input file: exit 2."""
+    done = await cli.run(
+        "run", str(tmp_path / "none.csv"), "--yes", env=sim_env(sim, tmp_path / "l.sqlite")
+    )
+    assert done.code == 2
+    assert "none.csv: cannot read" in done.stderr
+
+
+async def test_no_confirmation_sends_nothing(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Without --yes and without a terminal to ask on, nothing is sent (exit 2)."""
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001"])
+    done = await cli.run("run", str(src), env=sim_env(sim, tmp_path / "l.sqlite"))
+    assert done.code == 2
+    assert "pass --yes" in done.stderr
+    assert sim.sim.stats.token_requests == 0
+
+
+async def test_dry_run(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """--dry-run needs no credentials, sends nothing, creates no ledger; exit 0 if valid."""
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    del env["MOUVONE_CLIENT_SECRET"]
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001", "CDE0000000002"])
+    done = await cli.run("run", str(src), "--dry-run", env=env)
+    assert done.code == 0, done.stderr
+    assert "would send                    2" in done.stdout
+    assert not (tmp_path / "l.sqlite").exists()
+    bad = write_ids(tmp_path / "b.csv", ["CDE0000000001", "oops"])
+    assert (await cli.run("run", str(bad), "--dry-run", env=env)).code == 1
+    assert sim.sim.stats.token_requests == 0
+
+
+async def test_fatal_answer_exit_3(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """A fatal API answer: exit 3, the reason on stderr, the orders pending."""
+    ids = ["USR0000000001"] + [f"CDE{n:010d}" for n in range(1, 50)]
+    src = write_ids(tmp_path / "o.csv", ids)
+    done = await cli.run(
+        "run", str(src), "--yes", "--concurrency", "4", env=sim_env(sim, tmp_path / "l.sqlite")
+    )
+    assert done.code == 3
+    assert "USER_ID_INVALID" in done.stderr
+    rows = ledger_rows(tmp_path / "l.sqlite")
+    assert rows["USR0000000001"]["outcome"] == "pending"
+    assert sum(sim.sim.stats.deletes.values()) <= 5
+
+
+async def test_retry_and_report(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """retry resends only retryable orders; report prints table, JSON and CSV."""
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(sim, ledger)
+    src = write_ids(tmp_path / "o.csv", MIXED)
+    await cli.run("run", str(src), "--yes", "--max-attempts", "2", env=env)
+    before = sum(sim.sim.stats.deletes.values())
+    retried = await cli.run("retry", "--yes", "--max-attempts", "2", env=env)
+    assert retried.code == 1
+    assert sum(sim.sim.stats.deletes.values()) - before == 2  # ERR0000000000, twice
+
+    table = await cli.run("report", env=env)
+    assert table.code == 0
+    assert "retryable_failed             1" in table.stdout
+
+    as_json = json.loads((await cli.run("report", "--format", "json", env=env)).stdout)
+    assert as_json["total"] == 7
+    assert set(as_json["outcomes"]) == {
+        "cancelled",
+        "already_cancelled",
+        "not_found",
+        "rejected",
+        "invalid",
+        "retryable_failed",
+        "pending",
+    }
+    assert as_json["outcomes"]["pending"] == 0
+    assert as_json["error_codes"]["R0008"] == 1
+
+    as_csv = (await cli.run("report", "--format", "csv", env=env)).stdout
+    rows = list(csv.reader(io.StringIO(as_csv)))
+    assert rows[0] == [
+        "order_id",
+        "outcome",
+        "http_status",
+        "error_code",
+        "message",
+        "attempts",
+        "updated_at",
+    ]
+    assert len(rows) == 8
+    only = await cli.run("report", "--format", "csv", "--outcome", "rejected", env=env)
+    assert [r[0] for r in csv.reader(io.StringIO(only.stdout))][1:] == ["SUB0000000001"]
+
+
+async def test_report_without_ledger(cli: Cli, tmp_path: Path) -> None:
+    """report on a missing ledger: exit 2 naming it."""
+    done = await cli.run("report", "--ledger", str(tmp_path / "none.sqlite"))
+    assert done.code == 2
+    assert "none.sqlite: no ledger at this path" in done.stderr
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+async def test_signal_mid_run(
+    cli: Cli, make_sim: Any, tmp_path: Path, signum: int, code: int
+) -> None:
+    """A signal stops reading, lets in-flight requests finish and be recorded, exits 130/143."""
+    running = await make_sim(latency_ms=100)
+    ledger = tmp_path / "l.sqlite"
+    ids = [f"CDE{n:010d}" for n in range(1, 301)]
+    src = write_ids(tmp_path / "o.csv", ids)
+    proc = await cli.start(
+        "run",
+        str(src),
+        "--yes",
+        "--concurrency",
+        "8",
+        env=sim_env(running, ledger, MOUVONE_RATE="500"),
+    )
+    await asyncio.wait_for(running.sim.wait_for_deletes(24), 30)
+    proc.send_signal(signum)
+    out, _err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == code
+    assert b"exit " + str(code).encode() in out
+    rows = ledger_rows(ledger)
+    assert sum(running.sim.stats.deletes.values()) <= 24 + 2 * 8  # nothing new after the signal
+    assert sum(r["outcome"] == "pending" for r in rows.values()) > 200
+    for order_id in running.sim.cancelled:  # every answer received was recorded
+        assert rows[order_id]["outcome"] == "cancelled"
+    assert {r["outcome"] for r in rows.values()} <= {"cancelled", "pending"}
+
+
+async def test_kill_9_then_resume(cli: Cli, make_sim: Any, tmp_path: Path) -> None:
+    """SIGKILL at random moments, resumed each time: every order final, one row each, and no
+    order sent again once its final outcome was in the ledger."""
+    running = await make_sim(latency_ms=20)
+    ledger = tmp_path / "l.sqlite"
+    ids = [f"CDE{n:010d}" for n in range(1, 401)] + ["SUB0000000001", "NFD0000000001"]
+    src = write_ids(tmp_path / "o.csv", ids)
+    env = sim_env(running, ledger, MOUVONE_RATE="1000", MOUVONE_CONCURRENCY="8")
+    rng = random.Random(7)
+    final_then: set[str] = set()
+    sent_then: dict[str, int] = {}
+    for kills_left in (3, 2, 1, 0):
+        if kills_left:
+            target = sum(running.sim.stats.deletes.values()) + rng.randint(20, 80)
+            proc = await cli.start("run", str(src), "--yes", env=env)
+            await asyncio.wait_for(running.sim.wait_for_deletes(target), 30)
+            proc.kill()
+            await proc.wait()
+        else:
+            done = await cli.run("run", str(src), "--yes", env=env)
+            assert done.code == 1, done.stderr  # SUB and NFD are not successes
+        for order_id in final_then:  # recorded final before this run: never sent again
+            assert running.sim.stats.deletes[order_id] == sent_then[order_id], order_id
+        final_then = {k for k, r in ledger_rows(ledger).items() if r["outcome"] in FINAL}
+        sent_then = dict(running.sim.stats.deletes)
+    rows = ledger_rows(ledger)
+    assert set(rows) == set(ids)
+    assert {r["outcome"] for r in rows.values()} <= {o.value for o in FINAL}
+    db = sqlite3.connect(ledger)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+
+
+async def test_secrets_never_printed(cli: Cli, make_sim: Any, tmp_path: Path) -> None:
+    """With debug logs, no secret or token appears in the output, the ledger or the reports."""
+    running = await make_sim(client_secret="S3cret-client-value", api_key="K3y-subscription")
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(running, ledger, MOUVONE_LOG_LEVEL="debug")
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001", "USR0000000001", "TMP0000000001"])
+    done = await cli.run("run", str(src), "--yes", env=env)
+    reports = [await cli.run("report", "--format", f, env=env) for f in ("table", "json", "csv")]
+    texts = [done.stdout, done.stderr, ledger.read_bytes().decode("latin-1")]
+    texts += [r.stdout + r.stderr for r in reports]
+    secrets = ["S3cret-client-value", "K3y-subscription", *running.sim._tokens]
+    assert len(secrets) >= 3
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text
+
+
+async def test_config_file(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """Settings can come from a TOML file given with --config."""
+    config = tmp_path / "settings.toml"
+    config.write_text(f'base_url = "{sim.base_url}"\nrate = 5\n')
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    del env["MOUVONE_BASE_URL"]
+    del env["MOUVONE_RATE"]
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001"])
+    done = await cli.run("run", str(src), "--yes", "--config", str(config), env=env)
+    assert done.code == 0, done.stderr
+    start = next(e for e in _events(done.stderr) if e["event"] == "run_started")
+    assert start["rate"] == 5
+
+
+async def test_demo(cli: Cli) -> None:
+    """`cancel-orders demo` runs the whole pipeline with nothing else and exits 0."""
+    done = await cli.run("demo", timeout=120)
+    assert done.code == 0, done.stderr
+    assert "First run" in done.stdout
+    assert "already final" in done.stdout
+    assert "ERR0000000000  retryable_failed" in done.stdout
+
+
+async def test_simulate_serves_until_sigterm(cli: Cli) -> None:
+    """`cancel-orders simulate` serves the API on loopback and stops on SIGTERM."""
+    proc = await cli.start("simulate", "--port", "0")
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 20)
+    root = first.decode().split("listening on ")[1].split(" ")[0]
+    reader, writer = await asyncio.open_connection(*root.removeprefix("http://").split(":"))
+    writer.write(b"GET /_sim/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    response = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert b"200 OK" in response
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
