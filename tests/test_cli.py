@@ -6,9 +6,12 @@ import asyncio
 import csv
 import io
 import json
+import os
+import pty
 import random
 import signal
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -352,3 +355,68 @@ async def test_simulate_serves_until_sigterm(cli: Cli) -> None:
     assert b"200 OK" in response
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def _run_on_terminal(
+    cli: Cli, args: list[str], env: dict[str, str], answer: bytes
+) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as standard input and type ``answer``."""
+    master, slave = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            *args,
+            cwd=cli.cwd,
+            env=env,
+            stdin=slave,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        os.write(master, answer)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode() + err.decode()
+
+
+async def test_prompt_states_count_and_target(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """On a terminal, the prompt states the order count and base URL; 'yes' sends."""
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001", "CDE0000000002", "CDE0000000001"])
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    code, text = await _run_on_terminal(cli, ["run", str(src)], env, b"yes\n")
+    assert code == 0, text
+    assert f"About to cancel 2 orders at {sim.base_url}" in text
+    assert sum(sim.sim.stats.deletes.values()) == 2
+
+
+async def test_prompt_refused_sends_nothing(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Anything but 'yes' at the prompt sends nothing (exit 2)."""
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001"])
+    code, text = await _run_on_terminal(
+        cli, ["run", str(src)], sim_env(sim, tmp_path / "l.sqlite"), b"no\n"
+    )
+    assert code == 2
+    assert "not confirmed: nothing was sent" in text
+    assert sim.sim.stats.token_requests == 0
+
+
+async def test_periodic_progress_events(cli: Cli, make_sim: Any, tmp_path: Path) -> None:
+    """Off a terminal, progress is a periodic `progress` event with done and total."""
+    running = await make_sim(latency_ms=10)
+    src = write_ids(tmp_path / "o.csv", [f"CDE{n:010d}" for n in range(1, 61)])
+    env = sim_env(
+        running, tmp_path / "l.sqlite", MOUVONE_RATE="60", MOUVONE_PROGRESS_INTERVAL="0.2"
+    )
+    done = await cli.run("run", str(src), "--yes", env=env)
+    progress = [e for e in _events(done.stderr) if e["event"] == "progress"]
+    assert progress
+    assert progress[-1]["total"] == 60
+    assert all(0 <= e["done"] <= 60 for e in progress)
