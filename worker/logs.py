@@ -7,6 +7,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 REDACTED = "[REDACTED]"
@@ -57,15 +58,28 @@ redact = Redactor()
 class _StderrLogger:
     """Writes each line to the current sys.stderr (a progress bar may have wrapped it)."""
 
-    def msg(self, message: str) -> None:
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
+    def msg(self, message: str | bytes) -> None:
+        stream = sys.stderr
+        binary = getattr(stream, "buffer", None)
+        if isinstance(message, bytes):
+            if binary is not None:
+                stream.flush()
+                binary.write(message + b"\n")
+                binary.flush()
+                return
+            message = message.decode("utf-8", "replace")
+        stream.write(message + "\n")
+        stream.flush()
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
 def _stderr_logger(*_args: Any) -> _StderrLogger:
     return _StderrLogger()
+
+
+def _json_line(event: Any, **_kw: Any) -> bytes:
+    return orjson.dumps(event, default=repr)
 
 
 def configure(log_format: str | None, level: str, secrets: list[str] | None = None) -> str:
@@ -77,7 +91,7 @@ def configure(log_format: str | None, level: str, secrets: list[str] | None = No
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_json_line)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
