@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -79,7 +80,11 @@ def _stderr_logger(*_args: Any) -> _StderrLogger:
 
 
 def _json_line(event: Any, **_kw: Any) -> bytes:
-    return orjson.dumps(event, default=repr)
+    """One JSON line; never raises, whatever a caller put in the event."""
+    try:
+        return orjson.dumps(event, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(event, default=str).encode()
 
 
 def configure(log_format: str | None, level: str, secrets: list[str] | None = None) -> str:

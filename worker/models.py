@@ -58,7 +58,7 @@ class RunSummary:
 
     def add(self, result: Result) -> None:
         """Count one order's result."""
-        self.outcomes[result.outcome] += 1
+        self.outcomes[result.outcome.value] += 1
         if result.error_code:
             self.error_codes[result.error_code] += 1
 

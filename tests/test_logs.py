@@ -1,0 +1,41 @@
+"""Log set-up: JSON lines that never fail, and redaction of secrets wherever they appear."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+
+from worker.logs import REDACTED, Redactor, _json_line
+
+
+class _Color(StrEnum):
+    RED = "red"
+
+
+def test_json_line_never_raises() -> None:
+    """Enum keys, huge integers and odd objects still give one JSON line."""
+    line = _json_line({"event": "x", "counts": {_Color.RED: 1}, "big": 2**80, "obj": object()})
+    data = json.loads(line)
+    assert data["counts"] == {"red": 1}
+    assert data["big"] == 2**80
+
+
+def test_redactor_cleans_nested_values() -> None:
+    """A secret is replaced in strings, containers and exceptions, longest secret first."""
+    redact = Redactor()
+    redact.add("abc")  # too short to redact safely
+    redact.add("token-123")
+    redact.add("token-123-long")
+    event = {
+        "event": "e",
+        "msg": "Bearer token-123-long",
+        "nested": {"k": ["x token-123"]},
+        "exc": ValueError("token-123"),
+        "n": 5,
+    }
+    cleaned = redact(None, "info", event)
+    assert cleaned["msg"] == f"Bearer {REDACTED}"
+    assert cleaned["nested"] == {"k": [f"x {REDACTED}"]}
+    assert "token-123" not in cleaned["exc"]
+    assert cleaned["n"] == 5
+    assert "abc" not in redact._secrets
