@@ -254,3 +254,28 @@ async def test_interrupt_records_in_flight(make_sim: Any, tmp_path: Path) -> Non
         assert rows[order_id]["outcome"] == "cancelled"
     assert {r["outcome"] for r in rows.values()} <= {"cancelled", "pending"}
     assert "pending" in {r["outcome"] for r in rows.values()}
+
+
+async def test_second_signal_skips_the_grace(make_sim: Any, tmp_path: Path) -> None:
+    """A second signal cancels requests still in flight: they stay pending, the run ends."""
+    running = await make_sim(stall_s=60)
+    ids = [f"SLO{n:010d}" for n in range(1, 5)]  # every request stalls for a minute
+    settings = settings_for(running, tmp_path / "ledger.sqlite", concurrency=4, timeout=60,
+                            grace=60)
+    source = CsvSource(write_ids(tmp_path / "in.csv", ids), IdValidator(settings.id_pattern))
+    ledger = Ledger(settings.ledger)
+    runner = Runner(settings, source, ledger, RunOptions())
+
+    async def signals() -> None:
+        await running.sim.wait_for_deletes(1)  # the probe is in flight
+        runner.control.interrupt(130, "SIGINT")
+        runner.control.interrupt(130, "SIGINT")
+
+    sender = asyncio.create_task(signals())
+    report = await asyncio.wait_for(runner.execute(), 30)
+    await sender
+    ledger.close()
+    assert report.exit_code == 130
+    rows = ledger_rows(tmp_path / "ledger.sqlite")
+    assert {r["outcome"] for r in rows.values()} == {"pending"}
+    assert rows["SLO0000000001"]["attempts"] == 1

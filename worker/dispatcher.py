@@ -26,6 +26,7 @@ class RunControl:
 
     def __init__(self) -> None:
         self.stop_event = asyncio.Event()
+        self.hurry_event = asyncio.Event()  # a second signal: do not wait for requests in flight
         self.exit_code: int | None = None
         self.reason: str | None = None
         self.in_flight: set[asyncio.Task[object]] = set()
@@ -45,10 +46,15 @@ class RunControl:
         self.stop_event.set()
 
     def interrupt(self, exit_code: int, signal_name: str) -> None:
-        """A signal asked the run to stop (130 for SIGINT, 143 for SIGTERM)."""
-        if self.exit_code is None or self.exit_code == 3:
-            self.exit_code = exit_code
-            self.reason = f"interrupted by {signal_name}"
+        """A signal asked the run to stop (130 for SIGINT, 143 for SIGTERM). A signal while the
+        run is already stopping asks it not to wait for the requests in flight (they stay
+        `pending`) and keeps the first reason."""
+        if self.stopping:
+            log.warning("run_interrupted_again", signal=signal_name)
+            self.hurry_event.set()
+            return
+        self.exit_code = exit_code
+        self.reason = f"interrupted by {signal_name}"
         log.warning("run_interrupted", signal=signal_name)
         self.stop_event.set()
 

@@ -156,19 +156,19 @@ class Runner:
 
     async def _send_all(self) -> None:
         session = new_session(self._settings.concurrency)
+        flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
         try:
             dispatcher = self._dispatcher(session)
-            flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
             producer = asyncio.create_task(self._produce(self._queue))
             workers = [
                 asyncio.create_task(self._work(dispatcher))
                 for _ in range(self._settings.concurrency * 2)
             ]
             await self._supervise(producer, workers)
+        finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await self._final_flush()
-        finally:
             await session.close()
 
     def _dispatcher(self, session: aiohttp.ClientSession) -> Dispatcher:
@@ -221,11 +221,20 @@ class Runner:
                     worker.cancel()
             busy = [w for w in workers if not w.done()]
             if busy:
-                _, late = await asyncio.wait(busy, timeout=self._settings.grace)
-                for worker in late:
-                    worker.cancel()
+                await self._grace(busy)
         stop.cancel()
         await asyncio.gather(everything, stop, return_exceptions=True)
+
+    async def _grace(self, busy: list[asyncio.Task[None]]) -> None:
+        """Give requests in flight ``grace`` seconds (less after a second signal), then cancel."""
+        finished = asyncio.gather(*busy, return_exceptions=True)
+        hurry = asyncio.ensure_future(self.control.hurry_event.wait())
+        waits: set[asyncio.Future[Any]] = {finished, hurry}
+        await asyncio.wait(waits, timeout=self._settings.grace, return_when=asyncio.FIRST_COMPLETED)
+        hurry.cancel()
+        for worker in busy:
+            worker.cancel()
+        await asyncio.gather(finished, hurry, return_exceptions=True)
 
     async def _produce(self, queue: asyncio.Queue[str | None] | None) -> None:
         """Read, validate and claim the input in batches; feed the queue (none in a dry run)."""
