@@ -122,3 +122,13 @@ def test_environment_can_be_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MOUVONE_ACCESS_TOKEN", "real-token")
     s = load_settings({}, env_file=None, environment=False)
     assert s.access_token is None
+
+
+def test_dotenv_lines_of_other_programs_are_ignored(tmp_path: Path) -> None:
+    """A shared .env may hold other programs' variables; a MOUVONE_ typo is still an error."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("DATABASE_URL=postgres://x\nexport MOUVONE_RATE=3\n")
+    assert load_settings({}, env_file=dotenv).rate == 3
+    dotenv.write_text("MOUVONE_RATEE=3\n")
+    with pytest.raises(ConfigError, match=r"invalid setting rate+e: unknown setting \(in \.env\)"):
+        load_settings({}, env_file=dotenv)

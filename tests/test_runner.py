@@ -260,8 +260,9 @@ async def test_second_signal_skips_the_grace(make_sim: Any, tmp_path: Path) -> N
     """A second signal cancels requests still in flight: they stay pending, the run ends."""
     running = await make_sim(stall_s=60)
     ids = [f"SLO{n:010d}" for n in range(1, 5)]  # every request stalls for a minute
-    settings = settings_for(running, tmp_path / "ledger.sqlite", concurrency=4, timeout=60,
-                            grace=60)
+    settings = settings_for(
+        running, tmp_path / "ledger.sqlite", concurrency=4, timeout=60, grace=60
+    )
     source = CsvSource(write_ids(tmp_path / "in.csv", ids), IdValidator(settings.id_pattern))
     ledger = Ledger(settings.ledger)
     runner = Runner(settings, source, ledger, RunOptions())

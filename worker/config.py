@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +28,7 @@ from worker.errors import ConfigError
 ENV_PREFIX = "MOUVONE_"
 _config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
 _use_environment: ContextVar[bool] = ContextVar("use_environment", default=True)
+_dotenv_file: ContextVar[Path | None] = ContextVar("dotenv_file", default=None)
 
 
 def defaults_file(name: str) -> Path:
@@ -36,9 +39,7 @@ def defaults_file(name: str) -> Path:
 class Settings(BaseSettings):
     """Every setting of the contract; field names are the TOML keys and, upper-cased, the env."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", env_file=".env"
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     base_url: str
     token_url: str
@@ -89,13 +90,13 @@ class Settings(BaseSettings):
         settings_cls: type[BaseSettings],
         init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - replaced, see below
         file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - not used
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Flags, environment, .env, the --config file, the shipped defaults."""
         sources: list[PydanticBaseSettingsSource] = [init_settings]
         if _use_environment.get():
-            sources += [env_settings, dotenv_settings]
+            sources += [env_settings, _PrefixedDotEnv(settings_cls, _dotenv_file.get())]
         user_file = _config_file.get()
         if user_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=user_file))
@@ -124,6 +125,30 @@ class Settings(BaseSettings):
             raise ConfigError("missing credential: " + ", ".join(missing) + hint)
 
 
+class _PrefixedDotEnv(PydanticBaseSettingsSource):
+    """The ``MOUVONE_*`` lines of a .env file; its other lines belong to other programs."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._values: dict[str, Any] = {}
+        if path is not None and path.is_file():
+            for key, value in dotenv_values(path).items():
+                if key.upper().startswith(ENV_PREFIX) and value is not None:
+                    self._values[key[len(ENV_PREFIX) :].lower()] = value
+
+    def get_field_value(
+        self,
+        field: FieldInfo,  # noqa: ARG002 - the base class's signature
+        field_name: str,
+    ) -> tuple[Any, str, bool]:
+        """Unused: __call__ returns everything at once."""
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """Settings found in the file, by field name."""
+        return dict(self._values)
+
+
 def load_settings(
     flags: dict[str, Any],
     config_file: Path | None = None,
@@ -141,8 +166,9 @@ def load_settings(
     given = {key: value for key, value in flags.items() if value is not None}
     token = _config_file.set(config_file)
     env_token = _use_environment.set(environment)
+    dotenv_token = _dotenv_file.set(env_file)
     try:
-        return Settings(_env_file=env_file, **given)  # type: ignore[call-arg]
+        return Settings(**given)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, config_file)) from None
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML
@@ -150,6 +176,7 @@ def load_settings(
     finally:
         _config_file.reset(token)
         _use_environment.reset(env_token)
+        _dotenv_file.reset(dotenv_token)
 
 
 def _one_line(exc: ValidationError, config_file: Path | None) -> str:
