@@ -70,6 +70,14 @@ SETTING_FLAGS = {
         "outcome table replacing the shipped one (MOUVONE_OUTCOME_TABLE)",
     ),
     "grace": ("--grace", float, "S", "seconds in-flight requests get after a signal (35)"),
+    "backoff_base": ("--backoff-base", float, "S", "first retry delay ceiling (0.5)"),
+    "backoff_cap": ("--backoff-cap", float, "S", "longest retry delay (30)"),
+    "progress_interval": (
+        "--progress-interval",
+        float,
+        "S",
+        "seconds between progress events off a terminal (10)",
+    ),
     "log_format": ("--log-format", str, "json|console", "log format (MOUVONE_LOG_FORMAT)"),
     "log_level": ("--log-level", str, "LEVEL", "debug, info, warning, error (MOUVONE_LOG_LEVEL)"),
 }
