@@ -142,6 +142,7 @@ class Simulator:
         app.router.add_get(c.base_path + "/customer-orders/{tail:.*}", self.get_one)
         app.router.add_get(c.base_path + "/customer-orders", self.get_list)
         app.router.add_get("/_sim/stats", self.stats_handler)
+        app.router.add_post("/_sim/reset", self.reset_handler)
         return app
 
     # -- token ----------------------------------------------------------------------------
@@ -365,6 +366,11 @@ class Simulator:
     async def stats_handler(self, _request: web.Request) -> web.Response:
         """GET /_sim/stats: what the simulator saw."""
         return web.json_response(self.stats.as_dict())
+
+    async def reset_handler(self, _request: web.Request) -> web.Response:
+        """POST /_sim/reset: forget the counts (orders keep their state)."""
+        self.stats = SimStats()
+        return web.json_response({"reset": True})
 
 
 def _order_id(request: web.Request, base_path: str) -> str | None:
