@@ -149,3 +149,19 @@ async def test_connection_reset_is_not_resent_silently(make_sim: object) -> None
         await session.close()
     assert answer.failure == "connection"
     assert running.sim.stats.deletes["ABC0000000001"] == 1
+
+
+async def test_success_body_is_read(client: MouvoneClient) -> None:
+    """A 200 with a body is still cancelled (the body is read so the connection is reused)."""
+    with aioresponses() as mocked:
+        mocked.delete(URL, status=200, payload={"customerOrderId": "ABC0000000001"})
+        answer = await client.cancel("ABC0000000001", "tok")
+    assert (answer.status, answer.failure) == (200, None)
+
+
+async def test_huge_error_body_is_cut(client: MouvoneClient) -> None:
+    """An oversized error body is not read whole."""
+    with aioresponses() as mocked:
+        mocked.delete(URL, status=503, body="x" * 1_000_000)
+        answer = await client.cancel("ABC0000000001", "tok")
+    assert (answer.status, answer.message) == (503, None)

@@ -68,7 +68,7 @@ class MouvoneClient:
             ) as resp:
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                body = b"" if status == 200 else await resp.content.read(MAX_ERROR_BODY)
+                body = await _read_body(resp)
         except TimeoutError:
             return Answer(None, failure="timeout", latency_ms=_ms(started))
         except aiohttp.ClientPayloadError:
@@ -78,6 +78,22 @@ class MouvoneClient:
         except (aiohttp.ClientError, OSError):
             return Answer(None, failure="connection", latency_ms=_ms(started))
         return _parse(status, body, retry_after, _ms(started))
+
+
+async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The body, up to MAX_ERROR_BODY bytes. Reading it (a 200's too) lets the connection be
+    reused; a longer body is cut, and its connection closed rather than read to the end."""
+    if resp.content_length == 0:
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(16 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= MAX_ERROR_BODY:
+            resp.close()
+            break
+    return b"".join(chunks)[:MAX_ERROR_BODY]
 
 
 def _ms(started: float) -> float:
