@@ -21,77 +21,39 @@ from worker.simulator import SimConfig, start
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource
 
+# flag -> (SimConfig field, type, help); defaults come from SimConfig.
+SIMULATE_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--latency-ms": ("latency_ms", float, "added to every API answer"),
+    "--rate-limit": ("rate_limit", float, "gateway limit per sliding second; 429 beyond it"),
+    "--retry-after": ("retry_after_s", int, "Retry-After seconds of a 429"),
+    "--error-rate": ("error_rate", float, "share of DELETEs answered 503 at random"),
+    "--reset-rate": ("reset_rate", float, "share of DELETEs whose connection is reset"),
+    "--stall": ("stall_s", float, "seconds an SLO order stalls"),
+    "--token-ttl": ("token_ttl_s", float, "access token lifetime in seconds"),
+    "--token-failures": ("token_failures", int, "the first N token requests answer 503"),
+    "--orders": ("orders", int, "orders to create for the list endpoint"),
+    "--seed": ("seed", int, "random seed"),
+    "--client-id": ("client_id", str, "client id it accepts"),
+    "--client-secret": ("client_secret", str, "client secret it accepts"),
+    "--api-key": ("api_key", str, "API key it accepts"),
+}
+
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     """The simulator's flags."""
-    d = SimConfig()
+    defaults = SimConfig()
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks one)")
-    parser.add_argument(
-        "--latency-ms", type=float, default=d.latency_ms, help="added to every API answer"
-    )
-    parser.add_argument(
-        "--rate-limit",
-        type=float,
-        default=d.rate_limit,
-        help="gateway limit per sliding second; 429 with Retry-After beyond",
-    )
-    parser.add_argument(
-        "--retry-after", type=int, default=d.retry_after_s, help="Retry-After seconds of a 429 (1)"
-    )
-    parser.add_argument(
-        "--error-rate",
-        type=float,
-        default=d.error_rate,
-        help="share of DELETEs answered 503 at random (0)",
-    )
-    parser.add_argument(
-        "--reset-rate",
-        type=float,
-        default=d.reset_rate,
-        help="share of DELETEs whose connection is reset at random (0)",
-    )
-    parser.add_argument(
-        "--stall", type=float, default=d.stall_s, help="seconds an SLO order stalls (120)"
-    )
-    parser.add_argument(
-        "--token-ttl",
-        type=float,
-        default=d.token_ttl_s,
-        help="access token lifetime in seconds (3600)",
-    )
-    parser.add_argument(
-        "--token-failures",
-        type=int,
-        default=d.token_failures,
-        help="the first N token requests answer 503 (0)",
-    )
-    parser.add_argument(
-        "--orders", type=int, default=d.orders, help="orders to create for the list endpoint (0)"
-    )
-    parser.add_argument("--seed", type=int, default=d.seed, help="random seed (0)")
-    parser.add_argument("--client-id", default=d.client_id)
-    parser.add_argument("--client-secret", default=d.client_secret)
-    parser.add_argument("--api-key", default=d.api_key)
+    for flag, (field, kind, text) in SIMULATE_FLAGS.items():
+        default = getattr(defaults, field)
+        parser.add_argument(
+            flag, dest=field, type=kind, default=default, help=f"{text} ({default})"
+        )
 
 
 def simulate(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM."""
-    config = SimConfig(
-        client_id=args.client_id,
-        client_secret=args.client_secret,
-        api_key=args.api_key,
-        token_ttl_s=args.token_ttl,
-        token_failures=args.token_failures,
-        latency_ms=args.latency_ms,
-        rate_limit=args.rate_limit,
-        retry_after_s=args.retry_after,
-        stall_s=args.stall,
-        error_rate=args.error_rate,
-        reset_rate=args.reset_rate,
-        seed=args.seed,
-        orders=args.orders,
-    )
+    config = SimConfig(**{field: getattr(args, field) for field, _, _ in SIMULATE_FLAGS.values()})
     return asyncio.run(_serve(config, args.host, args.port))
 
 

@@ -44,6 +44,17 @@ class Result:
     attempts: int = 0
     latency_ms: float | None = None
 
+    def log_fields(self) -> dict[str, object]:
+        """The fields of the one log event per order outcome."""
+        return {
+            "order_id": self.order_id,
+            "outcome": self.outcome.value,
+            "http_status": self.http_status,
+            "error_code": self.error_code,
+            "attempts": self.attempts,
+            "latency_ms": self.latency_ms,
+        }
+
 
 @dataclass(slots=True)
 class RunSummary:

@@ -300,14 +300,7 @@ class Runner:
         except LedgerError as exc:
             self.control.abort(f"ledger write failed: {exc}")
         for result in self._sink.unrecorded():  # one event per result the ledger could not take
-            log.error(
-                "unrecorded_result",
-                order_id=result.order_id,
-                outcome=result.outcome.value,
-                http_status=result.http_status,
-                error_code=result.error_code,
-                attempts=result.attempts,
-            )
+            log.error("unrecorded_result", **result.log_fields())
 
     def _finish(self, elapsed_s: float) -> RunReport:
         if not self._options.dry_run:

@@ -60,15 +60,7 @@ class ResultSink:
     def add(self, result: Result) -> None:
         """Count, log and buffer one order's result (never awaits)."""
         self.summary.add(result)
-        log.info(
-            "order",
-            order_id=result.order_id,
-            outcome=result.outcome.value,
-            http_status=result.http_status,
-            error_code=result.error_code,
-            attempts=result.attempts,
-            latency_ms=result.latency_ms,
-        )
+        log.info("order", **result.log_fields())
         if self._ledger is not None:
             self._buffer.append(result)
             if len(self._buffer) >= FLUSH_EVERY:
