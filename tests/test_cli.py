@@ -420,3 +420,13 @@ async def test_periodic_progress_events(cli: Cli, make_sim: Any, tmp_path: Path)
     assert progress
     assert progress[-1]["total"] == 60
     assert all(0 <= e["done"] <= 60 for e in progress)
+
+
+async def test_report_on_a_file_that_is_not_a_ledger(cli: Cli, tmp_path: Path) -> None:
+    """A file that is not SQLite is named in a one-line error, exit 2."""
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not a database\n" * 100)
+    done = await cli.run("report", "--ledger", str(bogus))
+    assert done.code == 2
+    assert "notes.txt: cannot open the ledger" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

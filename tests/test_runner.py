@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.conftest import ledger_rows, settings_for, write_ids
+from worker.errors import LedgerError
 from worker.ledger import Ledger, open_ledger
 from worker.runner import Runner, RunOptions, RunReport
 from worker.simulator import RunningSimulator
@@ -280,3 +281,24 @@ async def test_second_signal_skips_the_grace(make_sim: Any, tmp_path: Path) -> N
     rows = ledger_rows(tmp_path / "ledger.sqlite")
     assert {r["outcome"] for r in rows.values()} == {"pending"}
     assert rows["SLO0000000001"]["attempts"] == 1
+
+
+async def test_ledger_failure_stops_the_run_without_silent_loss(
+    sim: RunningSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the ledger stops taking writes the run stops (exit 3) and every result it could not
+    record is logged as `unrecorded_result`, so none is lost silently."""
+
+    def broken(self: Ledger, results: Any, run_id: str) -> None:
+        raise LedgerError(f"{self.path}: cannot write the ledger: disk I/O error")
+
+    monkeypatch.setattr(Ledger, "record", broken)
+    ids = [f"CDE{n:010d}" for n in range(1, 31)]
+    with capture_logs() as logs:
+        report = await run_ids(sim, tmp_path, ids)
+    assert report.exit_code == 3
+    assert "ledger write failed" in (report.reason or "")
+    answered = {o for o, n in sim.sim.stats.deletes.items() if n}
+    unrecorded = {e["order_id"] for e in logs if e["event"] == "unrecorded_result"}
+    assert answered
+    assert answered <= unrecorded

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -173,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cancel-orders: interrupted: nothing more was sent", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `cancel-orders report --format csv | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 def _settings(args: argparse.Namespace, keys: Sequence[str]) -> Settings:
