@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -20,20 +23,22 @@ class Redactor:
 
     def __init__(self) -> None:
         self._secrets: tuple[str, ...] = ()
+        self._pattern: re.Pattern[str] | None = None
 
     def add(self, secret: str | None) -> None:
         """Redact this value from now on (tokens are added as they are fetched)."""
         if secret and len(secret) >= MIN_SECRET_LEN and secret not in self._secrets:
             # Longest first, so a secret that contains another is replaced whole.
             self._secrets = tuple(sorted((*self._secrets, secret), key=len, reverse=True))
+            self._pattern = re.compile("|".join(re.escape(s) for s in self._secrets))
 
     def clean(self, value: Any) -> Any:
         """``value`` with every secret replaced, recursing into containers."""
-        if isinstance(value, str):
-            for secret in self._secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
+        pattern = self._pattern
+        if pattern is None:
             return value
+        if isinstance(value, str):
+            return pattern.sub(REDACTED, value) if pattern.search(value) else value
         if isinstance(value, dict):
             return {k: self.clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
@@ -45,24 +50,41 @@ class Redactor:
     def __call__(
         self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        """The structlog processor."""
-        if self._secrets:
+        """The structlog processor (on the path of every event, so kept lean)."""
+        pattern = self._pattern
+        if pattern is not None:
             for key, value in event_dict.items():
-                if not isinstance(value, int | float | None):
+                kind = type(value)
+                if kind is str:
+                    if pattern.search(value):
+                        event_dict[key] = pattern.sub(REDACTED, value)
+                elif kind not in _PLAIN:
                     event_dict[key] = self.clean(value)
         return event_dict
 
 
+_PLAIN = frozenset({int, float, bool, type(None)})
 redact = Redactor()
 
 
 class _StderrLogger:
-    """Writes each line to the current sys.stderr (a progress bar may have wrapped it)."""
+    """Writes each line to the current sys.stderr (a progress bar may have wrapped it).
 
-    def msg(self, message: str | bytes) -> None:
+    Off a terminal, debug and info lines are gathered and written in blocks (at most
+    FLUSH_INTERVAL_S late, see flush_logs); warnings and errors are written at once, after
+    whatever was gathered before them.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._last_flush = time.monotonic()
+
+    def _write(self, message: str | bytes) -> None:
+        self.flush()
         stream = sys.stderr
-        binary = getattr(stream, "buffer", None)
         if isinstance(message, bytes):
+            binary = getattr(stream, "buffer", None)
             if binary is not None:
                 stream.flush()
                 binary.write(message + b"\n")
@@ -72,11 +94,51 @@ class _StderrLogger:
         stream.write(message + "\n")
         stream.flush()
 
-    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+    def _gather(self, message: str | bytes) -> None:
+        if not BUFFERED or not isinstance(message, bytes):
+            self._write(message)
+            return
+        self._pending.append(message)
+        self._size += len(message) + 1
+        if self._size >= FLUSH_BYTES or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was gathered."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        block = b"\n".join(self._pending) + b"\n"
+        self._pending.clear()
+        self._size = 0
+        stream = sys.stderr
+        binary = getattr(stream, "buffer", None)
+        if binary is None:
+            stream.write(block.decode("utf-8", "replace"))
+            stream.flush()
+            return
+        stream.flush()
+        binary.write(block)
+        binary.flush()
+
+    debug = info = msg = log = _gather
+    warning = warn = error = critical = exception = fatal = _write
+
+
+FLUSH_BYTES = 64 * 1024
+FLUSH_INTERVAL_S = 0.2
+BUFFERED = False  # set by configure(): only off a terminal
+_LOGGER = _StderrLogger()
+atexit.register(_LOGGER.flush)
 
 
 def _stderr_logger(*_args: Any) -> _StderrLogger:
-    return _StderrLogger()
+    return _LOGGER
+
+
+def flush_logs() -> None:
+    """Write any gathered log lines now (called periodically and at the end of a run)."""
+    _LOGGER.flush()
 
 
 def _json_line(event: Any, **_kw: Any) -> bytes:
@@ -91,7 +153,9 @@ def configure(log_format: str | None, level: str, secrets: list[str] | None = No
     """Configure structlog once for the process; returns the format chosen."""
     for secret in secrets or []:
         redact.add(secret)
+    global BUFFERED  # noqa: PLW0603 - one logger for the process, configured once
     fmt = log_format or ("console" if sys.stderr.isatty() else "json")
+    BUFFERED = fmt == "json" and not sys.stderr.isatty()
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())

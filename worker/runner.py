@@ -162,7 +162,7 @@ class Runner:
             producer = asyncio.create_task(self._produce(self._queue))
             workers = [
                 asyncio.create_task(self._work(dispatcher))
-                for _ in range(self._settings.concurrency * 2)
+                for _ in range(self._settings.concurrency)
             ]
             await self._supervise(producer, workers)
         finally:
@@ -247,7 +247,7 @@ class Runner:
             self.control.abort(f"internal error while reading the input: {exc!r}")
         else:
             if queue is not None:
-                for _ in range(self._settings.concurrency * 2):
+                for _ in range(self._settings.concurrency):
                     await queue.put(None)
 
     async def _read_input(self, queue: asyncio.Queue[str | None] | None) -> None:
