@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 
+import pytest
+
+from worker import logs
 from worker.logs import REDACTED, Redactor, _json_line
 
 
@@ -39,3 +42,19 @@ def test_redactor_cleans_nested_values() -> None:
     assert "token-123" not in cleaned["exc"]
     assert cleaned["n"] == 5
     assert "abc" not in redact._secrets
+
+
+def test_info_lines_are_gathered_and_warnings_flush_them(
+    capfdbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off a terminal, info lines wait for a block; a warning writes them first, then itself."""
+    monkeypatch.setattr(logs, "BUFFERED", True)
+    logger = logs._StderrLogger()
+    logger.info(b'{"n": 1}')
+    logger.info(b'{"n": 2}')
+    assert capfdbinary.readouterr().err == b""
+    logger.warning(b'{"n": 3}')
+    assert capfdbinary.readouterr().err == b'{"n": 1}\n{"n": 2}\n{"n": 3}\n'
+    logger.info(b'{"n": 4}')
+    logger.flush()
+    assert capfdbinary.readouterr().err == b'{"n": 4}\n'

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from worker.logs import flush_logs
 from worker.models import RunSummary
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 log = structlog.get_logger(__name__)
+
+TICK_S = 0.2
 
 
 class ProgressReporter:
@@ -39,15 +42,22 @@ class ProgressReporter:
         return s.answered + s.skipped_final + s.duplicates
 
     async def run(self) -> None:
-        """Update until cancelled."""
+        """Update until cancelled; gathered log lines are written at every tick."""
         if self._bar:
             self._start_bar()
+        next_event = time.monotonic() + self._interval_s
         try:
             while True:
-                await asyncio.sleep(0.2 if self._bar else self._interval_s)
-                self.update()
+                await asyncio.sleep(TICK_S)
+                if self._bar:
+                    self.update()
+                elif time.monotonic() >= next_event:
+                    next_event += self._interval_s
+                    self.update()
+                flush_logs()
         finally:
             self.stop()
+            flush_logs()
 
     def update(self) -> None:
         """Redraw the bar, or log one progress event."""

@@ -27,7 +27,7 @@ from worker.dispatcher import Dispatcher, OrderState, RetryPolicy, RunControl
 from worker.errors import LedgerError, WorkerError
 from worker.ledger import Ledger
 from worker.limiter import RateLimiter
-from worker.logs import redact
+from worker.logs import flush_logs, redact
 from worker.models import SUCCESS, Outcome, RunSummary
 from worker.progress import ProgressReporter
 from worker.retry import Backoff
@@ -152,6 +152,7 @@ class Runner:
             await self._ledger.call(ledger.end_run, self.run_id, report.exit_code, report.as_dict())
         self._ledger.close()
         log.info("run_summary", **report.as_dict())
+        flush_logs()
         return report
 
     async def _send_all(self) -> None:
