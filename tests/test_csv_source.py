@@ -43,6 +43,8 @@ def _file(tmp_path: Path, data: bytes) -> Path:
         (b"", []),  # empty file
         (b"orderId\n", []),  # header only
         (f"{A}\n{A}\n".encode(), [A, A]),  # duplicates are the ledger's business
+        (f"ABC123\n{A}\n".encode(), ["ABC123", A]),  # a malformed first ID is data, not a header
+        (f"Numero de commande\n{A}\n".encode(), [A]),  # no digit: a header
     ],
 )
 def test_reads_ids(tmp_path: Path, data: bytes, expected: list[str]) -> None:

@@ -28,7 +28,8 @@ class CsvSource:
     """Reads IDs from a CSV or text file, one row at a time.
 
     The ID column is ``column``, else a header named like an order ID column, else the first
-    column; a first line that is itself a valid ID means there is no header. UTF-8 with or
+    column; a first line whose first value is an ID, well-formed or not (it has a digit, which
+    header names do not), means there is no header, so a bad first ID is recorded, not lost. UTF-8 with or
     without BOM, LF or CRLF, comma, semicolon or tab separated. Blank values are skipped.
     """
 
@@ -91,7 +92,9 @@ class CsvSource:
         for name in ID_HEADERS:
             if name in cells:
                 return cells.index(name), ",".join(row)
-        if cells and self._validator.matches(row[0].strip()):
+        first = row[0].strip() if row else ""
+        if self._validator.matches(first) or any(ch.isdigit() for ch in first):
+            # An ID, or a malformed one (headers have no digits): data, to be recorded.
             return 0, None
         if not self._announced:
             self._announced = True
