@@ -29,8 +29,9 @@ class CsvSource:
 
     The ID column is ``column``, else a header named like an order ID column, else the first
     column; a first line whose first value is an ID, well-formed or not (it has a digit, which
-    header names do not), means there is no header, so a bad first ID is recorded, not lost. UTF-8 with or
-    without BOM, LF or CRLF, comma, semicolon or tab separated. Blank values are skipped.
+    header names do not), means there is no header, so a bad first ID is recorded, not lost.
+    UTF-8 with or without BOM, LF or CRLF, comma, semicolon or tab separated. Blank values are
+    skipped.
     """
 
     def __init__(
