@@ -14,7 +14,8 @@ from structlog.testing import capture_logs
 from tests.conftest import ledger_rows, settings_for, write_ids
 from worker.errors import LedgerError
 from worker.ledger import Ledger, open_ledger
-from worker.runner import Runner, RunOptions, RunReport
+from worker.models import RunOptions, RunReport
+from worker.runner import Runner
 from worker.simulator import RunningSimulator
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource

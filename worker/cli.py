@@ -20,9 +20,9 @@ from worker.dispatcher import RunControl
 from worker.errors import ConfigError, WorkerError
 from worker.ledger import Ledger, open_ledger
 from worker.logs import configure
-from worker.models import Outcome
+from worker.models import Outcome, RunOptions, RunReport, new_run_id
 from worker.report import render_run, write_csv, write_json, write_table
-from worker.runner import Runner, RunOptions, RunReport, new_run_id
+from worker.runner import Runner
 from worker.sources import IdValidator, OrderSource
 from worker.sources.csv_file import CsvSource, spool_stdin
 from worker.sources.ledger_source import LedgerSource

@@ -15,8 +15,9 @@ from pathlib import Path
 from worker.config import load_settings
 from worker.ledger import Ledger
 from worker.logs import configure
+from worker.models import RunOptions
 from worker.report import render_run, write_table
-from worker.runner import Runner, RunOptions
+from worker.runner import Runner
 from worker.simulator import SimConfig, start
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 
 
@@ -81,3 +83,50 @@ class RunSummary:
     def all_succeeded(self) -> bool:
         """True when every order counted ended cancelled or already cancelled."""
         return all(Outcome(name) in SUCCESS for name, n in self.outcomes.items() if n)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How this run treats its input."""
+
+    command: str = "run"
+    force: bool = False
+    dry_run: bool = False
+    progress_bar: bool = False
+    total: int | None = None  # orders in the input, when known beforehand
+
+
+@dataclass
+class RunReport:
+    """How a run ended."""
+
+    run_id: str
+    exit_code: int
+    summary: RunSummary
+    elapsed_s: float
+    dry_run: bool
+    reason: str | None = None
+    skipped_outcomes: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        """The summary event's fields."""
+        s = self.summary
+        return {
+            "run_id": self.run_id,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "dry_run": self.dry_run,
+            "orders_read": s.read,
+            "outcomes": {o.value: s.outcomes.get(o.value, 0) for o in Outcome},
+            "error_codes": dict(sorted(s.error_codes.items())),
+            "skipped_final": s.skipped_final,
+            "duplicates": s.duplicates,
+            "would_send" if self.dry_run else "requests": s.sent_requests,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "rate_per_s": round(s.sent_requests / self.elapsed_s, 2) if self.elapsed_s else 0.0,
+        }
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time plus random hex."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)

@@ -1,0 +1,134 @@
+"""The simulator's data: settings, behaviours by ID prefix, what it saw, and answer bodies."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import unquote
+
+from aiohttp import web
+
+JSON = "application/json"
+
+# prefix -> (kind, detail). Kinds: code (400 with that code, every time), once (that fault the
+# first N times, then 200), always (that fault every time), fatal codes and gateway answers.
+BEHAVIOURS: dict[str, tuple[str, str]] = {
+    "ALR": ("code", "ORDER_ALREADY_CANCELED"),
+    "NFD": ("code", "CUSTOMER_ORDER_NOT_FOUND"),
+    "NMO": ("code", "CANNOT_CANCEL_NOT_MASTER_ORDER"),
+    "CTR": ("code", "CANNOT_CANCEL_ORDER_WITH_ASSOCIATED_CONTAINER"),
+    "SUB": ("code", "R0008"),
+    "DLV": ("code", "R0009"),
+    "NST": ("code", "NOT_SUPPORTED_ORDER_TYPE"),
+    "UNK": ("code", "SOMETHING_NEW"),
+    "WFM": ("code", "WRONG_FORMAT"),
+    "USR": ("code", "USER_ID_INVALID"),
+    "ORG": ("code", "ORGANIZATION_NOT_FOUND"),
+    "ACT": ("code", "ORGANIZATION_ACTOR_CODE_INVALID"),
+    "GON": ("status", "404"),
+    "FBD": ("status", "403"),
+    "ERR": ("status", "500"),
+    "CFL": ("transient", "conflict"),
+    "TMP": ("transient", "503"),
+    "HTM": ("transient", "502html"),
+    "BAD": ("transient", "500json"),
+    "RST": ("transient", "reset"),
+    "SLO": ("transient", "stall"),
+    "THR": ("transient", "429"),
+    "QTA": ("transient", "quota"),
+}
+NOT_FINAL = {
+    "conflict",
+    "USER_ID_INVALID",
+    "ORGANIZATION_NOT_FOUND",
+    "ORGANIZATION_ACTOR_CODE_INVALID",
+}
+STATUSES = ("Draft", "Valid", "Submitted", "InProcess", "Accepted")
+
+
+@dataclass
+class SimConfig:
+    """How the simulator behaves."""
+
+    client_id: str = "demo-client"
+    client_secret: str = "demo-secret"  # noqa: S105 - a simulator's well-known demo value
+    api_key: str = "demo-key"
+    token_ttl_s: float = 3600.0
+    token_failures: int = 0  # the first N token requests answer 503
+    latency_ms: float = 0.0
+    rate_limit: float | None = None  # gateway limit, requests per sliding second; 429 beyond
+    retry_after_s: int = 1
+    quota_retry_after_s: int = 2
+    stall_s: float = 120.0
+    error_rate: float = 0.0  # share of DELETEs answered 503 at random
+    reset_rate: float = 0.0  # share of DELETEs whose connection is reset at random
+    seed: int = 0
+    orders: int = 0  # orders to pre-create for the list endpoint
+    base_path: str = "/customer-orders/v1"
+    token_path: str = "/soget-connect/v1/openid-connect/token"  # noqa: S105 - a path
+
+
+@dataclass
+class SimStats:
+    """What the simulator saw, for tests and rehearsals."""
+
+    deletes: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
+    arrivals: list[float] = field(default_factory=list)  # monotonic time of each API request
+    token_requests: int = 0
+    resent_final: int = 0  # DELETEs for an order that had already had a final answer
+    answers: list[tuple[float, str, int]] = field(default_factory=list)  # (time, order, status)
+
+    def max_in_window(self, window_s: float = 1.0) -> int:
+        """The most API requests that arrived within any sliding window of this length."""
+        times = sorted(self.arrivals)
+        best, start = 0, 0
+        for end, t in enumerate(times):
+            while t - times[start] >= window_s:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready view."""
+        times = self.arrivals
+        span = (max(times) - min(times)) if len(times) > 1 else 0.0
+        return {
+            "deletes": sum(self.deletes.values()),
+            "orders": len(self.deletes),
+            "resent_final": self.resent_final,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "max_per_second": self.max_in_window(1.0),
+            "span_s": round(span, 3),
+            "token_requests": self.token_requests,
+            "per_order": dict(self.deletes),
+        }
+
+
+def order_id_of(request: web.Request, base_path: str) -> str | None:
+    """The one path segment after /customer-orders/, decoded; None if there is not exactly one."""
+    raw = request.raw_path.split("?", 1)[0]
+    prefix = base_path + "/customer-orders/"
+    if not raw.startswith(prefix):
+        return None
+    segment = raw[len(prefix) :]
+    if not segment or "/" in segment:
+        return None
+    return unquote(segment)
+
+
+def api_error(code: str, message: str | None = None) -> web.Response:
+    body = {"timestamp": datetime.now(UTC).isoformat(), "code": code, "message": message}
+    return web.json_response(body, status=400)
+
+
+def apim(status: int, message: str, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.Response(
+        status=status,
+        text=json.dumps({"statusCode": status, "message": message}),
+        content_type=JSON,
+        headers=headers,
+    )
