@@ -18,63 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from worker.errors import LedgerError
+from worker.ledger.schema import CLAIM, CSV_COLUMNS, SCHEMA, SCHEMA_VERSION, UPSERT_RESULT
 from worker.models import FINAL, Outcome, Result
-
-SCHEMA_VERSION = 1
-_FINAL_SQL = ", ".join(f"'{o.value}'" for o in sorted(FINAL))
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS orders (
-    order_id    TEXT PRIMARY KEY,
-    outcome     TEXT NOT NULL,
-    http_status INTEGER,
-    error_code  TEXT,
-    message     TEXT,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    run_id      TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS orders_by_outcome ON orders(outcome, order_id);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id      TEXT PRIMARY KEY,
-    command     TEXT NOT NULL,
-    base_url    TEXT,
-    started_at  TEXT NOT NULL,
-    finished_at TEXT,
-    exit_code   INTEGER,
-    summary     TEXT
-);
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
-
-# Built from constants only.
-_UPSERT_RESULT = f"""
-INSERT INTO orders (order_id, outcome, http_status, error_code, message, attempts, run_id,
-                    created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (order_id) DO UPDATE SET
-    outcome = excluded.outcome, http_status = excluded.http_status,
-    error_code = excluded.error_code, message = excluded.message, attempts = excluded.attempts,
-    run_id = excluded.run_id, updated_at = excluded.updated_at
-WHERE excluded.outcome != 'pending' OR orders.outcome NOT IN ({_FINAL_SQL})
-"""
-
-_CLAIM = """
-INSERT INTO orders (order_id, outcome, attempts, run_id, created_at, updated_at)
-VALUES (?, 'pending', 0, ?, ?, ?)
-ON CONFLICT (order_id) DO UPDATE SET run_id = excluded.run_id, updated_at = excluded.updated_at
-"""
-
-CSV_COLUMNS = (
-    "order_id",
-    "outcome",
-    "http_status",
-    "error_code",
-    "message",
-    "attempts",
-    "updated_at",
-)
 
 
 def now_iso() -> str:
@@ -138,7 +83,7 @@ class Ledger:
                 f"{self.path}: ledger schema {version} is newer than this tool ({SCHEMA_VERSION})"
             )
         if version < SCHEMA_VERSION and not self.readonly:
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SCHEMA)
 
     def close(self) -> None:
         """Close the connection and release the lock."""
@@ -215,8 +160,8 @@ class Ledger:
             return plan
         stamp = now_iso()
         with self._transaction():
-            self._db.executemany(_CLAIM, [(o, run_id, stamp, stamp) for o in plan.to_send])
-            self._db.executemany(_UPSERT_RESULT, _result_rows(plan.invalid, run_id, stamp))
+            self._db.executemany(CLAIM, [(o, run_id, stamp, stamp) for o in plan.to_send])
+            self._db.executemany(UPSERT_RESULT, _result_rows(plan.invalid, run_id, stamp))
         return plan
 
     def _first_sightings(self, ids: Sequence[str]) -> set[str]:
@@ -246,7 +191,7 @@ class Ledger:
         """Upsert a batch of results in one transaction."""
         if results:
             with self._transaction():
-                self._db.executemany(_UPSERT_RESULT, _result_rows(results, run_id, now_iso()))
+                self._db.executemany(UPSERT_RESULT, _result_rows(results, run_id, now_iso()))
 
     # -- reading ------------------------------------------------------------------------------
 
