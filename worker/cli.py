@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from pathlib import Path
@@ -178,6 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception:  # noqa: BLE001 - a bug: say so, exit as aborted rather than as exit 1
+        traceback.print_exc()
+        print(
+            "cancel-orders: internal error (above); what was recorded stays in the ledger: "
+            "resume with the same command",
+            file=sys.stderr,
+        )
+        return 3
 
 
 def _settings(args: argparse.Namespace, keys: Sequence[str]) -> Settings:
