@@ -75,7 +75,9 @@ class ResultSink:
             self._full.clear()
             try:
                 await self._ledger.call(self._ledger.ledger.record, batch, self._run_id)
-            except LedgerError:
+            except (LedgerError, asyncio.CancelledError):
+                # Kept for the final flush. After a cancellation the write may still complete
+                # on the ledger thread: writing the batch again is harmless (upserts).
                 self._buffer[:0] = batch
                 raise
 
