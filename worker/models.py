@@ -68,6 +68,7 @@ class RunSummary:
     duplicates: int = 0
     read: int = 0
     sent_requests: int = 0
+    paused_s: float = 0.0  # time every worker waited on 429 / quota answers
 
     def add(self, result: Result) -> None:
         """Count one order's result."""
@@ -124,6 +125,7 @@ class RunReport:
             "would_send" if self.dry_run else "requests": s.sent_requests,
             "elapsed_s": round(self.elapsed_s, 3),
             "rate_per_s": round(s.sent_requests / self.elapsed_s, 2) if self.elapsed_s else 0.0,
+            "paused_s": round(s.paused_s, 3),
         }
 
 

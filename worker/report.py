@@ -104,6 +104,10 @@ def render_run(data: dict[str, object]) -> str:
             f"  requests             {data['requests']:>10}   in {data['elapsed_s']} s"
             f" ({data['rate_per_s']}/s)"
         )
+        if data.get("paused_s"):
+            lines.append(
+                f"  paused by the gateway{data['paused_s']:>9} s   (429 / quota Retry-After)"
+            )
     codes = data.get("error_codes")
     if isinstance(codes, dict) and codes:
         lines.append("  error codes: " + ", ".join(f"{c} {n}" for c, n in codes.items()))

@@ -62,6 +62,7 @@ class Runner:
         self._skipped: dict[str, int] = {}
         writer = None if options.dry_run else self._ledger
         self._sink = ResultSink(writer, self.run_id, self.summary)
+        self._limiter: RateLimiter | None = None
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=settings.concurrency * 2)
 
     async def execute(self) -> RunReport:
@@ -124,7 +125,7 @@ class Runner:
 
     def _dispatcher(self, session: aiohttp.ClientSession) -> Dispatcher:
         s = self._settings
-        limiter = RateLimiter(s.rate, self._clock)
+        limiter = self._limiter = RateLimiter(s.rate, self._clock)
         backoff = Backoff(s.backoff_base, s.backoff_cap)
         tokens: TokenProvider
         if s.access_token is not None:
@@ -256,6 +257,8 @@ class Runner:
     def _finish(self, elapsed_s: float) -> RunReport:
         if not self._options.dry_run:
             self.summary.sent_requests = self.control.requests
+            if self._limiter is not None:
+                self.summary.paused_s = self._limiter.paused_total_s
         code = self.control.exit_code
         if code is None:
             outcomes = {o for o, n in self.summary.outcomes.items() if n} | set(self._skipped)
