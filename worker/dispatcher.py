@@ -29,7 +29,6 @@ class RunControl:
         self.hurry_event = asyncio.Event()  # a second signal: do not wait for requests in flight
         self.exit_code: int | None = None
         self.reason: str | None = None
-        self.in_flight: set[asyncio.Task[object]] = set()
         self.requests = 0
 
     @property
@@ -67,6 +66,7 @@ class OrderState:
     attempts: int = 0  # requests sent
     failures: int = 0  # retryable failures, counted against max_attempts
     reauthed: bool = False
+    in_flight: bool = False  # a request for it is on the wire
     last: Answer | None = field(default=None)
 
     def pending(self) -> Result:
@@ -185,13 +185,11 @@ class Dispatcher:
                 return None
             state.attempts += 1
             self._control.requests += 1
-            task = asyncio.current_task()
-            assert task is not None
-            self._control.in_flight.add(task)
+            state.in_flight = True
             try:
                 answer = await self._client.cancel(state.order_id, token)
             finally:
-                self._control.in_flight.discard(task)
+                state.in_flight = False
         state.last = answer
         if answer.status is not None and answer.status not in (401, 403):
             self._credentials_accepted.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -112,11 +113,10 @@ class Runner:
         try:
             dispatcher = self._dispatcher(session)
             producer = asyncio.create_task(self._produce(self._queue))
-            workers = [
-                asyncio.create_task(self._work(dispatcher))
-                for _ in range(self._settings.concurrency)
-            ]
-            await self._supervise(producer, workers)
+            lanes = [_Lane() for _ in range(self._settings.concurrency)]
+            for lane in lanes:
+                lane.task = asyncio.create_task(self._work(dispatcher, lane))
+            await self._supervise(producer, lanes)
         finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
@@ -159,18 +159,17 @@ class Runner:
             concurrency=s.concurrency,
         )
 
-    async def _supervise(
-        self, producer: asyncio.Task[None], workers: list[asyncio.Task[None]]
-    ) -> None:
+    async def _supervise(self, producer: asyncio.Task[None], lanes: list[_Lane]) -> None:
+        workers = [lane.task for lane in lanes if lane.task is not None]
         stop = asyncio.ensure_future(self.control.stop_event.wait())
         everything = asyncio.gather(producer, *workers)
         waits: set[asyncio.Future[Any]] = {stop, everything}
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if self.control.stopping:
             producer.cancel()
-            for worker in workers:
-                if worker not in self.control.in_flight:
-                    worker.cancel()
+            for lane in lanes:
+                if lane.task is not None and not (lane.state and lane.state.in_flight):
+                    lane.task.cancel()
             busy = [w for w in workers if not w.done()]
             if busy:
                 await self._grace(busy)
@@ -225,12 +224,13 @@ class Runner:
             for order_id in plan.to_send:
                 await queue.put(order_id)
 
-    async def _work(self, dispatcher: Dispatcher) -> None:
+    async def _work(self, dispatcher: Dispatcher, lane: _Lane) -> None:
         while not self.control.stopping:
+            lane.state = None
             order_id = await self._queue.get()
             if order_id is None or self.control.stopping:
                 return
-            state = OrderState(order_id)
+            state = lane.state = OrderState(order_id)
             try:
                 result = await dispatcher.process(state)
             except asyncio.CancelledError:
@@ -274,6 +274,14 @@ class Runner:
             self.control.reason,
             dict(self._skipped),
         )
+
+
+@dataclass
+class _Lane:
+    """One worker: its task and the order it is working on, if any."""
+
+    task: asyncio.Task[None] | None = None
+    state: OrderState | None = None
 
 
 def _next_batch(batches: Iterator[Batch]) -> Batch | None:
