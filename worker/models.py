@@ -124,7 +124,11 @@ class RunReport:
             "duplicates": s.duplicates,
             "would_send" if self.dry_run else "requests": s.sent_requests,
             "elapsed_s": round(self.elapsed_s, 3),
-            "rate_per_s": round(s.sent_requests / self.elapsed_s, 2) if self.elapsed_s else 0.0,
+            "rate_per_s": (
+                round(s.sent_requests / self.elapsed_s, 2)
+                if self.elapsed_s and not self.dry_run
+                else 0.0
+            ),
             "paused_s": round(s.paused_s, 3),
         }
 
