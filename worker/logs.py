@@ -67,6 +67,11 @@ _PLAIN = frozenset({int, float, bool, type(None)})
 redact = Redactor()
 
 
+FLUSH_BYTES = 64 * 1024
+FLUSH_INTERVAL_S = 0.2
+BUFFERED = False  # set by configure(): only off a terminal
+
+
 class _StderrLogger:
     """Writes each line to the current sys.stderr (a progress bar may have wrapped it).
 
@@ -82,17 +87,8 @@ class _StderrLogger:
 
     def _write(self, message: str | bytes) -> None:
         self.flush()
-        stream = sys.stderr
-        if isinstance(message, bytes):
-            binary = getattr(stream, "buffer", None)
-            if binary is not None:
-                stream.flush()
-                binary.write(message + b"\n")
-                binary.flush()
-                return
-            message = message.decode("utf-8", "replace")
-        stream.write(message + "\n")
-        stream.flush()
+        line = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
+        _emit(line + b"\n")
 
     def _gather(self, message: str | bytes) -> None:
         if not BUFFERED or not isinstance(message, bytes):
@@ -106,28 +102,28 @@ class _StderrLogger:
     def flush(self) -> None:
         """Write what was gathered."""
         self._last_flush = time.monotonic()
-        if not self._pending:
-            return
-        block = b"\n".join(self._pending) + b"\n"
-        self._pending.clear()
-        self._size = 0
-        stream = sys.stderr
-        binary = getattr(stream, "buffer", None)
-        if binary is None:
-            stream.write(block.decode("utf-8", "replace"))
-            stream.flush()
-            return
-        stream.flush()
-        binary.write(block)
-        binary.flush()
+        if self._pending:
+            block = b"\n".join(self._pending) + b"\n"
+            self._pending.clear()
+            self._size = 0
+            _emit(block)
 
     debug = info = msg = log = _gather
     warning = warn = error = critical = exception = fatal = _write
 
 
-FLUSH_BYTES = 64 * 1024
-FLUSH_INTERVAL_S = 0.2
-BUFFERED = False  # set by configure(): only off a terminal
+def _emit(data: bytes) -> None:
+    stream = sys.stderr
+    binary = getattr(stream, "buffer", None)
+    if binary is None:  # a wrapper without a byte buffer (a progress bar's)
+        stream.write(data.decode("utf-8", "replace"))
+        stream.flush()
+        return
+    stream.flush()
+    binary.write(data)
+    binary.flush()
+
+
 _LOGGER = _StderrLogger()
 atexit.register(_LOGGER.flush)
 
