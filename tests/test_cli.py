@@ -307,8 +307,12 @@ async def test_secrets_never_printed(cli: Cli, make_sim: Any, tmp_path: Path) ->
     running = await make_sim(client_secret="S3cret-client-value", api_key="K3y-subscription")
     ledger = tmp_path / "l.sqlite"
     env = sim_env(running, ledger, MOUVONE_LOG_LEVEL="debug")
-    src = write_ids(tmp_path / "o.csv", ["CDE0000000001", "USR0000000001", "TMP0000000001"])
-    done = await cli.run("run", str(src), "--yes", env=env)
+    ids = ["CDE0000000001", "ECH0000000001", "TMP0000000001", "USR0000000001"]
+    done = await cli.run(
+        "run", str(write_ids(tmp_path / "o.csv", ids)), "--yes", "--concurrency", "1", env=env
+    )
+    assert done.code == 3
+    assert ledger_rows(ledger)["ECH0000000001"]["message"].startswith("key [REDACTED]")
     reports = [await cli.run("report", "--format", f, env=env) for f in ("table", "json", "csv")]
     texts = [done.stdout, done.stderr, ledger.read_bytes().decode("latin-1")]
     texts += [r.stdout + r.stderr for r in reports]

@@ -20,7 +20,7 @@ from worker.config import Settings, load_settings
 from worker.dispatcher import RunControl
 from worker.errors import ConfigError, WorkerError
 from worker.ledger import Ledger, open_ledger
-from worker.logs import configure
+from worker.logs import configure, redact
 from worker.models import Outcome, RunOptions, RunReport, new_run_id
 from worker.report import render_run, write_csv, write_json, write_table
 from worker.runner import Runner
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command: Callable[[argparse.Namespace], int] = commands[args.command]
         return command(args)
     except WorkerError as exc:
-        print(f"cancel-orders: error: {exc}", file=sys.stderr)
+        print(f"cancel-orders: error: {redact.clean(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("cancel-orders: interrupted: nothing more was sent", file=sys.stderr)
@@ -218,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.write(render_run(report.as_dict()))
         if report.exit_code in (3, 130, 143) and report.reason:
             print(
-                f"cancel-orders: {report.reason}; unanswered orders stay pending "
+                f"cancel-orders: {redact.clean(report.reason)}; unanswered orders stay pending "
                 f"(resume with the same command)",
                 file=sys.stderr,
             )

@@ -13,6 +13,7 @@ from worker.client import Answer, MouvoneClient
 from worker.clock import Clock
 from worker.errors import FatalApiError
 from worker.limiter import RateLimiter
+from worker.logs import redact
 from worker.models import Outcome, Result
 from worker.retry import Backoff
 
@@ -40,7 +41,7 @@ class RunControl:
         """Stop the run; the first reason wins."""
         if self.exit_code is None:
             self.exit_code = exit_code
-            self.reason = reason
+            self.reason = redact.clean(reason)
             log.error("run_aborted", reason=reason, exit_code=exit_code)
         self.stop_event.set()
 
@@ -83,7 +84,7 @@ class OrderState:
             outcome,
             last.status,
             error_code_for(last.status, last.code, last.failure),
-            message or last.message,
+            redact.clean(message or last.message),
             self.attempts,
             round(last.latency_ms, 1),
         )

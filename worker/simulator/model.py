@@ -23,6 +23,7 @@ BEHAVIOURS: dict[str, tuple[str, str]] = {
     "DLV": ("code", "R0009"),
     "NST": ("code", "NOT_SUPPORTED_ORDER_TYPE"),
     "UNK": ("code", "SOMETHING_NEW"),
+    "ECH": ("echo", "SOMETHING_NEW"),  # a careless API that echoes the credentials it got
     "WFM": ("code", "WRONG_FORMAT"),
     "USR": ("code", "USER_ID_INVALID"),
     "ORG": ("code", "ORGANIZATION_NOT_FOUND"),

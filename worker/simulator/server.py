@@ -129,6 +129,9 @@ class Simulator:
         kind, detail = BEHAVIOURS.get(order_id[:3], ("normal", ""))
         if kind == "code":
             return api_error(detail)
+        if kind == "echo":
+            key = request.headers.get("Ocp-Apim-Subscription-Key")
+            return api_error(detail, f"key {key}, {request.headers.get('Authorization')}")
         if kind == "status":
             if detail == "404":
                 return apim(404, "Resource not found")
