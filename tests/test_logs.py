@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import pytest
@@ -58,3 +59,10 @@ def test_info_lines_are_gathered_and_warnings_flush_them(
     logger.info(b'{"n": 4}')
     logger.flush()
     assert capfdbinary.readouterr().err == b'{"n": 4}\n'
+
+
+def test_timestamp_is_iso_utc() -> None:
+    """The timestamp processor writes ISO-8601 UTC with microseconds, close to now."""
+    stamped = logs.UtcTimestamp()(None, "info", {})["timestamp"]
+    parsed = datetime.strptime(stamped, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - parsed).total_seconds()) < 5
