@@ -303,3 +303,26 @@ async def test_ledger_failure_stops_the_run_without_silent_loss(
     unrecorded = {e["order_id"] for e in logs if e["event"] == "unrecorded_result"}
     assert answered
     assert answered <= unrecorded
+
+
+async def test_probe_ends_at_the_first_accepted_answer(
+    sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Once an answer proves the credentials, the other orders go ahead without waiting for the
+    probe order's retries."""
+    ids = ["CFL0000000004"] + [f"CDE{n:010d}" for n in range(1, 21)]
+    report = await run_ids(
+        sim,
+        tmp_path,
+        ids,
+        concurrency=8,
+        rate=1000,
+        max_attempts=6,
+        backoff_base=0.5,
+        backoff_cap=0.5,
+    )
+    assert report.exit_code == 0
+    answers = sim.sim.stats.answers
+    probe_done = max(t for t, order, _ in answers if order == "CFL0000000004")
+    others_done = max(t for t, order, _ in answers if order.startswith("CDE"))
+    assert others_done < probe_done

@@ -68,6 +68,7 @@ class OrderState:
     failures: int = 0  # retryable failures, counted against max_attempts
     reauthed: bool = False
     in_flight: bool = False  # a request for it is on the wire
+    probing: bool = False  # it holds the probe lock (credentials not yet proven)
     last: Answer | None = field(default=None)
 
     def pending(self) -> Result:
@@ -129,14 +130,25 @@ class Dispatcher:
         """Take one order to an outcome; `pending` when the run stops first. Never raises.
 
         Until one answer has shown that the credentials are accepted, orders go one at a time
-        (the first is a probe), so wrong credentials stop the run after a request or two
-        instead of a whole round of ``concurrency`` refusals.
+        (the first is a probe, holding the probe lock until an answer other than 401/403), so
+        wrong credentials stop the run after a request or two instead of a whole round of
+        ``concurrency`` refusals.
         """
         if not self._credentials_accepted.is_set():
-            async with self._probe:
-                if not self._credentials_accepted.is_set():
-                    return await self._process(state)
-        return await self._process(state)
+            await self._probe.acquire()
+            if self._credentials_accepted.is_set():
+                self._probe.release()
+            else:
+                state.probing = True
+        try:
+            return await self._process(state)
+        finally:
+            self._end_probe(state)
+
+    def _end_probe(self, state: OrderState) -> None:
+        if state.probing:
+            state.probing = False
+            self._probe.release()
 
     async def _process(self, state: OrderState) -> Result:
         while True:
@@ -194,6 +206,7 @@ class Dispatcher:
         state.last = answer
         if answer.status is not None and answer.status not in (401, 403):
             self._credentials_accepted.set()
+            self._end_probe(state)  # the others need not wait for this order to end
         return answer, token
 
     async def _refresh(self, state: OrderState, stale: str) -> Result | None:
