@@ -204,6 +204,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         source = _source(args, settings, stack)
         total = source.scan()
+        if total == 0:
+            log.warning("empty_input", input=source.name, detail="no order ID to send")
         ledger = open_ledger(settings.ledger, dry=args.dry_run, stack=stack)
         if not args.dry_run and not args.yes:
             _confirm(source, settings, args, total)
