@@ -108,6 +108,7 @@ class RunReport:
     dry_run: bool
     reason: str | None = None
     skipped_outcomes: dict[str, int] = field(default_factory=dict)
+    ledger: str = ""
 
     def as_dict(self) -> dict[str, object]:
         """The summary event's fields."""
@@ -130,6 +131,7 @@ class RunReport:
                 else 0.0
             ),
             "paused_s": round(s.paused_s, 3),
+            "ledger": self.ledger,
         }
 
 

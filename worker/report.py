@@ -111,4 +111,21 @@ def render_run(data: dict[str, object]) -> str:
     codes = data.get("error_codes")
     if isinstance(codes, dict) and codes:
         lines.append("  error codes: " + ", ".join(f"{c} {n}" for c, n in codes.items()))
+    if not dry:
+        lines.extend(_next_steps(outcomes, str(data.get("ledger", ""))))
     return "\n".join(lines) + "\n"
+
+
+def _next_steps(outcomes: dict[str, int], ledger: str) -> list[str]:
+    """What a person can do next, given this run's outcomes."""
+    where = f" --ledger {ledger}" if ledger else ""
+    steps = [
+        f"  {name} orders: cancel-orders report{where} --outcome {name}"
+        for name in ("rejected", "not_found", "invalid")
+        if outcomes.get(name)
+    ]
+    if outcomes.get("retryable_failed") or outcomes.get("pending"):
+        steps.append(
+            f"  to send the retryable and pending orders again: cancel-orders retry{where}"
+        )
+    return ["next:", *steps] if steps else []

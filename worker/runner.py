@@ -273,6 +273,7 @@ class Runner:
             self._options.dry_run,
             self.control.reason,
             dict(self._skipped),
+            str(self._settings.ledger),
         )
 
 
