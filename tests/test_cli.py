@@ -55,6 +55,8 @@ async def test_mixed_run_exit_1_with_summary_and_events(
     assert done.code == 1, done.stderr
     assert "cancelled                    2" in done.stdout
     assert "error codes:" in done.stdout
+    assert f"cancel-orders report --ledger {ledger} --outcome rejected" in done.stdout
+    assert f"cancel-orders retry --ledger {ledger}" in done.stdout
     events = _events(done.stderr)
     orders = [e for e in events if e["event"] == "order"]
     assert len(orders) == 7
