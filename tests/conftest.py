@@ -17,8 +17,6 @@ import pytest
 from worker.config import Settings, load_settings
 from worker.simulator import RunningSimulator, SimConfig, start
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture
 async def sim() -> AsyncIterator[RunningSimulator]:
