@@ -326,3 +326,12 @@ async def test_probe_ends_at_the_first_accepted_answer(
     probe_done = max(t for t, order, _ in answers if order == "CFL0000000004")
     others_done = max(t for t, order, _ in answers if order.startswith("CDE"))
     assert others_done < probe_done
+
+
+async def test_quota_that_keeps_coming_back_stops_the_run(make_sim: Any, tmp_path: Path) -> None:
+    """Short quota waits in a row add up: past --max-wait the run stops for a later resume."""
+    running = await make_sim(quota_retry_after_s=1)
+    report = await run_ids(running, tmp_path, ["QTA0000000000", "CDE0000000001"], max_wait=2.5)
+    assert report.exit_code == 3
+    assert "max_wait" in (report.reason or "")
+    assert 2 <= running.sim.stats.deletes["QTA0000000000"] <= 4

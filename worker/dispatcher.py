@@ -125,6 +125,7 @@ class Dispatcher:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._probe = asyncio.Lock()
         self._credentials_accepted = asyncio.Event()
+        self._quota_since: float | None = None  # first quota answer of the current streak
 
     async def process(self, state: OrderState) -> Result:
         """Take one order to an outcome; `pending` when the run stops first. Never raises.
@@ -177,7 +178,12 @@ class Dispatcher:
         if action is Action.QUOTA:
             if answer.retry_after_s is None:
                 return self._stop(state, _fatal_reason(state.order_id, answer, state.reauthed))
-            return None if self._pause_all(answer.retry_after_s) else state.pending()
+            now = self._clock.monotonic()
+            if self._quota_since is None:
+                self._quota_since = now
+            # A quota that keeps coming back counts as one long wait: max_wait bounds it too.
+            in_a_row = now - self._quota_since + answer.retry_after_s
+            return None if self._pause_all(answer.retry_after_s, in_a_row) else state.pending()
         if action is Action.THROTTLE and not self._pause_all(answer.retry_after_s):
             return state.pending()
         state.failures += 1
@@ -207,6 +213,7 @@ class Dispatcher:
         if answer.status is not None and answer.status not in (401, 403):
             self._credentials_accepted.set()
             self._end_probe(state)  # the others need not wait for this order to end
+            self._quota_since = None
         return answer, token
 
     async def _refresh(self, state: OrderState, stale: str) -> Result | None:
@@ -217,13 +224,13 @@ class Dispatcher:
             return self._stop(state, str(exc))
         return None
 
-    def _pause_all(self, retry_after_s: float | None) -> bool:
+    def _pause_all(self, retry_after_s: float | None, in_a_row_s: float = 0.0) -> bool:
         """Pause every worker; False (and the run aborted) when the wait is over max_wait."""
         wait = DEFAULT_THROTTLE_PAUSE_S if retry_after_s is None else retry_after_s
-        if wait > self._policy.max_wait_s:
+        if max(wait, in_a_row_s) > self._policy.max_wait_s:
             self._control.abort(
-                f"the gateway asked to wait {wait:.0f}s (Retry-After), longer than max_wait "
-                f"{self._policy.max_wait_s:.0f}s: resume the run later"
+                f"the gateway asked to wait {max(wait, in_a_row_s):.0f}s (Retry-After), longer "
+                f"than max_wait {self._policy.max_wait_s:.0f}s: resume the run later"
             )
             return False
         self._limiter.pause(wait)
