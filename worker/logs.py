@@ -135,8 +135,8 @@ class _StderrLogger:
 
 def _emit(data: bytes) -> None:
     stream = sys.stderr
-    binary = getattr(stream, "buffer", None)
-    if binary is None:  # a wrapper without a byte buffer (a progress bar's)
+    binary = getattr(stream, "buffer", None) if stream is sys.__stderr__ else None
+    if binary is None:  # wrapped (a progress bar's proxy keeps its bar below the lines)
         stream.write(data.decode("utf-8", "replace"))
         stream.flush()
         return
