@@ -436,3 +436,32 @@ async def test_report_on_a_file_that_is_not_a_ledger(cli: Cli, tmp_path: Path) -
     assert done.code == 2
     assert "notes.txt: cannot open the ledger" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+async def test_column_and_force(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """--column picks the ID column; --force sends orders that are already final again."""
+    src = tmp_path / "export.csv"
+    src.write_text("ref;order ref\nx;CDE0000000001\ny;CDE0000000002\n", encoding="utf-8")
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    first = await cli.run("run", str(src), "--yes", "--column", "ORDER REF", env=env)
+    assert first.code == 0, first.stderr
+    again = await cli.run("run", str(src), "--yes", "--column", "order ref", "--force", env=env)
+    assert again.code == 0
+    assert sim.sim.stats.deletes == {"CDE0000000001": 2, "CDE0000000002": 2}
+    rows = ledger_rows(tmp_path / "l.sqlite")
+    assert {r["outcome"] for r in rows.values()} == {"already_cancelled"}
+
+
+async def test_ledger_in_use_exit_2(cli: Cli, make_sim: Any, tmp_path: Path) -> None:
+    """A second run on a ledger that a run is using is refused with exit 2, sending nothing."""
+    running = await make_sim(latency_ms=200)
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(running, ledger, MOUVONE_RATE="5")
+    src = write_ids(tmp_path / "o.csv", [f"CDE{n:010d}" for n in range(1, 40)])
+    first = await cli.start("run", str(src), "--yes", env=env)
+    await asyncio.wait_for(running.sim.wait_for_deletes(1), 30)
+    second = await cli.run("run", str(src), "--yes", env=env)
+    first.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(first.communicate(), 30)
+    assert second.code == 2
+    assert "in use by another run" in second.stderr
