@@ -85,7 +85,7 @@ class OrderState:
             outcome,
             last.status,
             error_code_for(last.status, last.code, last.failure),
-            redact.clean(message or last.message),
+            redact.clean(text) if (text := message or last.message) else None,
             self.attempts,
             round(last.latency_ms, 1),
         )
@@ -227,9 +227,10 @@ class Dispatcher:
     def _pause_all(self, retry_after_s: float | None, in_a_row_s: float = 0.0) -> bool:
         """Pause every worker; False (and the run aborted) when the wait is over max_wait."""
         wait = DEFAULT_THROTTLE_PAUSE_S if retry_after_s is None else retry_after_s
-        if max(wait, in_a_row_s) > self._policy.max_wait_s:
+        longest = max(wait, in_a_row_s)
+        if longest > self._policy.max_wait_s:
             self._control.abort(
-                f"the gateway asked to wait {max(wait, in_a_row_s):.0f}s (Retry-After), longer "
+                f"the gateway asked to wait {longest:.0f}s (Retry-After), longer "
                 f"than max_wait {self._policy.max_wait_s:.0f}s: resume the run later"
             )
             return False

@@ -108,8 +108,7 @@ class _StderrLogger:
 
     def _write(self, message: str | bytes) -> None:
         self.flush()
-        line = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
-        _emit(line + b"\n")
+        _emit(message + b"\n" if isinstance(message, bytes) else message + "\n")
 
     def _gather(self, message: str | bytes) -> None:
         if not BUFFERED or not isinstance(message, bytes):
@@ -133,11 +132,12 @@ class _StderrLogger:
     warning = warn = error = critical = exception = fatal = _write
 
 
-def _emit(data: bytes) -> None:
+def _emit(data: str | bytes) -> None:
     stream = sys.stderr
     binary = getattr(stream, "buffer", None) if stream is sys.__stderr__ else None
-    if binary is None:  # wrapped (a progress bar's proxy keeps its bar below the lines)
-        stream.write(data.decode("utf-8", "replace"))
+    if binary is None or isinstance(data, str):
+        # Text, or a wrapped stream (a progress bar's proxy keeps its bar below the lines).
+        stream.write(data if isinstance(data, str) else data.decode("utf-8", "replace"))
         stream.flush()
         return
     stream.flush()

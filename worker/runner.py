@@ -261,8 +261,8 @@ class Runner:
                 self.summary.paused_s = self._limiter.paused_total_s
         code = self.control.exit_code
         if code is None:
-            outcomes = {o for o, n in self.summary.outcomes.items() if n} | set(self._skipped)
-            code = 0 if all(Outcome(o) in SUCCESS for o in outcomes) else 1
+            skipped_ok = all(Outcome(o) in SUCCESS for o in self._skipped)
+            code = 0 if self.summary.all_succeeded() and skipped_ok else 1
             if self._options.dry_run:
                 code = 0 if not self.summary.outcomes.get(Outcome.INVALID.value) else 1
         return RunReport(
