@@ -80,6 +80,25 @@ SETTING_FLAGS = {
         "S",
         "seconds between progress events off a terminal (10)",
     ),
+    "outage_timeout": (
+        "--outage-timeout",
+        float,
+        "S",
+        "longest API outage before the run stops, orders left pending (600)",
+    ),
+    "max_failure_rate": (
+        "--max-failure-rate",
+        float,
+        "PCT",
+        "stop (exit 3) once more than PCT%% of finished orders failed (off)",
+    ),
+    "min_orders": ("--min-orders", int, "N", "finished orders before --max-failure-rate (50)"),
+    "allow_insecure_http": (
+        "--allow-insecure-http",
+        bool,
+        "",
+        "allow a plain http:// URL to a host that is not loopback",
+    ),
     "log_format": ("--log-format", str, "json|console", "log format (MOUVONE_LOG_FORMAT)"),
     "log_level": ("--log-level", str, "LEVEL", "debug, info, warning, error (MOUVONE_LOG_LEVEL)"),
 }
@@ -99,7 +118,10 @@ def _add_settings(parser: argparse.ArgumentParser, keys: Sequence[str]) -> None:
     group.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
     for key in keys:
         flag, kind, metavar, text = SETTING_FLAGS[key]
-        group.add_argument(flag, dest=key, type=kind, metavar=metavar, help=text)
+        if kind is bool:  # None when absent, so lower-precedence sources still count
+            group.add_argument(flag, dest=key, action="store_const", const=True, help=text)
+        else:
+            group.add_argument(flag, dest=key, type=kind, metavar=metavar, help=text)
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:

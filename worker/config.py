@@ -6,6 +6,7 @@ the ``--config`` TOML file, then the defaults shipped in ``config/defaults.toml`
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from contextvars import ContextVar
 from importlib import resources
@@ -14,7 +15,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -61,6 +62,10 @@ class Settings(BaseSettings):
     grace: float = Field(ge=0, description="seconds in-flight requests get after a signal")
     progress_interval: float = Field(gt=0)
     outcome_table: Path | None = None
+    outage_timeout: float = Field(gt=0, description="longest outage before the run stops, s")
+    max_failure_rate: float | None = Field(default=None, ge=0, le=100)
+    min_orders: int = Field(ge=1, description="orders finished before max_failure_rate applies")
+    allow_insecure_http: bool = False
 
     @field_validator("base_url", "token_url")
     @classmethod
@@ -69,6 +74,21 @@ class Settings(BaseSettings):
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tls_unless_loopback(self) -> Settings:
+        """Credentials never cross a network in clear: http:// only to a loopback host."""
+        if self.allow_insecure_http:
+            return self
+        for key in ("base_url", "token_url"):
+            parts = urlsplit(getattr(self, key))
+            if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+                raise ValueError(
+                    f"{key} {parts.scheme}://{parts.hostname} is plain http to a host that is "
+                    "not loopback: use https, or --allow-insecure-http "
+                    "(MOUVONE_ALLOW_INSECURE_HTTP)"
+                )
+        return self
 
     @field_validator("id_pattern")
     @classmethod
@@ -123,6 +143,16 @@ class Settings(BaseSettings):
             alt = f" (or {ENV_PREFIX}ACCESS_TOKEN instead of the client credentials)"
             hint = alt if any("CLIENT" in m for m in missing) else ""
             raise ConfigError("missing credential: " + ", ".join(missing) + hint)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and the loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class _PrefixedDotEnv(PydanticBaseSettingsSource):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from worker.auth import TokenProvider
+from worker.breaker import CircuitBreaker, is_outage
 from worker.classifier import Action, OutcomeTable, error_code_for
 from worker.client import Answer, MouvoneClient
 from worker.clock import Clock
@@ -69,6 +70,7 @@ class OrderState:
     reauthed: bool = False
     in_flight: bool = False  # a request for it is on the wire
     probing: bool = False  # it holds the probe lock (credentials not yet proven)
+    breaker_probe: bool = False  # its request is the circuit breaker's probe
     last: Answer | None = field(default=None)
 
     def pending(self) -> Result:
@@ -114,6 +116,7 @@ class Dispatcher:
         control: RunControl,
         clock: Clock,
         concurrency: int,
+        breaker: CircuitBreaker,
     ) -> None:
         self._client = client
         self._tokens = tokens
@@ -122,6 +125,7 @@ class Dispatcher:
         self._policy = policy
         self._control = control
         self._clock = clock
+        self._breaker = breaker
         self._semaphore = asyncio.Semaphore(concurrency)
         self._probe = asyncio.Lock()
         self._credentials_accepted = asyncio.Event()
@@ -169,39 +173,75 @@ class Dispatcher:
         action = verdict.action
         if action is Action.FINAL:
             assert verdict.outcome is not None
+            self._limiter.speed_up()
             return state.result(verdict.outcome)
         if action is Action.REAUTH and not state.reauthed:
             state.reauthed = True
             return await self._refresh(state, token)
-        if action in (Action.REAUTH, Action.FATAL):
+        if action in (Action.REAUTH, Action.FATAL) or (
+            action is Action.QUOTA and answer.retry_after_s is None
+        ):
             return self._stop(state, _fatal_reason(state.order_id, answer, state.reauthed))
-        if action is Action.QUOTA:
-            if answer.retry_after_s is None:
-                return self._stop(state, _fatal_reason(state.order_id, answer, state.reauthed))
-            now = self._clock.monotonic()
-            if self._quota_since is None:
-                self._quota_since = now
-            # A quota that keeps coming back counts as one long wait: max_wait bounds it too.
-            in_a_row = now - self._quota_since + answer.retry_after_s
-            return None if self._pause_all(answer.retry_after_s, in_a_row) else state.pending()
-        if action is Action.THROTTLE and not self._pause_all(answer.retry_after_s):
-            return state.pending()
+        if action in (Action.QUOTA, Action.THROTTLE):
+            if not self._gateway_pause(action, answer):
+                return state.pending()
+            if action is Action.QUOTA:
+                return None
+        elif self._breaker.is_open and not state.breaker_probe and is_outage(answer):
+            return None  # sent before the outage was noticed: not counted, admit() waits
         state.failures += 1
         if state.failures >= self._policy.max_attempts:
             return state.result(Outcome.RETRYABLE_FAILED)
         return None if await self._backoff(state.failures, answer) else state.pending()
+
+    def _gateway_pause(self, action: Action, answer: Answer) -> bool:
+        """Pause everyone for a 429 or a quota answer; False when the run must stop instead."""
+        if action is Action.THROTTLE:
+            self._limiter.slow_down()
+            return self._pause_all(answer.retry_after_s)
+        assert answer.retry_after_s is not None
+        now = self._clock.monotonic()
+        if self._quota_since is None:
+            self._quota_since = now
+        # A quota that keeps coming back counts as one long wait: max_wait bounds it too.
+        return self._pause_all(answer.retry_after_s, now - self._quota_since + answer.retry_after_s)
 
     def _stop(self, state: OrderState, reason: str) -> Result:
         self._control.abort(reason)
         return state.pending()
 
     async def _attempt(self, state: OrderState) -> tuple[Answer, str] | None:
-        """Send one DELETE when the limiter admits it; None if the run stops before that."""
+        """Send one DELETE when the breaker and the limiter admit it; None if the run stops
+        before that."""
+        admitted = await self._breaker.admit()
+        if admitted is False:
+            self._control.abort(
+                f"the API has been failing (5xx, timeouts, connection errors) for more than "
+                f"{self._breaker.outage_s():.0f}s (outage timeout): resume the run later"
+            )
+            return None
+        state.breaker_probe = admitted is True
+        answer: Answer | None = None
+        try:
+            answer, token = await self._send(state)
+        finally:
+            if state.breaker_probe and answer is None:
+                self._breaker.release_probe()
+        if answer is None:
+            return None
+        self._breaker.record(answer, probe=state.breaker_probe)
+        if answer.status is not None and answer.status not in (401, 403):
+            self._credentials_accepted.set()
+            self._end_probe(state)  # the others need not wait for this order to end
+            self._quota_since = None
+        return answer, token
+
+    async def _send(self, state: OrderState) -> tuple[Answer | None, str]:
         token = await self._tokens.get()
         async with self._semaphore:
             await self._limiter.acquire()
             if self._control.stopping:
-                return None
+                return None, token
             state.attempts += 1
             self._control.requests += 1
             state.in_flight = True
@@ -210,10 +250,6 @@ class Dispatcher:
             finally:
                 state.in_flight = False
         state.last = answer
-        if answer.status is not None and answer.status not in (401, 403):
-            self._credentials_accepted.set()
-            self._end_probe(state)  # the others need not wait for this order to end
-            self._quota_since = None
         return answer, token
 
     async def _refresh(self, state: OrderState, stale: str) -> Result | None:

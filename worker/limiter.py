@@ -7,19 +7,29 @@ window answers with 429s, and its waiters poll every ``retry_interval``. So requ
 paced onto evenly spaced slots (``1 / (rate * margin)`` apart, first come first served, no
 polling), and then pass the throttler, which in steady state never has to wait.
 
-A 429 or a quota answer pauses every caller: no slot is handed out before the pause ends.
+A 429 or a quota answer pauses every caller: no slot is handed out before the pause ends. A 429
+also halves the pace (at most once a second: the answers of one burst are one signal), and every
+success raises it again by a small step, so that the pace settles under a gateway limit lower
+than the configured rate (additive increase, multiplicative decrease). The pace never goes
+above the configured rate: the hard cap stays there.
 """
 
 from __future__ import annotations
 
 import math
 
+import structlog
 from asyncio_throttle.throttler import Throttler
 
 from worker.clock import Clock
 
+log = structlog.get_logger(__name__)
+
 DEFAULT_MARGIN = 0.98  # pace a little under the limit: the gateway's window is not exact
 MIN_SLEEP_S = 0.001  # a slot closer than this is taken at once: an event-loop timer costs more
+DECREASE_FACTOR = 0.5  # a 429 halves the pace
+INCREASE_PER_S = 0.02  # successes raise the pace by this share of the rate per second of them
+MIN_SHARE = 0.01  # the pace never falls under this share of the rate
 
 
 class RateLimiter:
@@ -37,6 +47,10 @@ class RateLimiter:
             raise ValueError("rate_per_s must be positive")
         self._clock = clock
         self.rate_per_s = rate_per_s
+        self._margin = margin
+        self.pace_per_s = rate_per_s  # the current pace, lowered by 429s
+        self.lowest_pace_per_s = rate_per_s
+        self._lowered_at: float | None = None
         self._interval_s = 1.0 / (rate_per_s * margin)
         self._next_slot = 0.0
         self._paused_until = 0.0
@@ -72,6 +86,30 @@ class RateLimiter:
             self.paused_total_s += until - max(self._paused_until, self._clock.monotonic())
             self._paused_until = until
         self._next_slot = max(self._next_slot, self._paused_until)
+
+    def slow_down(self) -> None:
+        """A 429: halve the pace, unless it was already lowered within the last second."""
+        now = self._clock.monotonic()
+        if self._lowered_at is not None and now - self._lowered_at < 1.0:
+            return
+        self._lowered_at = now
+        floor = self.rate_per_s * MIN_SHARE
+        self._set_pace(max(floor, self.pace_per_s * DECREASE_FACTOR))
+        self.lowest_pace_per_s = min(self.lowest_pace_per_s, self.pace_per_s)
+        log.warning("rate_lowered", pace_per_s=round(self.pace_per_s, 2), rate=self.rate_per_s)
+
+    def speed_up(self) -> None:
+        """A success: raise the pace by a small step, never above the configured rate."""
+        if self.pace_per_s >= self.rate_per_s:
+            return
+        step = self.rate_per_s * INCREASE_PER_S / self.pace_per_s
+        self._set_pace(min(self.rate_per_s, self.pace_per_s + step))
+        if self.pace_per_s >= self.rate_per_s:
+            log.info("rate_restored", pace_per_s=self.pace_per_s)
+
+    def _set_pace(self, pace_per_s: float) -> None:
+        self.pace_per_s = pace_per_s
+        self._interval_s = 1.0 / (pace_per_s * self._margin)
 
     @property
     def paused_until(self) -> float:

@@ -69,6 +69,8 @@ class RunSummary:
     read: int = 0
     sent_requests: int = 0
     paused_s: float = 0.0  # time every worker waited on 429 / quota answers
+    outage_s: float = 0.0  # time the circuit breaker was open
+    lowest_rate: float | None = None  # the lowest pace 429s brought the rate down to
 
     def add(self, result: Result) -> None:
         """Count one order's result."""
@@ -131,6 +133,8 @@ class RunReport:
                 else 0.0
             ),
             "paused_s": round(s.paused_s, 3),
+            "outage_s": round(s.outage_s, 3),
+            "lowest_rate": round(s.lowest_rate, 2) if s.lowest_rate is not None else None,
             "ledger": self.ledger,
         }
 

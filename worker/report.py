@@ -108,6 +108,12 @@ def render_run(data: dict[str, object]) -> str:
             lines.append(
                 f"  paused by the gateway{data['paused_s']:>9} s   (429 / quota Retry-After)"
             )
+        if data.get("lowest_rate") is not None:
+            lines.append(f"  rate lowered to      {data['lowest_rate']:>10}/s (after 429 answers)")
+        if data.get("outage_s"):
+            lines.append(
+                f"  API outage           {data['outage_s']:>10} s   (5xx, timeouts: nothing sent)"
+            )
     codes = data.get("error_codes")
     if isinstance(codes, dict) and codes:
         lines.append("  error codes: " + ", ".join(f"{c} {n}" for c, n in codes.items()))

@@ -17,6 +17,7 @@ import aiohttp
 import structlog
 
 from worker.auth import ClientCredentials, StaticToken, TokenProvider
+from worker.breaker import CircuitBreaker
 from worker.classifier import OutcomeTable
 from worker.client import MouvoneClient, new_session
 from worker.clock import Clock, SystemClock
@@ -64,6 +65,7 @@ class Runner:
         writer = None if options.dry_run else self._ledger
         self._sink = ResultSink(writer, self.run_id, self.summary)
         self._limiter: RateLimiter | None = None
+        self._breaker = CircuitBreaker(self._clock, outage_timeout_s=settings.outage_timeout)
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=settings.concurrency * 2)
 
     async def execute(self) -> RunReport:
@@ -157,6 +159,7 @@ class Runner:
             control=self.control,
             clock=self._clock,
             concurrency=s.concurrency,
+            breaker=self._breaker,
         )
 
     async def _supervise(self, producer: asyncio.Task[None], lanes: list[_Lane]) -> None:
@@ -218,6 +221,8 @@ class Runner:
                 self._skipped[outcome] = self._skipped.get(outcome, 0) + 1
             for result in plan.invalid:
                 self._sink.add(result)
+            if plan.invalid:
+                self._check_failure_rate()
             if queue is None:
                 self.summary.sent_requests += len(plan.to_send)
                 continue
@@ -242,6 +247,22 @@ class Runner:
                 self.control.abort(f"internal error while sending: {exc!r}")
                 return
             self._sink.add(result)
+            if result.outcome not in SUCCESS:
+                self._check_failure_rate()
+
+    def _check_failure_rate(self) -> None:
+        """Stop the run once too many finished orders failed (--max-failure-rate)."""
+        limit = self._settings.max_failure_rate
+        if limit is None:
+            return
+        counts = self.summary.outcomes
+        finished = self.summary.answered - counts.get(Outcome.PENDING.value, 0)
+        failed = finished - sum(counts.get(o.value, 0) for o in SUCCESS)
+        if finished >= self._settings.min_orders and failed * 100 > limit * finished:
+            self.control.abort(
+                f"{failed} of {finished} finished orders failed ({failed * 100 / finished:.1f}%), "
+                f"more than --max-failure-rate {limit:g}%: check the input and the report"
+            )
 
     def _ledger_failed(self, message: str) -> None:
         self.control.abort(f"ledger write failed: {message}")
@@ -259,6 +280,9 @@ class Runner:
             self.summary.sent_requests = self.control.requests
             if self._limiter is not None:
                 self.summary.paused_s = self._limiter.paused_total_s
+                if self._limiter.lowest_pace_per_s < self._limiter.rate_per_s:
+                    self.summary.lowest_rate = self._limiter.lowest_pace_per_s
+            self.summary.outage_s = self._breaker.outage_total_s + self._breaker.outage_s()
         code = self.control.exit_code
         if code is None:
             skipped_ok = all(Outcome(o) in SUCCESS for o in self._skipped)
