@@ -95,3 +95,45 @@ def test_rate_must_be_positive() -> None:
     """A zero rate is a programming error."""
     with pytest.raises(ValueError):
         RateLimiter(0, FakeClock())
+
+
+def test_429_halves_the_pace_once_a_second() -> None:
+    """A burst of 429s halves the pace once; a later one halves it again."""
+    clock = FakeClock()
+    limiter = RateLimiter(100, clock)
+    for _ in range(10):
+        limiter.slow_down()
+    assert limiter.pace_per_s == 50
+    clock.now += 1.0
+    limiter.slow_down()
+    assert limiter.pace_per_s == 25
+    assert limiter.lowest_pace_per_s == 25
+
+
+def test_successes_raise_the_pace_back_to_the_rate_and_no_higher() -> None:
+    """Additive increase: about 2% of the rate per second of successes, capped at the rate."""
+    clock = FakeClock()
+    limiter = RateLimiter(100, clock)
+    limiter.slow_down()
+    for _ in range(50):  # one second of successes at 50/s
+        limiter.speed_up()
+    assert 51.5 < limiter.pace_per_s < 52.5
+    for _ in range(10_000):
+        limiter.speed_up()
+    assert limiter.pace_per_s == 100
+
+
+async def test_a_lowered_pace_spaces_requests_wider() -> None:
+    """After a 429 the slots are twice as far apart."""
+    clock = FakeClock()
+    limiter = RateLimiter(10, clock, hard_cap=False)
+    limiter.slow_down()
+    starts: list[float] = []
+
+    async def take() -> None:
+        await limiter.acquire()
+        starts.append(clock.now)
+
+    await clock.run(*(asyncio.ensure_future(take()) for _ in range(3)))
+    gaps = [round(b - a, 3) for a, b in zip(starts, starts[1:], strict=False)]
+    assert gaps == [round(1 / (5 * 0.98), 3)] * 2

@@ -1,7 +1,8 @@
 """The circuit breaker: an outage stops the spending of attempts until one probe gets through.
 
-Closed, it watches the last ``window`` answers of every worker. When at least ``min_samples`` are
-in and ``threshold`` of them or more are outage failures (5xx, timeouts, connection errors), it
+Closed, it watches the answers to the last ``window`` orders sent for the first time (retries of
+a few failing orders say nothing about the API as a whole). When at least ``min_samples`` are in
+and ``threshold`` of them or more are outage failures (5xx, timeouts, connection errors), it
 opens: nobody sends, and failures of requests already in flight do not count against their
 orders. After ``cooldown_s`` one caller is let through as the probe; any other answer than an
 outage failure closes the breaker, another failure opens it again for twice as long (up to
@@ -70,10 +71,13 @@ class CircuitBreaker:
             return 0.0
         return self._clock.monotonic() - self._opened_at
 
-    def record(self, answer: Answer, *, probe: bool) -> None:
-        """Count one answer; ``probe`` is True for the request ``admit`` let through as probe."""
+    def record(self, answer: Answer, *, probe: bool, first: bool = True) -> None:
+        """Count one answer. ``probe``: the request ``admit`` let through as the probe;
+        ``first``: the order's first attempt (only those can open the breaker)."""
         outage = is_outage(answer)
         if self._opened_at is None:
+            if not first:
+                return
             self._recent.append(outage)
             failed = sum(self._recent)
             if len(self._recent) >= self._min_samples and failed >= self._threshold * len(

@@ -229,7 +229,7 @@ class Dispatcher:
                 self._breaker.release_probe()
         if answer is None:
             return None
-        self._breaker.record(answer, probe=state.breaker_probe)
+        self._breaker.record(answer, probe=state.breaker_probe, first=state.attempts == 1)
         if answer.status is not None and answer.status not in (401, 403):
             self._credentials_accepted.set()
             self._end_probe(state)  # the others need not wait for this order to end

@@ -80,6 +80,7 @@ class SimStats:
     arrivals: list[float] = field(default_factory=list)  # monotonic time of each API request
     token_requests: int = 0
     resent_final: int = 0  # DELETEs for an order that had already had a final answer
+    outage_answers: int = 0  # requests failed by an outage (Simulator.outage)
     answers: list[tuple[float, str, int]] = field(default_factory=list)  # (time, order, status)
 
     def max_in_window(self, window_s: float = 1.0) -> int:
@@ -100,6 +101,7 @@ class SimStats:
             "deletes": sum(self.deletes.values()),
             "orders": len(self.deletes),
             "resent_final": self.resent_final,
+            "outage_answers": self.outage_answers,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "max_per_second": self.max_in_window(1.0),
             "span_s": round(span, 3),

@@ -36,6 +36,8 @@ class Simulator:
         self._failures: Counter[str] = Counter()
         self._tokens: dict[str, float] = {}
         self._window: deque[float] = deque()
+        self._outage_until = 0.0
+        self._outage_kind = "503"
         self._random = random.Random(self.config.seed)
         self.book = OrderBook(self.config.orders, self._random)
 
@@ -49,6 +51,7 @@ class Simulator:
         app.router.add_get(c.base_path + "/customer-orders", self.get_list)
         app.router.add_get("/_sim/stats", self.stats_handler)
         app.router.add_post("/_sim/reset", self.reset_handler)
+        app.router.add_post("/_sim/outage", self.outage_handler)
         return app
 
     # -- token ----------------------------------------------------------------------------
@@ -77,10 +80,22 @@ class Simulator:
 
     # -- gateway ----------------------------------------------------------------------------
 
-    async def _gateway(self, request: web.Request) -> web.Response | None:
-        """Latency, rate limit and credentials, as Azure API Management would apply them."""
+    def outage(self, seconds: float, kind: str = "503") -> None:
+        """For ``seconds`` from now, every API request fails: ``503``, ``502html`` (an HTML
+        page), ``reset`` (the connection is dropped) or ``stall`` (no answer for stall_s)."""
+        self._outage_until = time.monotonic() + seconds
+        self._outage_kind = kind
+
+    async def _gateway(self, request: web.Request) -> web.StreamResponse | None:
+        """Outages, latency, rate limit and credentials, as Azure API Management applies them."""
         now = time.monotonic()
         self.stats.arrivals.append(now)
+        if now < self._outage_until:
+            self.stats.outage_answers += 1
+            if self._outage_kind == "stall":
+                await asyncio.sleep(self.config.stall_s)
+                return web.Response(status=504, text="")
+            return await self._fault(request, self._outage_kind)
         if self.config.latency_ms:
             await asyncio.sleep(self.config.latency_ms / 1000)
         if request.headers.get("Ocp-Apim-Subscription-Key") != self.config.api_key:
@@ -228,6 +243,18 @@ class Simulator:
     async def stats_handler(self, _request: web.Request) -> web.Response:
         """GET /_sim/stats: what the simulator saw."""
         return web.json_response(self.stats.as_dict())
+
+    async def outage_handler(self, request: web.Request) -> web.Response:
+        """POST /_sim/outage?seconds=S&kind=503|502html|reset|stall: start an outage."""
+        try:
+            seconds = float(request.query.get("seconds", "10"))
+        except ValueError:
+            return web.json_response({"error": "seconds must be a number"}, status=400)
+        kind = request.query.get("kind", "503")
+        if kind not in ("503", "502html", "reset", "stall"):
+            return web.json_response({"error": "kind: 503, 502html, reset or stall"}, status=400)
+        self.outage(seconds, kind)
+        return web.json_response({"outage_s": seconds, "kind": kind})
 
     async def reset_handler(self, _request: web.Request) -> web.Response:
         """POST /_sim/reset: forget the counts (orders keep their state)."""
