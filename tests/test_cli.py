@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -272,35 +273,52 @@ async def test_signal_mid_run(
 
 
 async def test_kill_9_then_resume(cli: Cli, make_sim: Any, tmp_path: Path) -> None:
-    """SIGKILL at random moments, resumed each time: every order final, one row each, and no
-    order sent again once its final outcome was in the ledger."""
+    """SIGKILL at many random moments (starting up, reading, sending, recording), resumed each
+    time: every order final, one row each, no order sent again once its final outcome was in
+    the ledger, and the SQLite file intact."""
     running = await make_sim(latency_ms=20)
     ledger = tmp_path / "l.sqlite"
-    ids = [f"CDE{n:010d}" for n in range(1, 401)] + ["SUB0000000001", "NFD0000000001"]
+    ids = [f"CDE{n:010d}" for n in range(1, 601)]
+    ids += ["SUB0000000001", "NFD0000000001", "TMP0000000001", "CFL0000000001"]
     src = write_ids(tmp_path / "o.csv", ids)
     env = sim_env(running, ledger, MOUVONE_RATE="1000", MOUVONE_CONCURRENCY="8")
     rng = random.Random(7)
     final_then: set[str] = set()
     sent_then: dict[str, int] = {}
-    for kills_left in (3, 2, 1, 0):
-        if kills_left:
-            target = sum(running.sim.stats.deletes.values()) + rng.randint(20, 80)
+    kills = 12
+    for round_ in range(kills + 1):
+        if round_ < kills:
             proc = await cli.start("run", str(src), "--yes", env=env)
-            await asyncio.wait_for(running.sim.wait_for_deletes(target), 30)
-            proc.kill()
+            if round_ % 2:  # at a moment in time: may be before, during or after sending
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), rng.uniform(0.05, 1.5))
+            else:  # after some more requests have arrived
+                target = sum(running.sim.stats.deletes.values()) + rng.randint(1, 60)
+                waiting = asyncio.ensure_future(running.sim.wait_for_deletes(target))
+                await asyncio.wait(
+                    {waiting, asyncio.ensure_future(proc.wait())},
+                    timeout=30,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waiting.cancel()
+            if proc.returncode is None:
+                proc.kill()
             await proc.wait()
         else:
             done = await cli.run("run", str(src), "--yes", env=env)
             assert done.code == 1, done.stderr  # SUB and NFD are not successes
         for order_id in final_then:  # recorded final before this run: never sent again
             assert running.sim.stats.deletes[order_id] == sent_then[order_id], order_id
-        final_then = {k for k, r in ledger_rows(ledger).items() if r["outcome"] in FINAL}
+        if ledger.exists():
+            final_then = {k for k, r in ledger_rows(ledger).items() if r["outcome"] in FINAL}
         sent_then = dict(running.sim.stats.deletes)
     rows = ledger_rows(ledger)
     assert set(rows) == set(ids)
     assert {r["outcome"] for r in rows.values()} <= {o.value for o in FINAL}
+    assert running.sim.stats.resent_final <= 8 * kills  # at most the requests in flight
     db = sqlite3.connect(ledger)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT count(*) FROM orders").fetchone()[0] == len(ids)
     db.close()
 
 

@@ -137,9 +137,7 @@ async def test_rate_adapts_to_a_lower_gateway_limit(make_sim: Any, tmp_path: Pat
     assert_clean(running, rate=300)
 
 
-async def test_failure_threshold_stops_a_wrong_input_early(
-    make_sim: Any, tmp_path: Path
-) -> None:
+async def test_failure_threshold_stops_a_wrong_input_early(make_sim: Any, tmp_path: Path) -> None:
     """--max-failure-rate stops the run (exit 3) once enough orders failed; the rest are left
     pending and were never sent."""
     running = await make_sim()
@@ -191,7 +189,5 @@ async def test_every_order_failing_is_an_outage(make_sim: Any, tmp_path: Path) -
 async def test_failure_threshold_needs_min_orders(make_sim: Any, tmp_path: Path) -> None:
     """Below --min-orders finished orders the threshold does not apply."""
     running = await make_sim()
-    report = await run_ids(
-        running, tmp_path, ids("NFD", 10), max_failure_rate=0, min_orders=50
-    )
+    report = await run_ids(running, tmp_path, ids("NFD", 10), max_failure_rate=0, min_orders=50)
     assert report.exit_code == 1

@@ -24,8 +24,8 @@ HOSTILE_IDS = [
     "CDE0000000001?x=1",
     "CDE0000000001#frag",
     "CDE 0000000001",
-    "CDE000000000１",  # noqa: RUF001 - a fullwidth digit, on purpose
-    "СDE0000000001",  # noqa: RUF001 - a Cyrillic С, on purpose
+    "CDE000000000\uff11",  # a fullwidth one
+    "\u0421DE0000000001",  # a Cyrillic Es for the C
     "CDE0000000001\u200b",
     "%00",
     "CDE\\0000000001",
@@ -40,7 +40,10 @@ CORPUS: dict[str, tuple[bytes, tuple[str, int]]] = {
     "empty": (b"", ("invalid", 0)),
     "header_only": (b"orderId\n", ("invalid", 0)),
     "blank_lines": (b"\n\n  \n\r\n", ("invalid", 0)),
-    "hostile_ids": (("orderId\n" + "\n".join(HOSTILE_IDS) + "\n").encode(), ("invalid", len(HOSTILE_IDS))),
+    "hostile_ids": (
+        ("orderId\n" + "\n".join(HOSTILE_IDS) + "\n").encode(),
+        ("invalid", len(HOSTILE_IDS)),
+    ),
     "quote_never_closed": (b'orderId\n"CDE0000000001\nCDE0000000002\n', ("invalid", 1)),
 }
 
@@ -91,9 +94,7 @@ async def test_fifty_thousand_duplicates_sent_once(
     assert "49999" in done.stdout
 
 
-async def test_hostile_ids_never_change_the_path(
-    cli: Cli, make_sim: Any, tmp_path: Path
-) -> None:
+async def test_hostile_ids_never_change_the_path(cli: Cli, make_sim: Any, tmp_path: Path) -> None:
     """Sent anyway (an ID pattern that accepts anything), each hostile ID arrives at the server
     as the one path segment it is, and nothing else is requested."""
     running = await make_sim()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -135,5 +136,5 @@ async def test_a_lowered_pace_spaces_requests_wider() -> None:
         starts.append(clock.now)
 
     await clock.run(*(asyncio.ensure_future(take()) for _ in range(3)))
-    gaps = [round(b - a, 3) for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(starts)]
     assert gaps == [round(1 / (5 * 0.98), 3)] * 2

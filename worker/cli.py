@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``cancel-orders``; returns the exit status."""
+    os.umask(0o077)  # the ledger, its WAL and every report file: readable by their owner only
     args = build_parser().parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run,

@@ -48,9 +48,7 @@ class Ledger:
             if readonly:
                 if not path.is_file():
                     raise LedgerError(f"{path}: no ledger at this path")
-                self._db = sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
-                )
+                self._db = self._connect_readonly(path)
             else:
                 self._lock_fd = self._lock(path)
                 self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -62,6 +60,20 @@ class Ledger:
         except sqlite3.Error as exc:
             self.close()
             raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
+
+    @staticmethod
+    def _connect_readonly(path: Path) -> sqlite3.Connection:
+        """Read-only; on a read-only file system (where SQLite cannot make the WAL's shared
+        memory file) the file is read as immutable: a closed ledger has no WAL left over."""
+        uri = f"file:{path}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA user_version").fetchone()
+        except sqlite3.OperationalError:
+            db.close()
+            uri += "&immutable=1"
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        return db
 
     @staticmethod
     def _lock(path: Path) -> int:
