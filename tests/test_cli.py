@@ -483,3 +483,36 @@ async def test_ledger_in_use_exit_2(cli: Cli, make_sim: Any, tmp_path: Path) -> 
     await asyncio.wait_for(first.communicate(), 30)
     assert second.code == 2
     assert "in use by another run" in second.stderr
+
+
+async def test_plain_http_to_a_remote_host_is_refused(cli: Cli, tmp_path: Path) -> None:
+    """A plain http:// base URL to a host that is not loopback: exit 2, one line, nothing sent."""
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001"])
+    done = await cli.run(
+        "run", str(src), "--yes", "--base-url", "http://api.example.com/v1", "--api-key", "k"
+    )
+    assert done.code == 2
+    assert done.stderr.count("\n") == 1
+    assert "--allow-insecure-http" in done.stderr
+
+
+async def test_files_are_readable_by_their_owner_only(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """The ledger and the SQLite files beside it are created with mode 0600, whatever the
+    umask of the shell."""
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(sim, ledger)
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001"])
+    proc = await asyncio.create_subprocess_shell(
+        f'umask 022 && exec "{sys.executable}" -m worker run "{src}" --yes',
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await proc.communicate()
+    assert proc.returncode == 0
+    made = [p for p in tmp_path.iterdir() if p.name.startswith("l.sqlite")]
+    assert made
+    assert all(p.stat().st_mode & 0o077 == 0 for p in made)

@@ -132,3 +132,38 @@ def test_dotenv_lines_of_other_programs_are_ignored(tmp_path: Path) -> None:
     dotenv.write_text("MOUVONE_RATEE=3\n")
     with pytest.raises(ConfigError, match=r"invalid setting rate+e: unknown setting \(in \.env\)"):
         load_settings({}, env_file=dotenv)
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://api.example.com/v1", True),
+        ("http://127.0.0.1:8080/v1", True),
+        ("http://127.8.9.10/v1", True),
+        ("http://localhost:8080/v1", True),
+        ("http://[::1]:8080/v1", True),
+        ("http://api.example.com/v1", False),
+        ("http://10.0.0.5/v1", False),
+        ("http://127.0.0.1.example.com/v1", False),
+    ],
+)
+def test_plain_http_only_to_loopback(tmp_path: Path, url: str, allowed: bool) -> None:
+    """Credentials never travel in clear: http:// is refused unless the host is loopback or
+    --allow-insecure-http is given; https is always accepted."""
+    for key in ("base_url", "token_url"):
+        if allowed:
+            assert load_settings({key: url}, env_file=tmp_path / "none.env")
+        else:
+            with pytest.raises(ConfigError, match=f"{key} http://.* --allow-insecure-http"):
+                load_settings({key: url}, env_file=tmp_path / "none.env")
+        flags = {key: url, "allow_insecure_http": True}
+        assert load_settings(flags, env_file=tmp_path / "none.env").allow_insecure_http
+
+
+def test_allow_insecure_http_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The switch is a setting like any other (MOUVONE_ALLOW_INSECURE_HTTP)."""
+    monkeypatch.setenv("MOUVONE_BASE_URL", "http://api.example.com/v1")
+    monkeypatch.setenv("MOUVONE_ALLOW_INSECURE_HTTP", "true")
+    assert load_settings({}, env_file=tmp_path / "none.env").base_url.startswith("http://")
