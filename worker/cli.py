@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
@@ -103,6 +104,16 @@ SETTING_FLAGS = {
     "log_level": ("--log-level", str, "LEVEL", "debug, info, warning, error (MOUVONE_LOG_LEVEL)"),
 }
 RUN_SETTINGS = tuple(SETTING_FLAGS)
+FILTER_DESTS = (
+    "status",
+    "created_after",
+    "created_before",
+    "older_than",
+    "processing_indicator",
+    "carrier_code",
+    "transport_order_number",
+    "container_number",
+)
 REPORT_SETTINGS = ("ledger", "log_format", "log_level")
 
 
@@ -137,6 +148,16 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     _add_settings(parser, RUN_SETTINGS)
 
 
+def _add_report_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument(
+        "--outcome",
+        choices=[o.value for o in Outcome],
+        metavar="NAME",
+        help="only orders with this outcome",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = _Parser(
@@ -145,25 +166,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="cancel the orders listed in a CSV file or on stdin")
-    run.add_argument("input", metavar="INPUT", help="CSV or text file, or - for standard input")
+    from worker.selecting import add_filter_arguments  # noqa: PLC0415 - keeps imports one-way
+
+    run = sub.add_parser(
+        "run", help="cancel the orders listed in a CSV file or on stdin, or selected by filters"
+    )
+    run.add_argument(
+        "input", metavar="INPUT", nargs="?", help="CSV or text file, or - for standard input"
+    )
     run.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
     run.add_argument(
         "--force", action="store_true", help="send again orders that already have a final outcome"
     )
+    run.add_argument(
+        "--select",
+        action="store_true",
+        help="cancel the orders the selection filters find (instead of INPUT)",
+    )
     _add_run_options(run)
+    add_filter_arguments(run)
+
+    select = sub.add_parser("select", help="write the IDs of the orders matching filters (CSV)")
+    select.add_argument(
+        "--output", metavar="FILE", default="-", help="where to write the IDs (- for stdout)"
+    )
+    select.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_filter_arguments(select)
+    _add_settings(select, RUN_SETTINGS)
+
+    check = sub.add_parser(
+        "check", help="predict each order's outcome with GET requests; cancel nothing"
+    )
+    check.add_argument("input", metavar="INPUT", help="CSV or text file, or - for standard input")
+    check.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
+    _add_report_format(check)
+    _add_settings(check, RUN_SETTINGS)
 
     retry = sub.add_parser("retry", help="send again the retryable_failed and pending orders")
     _add_run_options(retry)
 
     report = sub.add_parser("report", help="show or export the outcomes recorded in a ledger")
-    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    report.add_argument(
-        "--outcome",
-        choices=[o.value for o in Outcome],
-        metavar="NAME",
-        help="only orders with this outcome",
-    )
+    _add_report_format(report)
     _add_settings(report, REPORT_SETTINGS)
 
     from worker.demo import add_simulate_arguments  # noqa: PLC0415 - keeps imports one-way
@@ -186,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": cmd_run,
         "retry": cmd_run,
         "report": cmd_report,
+        "select": _select,
+        "check": _check,
         "simulate": _simulate,
         "demo": _demo,
     }
@@ -256,6 +301,12 @@ def _source(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> O
             raise ConfigError(f"{settings.ledger}: no ledger at this path")
         return LedgerSource(settings.ledger)
     validator = IdValidator(settings.id_pattern)
+    if getattr(args, "select", False):
+        return _selected(args, settings, stack, validator)
+    if args.input is None:
+        raise ConfigError("INPUT is missing: a CSV file, - for standard input, or --select")
+    if any(getattr(args, name, None) for name in FILTER_DESTS):
+        raise ConfigError("selection filters need --select")
     if args.input == "-":
         spooled = spool_stdin()
         stack.callback(lambda: spooled.unlink(missing_ok=True))
@@ -290,6 +341,25 @@ def _count_to_send(source: OrderSource, ledger_path: Path, *, force: bool) -> in
         )
 
 
+def _selected(
+    args: argparse.Namespace, settings: Settings, stack: ExitStack, validator: IdValidator
+) -> OrderSource:
+    """`run --select`: the whole selection first, into a private temporary file."""
+    from worker.selecting import filters_from, render_selection, select_into  # noqa: PLC0415
+
+    if args.input is not None:
+        raise ConfigError("give either INPUT or --select, not both")
+    settings.require_credentials()
+    filters = filters_from(args)
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cancel-orders-")))
+    path = folder / "selection.csv"
+    bar = sys.stderr.isatty() and not args.no_progress
+    with path.open("w", encoding="utf-8", newline="") as out:
+        found = asyncio.run(select_into(settings, filters, out, progress_bar=bar))
+    print(render_selection(found), file=sys.stderr)
+    return CsvSource(path, validator, None, name="<selection>")
+
+
 async def _execute(runner: Runner) -> RunReport:
     """Run with SIGINT and SIGTERM turned into a graceful stop."""
     loop = asyncio.get_running_loop()
@@ -314,6 +384,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    from worker.selecting import cmd_select  # noqa: PLC0415
+
+    return cmd_select(args, _settings(args, RUN_SETTINGS))
+
+
+def _check(args: argparse.Namespace) -> int:
+    from worker.preflight import run_check  # noqa: PLC0415
+
+    settings = _settings(args, RUN_SETTINGS)
+    settings.require_credentials()
+    with ExitStack() as stack:
+        source = _source(args, settings, stack)
+        source.scan()
+        return run_check(settings, source, sys.stdout, args.format, args.outcome)
 
 
 def _simulate(args: argparse.Namespace) -> int:

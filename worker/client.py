@@ -13,6 +13,7 @@ from yarl import URL
 from worker.retry import parse_retry_after
 
 MAX_ERROR_BODY = 64 * 1024  # error bodies are small JSON; never read more than this
+MAX_READ_BODY = 8 * 1024 * 1024  # a GET's JSON answer (a page of 50 orders with details)
 MAX_MESSAGE = 500
 
 
@@ -60,28 +61,51 @@ class MouvoneClient:
 
     async def cancel(self, order_id: str, token: str) -> Answer:
         """One DELETE; the answer, or the transport failure, as an Answer."""
+        answer, _ = await self._call("DELETE", order_url(self._base_url, order_id), token)
+        return answer
+
+    async def fetch(self, url: URL, token: str) -> tuple[Answer, object]:
+        """One GET; the answer, and the JSON body of a 200 (None when it is not JSON: the
+        answer's failure is then ``unreadable``)."""
+        return await self._call("GET", url, token)
+
+    def list_url(self, params: dict[str, str]) -> URL:
+        """``{base}/customer-orders?...``."""
+        return URL(f"{self._base_url}/customer-orders").with_query(params)
+
+    def order_url(self, order_id: str) -> URL:
+        """``{base}/customer-orders/{id}``, the ID one segment."""
+        return order_url(self._base_url, order_id)
+
+    async def _call(self, method: str, url: URL, token: str) -> tuple[Answer, object]:
         headers = {"Authorization": f"Bearer {token}", "Ocp-Apim-Subscription-Key": self._api_key}
         started = time.perf_counter()
+        limit = MAX_ERROR_BODY if method == "DELETE" else MAX_READ_BODY
         try:
-            async with self._session.delete(
-                order_url(self._base_url, order_id), headers=headers, timeout=self._timeout
+            async with self._session.request(
+                method, url, headers=headers, timeout=self._timeout
             ) as resp:
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                body = await _read_body(resp)
+                body = await _read_body(resp, limit)
         except TimeoutError:
-            return Answer(None, failure="timeout", latency_ms=_ms(started))
+            return Answer(None, failure="timeout", latency_ms=_ms(started)), None
         except aiohttp.ClientPayloadError:
-            return Answer(None, failure="unreadable", latency_ms=_ms(started))
+            return Answer(None, failure="unreadable", latency_ms=_ms(started)), None
         except aiohttp.ClientResponseError as exc:  # malformed status line or headers
-            return Answer(exc.status or None, failure="unreadable", latency_ms=_ms(started))
+            return Answer(exc.status or None, failure="unreadable", latency_ms=_ms(started)), None
         except (aiohttp.ClientError, OSError):
-            return Answer(None, failure="connection", latency_ms=_ms(started))
-        return _parse(status, body, retry_after, _ms(started))
+            return Answer(None, failure="connection", latency_ms=_ms(started)), None
+        if method == "GET" and status == 200:
+            try:
+                return Answer(200, latency_ms=_ms(started)), json.loads(body)
+            except ValueError:
+                return Answer(200, failure="unreadable", latency_ms=_ms(started)), None
+        return _parse(status, body, retry_after, _ms(started)), None
 
 
-async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
-    """The body, up to MAX_ERROR_BODY bytes. Reading it (a 200's too) lets the connection be
+async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, up to ``limit`` bytes. Reading it (a 200's too) lets the connection be
     reused; a longer body is cut, and its connection closed rather than read to the end."""
     if resp.content_length == 0:
         return b""
@@ -90,10 +114,10 @@ async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
     async for chunk in resp.content.iter_chunked(16 * 1024):
         chunks.append(chunk)
         size += len(chunk)
-        if size >= MAX_ERROR_BODY:
+        if size >= limit:
             resp.close()
             break
-    return b"".join(chunks)[:MAX_ERROR_BODY]
+    return b"".join(chunks)[:limit]
 
 
 def _ms(started: float) -> float:

@@ -12,14 +12,17 @@ from worker.models import Outcome
 TABLE_ORDER_LIMIT = 1000  # with --outcome, the table lists at most this many orders
 
 
-def summary(ledger: Ledger, outcome: str | None = None) -> dict[str, object]:
-    """``total``, ``outcomes`` (every name, zeros included), ``error_codes``, ``last_run``."""
+def summary(
+    ledger: Ledger, outcome: str | None = None, label: str | None = None
+) -> dict[str, object]:
+    """``total``, ``outcomes`` (every name, zeros included), ``error_codes``, ``last_run``.
+    ``label`` replaces the ledger's path (a scratch ledger, as `check` uses)."""
     outcomes, codes = ledger.counts(outcome)
-    last = ledger.last_run()
+    last = None if label else ledger.last_run()
     if last is not None and isinstance(last.get("summary"), str):
         last["summary"] = json.loads(str(last["summary"]))
     return {
-        "ledger": str(ledger.path),
+        "ledger": label or str(ledger.path),
         "total": sum(outcomes.values()),
         "outcomes": {o.value: outcomes.get(o.value, 0) for o in Outcome},
         "error_codes": dict(sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -27,22 +30,31 @@ def summary(ledger: Ledger, outcome: str | None = None) -> dict[str, object]:
     }
 
 
-def write_json(ledger: Ledger, out: TextIO, outcome: str | None = None) -> None:
+def write_json(
+    ledger: Ledger, out: TextIO, outcome: str | None = None, label: str | None = None
+) -> None:
     """The summary as one JSON object."""
-    json.dump(summary(ledger, outcome), out, indent=2)
+    json.dump(summary(ledger, outcome, label), out, indent=2)
     out.write("\n")
 
 
-def write_csv(ledger: Ledger, out: TextIO, outcome: str | None = None) -> None:
+def write_csv(
+    ledger: Ledger,
+    out: TextIO,
+    outcome: str | None = None,
+    label: str | None = None,  # noqa: ARG001 - the writers share one signature
+) -> None:
     """One row per order, header ``order_id,outcome,http_status,error_code,message,...``."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     writer.writerows(ledger.rows(outcome))
 
 
-def write_table(ledger: Ledger, out: TextIO, outcome: str | None = None) -> None:
+def write_table(
+    ledger: Ledger, out: TextIO, outcome: str | None = None, label: str | None = None
+) -> None:
     """The summary for a person; with ``outcome``, the orders too."""
-    data = summary(ledger, outcome)
+    data = summary(ledger, outcome, label)
     out.write(render_counts(data))
     if outcome:
         out.write(f"\nOrders with outcome {outcome}:\n")
@@ -60,7 +72,8 @@ def write_table(ledger: Ledger, out: TextIO, outcome: str | None = None) -> None
 
 def render_counts(data: dict[str, object]) -> str:
     """The outcome and error-code counts as aligned text."""
-    lines = [f"Ledger: {data['ledger']}"]
+    where = str(data["ledger"])
+    lines = [where[0].upper() + where[1:] if " " in where else f"Ledger: {where}"]
     last = data.get("last_run")
     if isinstance(last, dict):
         lines.append(

@@ -13,23 +13,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import structlog
 
-from worker.auth import ClientCredentials, StaticToken, TokenProvider
+from worker.api import Api, connect
 from worker.breaker import CircuitBreaker
 from worker.classifier import OutcomeTable
-from worker.client import MouvoneClient, new_session
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
 from worker.dispatcher import Dispatcher, OrderState, RetryPolicy, RunControl
 from worker.errors import LedgerError, WorkerError
 from worker.ledger import Ledger
 from worker.limiter import RateLimiter
-from worker.logs import flush_logs, redact
+from worker.logs import flush_logs
 from worker.models import SUCCESS, Outcome, RunOptions, RunReport, RunSummary, new_run_id
 from worker.progress import ProgressReporter
-from worker.retry import Backoff
 from worker.sink import LedgerThread, ResultSink
 from worker.sources import Batch, OrderSource
 
@@ -110,10 +107,11 @@ class Runner:
         return report
 
     async def _send_all(self) -> None:
-        session = new_session(self._settings.concurrency)
+        api = connect(self._settings, self._clock)
+        self._limiter = api.limiter
         flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
         try:
-            dispatcher = self._dispatcher(session)
+            dispatcher = self._dispatcher(api)
             producer = asyncio.create_task(self._produce(self._queue))
             lanes = [_Lane() for _ in range(self._settings.concurrency)]
             for lane in lanes:
@@ -123,39 +121,16 @@ class Runner:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await self._final_flush()
-            await session.close()
+            await api.close()
 
-    def _dispatcher(self, session: aiohttp.ClientSession) -> Dispatcher:
+    def _dispatcher(self, api: Api) -> Dispatcher:
         s = self._settings
-        limiter = self._limiter = RateLimiter(s.rate, self._clock)
-        backoff = Backoff(s.backoff_base, s.backoff_cap)
-        tokens: TokenProvider
-        if s.access_token is not None:
-            tokens = StaticToken(s.access_token.get_secret_value())
-        else:
-            assert s.client_id is not None
-            assert s.client_secret is not None
-            tokens = ClientCredentials(
-                session,
-                s.token_url,
-                s.client_id,
-                s.client_secret.get_secret_value(),
-                limiter=limiter,
-                clock=self._clock,
-                timeout_s=s.timeout,
-                max_attempts=s.max_attempts,
-                backoff=backoff,
-                on_token=redact.add,
-            )
-        assert s.api_key is not None
-        client = MouvoneClient(session, s.base_url, s.api_key.get_secret_value(), s.timeout)
-        policy = RetryPolicy(s.max_attempts, s.max_wait, backoff)
         return Dispatcher(
-            client=client,
-            tokens=tokens,
-            limiter=limiter,
+            client=api.client,
+            tokens=api.tokens,
+            limiter=api.limiter,
             table=self._table,
-            policy=policy,
+            policy=RetryPolicy(s.max_attempts, s.max_wait, api.backoff),
             control=self.control,
             clock=self._clock,
             concurrency=s.concurrency,

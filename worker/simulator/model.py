@@ -46,7 +46,6 @@ NOT_FINAL = {
     "ORGANIZATION_NOT_FOUND",
     "ORGANIZATION_ACTOR_CODE_INVALID",
 }
-STATUSES = ("Draft", "Valid", "Submitted", "InProcess", "Accepted")
 
 
 @dataclass

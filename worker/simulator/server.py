@@ -141,6 +141,9 @@ class Simulator:
         return self._count(response)
 
     async def _behave(self, request: web.Request, order_id: str) -> web.StreamResponse:
+        if order_id in self.book.orders:
+            code = self.book.cancel(order_id)
+            return api_error(code) if code else web.Response(status=200)
         kind, detail = BEHAVIOURS.get(order_id[:3], ("normal", ""))
         if kind == "code":
             return api_error(detail)
@@ -235,7 +238,7 @@ class Simulator:
         refused = await self._gateway(request)
         if refused is not None:
             return self._count(refused)
-        found = self.book.search(request.query, self.cancelled)
+        found = self.book.search(request.query)
         if isinstance(found, str):
             return self._count(api_error(found, "Invalid search parameter."))
         return self._count(web.json_response(found))

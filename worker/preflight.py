@@ -1,0 +1,107 @@
+"""`cancel-orders check INPUT`: predict each order's outcome with ``GET /customer-orders/{id}``,
+at the rate limit, without cancelling anything; reported in the ledger report's formats."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from worker.api import Reader, RetriesExhaustedError, connect
+from worker.classifier import OutcomeTable, error_code_for
+from worker.client import Answer
+from worker.clock import SystemClock
+from worker.config import Settings
+from worker.ledger import Ledger
+from worker.models import SUCCESS, Outcome, Result, new_run_id
+from worker.report import write_csv, write_json, write_table
+from worker.sources import OrderSource
+
+log = structlog.get_logger(__name__)
+
+BATCH = 500
+NOT_CANCELLABLE_STATUS = {"Submitted": "R0008", "InProcess": "R0008"}
+
+
+def predict(order_id: str, answer: Answer, body: object, table: OutcomeTable) -> Result:
+    """What DELETE would answer, from what GET answered (pure)."""
+    if answer.status == 404:
+        return Result(order_id, Outcome.NOT_FOUND, 404, "HTTP_404", "not found")
+    if answer.status == 400:
+        verdict = table.classify(400, answer.code, None)
+        outcome = verdict.outcome or Outcome.REJECTED
+        return Result(order_id, outcome, 400, answer.code, answer.message)
+    if not isinstance(body, Mapping):
+        return Result(order_id, Outcome.RETRYABLE_FAILED, 200, "UNREADABLE", "unreadable answer")
+    kind, status = body.get("type"), body.get("status")
+    if kind is not None and kind != "Master":
+        code = "CANNOT_CANCEL_NOT_MASTER_ORDER"
+        return Result(order_id, Outcome.REJECTED, 200, code, f"type {kind}: not a Master order")
+    if status == "Cancelled":
+        return Result(order_id, Outcome.ALREADY_CANCELLED, 200, "ORDER_ALREADY_CANCELED")
+    if isinstance(status, str) and status in NOT_CANCELLABLE_STATUS:
+        code = NOT_CANCELLABLE_STATUS[status]
+        return Result(order_id, Outcome.REJECTED, 200, code, f"status {status}")
+    events = body.get("events")
+    if isinstance(events, list) and events and all(_completed(e) for e in events):
+        return Result(order_id, Outcome.REJECTED, 200, "R0009", "all its events are completed")
+    return Result(order_id, Outcome.CANCELLED, 200, None, f"would cancel (status {status})")
+
+
+def _completed(event: object) -> bool:
+    return isinstance(event, Mapping) and event.get("completed") is True
+
+
+async def check_into(settings: Settings, source: OrderSource, ledger: Ledger) -> None:
+    """Predict every order of the input into ``ledger`` (a scratch ledger)."""
+    clock = SystemClock()
+    api = connect(settings, clock)
+    table = OutcomeTable.load(settings.outcome_table)
+    reader = Reader(
+        api, table, clock, max_attempts=settings.max_attempts, max_wait_s=settings.max_wait
+    )
+    run_id = new_run_id()
+    gate = asyncio.Semaphore(settings.concurrency)
+
+    async def one(order_id: str) -> Result:
+        async with gate:
+            try:
+                answer, body = await reader.get(api.client.order_url(order_id))
+            except RetriesExhaustedError as exc:
+                last = exc.answer
+                code = error_code_for(last.status, last.code, last.failure)
+                return Result(order_id, Outcome.RETRYABLE_FAILED, last.status, code, str(exc))
+        result = predict(order_id, answer, body, table)
+        log.info("prediction", **result.log_fields())
+        return result
+
+    try:
+        for batch in source.batches(BATCH):
+            plan = ledger.claim(batch, run_id, force=True)
+            results = await asyncio.gather(*(one(order_id) for order_id in plan.to_send))
+            ledger.record([*plan.invalid, *results], run_id)
+    finally:
+        await api.close()
+
+
+def run_check(
+    settings: Settings, source: OrderSource, out: TextIO, fmt: str, outcome: str | None
+) -> int:
+    """Predict, print the report; 0 when every order would end cancelled or already
+    cancelled, else 1."""
+    with tempfile.TemporaryDirectory(prefix="cancel-orders-check-") as folder:
+        ledger = Ledger(Path(folder) / "preflight.sqlite")
+        try:
+            asyncio.run(check_into(settings, source, ledger))
+            label = f"preflight of {source.name} (predicted outcomes: nothing was cancelled)"
+            writer = {"table": write_table, "json": write_json, "csv": write_csv}[fmt]
+            writer(ledger, out, outcome, label=label)
+            counts, _ = ledger.counts()
+        finally:
+            ledger.close()
+    failing = sum(n for name, n in counts.items() if Outcome(name) not in SUCCESS)
+    return 0 if failing == 0 else 1

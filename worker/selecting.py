@@ -1,0 +1,170 @@
+"""`cancel-orders select` and `run --select`: the filters on the command line, the selection
+written as CSV (to a file, standard output, or a private temporary file that feeds a run)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from worker.api import Reader, connect
+from worker.classifier import OutcomeTable
+from worker.clock import SystemClock
+from worker.config import Settings
+from worker.errors import ConfigError
+from worker.logs import flush_logs
+from worker.sources.selection import (
+    INDICATORS,
+    Filters,
+    SelectionSummary,
+    Selector,
+    parse_age,
+    parse_day,
+)
+
+log = structlog.get_logger(__name__)
+
+PROGRESS_EVERY_PAGES = 20
+
+
+def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """The selection filters, for `select` and `run --select`."""
+    group = parser.add_argument_group("selection filters (GET /customer-orders; days in UTC)")
+    group.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        metavar="S",
+        help="order status, e.g. Draft (repeat for several)",
+    )
+    group.add_argument("--created-after", metavar="DAY", help="created on or after YYYY-MM-DD")
+    before = group.add_mutually_exclusive_group()
+    before.add_argument("--created-before", metavar="DAY", help="created before YYYY-MM-DD")
+    before.add_argument(
+        "--older-than", metavar="AGE", help="created before today minus AGE days, e.g. 30d"
+    )
+    group.add_argument("--processing-indicator", choices=INDICATORS, metavar="|".join(INDICATORS))
+    group.add_argument("--carrier-code", metavar="C")
+    group.add_argument("--transport-order-number", metavar="N")
+    group.add_argument("--container-number", metavar="N")
+
+
+def filters_from(args: argparse.Namespace) -> Filters:
+    """The filters given on the command line; ConfigError for a bad day or age."""
+    today = datetime.now(UTC).date()
+    before = None
+    if args.created_before:
+        before = parse_day(args.created_before, "--created-before")
+    elif args.older_than:
+        before = parse_age(args.older_than, today)
+    after = parse_day(args.created_after, "--created-after") if args.created_after else None
+    if after is not None and before is not None and after >= before:
+        raise ConfigError("--created-after must be a day before --created-before/--older-than")
+    return Filters(
+        statuses=tuple(s.strip() for s in args.status if s.strip()),
+        created_after=after,
+        created_before=before,
+        processing_indicator=args.processing_indicator,
+        carrier_code=args.carrier_code,
+        transport_order_number=args.transport_order_number,
+        container_number=args.container_number,
+    )
+
+
+async def select_into(
+    settings: Settings, filters: Filters, out: TextIO, *, progress_bar: bool
+) -> SelectionSummary:
+    """Write ``orderId`` and one matching Master order ID a line to ``out``."""
+    clock = SystemClock()
+    api = connect(settings, clock)
+    table = OutcomeTable.load(settings.outcome_table)
+    reader = Reader(
+        api, table, clock, max_attempts=settings.max_attempts, max_wait_s=settings.max_wait
+    )
+    out.write("orderId\n")
+    started = time.monotonic()
+    show = _Progress(progress_bar)
+    log.info("selection_started", filters=_describe(filters), base_url=settings.base_url)
+    try:
+
+        def emit(order_id: str) -> None:
+            out.write(order_id + "\n")
+
+        selector = Selector(reader, api.client, filters, emit, show.page)
+        found = await selector.run()
+    finally:
+        show.stop()
+        await api.close()
+    out.flush()
+    log.info(
+        "selection_summary",
+        **found.as_dict(),
+        requests=reader.requests,
+        elapsed_s=round(time.monotonic() - started, 3),
+    )
+    flush_logs()
+    return found
+
+
+def cmd_select(args: argparse.Namespace, settings: Settings) -> int:
+    """`select`: the matching order IDs as CSV."""
+    settings.require_credentials()
+    filters = filters_from(args)
+    bar = sys.stderr.isatty() and not args.no_progress
+    if args.output in (None, "-"):
+        found = asyncio.run(select_into(settings, filters, sys.stdout, progress_bar=bar))
+    else:
+        path = Path(args.output)
+        try:
+            handle = path.open("w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
+        with handle:
+            found = asyncio.run(select_into(settings, filters, handle, progress_bar=bar))
+    print(render_selection(found), file=sys.stderr)
+    return 0
+
+
+def render_selection(found: SelectionSummary) -> str:
+    """One line for a person."""
+    left_out = ", ".join(f"{n} {kind}" for kind, n in sorted(found.not_master.items()))
+    text = f"Selected {found.matched} Master orders ({found.pages} pages"
+    if found.total_changes:
+        text += f", the total changed {found.total_changes} times while paging"
+    text += ")"
+    if left_out:
+        text += f"; left out, not Master: {left_out}"
+    return text
+
+
+def _describe(filters: Filters) -> dict[str, object]:
+    return {k: str(v) if hasattr(v, "isoformat") else v for k, v in vars(filters).items() if v not in (None, ())}
+
+
+class _Progress:
+    """Pages read and orders matched: a spinner on a terminal, an event every 20 pages else."""
+
+    def __init__(self, bar: bool) -> None:
+        self._status = None
+        if bar:
+            from rich.console import Console  # noqa: PLC0415 - only on a terminal
+
+            self._status = Console(file=sys.stderr).status("selecting")
+            self._status.start()
+
+    def page(self, found: SelectionSummary) -> None:
+        if self._status is not None:
+            self._status.update(f"selecting: {found.pages} pages, {found.matched} orders")
+        elif found.pages % PROGRESS_EVERY_PAGES == 0:
+            log.info("selection_progress", pages=found.pages, matched=found.matched)
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
