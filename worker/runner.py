@@ -100,7 +100,12 @@ class Runner:
             await asyncio.gather(progress_task, return_exceptions=True)
         report = self._finish(time.monotonic() - started)
         if not self._options.dry_run:
-            await self._ledger.call(ledger.end_run, self.run_id, report.exit_code, report.as_dict())
+            try:
+                await self._ledger.call(
+                    ledger.end_run, self.run_id, report.exit_code, report.as_dict()
+                )
+            except LedgerError as exc:  # the orders' rows are what matters; say it and go on
+                log.error("run_summary_not_recorded", error=str(exc))  # noqa: TRY400 - expected
         self._ledger.close()
         log.info("run_summary", **report.as_dict())
         flush_logs()

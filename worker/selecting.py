@@ -144,7 +144,8 @@ def render_selection(found: SelectionSummary) -> str:
 
 
 def _describe(filters: Filters) -> dict[str, object]:
-    return {k: str(v) if hasattr(v, "isoformat") else v for k, v in vars(filters).items() if v not in (None, ())}
+    given = {k: v for k, v in vars(filters).items() if v not in (None, ())}
+    return {k: str(v) if hasattr(v, "isoformat") else v for k, v in given.items()}
 
 
 class _Progress:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
@@ -38,11 +38,21 @@ class LedgerThread:
         loop = asyncio.get_running_loop()
         # Shielded: once submitted, a ledger write completes even if the caller is cancelled.
         future = loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_consume)  # its error, if any, is the caller's no more
+            raise
 
     def close(self) -> None:
         """Finish queued calls and stop the thread."""
         self._executor.shutdown(wait=True)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve a finished call's error (the caller was cancelled and keeps its data)."""
+    if not future.cancelled() and (error := future.exception()) is not None:
+        log.debug("ledger_call_failed_after_cancel", error=str(error))
 
 
 class ResultSink:

@@ -175,11 +175,11 @@ class Selector:
             log.info("selection_total_changed", query=query, was=expected, now=total)
         for item in items:
             if isinstance(item, dict):
-                self._take(item)
+                await self._take(item)
         self._on_page(self.summary)
         return total
 
-    def _take(self, item: dict[str, object]) -> None:
+    async def _take(self, item: dict[str, object]) -> None:
         order_id = item.get("customerOrderId")
         if not isinstance(order_id, str) or not order_id or order_id in self._seen:
             return
@@ -188,6 +188,10 @@ class Selector:
             self.summary.mismatched += 1
             return
         kind = item.get("type")
+        if kind is None:  # a list without types: the order itself tells
+            answer, body = await self._reader.get(self._client.order_url(order_id))
+            if answer.status == 200 and isinstance(body, dict):
+                kind = body.get("type")
         if isinstance(kind, str) and kind != "Master":
             self.summary.not_master[kind] += 1
             return
