@@ -37,11 +37,12 @@ class Api:
         await self.session.close()
 
 
-def connect(settings: Settings, clock: Clock) -> Api:
-    """Session, limiter, tokens and client for these settings (call inside the event loop)."""
+def connect(settings: Settings, clock: Clock, limiter: RateLimiter | None = None) -> Api:
+    """Session, limiter, tokens and client for these settings (call inside the event loop);
+    ``limiter`` replaces the process's own (queue mode shares one through Redis)."""
     s = settings
     session = new_session(s.concurrency)
-    limiter = RateLimiter(s.rate, clock)
+    limiter = limiter or RateLimiter(s.rate, clock)
     backoff = Backoff(s.backoff_base, s.backoff_cap)
     tokens: TokenProvider
     if s.access_token is not None:

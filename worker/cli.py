@@ -100,10 +100,43 @@ SETTING_FLAGS = {
         "",
         "allow a plain http:// URL to a host that is not loopback",
     ),
+    "redis_url": ("--redis-url", str, "URL", "Redis for queue mode (MOUVONE_REDIS_URL)"),
+    "stream": ("--stream", str, "NAME", "requests stream (cancel-orders:requests)"),
+    "group": ("--group", str, "NAME", "consumer group (cancel-orders)"),
+    "consumer": ("--consumer", str, "NAME", "this consumer's name (the host name)"),
+    "results_stream": ("--results-stream", str, "NAME", "results stream (cancel-orders:results)"),
+    "dead_letter_stream": (
+        "--dead-letter-stream",
+        str,
+        "NAME",
+        "dead-letter stream (cancel-orders:dead)",
+    ),
+    "claim_idle": (
+        "--claim-idle",
+        float,
+        "S",
+        "idle seconds before a dead consumer's entries are claimed (60)",
+    ),
+    "max_deliveries": (
+        "--max-deliveries",
+        int,
+        "N",
+        "deliveries before an entry is dead-lettered (5)",
+    ),
     "log_format": ("--log-format", str, "json|console", "log format (MOUVONE_LOG_FORMAT)"),
     "log_level": ("--log-level", str, "LEVEL", "debug, info, warning, error (MOUVONE_LOG_LEVEL)"),
 }
-RUN_SETTINGS = tuple(SETTING_FLAGS)
+QUEUE_SETTINGS = (
+    "redis_url",
+    "stream",
+    "group",
+    "consumer",
+    "results_stream",
+    "dead_letter_stream",
+    "claim_idle",
+    "max_deliveries",
+)
+RUN_SETTINGS = tuple(k for k in SETTING_FLAGS if k not in QUEUE_SETTINGS)
 FILTER_DESTS = (
     "status",
     "created_after",
@@ -114,7 +147,8 @@ FILTER_DESTS = (
     "transport_order_number",
     "container_number",
 )
-REPORT_SETTINGS = ("ledger", "log_format", "log_level")
+REPORT_SETTINGS = ("ledger", "redis_url", "results_stream", "log_format", "log_level")
+ENQUEUE_SETTINGS = (*QUEUE_SETTINGS, "id_pattern", "log_format", "log_level")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -156,6 +190,26 @@ def _add_report_format(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="only orders with this outcome",
     )
+
+
+def _add_queue_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    enqueue = sub.add_parser("enqueue", help="append order IDs to the Redis requests stream")
+    enqueue.add_argument("input", metavar="INPUT", help="CSV or text file, or - for standard input")
+    enqueue.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
+    _add_settings(enqueue, ENQUEUE_SETTINGS)
+
+    consume = sub.add_parser(
+        "consume", help="cancel the orders of the Redis requests stream, as one of a group"
+    )
+    consume.add_argument(
+        "--exit-when-empty",
+        action="store_true",
+        help="exit once the group has no new or pending entry (a batch Job)",
+    )
+    _add_settings(consume, (*RUN_SETTINGS, *QUEUE_SETTINGS))
+
+    redrive = sub.add_parser("redrive", help="move dead letters back to the requests stream")
+    _add_settings(redrive, ENQUEUE_SETTINGS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_format(report)
     _add_settings(report, REPORT_SETTINGS)
 
+    _add_queue_commands(sub)
+
     from worker.demo import add_simulate_arguments  # noqa: PLC0415 - keeps imports one-way
 
     simulate = sub.add_parser("simulate", help="run a local MouvONE look-alike")
@@ -231,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": cmd_report,
         "select": _select,
         "check": _check,
+        "enqueue": _enqueue,
+        "consume": _consume,
+        "redrive": _redrive,
         "simulate": _simulate,
         "demo": _demo,
     }
@@ -377,6 +436,10 @@ async def _execute(runner: Runner) -> RunReport:
 def cmd_report(args: argparse.Namespace) -> int:
     """`report`: table, json or csv, from the ledger."""
     settings = _settings(args, REPORT_SETTINGS)
+    if args.redis_url or args.results_stream:
+        from worker.queue.commands import cmd_report_stream  # noqa: PLC0415
+
+        return cmd_report_stream(settings, args.format, args.outcome, sys.stdout)
     ledger = Ledger(settings.ledger, readonly=True)
     try:
         writer = {"table": write_table, "json": write_json, "csv": write_csv}[args.format]
@@ -384,6 +447,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     return 0
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    from worker.queue.commands import cmd_enqueue  # noqa: PLC0415 - redis only when needed
+
+    settings = _settings(args, ENQUEUE_SETTINGS)
+    with ExitStack() as stack:
+        source = _source(args, settings, stack)
+        source.scan()
+        return cmd_enqueue(settings, source)
+
+
+def _consume(args: argparse.Namespace) -> int:
+    from worker.queue.commands import cmd_consume  # noqa: PLC0415
+
+    return cmd_consume(_settings(args, (*RUN_SETTINGS, *QUEUE_SETTINGS)), args)
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    from worker.queue.commands import cmd_redrive  # noqa: PLC0415
+
+    return cmd_redrive(_settings(args, ENQUEUE_SETTINGS))
 
 
 def _select(args: argparse.Namespace) -> int:

@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     max_failure_rate: float | None = Field(default=None, ge=0, le=100)
     min_orders: int = Field(ge=1, description="orders finished before max_failure_rate applies")
     allow_insecure_http: bool = False
+    redis_url: str | None = None
+    stream: str
+    group: str
+    consumer: str | None = None  # None: the host name
+    results_stream: str
+    dead_letter_stream: str
+    claim_idle: float = Field(gt=0, description="seconds before a dead consumer's entries move")
+    max_deliveries: int = Field(ge=1)
 
     @field_validator("base_url", "token_url")
     @classmethod
@@ -125,9 +133,11 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     def secrets(self) -> list[str]:
-        """The secret values, for redaction."""
+        """The secret values, for redaction (a Redis URL's password included)."""
         found = [self.client_secret, self.access_token, self.api_key]
-        return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
+        values = [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
+        password = urlsplit(self.redis_url).password if self.redis_url else None
+        return values + ([password] if password else [])
 
     def require_credentials(self) -> None:
         """Raise ConfigError naming what is missing, before anything is sent."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -71,6 +72,8 @@ class OrderState:
     in_flight: bool = False  # a request for it is on the wire
     probing: bool = False  # it holds the probe lock (credentials not yet proven)
     breaker_probe: bool = False  # its request is the circuit breaker's probe
+    lost: bool = False  # queue mode: another consumer took the entry before it was sent
+    entry_id: str = ""  # queue mode: the stream entry it came from
     last: Answer | None = field(default=None)
 
     def pending(self) -> Result:
@@ -117,6 +120,7 @@ class Dispatcher:
         clock: Clock,
         concurrency: int,
         breaker: CircuitBreaker,
+        still_mine: Callable[[OrderState], Awaitable[bool]] | None = None,
     ) -> None:
         self._client = client
         self._tokens = tokens
@@ -126,6 +130,7 @@ class Dispatcher:
         self._control = control
         self._clock = clock
         self._breaker = breaker
+        self._still_mine = still_mine  # checked after the limiter, right before sending
         self._semaphore = asyncio.Semaphore(concurrency)
         self._probe = asyncio.Lock()
         self._credentials_accepted = asyncio.Event()
@@ -162,6 +167,8 @@ class Dispatcher:
             except FatalApiError as exc:
                 return self._stop(state, str(exc))
             if sent is None:
+                if state.lost:
+                    return state.result(Outcome.PENDING, "not sent: another consumer has it")
                 return state.result(Outcome.PENDING, "not sent: the run was stopping")
             done = await self._handle(state, *sent)
             if done is not None:
@@ -241,6 +248,9 @@ class Dispatcher:
         async with self._semaphore:
             await self._limiter.acquire()
             if self._control.stopping:
+                return None, token
+            if self._still_mine is not None and not await self._still_mine(state):
+                state.lost = True
                 return None, token
             state.attempts += 1
             self._control.requests += 1

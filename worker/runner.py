@@ -160,15 +160,7 @@ class Runner:
         await asyncio.gather(everything, stop, return_exceptions=True)
 
     async def _grace(self, busy: list[asyncio.Task[None]]) -> None:
-        """Give requests in flight ``grace`` seconds (less after a second signal), then cancel."""
-        finished = asyncio.gather(*busy, return_exceptions=True)
-        hurry = asyncio.ensure_future(self.control.hurry_event.wait())
-        waits: set[asyncio.Future[Any]] = {finished, hurry}
-        await asyncio.wait(waits, timeout=self._settings.grace, return_when=asyncio.FIRST_COMPLETED)
-        hurry.cancel()
-        for worker in busy:
-            worker.cancel()
-        await asyncio.gather(finished, hurry, return_exceptions=True)
+        await drain(busy, self.control, self._settings.grace)
 
     async def _produce(self, queue: asyncio.Queue[str | None] | None) -> None:
         """Read, validate and claim the input in batches; feed the queue (none in a dry run)."""
@@ -279,6 +271,18 @@ class Runner:
             dict(self._skipped),
             str(self._settings.ledger),
         )
+
+
+async def drain(busy: list[asyncio.Task[None]], control: RunControl, grace_s: float) -> None:
+    """Give requests in flight ``grace_s`` seconds (less after a second signal), then cancel."""
+    finished = asyncio.gather(*busy, return_exceptions=True)
+    hurry = asyncio.ensure_future(control.hurry_event.wait())
+    waits: set[asyncio.Future[Any]] = {finished, hurry}
+    await asyncio.wait(waits, timeout=grace_s, return_when=asyncio.FIRST_COMPLETED)
+    hurry.cancel()
+    for worker in busy:
+        worker.cancel()
+    await asyncio.gather(finished, hurry, return_exceptions=True)
 
 
 @dataclass

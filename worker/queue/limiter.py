@@ -1,0 +1,69 @@
+"""One rate limit for a whole consumer group: the next free slot lives in Redis.
+
+Every request of every replica takes a slot from a Lua script that reads the Redis server's
+clock, so the replicas share one schedule of evenly spaced slots (``1 / (rate * margin)``
+apart) whatever their own clocks say, and a 429 or quota pause moves the schedule for all of
+them. The local asyncio-throttle cap still bounds each replica on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from worker.clock import Clock
+from worker.limiter import DEFAULT_MARGIN, MIN_SLEEP_S, RateLimiter
+from worker.queue.streams import Streams, patiently
+
+log = structlog.get_logger(__name__)
+
+
+class GroupRateLimiter(RateLimiter):
+    """A RateLimiter whose slots are shared through Redis."""
+
+    def __init__(self, rate_per_s: float, clock: Clock, streams: Streams) -> None:
+        super().__init__(rate_per_s, clock, margin=DEFAULT_MARGIN)
+        self._streams = streams
+        self._pauses: set[asyncio.Task[None]] = set()
+        self.stopping = lambda: False
+
+    async def acquire(self) -> None:
+        """Take the group's next slot and wait for it."""
+        while True:
+            paused_s = self.paused_until - self._clock.monotonic()
+            if paused_s > 0:  # a pause here starts before Redis has heard of it
+                await self._clock.sleep(paused_s)
+            wait_ms = await patiently(self._take_slot, self.stopping, "rate limiter")
+            if wait_ms is None:  # stopping: the caller checks and sends nothing
+                return
+            wait_s = wait_ms / 1000.0
+            if wait_s >= MIN_SLEEP_S:
+                await self._clock.sleep(wait_s)
+            if self._clock.monotonic() >= self.paused_until:
+                break
+        if self._throttler is not None:
+            await self._throttler.acquire()  # type: ignore[no-untyped-call]
+
+    async def _take_slot(self) -> float:
+        names = self._streams.names
+        interval_ms = self._interval_s * 1000.0
+        raw = await self._streams.slot_script(keys=[names.rate], args=[f"{interval_ms:.3f}", "0"])
+        return float(raw)
+
+    def pause(self, seconds: float) -> None:
+        """Pause here at once, and the whole group through Redis."""
+        super().pause(seconds)
+        task = asyncio.get_running_loop().create_task(self._pause_group(seconds))
+        self._pauses.add(task)
+        task.add_done_callback(self._pauses.discard)
+
+    async def _pause_group(self, seconds: float) -> None:
+        names = self._streams.names
+
+        async def call() -> object:
+            return await self._streams.slot_script(
+                keys=[names.rate], args=["0", f"{seconds * 1000.0:.3f}"]
+            )
+
+        await patiently(call, self.stopping, "group pause")

@@ -1,0 +1,236 @@
+"""Redis Streams for queue mode: the connection, the stream names, and the Lua scripts that
+make "is this entry still mine?" and the write that follows one atomic step.
+
+``XACK`` accepts any consumer's entry and ``WATCH`` does not fire on ``XCLAIM``, so every check
+of ownership lives inside a script together with the write it guards: a crash leaves both or
+neither, and a retried script finds the entry acknowledged and does nothing the second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.errors import ConfigError
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+@dataclass(frozen=True)
+class Names:
+    """The streams and the group of one deployment."""
+
+    stream: str
+    group: str
+    consumer: str
+    results: str
+    dead: str
+
+    @property
+    def final(self) -> str:
+        """Hash of order ID -> final outcome, written with each final result."""
+        return f"{self.results}:final"
+
+    @property
+    def rate(self) -> str:
+        """The group rate limiter's next free slot."""
+        return f"{self.stream}:rate"
+
+
+# KEYS: stream, final hash. ARGV: group, consumer, entry id, order id.
+# -> {owned (0/1), final outcome or ""}
+CHECK = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return {0, ''} end
+local final = redis.call('HGET', KEYS[2], ARGV[4])
+if final then return {1, final} end
+return {1, ''}
+"""
+
+# KEYS: stream, results, dead letters, final hash. ARGV: group, consumer, entry id, order id,
+# final outcome or "", dead-letter reason or "", then the result's field/value pairs.
+# -> 1 when written and acknowledged, 0 when the entry is no longer this consumer's.
+FINISH = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+local fields = {}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+if #fields > 0 then redis.call('XADD', KEYS[2], '*', unpack(fields)) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], ARGV[5]) end
+if ARGV[6] ~= '' then
+  redis.call('XADD', KEYS[3], '*', 'order_id', ARGV[4], 'reason', ARGV[6],
+             'entry_id', ARGV[3], 'deliveries', tostring(p[1][4]))
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+# KEYS: stream. ARGV: group, consumer, entry ids... Resets the idle time of the entries that are
+# still this consumer's (without counting a delivery); returns the ids that are not.
+REFRESH = """
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 0 or p[1][2] ~= ARGV[2] then
+    lost[#lost + 1] = ARGV[i]
+  else
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  end
+end
+return lost
+"""
+
+# KEYS: dead letters, requests. ARGV: dead-letter entry id. Moves one dead letter back.
+REDRIVE = """
+local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #e == 0 then return 0 end
+local f = e[1][2]
+for i = 1, #f, 2 do
+  if f[i] == 'order_id' then
+    redis.call('XADD', KEYS[2], '*', 'order_id', f[i + 1])
+    redis.call('XDEL', KEYS[1], ARGV[1])
+    return 1
+  end
+end
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 0
+"""
+
+# KEYS: slot key. ARGV: interval ms, pause ms (0 to take a slot). -> ms to wait for the slot.
+# Server time, so every replica shares one clock.
+SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local nxt = tonumber(redis.call('GET', KEYS[1]) or '0')
+local pause = tonumber(ARGV[2])
+if pause > 0 then
+  if now + pause > nxt then
+    redis.call('SET', KEYS[1], string.format('%.3f', now + pause), 'PX', 60000 + pause)
+  end
+  return '0'
+end
+local slot = math.max(now, nxt)
+redis.call('SET', KEYS[1], string.format('%.3f', slot + tonumber(ARGV[1])), 'PX', 60000)
+return string.format('%.3f', slot - now)
+"""
+
+
+class Streams:
+    """One Redis connection with the scripts registered."""
+
+    def __init__(self, url: str, names: Names) -> None:
+        self.names = names
+        self.url = url
+        try:
+            self.redis: aioredis.Redis = aioredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+                retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), 3),
+                health_check_interval=30,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"--redis-url: {exc}") from None
+        self.check = self.redis.register_script(CHECK)
+        self.finish_script = self.redis.register_script(FINISH)
+        self.refresh_script = self.redis.register_script(REFRESH)
+        self.redrive_script = self.redis.register_script(REDRIVE)
+        self.slot_script = self.redis.register_script(SLOT)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.redis.aclose()
+
+    async def ping(self, attempts: int = 8) -> None:
+        """Wait for Redis (with backoff); ConfigError when it stays unreachable."""
+        delay = 0.2
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.redis.ping()
+            except TRANSIENT as exc:
+                if attempt == attempts:
+                    where = self.url.split("@")[-1]
+                    raise ConfigError(f"Redis at {where} is unreachable: {exc}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                return
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) unless they exist."""
+        try:
+            await self.redis.xgroup_create(
+                self.names.stream, self.names.group, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def finish(
+        self, entry_id: str, order_id: str, final: str, dead_reason: str, fields: Sequence[str]
+    ) -> bool:
+        """Write the result (and the dead letter), acknowledge; False if not ours any more."""
+        n = self.names
+        done = await self.finish_script(
+            keys=[n.stream, n.results, n.dead, n.final],
+            args=[n.group, n.consumer, entry_id, order_id, final, dead_reason, *fields],
+        )
+        return bool(done)
+
+    async def owned(self, entry_id: str, order_id: str) -> tuple[bool, str]:
+        """(still this consumer's, the order's final outcome if already recorded)."""
+        n = self.names
+        owned, final = await self.check(
+            keys=[n.stream, n.final], args=[n.group, n.consumer, entry_id, order_id]
+        )
+        return bool(owned), str(final)
+
+    async def refresh(self, entry_ids: Sequence[str]) -> list[str]:
+        """Keep these entries fresh; the ones another consumer has claimed."""
+        if not entry_ids:
+            return []
+        n = self.names
+        lost = await self.refresh_script(keys=[n.stream], args=[n.group, n.consumer, *entry_ids])
+        return [str(x) for x in lost]
+
+
+async def patiently(
+    call: Callable[[], Awaitable[T]], stopping: Callable[[], bool], what: str
+) -> T | None:
+    """Run a Redis call, retrying through a lost connection with backoff until it succeeds;
+    None if the process is stopping first."""
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except TRANSIENT as exc:
+            if stopping():
+                return None
+            log.warning("redis_unavailable", during=what, error=str(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def result_fields(values: dict[str, Any]) -> list[str]:
+    """Flatten a result for XADD: field, value, ...; None becomes the empty string."""
+    flat: list[str] = []
+    for key, value in values.items():
+        flat += [key, "" if value is None else str(value)]
+    return flat
+
+
+__all__ = ["TRANSIENT", "Names", "RedisError", "Streams", "patiently", "result_fields"]
