@@ -155,18 +155,20 @@ class Streams:
         """Close the connection pool."""
         await self.redis.aclose()
 
-    async def ping(self, attempts: int = 8) -> None:
-        """Wait for Redis (with backoff); ConfigError when it stays unreachable."""
+    async def ping(self, patience_s: float = 10.0) -> None:
+        """Wait for Redis (with backoff) up to ``patience_s``; ConfigError if it stays away."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience_s
         delay = 0.2
-        for attempt in range(1, attempts + 1):
+        while True:
             try:
                 await self.redis.ping()
             except TRANSIENT as exc:
-                if attempt == attempts:
+                if loop.time() + delay > deadline:
                     where = self.url.split("@")[-1]
                     raise ConfigError(f"Redis at {where} is unreachable: {exc}") from None
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0)
             else:
                 return
 
