@@ -17,6 +17,7 @@ from worker.config import Settings
 from worker.errors import FatalApiError
 from worker.limiter import RateLimiter
 from worker.logs import redact
+from worker.metrics import Metrics
 from worker.retry import Backoff
 
 log = structlog.get_logger(__name__)
@@ -37,12 +38,24 @@ class Api:
         await self.session.close()
 
 
-def connect(settings: Settings, clock: Clock, limiter: RateLimiter | None = None) -> Api:
+def connect(
+    settings: Settings,
+    clock: Clock,
+    limiter: RateLimiter | None = None,
+    metrics: Metrics | None = None,
+) -> Api:
     """Session, limiter, tokens and client for these settings (call inside the event loop);
     ``limiter`` replaces the process's own (queue mode shares one through Redis)."""
     s = settings
     session = new_session(s.concurrency)
     limiter = limiter or RateLimiter(s.rate, clock)
+    counted = metrics or Metrics()
+    limiter.on_wait = lambda seconds: counted.waited("rate_limit", seconds)
+
+    def on_token(token: str) -> None:
+        redact.add(token)
+        counted.token_refreshes.inc()
+
     backoff = Backoff(s.backoff_base, s.backoff_cap)
     tokens: TokenProvider
     if s.access_token is not None:
@@ -60,7 +73,7 @@ def connect(settings: Settings, clock: Clock, limiter: RateLimiter | None = None
             timeout_s=s.timeout,
             max_attempts=s.max_attempts,
             backoff=backoff,
-            on_token=redact.add,
+            on_token=on_token,
         )
     assert s.api_key is not None
     client = MouvoneClient(session, s.base_url, s.api_key.get_secret_value(), s.timeout)

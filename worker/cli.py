@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import structlog
 
@@ -123,10 +123,21 @@ SETTING_FLAGS = {
         "N",
         "deliveries before an entry is dead-lettered (5)",
     ),
+    "metrics_textfile": (
+        "--metrics-textfile",
+        Path,
+        "PATH",
+        "write Prometheus metrics there at the end (node-exporter textfile)",
+    ),
+    "pushgateway": ("--pushgateway", str, "URL", "push Prometheus metrics there at the end"),
+    "metrics_port": ("--metrics-port", int, "PORT", "consume: serve /metrics and /healthz"),
+    "metrics_host": ("--metrics-host", str, "HOST", "consume: metrics address (127.0.0.1)"),
     "log_format": ("--log-format", str, "json|console", "log format (MOUVONE_LOG_FORMAT)"),
     "log_level": ("--log-level", str, "LEVEL", "debug, info, warning, error (MOUVONE_LOG_LEVEL)"),
 }
 QUEUE_SETTINGS = (
+    "metrics_port",
+    "metrics_host",
     "redis_url",
     "stream",
     "group",
@@ -182,8 +193,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     _add_settings(parser, RUN_SETTINGS)
 
 
-def _add_report_format(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+def _add_report_format(parser: argparse.ArgumentParser, *, html: bool = False) -> None:
+    formats = ("table", "json", "csv", "html") if html else ("table", "json", "csv")
+    parser.add_argument("--format", choices=formats, default="table")
+    parser.add_argument(
+        "--output", metavar="FILE", type=Path, help="write there (owner-only) instead of stdout"
+    )
     parser.add_argument(
         "--outcome",
         choices=[o.value for o in Outcome],
@@ -260,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(retry)
 
     report = sub.add_parser("report", help="show or export the outcomes recorded in a ledger")
-    _add_report_format(report)
+    _add_report_format(report, html=True)
     _add_settings(report, REPORT_SETTINGS)
 
     _add_queue_commands(sub)
@@ -343,7 +358,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress_bar=sys.stderr.isatty() and not args.no_progress,
             total=total,
         )
-        report = asyncio.run(_execute(Runner(settings, source, ledger, options)))
+        runner = Runner(settings, source, ledger, options)
+        report = asyncio.run(_execute(runner))
+        _export_metrics(runner, settings)
         sys.stdout.write(render_run(report.as_dict()))
         if report.exit_code in (3, 130, 143) and report.reason:
             print(
@@ -352,6 +369,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return report.exit_code
+
+
+def _export_metrics(runner: Runner, settings: Settings) -> None:
+    """Write or push the run's metrics, as the settings ask."""
+    if settings.metrics_textfile is not None:
+        try:
+            runner.metrics.write_textfile(settings.metrics_textfile)
+        except OSError as exc:
+            print(f"cancel-orders: warning: metrics not written: {exc}", file=sys.stderr)
+    if settings.pushgateway:
+        runner.metrics.push(settings.pushgateway, "cancel-orders", runner.options.command)
 
 
 def _source(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> OrderSource:
@@ -434,19 +462,37 @@ async def _execute(runner: Runner) -> RunReport:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """`report`: table, json or csv, from the ledger."""
+    """`report`: table, json, csv or html, from the ledger (or the results stream)."""
     settings = _settings(args, REPORT_SETTINGS)
-    if args.redis_url or args.results_stream:
-        from worker.queue.commands import cmd_report_stream  # noqa: PLC0415
+    with ExitStack() as stack:
+        out = _output(args.output, stack)
+        if args.redis_url or args.results_stream:
+            from worker.queue.commands import cmd_report_stream  # noqa: PLC0415
 
-        return cmd_report_stream(settings, args.format, args.outcome, sys.stdout)
-    ledger = Ledger(settings.ledger, readonly=True)
-    try:
-        writer = {"table": write_table, "json": write_json, "csv": write_csv}[args.format]
-        writer(ledger, sys.stdout, args.outcome)
-    finally:
-        ledger.close()
+            return cmd_report_stream(settings, args.format, args.outcome, out)
+        ledger = Ledger(settings.ledger, readonly=True)
+        stack.callback(ledger.close)
+        if args.format == "html":
+            from worker.html_report import write_html  # noqa: PLC0415
+
+            write_html(ledger, out, args.outcome)
+        else:
+            writer = {"table": write_table, "json": write_json, "csv": write_csv}[args.format]
+            writer(ledger, out, args.outcome)
+    if args.output is not None:
+        print(f"Report written to {args.output}", file=sys.stderr)
     return 0
+
+
+def _output(path: Path | None, stack: ExitStack) -> TextIO:
+    """Standard output, or a new file readable by its owner only."""
+    if path is None:
+        return sys.stdout
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the report: {exc.strerror}") from None
+    return stack.enter_context(open(fd, "w", encoding="utf-8", newline=""))  # noqa: PTH123
 
 
 def _enqueue(args: argparse.Namespace) -> int:
@@ -485,7 +531,8 @@ def _check(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         source = _source(args, settings, stack)
         source.scan()
-        return run_check(settings, source, sys.stdout, args.format, args.outcome)
+        out = _output(args.output, stack)
+        return run_check(settings, source, out, args.format, args.outcome)
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     dead_letter_stream: str
     claim_idle: float = Field(gt=0, description="seconds before a dead consumer's entries move")
     max_deliveries: int = Field(ge=1)
+    metrics_textfile: Path | None = None
+    pushgateway: str | None = None
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("base_url", "token_url")
     @classmethod

@@ -16,6 +16,7 @@ from worker.clock import Clock
 from worker.errors import FatalApiError
 from worker.limiter import RateLimiter
 from worker.logs import redact
+from worker.metrics import Metrics
 from worker.models import Outcome, Result
 from worker.retry import Backoff
 
@@ -121,6 +122,7 @@ class Dispatcher:
         concurrency: int,
         breaker: CircuitBreaker,
         still_mine: Callable[[OrderState], Awaitable[bool]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
         self._tokens = tokens
@@ -131,6 +133,7 @@ class Dispatcher:
         self._clock = clock
         self._breaker = breaker
         self._still_mine = still_mine  # checked after the limiter, right before sending
+        self._metrics = metrics or Metrics()
         self._semaphore = asyncio.Semaphore(concurrency)
         self._probe = asyncio.Lock()
         self._credentials_accepted = asyncio.Event()
@@ -173,6 +176,7 @@ class Dispatcher:
             done = await self._handle(state, *sent)
             if done is not None:
                 return done
+            self._metrics.retries.labels(_retry_reason(sent[0], self._breaker.is_open)).inc()
 
     async def _handle(self, state: OrderState, answer: Answer, token: str) -> Result | None:
         """The order's result, or None to send it again."""
@@ -255,10 +259,13 @@ class Dispatcher:
             state.attempts += 1
             self._control.requests += 1
             state.in_flight = True
+            self._metrics.in_flight.inc()
             try:
                 answer = await self._client.cancel(state.order_id, token)
             finally:
                 state.in_flight = False
+                self._metrics.in_flight.dec()
+        self._metrics.answered(answer)
         state.last = answer
         return answer, token
 
@@ -281,6 +288,7 @@ class Dispatcher:
             )
             return False
         self._limiter.pause(wait)
+        self._metrics.waited("retry_after", wait)
         return True
 
     async def _backoff(self, failures: int, answer: Answer) -> bool:
@@ -288,8 +296,19 @@ class Dispatcher:
         if self._control.stopping:
             return False
         delay = self._policy.backoff.delay(failures, answer.retry_after_s)
+        self._metrics.waited("backoff", delay)
         await self._clock.sleep(delay)
         return not self._control.stopping
+
+
+def _retry_reason(answer: Answer, outage: bool) -> str:
+    if answer.status == 401:
+        return "reauth"
+    if answer.status == 429:
+        return "throttle"
+    if answer.status == 403:
+        return "quota"
+    return "outage" if outage else "retry"
 
 
 def _fatal_reason(order_id: str, answer: Answer, reauthed: bool) -> str:

@@ -17,6 +17,7 @@ above the configured rate: the hard cap stays there.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import structlog
 from asyncio_throttle.throttler import Throttler
@@ -24,6 +25,10 @@ from asyncio_throttle.throttler import Throttler
 from worker.clock import Clock
 
 log = structlog.get_logger(__name__)
+
+
+def _ignore(_seconds: float) -> None:
+    """No one is counting."""
 
 DEFAULT_MARGIN = 0.98  # pace a little under the limit: the gateway's window is not exact
 MIN_SLEEP_S = 0.001  # a slot closer than this is taken at once: an event-loop timer costs more
@@ -56,6 +61,7 @@ class RateLimiter:
         self._paused_until = 0.0
         self.paused_total_s = 0.0
         self._throttler: Throttler | None = None
+        self.on_wait: Callable[[float], None] = _ignore  # time spent waiting for a slot
         if hard_cap:
             burst = max(1, math.floor(rate_per_s))
             self._throttler = Throttler(
@@ -72,6 +78,7 @@ class RateLimiter:
             self._next_slot = slot + self._interval_s
             if slot - now < MIN_SLEEP_S:
                 break  # slots stay on their schedule, so starting early never adds up
+            self.on_wait(slot - now)
             await self._clock.sleep(slot - now)
             if self._clock.monotonic() >= self._paused_until:
                 break

@@ -25,6 +25,7 @@ from worker.errors import LedgerError, WorkerError
 from worker.ledger import Ledger
 from worker.limiter import RateLimiter
 from worker.logs import flush_logs
+from worker.metrics import Metrics
 from worker.models import SUCCESS, Outcome, RunOptions, RunReport, RunSummary, new_run_id
 from worker.progress import ProgressReporter
 from worker.sink import LedgerThread, ResultSink
@@ -53,6 +54,7 @@ class Runner:
         self._source = source
         self._ledger = LedgerThread(ledger)
         self._options = options
+        self.metrics = Metrics()
         self.control = control or RunControl()
         self._clock = clock or SystemClock()
         self._table = table or OutcomeTable.load(settings.outcome_table)
@@ -60,10 +62,15 @@ class Runner:
         self.summary = RunSummary()
         self._skipped: dict[str, int] = {}
         writer = None if options.dry_run else self._ledger
-        self._sink = ResultSink(writer, self.run_id, self.summary)
+        self._sink = ResultSink(writer, self.run_id, self.summary, self.metrics)
         self._limiter: RateLimiter | None = None
         self._breaker = CircuitBreaker(self._clock, outage_timeout_s=settings.outage_timeout)
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=settings.concurrency * 2)
+
+    @property
+    def options(self) -> RunOptions:
+        """How this run treats its input."""
+        return self._options
 
     async def execute(self) -> RunReport:
         """Run to the end (or to a stop) and return how it went; the ledger is flushed."""
@@ -112,7 +119,7 @@ class Runner:
         return report
 
     async def _send_all(self) -> None:
-        api = connect(self._settings, self._clock)
+        api = connect(self._settings, self._clock, metrics=self.metrics)
         self._limiter = api.limiter
         flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
         try:
@@ -140,6 +147,7 @@ class Runner:
             clock=self._clock,
             concurrency=s.concurrency,
             breaker=self._breaker,
+            metrics=self.metrics,
         )
 
     async def _supervise(self, producer: asyncio.Task[None], lanes: list[_Lane]) -> None:

@@ -18,6 +18,7 @@ import structlog
 
 from worker.errors import LedgerError
 from worker.ledger import Ledger
+from worker.metrics import Metrics
 from worker.models import Result, RunSummary
 
 log = structlog.get_logger(__name__)
@@ -58,8 +59,15 @@ def _consume(future: asyncio.Future[Any]) -> None:
 class ResultSink:
     """Receives results from every worker."""
 
-    def __init__(self, ledger: LedgerThread | None, run_id: str, summary: RunSummary) -> None:
+    def __init__(
+        self,
+        ledger: LedgerThread | None,
+        run_id: str,
+        summary: RunSummary,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._ledger = ledger  # None in a dry run: nothing is written
+        self._metrics = metrics or Metrics()
         self._run_id = run_id
         self.summary = summary
         self._buffer: list[Result] = []
@@ -69,6 +77,7 @@ class ResultSink:
     def add(self, result: Result) -> None:
         """Count, log and buffer one order's result (never awaits)."""
         self.summary.add(result)
+        self._metrics.finished(result)
         log.info("order", **result.log_fields())
         if self._ledger is not None:
             self._buffer.append(result)

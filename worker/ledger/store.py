@@ -233,6 +233,14 @@ class Ledger:
         else:
             yield from self._db.execute(f"SELECT {cols} FROM orders ORDER BY order_id")
 
+    def timeline(self) -> list[tuple[str, str, int]]:
+        """(second as YYYY-MM-DDTHH:MM:SS, outcome, orders) for every answered order."""
+        rows = self._db.execute(
+            "SELECT substr(updated_at, 1, 19), outcome, COUNT(*) FROM orders "
+            "WHERE outcome != 'pending' GROUP BY 1, 2 ORDER BY 1"
+        )
+        return [(str(second), str(outcome), int(n)) for second, outcome, n in rows]
+
     def last_run(self) -> dict[str, object] | None:
         """The most recent run's row."""
         row = self._db.execute(

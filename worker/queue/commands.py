@@ -245,8 +245,14 @@ def cmd_report_stream(settings: Settings, fmt: str, outcome: str | None, out: Te
         ledger = Ledger(Path(folder) / "results.sqlite")
         try:
             ledger.record(results, "results-stream")
-            writer = {"table": write_table, "json": write_json, "csv": write_csv}[fmt]
-            writer(ledger, out, outcome, label=f"results stream {settings.results_stream}")
+            label = f"results stream {settings.results_stream}"
+            if fmt == "html":
+                from worker.html_report import write_html  # noqa: PLC0415
+
+                write_html(ledger, out, outcome)
+            else:
+                writer = {"table": write_table, "json": write_json, "csv": write_csv}[fmt]
+                writer(ledger, out, outcome, label=label)
         finally:
             ledger.close()
     return 0

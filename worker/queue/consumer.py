@@ -24,7 +24,9 @@ from worker.classifier import OutcomeTable
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
 from worker.dispatcher import Dispatcher, OrderState, RetryPolicy, RunControl
+from worker.errors import ConfigError
 from worker.logs import flush_logs
+from worker.metrics import Metrics, serve
 from worker.models import FINAL, Outcome, Result, RunReport, RunSummary, new_run_id
 from worker.progress import ProgressReporter
 from worker.queue.limiter import GroupRateLimiter
@@ -89,6 +91,7 @@ class Consumer:
         self._busy = 0
         self._background: set[asyncio.Task[Any]] = set()
         self.run_id = new_run_id()
+        self.metrics = Metrics()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -99,7 +102,7 @@ class Consumer:
         await self._streams.ensure_group()
         limiter = GroupRateLimiter(self._settings.rate, self._clock, self._streams)
         limiter.stopping = lambda: self.control.stopping
-        api = connect(self._settings, self._clock, limiter)
+        api = connect(self._settings, self._clock, limiter, self.metrics)
         s = self._settings
         dispatcher = Dispatcher(
             client=api.client,
@@ -112,6 +115,7 @@ class Consumer:
             concurrency=s.concurrency,
             breaker=CircuitBreaker(self._clock, outage_timeout_s=s.outage_timeout),
             still_mine=self._still_mine,
+            metrics=self.metrics,
         )
         log.info(
             "consumer_started",
@@ -127,6 +131,16 @@ class Consumer:
         helpers = [self._spawn(self._read()), self._spawn(self._claim())]
         helpers.append(self._spawn(progress.run()))
         refresher = self._spawn(self._refresh())
+        server = None
+        if s.metrics_port is not None:
+            try:
+                server = await serve(
+                    self.metrics, s.metrics_host, s.metrics_port, lambda: not self.control.stopping
+                )
+            except OSError as exc:
+                await api.close()
+                where = f"{s.metrics_host}:{s.metrics_port}"
+                raise ConfigError(f"--metrics-port: cannot listen on {where}: {exc}") from None
         lanes = [_Lane() for _ in range(s.concurrency)]
         for lane in lanes:
             lane.task = self._spawn(self._work(dispatcher, lane))
@@ -144,6 +158,8 @@ class Consumer:
             refresher.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
             await api.close()
+            if server is not None:
+                await server.cleanup()
         return self._report(time.monotonic() - started)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -370,6 +386,7 @@ class Consumer:
         )
         if result is not None and done:
             self.summary.add(result)
+            self.metrics.finished(result)
             log.info("order", consumer=self._names.consumer, **result.log_fields())
         elif done is False:
             log.warning("entry_lost_before_ack", entry_id=entry.entry_id, order_id=entry.order_id)

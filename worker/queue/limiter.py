@@ -39,6 +39,7 @@ class GroupRateLimiter(RateLimiter):
                 return
             wait_s = wait_ms / 1000.0
             if wait_s >= MIN_SLEEP_S:
+                self.on_wait(wait_s)
                 await self._clock.sleep(wait_s)
             if self._clock.monotonic() >= self.paused_until:
                 break

