@@ -1,0 +1,210 @@
+"""Metrics read from a textfile after a run, pushed to a (fake) Pushgateway, and scraped from
+a running consumer; the HTML report opened in a real headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Cli, ledger_rows, sim_env, write_ids
+from tests.test_queue import Queue, queue  # noqa: F401 - the fixture
+from worker.simulator import RunningSimulator
+
+MIXED = ["CDE0000000001", "CDE0000000002", "CDE0000000003", "NFD0000000001", "CTR0000000001",
+         "TMP0000000001", "bad-id"]  # fmt: skip
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value, from the Prometheus text format."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_metrics_textfile_after_a_run(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """--metrics-textfile: outcomes by outcome and code, requests by status, latency, retries,
+    token refreshes; readable by node-exporter (mode 0644)."""
+    prom = tmp_path / "cancel_orders.prom"
+    src = write_ids(tmp_path / "o.csv", MIXED)
+    done = await cli.run(
+        "run", str(src), "--yes", "--metrics-textfile", str(prom),
+        env=sim_env(sim, tmp_path / "l.sqlite"),
+    )  # fmt: skip
+    assert done.code == 1, done.stderr
+    assert prom.stat().st_mode & 0o777 == 0o644
+    found = samples(prom.read_text())
+    outcome = "cancel_orders_outcomes_total"
+    assert found[(outcome, (("error_code", ""), ("outcome", "cancelled")))] == 4
+    assert found[(outcome, (("error_code", "CUSTOMER_ORDER_NOT_FOUND"), ("outcome", "not_found")))]
+    assert found[(outcome, (("error_code", "WRONG_FORMAT"), ("outcome", "invalid")))] == 1
+    assert found[("cancel_orders_requests_total", (("status", "503"),))] == 1
+    assert found[("cancel_orders_requests_total", (("status", "200"),))] == 4
+    assert found[("cancel_orders_request_duration_seconds_count", ())] == 7
+    assert found[("cancel_orders_retries_total", (("reason", "retry"),))] == 1
+    assert found[("cancel_orders_token_refreshes_total", ())] == 1
+    assert found[("cancel_orders_requests_in_flight", ())] == 0
+
+
+async def test_metrics_pushed_to_a_pushgateway(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """--pushgateway URL: the run's metrics are pushed once at the end, grouped by command."""
+    pushed: list[tuple[str, str, bytes]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        pushed.append((request.method, request.path, await request.read()))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        src = write_ids(tmp_path / "o.csv", MIXED[:2])
+        done = await cli.run(
+            "run", str(src), "--yes", "--pushgateway", f"http://127.0.0.1:{port}",
+            env=sim_env(sim, tmp_path / "l.sqlite"),
+        )  # fmt: skip
+    finally:
+        await runner.cleanup()
+    assert done.code == 0, done.stderr
+    assert len(pushed) == 1
+    method, path, body = pushed[0]
+    assert (method, path) == ("PUT", "/metrics/job/cancel-orders/command/run")
+    assert b'cancel_orders_outcomes_total{error_code="",outcome="cancelled"} 2.0' in body
+
+
+async def test_consumer_serves_metrics_and_health(
+    queue: Queue,  # noqa: F811 - the fixture
+    cli: Cli,
+    make_sim: Any,
+    tmp_path: Path,
+) -> None:
+    """consume --metrics-port: /metrics while it works, /healthz 200 until it stops."""
+    running = await make_sim()
+    env = queue.env(running, tmp_path)
+    src = write_ids(tmp_path / "o.csv", [f"CDE{n:010d}" for n in range(1, 31)])
+    assert (await cli.run("enqueue", str(src), env=env)).code == 0
+    port = free_port()
+    proc = await cli.start("consume", "--metrics-port", str(port), env=env)
+    try:
+        await asyncio.wait_for(running.sim.wait_for_deletes(30), 30)
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):  # the last results are being acknowledged
+                async with session.get(url + "/metrics") as resp:
+                    assert resp.status == 200
+                    text = await resp.text()
+                key = (
+                    "cancel_orders_outcomes_total",
+                    (("error_code", ""), ("outcome", "cancelled")),
+                )
+                if samples(text).get(key) == 30:
+                    break
+                await asyncio.sleep(0.05)
+            assert samples(text)[key] == 30
+            async with session.get(url + "/healthz") as resp:
+                assert (resp.status, await resp.text()) == (200, "ok\n")
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 143
+
+
+class _Dom(HTMLParser):
+    """What the browser's DOM holds: element ids, bar counts, table rows, external links."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.bars: dict[str, int] = {}
+        self.external: list[str] = []
+        self.polylines = 0
+        self.rows: dict[str, int] = {}
+        self._table: str | None = None
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(str(a["id"]))
+        if tag == "table":
+            self._table = a.get("id")
+        if tag == "tr" and self._table:
+            self.rows[self._table] = self.rows.get(self._table, 0) + 1
+        if tag == "g" and a.get("data-outcome"):
+            self.bars[str(a["data-outcome"])] = int(str(a["data-count"]))
+        if tag == "polyline":
+            self.polylines += 1
+        for key in ("src", "href"):
+            if a.get(key):
+                self.external.append(str(a[key]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+async def test_html_report_in_headless_chromium(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """report --format html --output: one owner-only file that Chromium opens with nothing to
+    fetch, showing the outcome chart, the error codes, throughput and error rate over time, and
+    the orders that need a person."""
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(sim, ledger)
+    src = write_ids(tmp_path / "o.csv", MIXED)
+    assert (await cli.run("run", str(src), "--yes", env=env)).code == 1
+    page = tmp_path / "report.html"
+    done = await cli.run("report", "--format", "html", "--output", str(page), env=env)
+    assert done.code == 0, done.stderr
+    assert page.stat().st_mode & 0o777 == 0o600
+    browser = await asyncio.to_thread(
+        subprocess.run,
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+         "--host-resolver-rules=MAP * ~NOTFOUND", page.as_uri()],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert browser.returncode == 0, browser.stderr[-2000:]
+    dom = _Dom()
+    dom.feed(browser.stdout)
+    rows = ledger_rows(ledger)
+    expected: dict[str, int] = {}
+    for row in rows.values():
+        expected[row["outcome"]] = expected.get(row["outcome"], 0) + 1
+    assert {k: v for k, v in dom.bars.items() if v} == expected
+    assert {"summary", "total", "outcomes", "error-codes", "timeline", "attention"} <= dom.ids
+    assert dom.rows["error-codes"] == 1 + 3  # header, NOT_FOUND, CONTAINER, WRONG_FORMAT
+    assert dom.rows["attention"] == 1 + 3  # header, the not_found, rejected and invalid orders
+    assert dom.polylines == 2  # throughput and error rate
+    assert dom.external == []
+    text = " ".join(dom.text)
+    assert "CTR0000000001" in text
+    assert "CANNOT_CANCEL_ORDER_WITH_ASSOCIATED_CONTAINER" in text
