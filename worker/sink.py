@@ -2,9 +2,10 @@
 
 ``add`` never awaits, so a result that has been received is buffered even if its worker is
 cancelled the next instant; ``flush`` writes the buffer in one transaction on the ledger thread.
-The flusher writes as soon as anything is buffered, one transaction at a time (group commit):
-under load each transaction takes everything that arrived during the previous one, and a crash
-loses only the answers of the last few milliseconds, which a resume sends again.
+The flusher writes one transaction at a time (group commit), at most FLUSH_DELAY_S after the
+first result it has not written yet, or as soon as FLUSH_EVERY are waiting: under load each
+transaction takes everything that arrived meanwhile, and a crash loses only the answers of the
+last few milliseconds, which a resume sends again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
@@ -22,6 +24,9 @@ from worker.metrics import Metrics
 from worker.models import Result, RunSummary
 
 log = structlog.get_logger(__name__)
+
+FLUSH_EVERY = 256  # results: write at once
+FLUSH_DELAY_S = 0.02  # the longest a received answer waits before its transaction starts
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -72,6 +77,7 @@ class ResultSink:
         self.summary = summary
         self._buffer: list[Result] = []
         self._waiting = asyncio.Event()  # something is buffered
+        self._full = asyncio.Event()  # FLUSH_EVERY are buffered
         self._flush_lock = asyncio.Lock()
 
     def add(self, result: Result) -> None:
@@ -82,6 +88,8 @@ class ResultSink:
         if self._ledger is not None:
             self._buffer.append(result)
             self._waiting.set()
+            if len(self._buffer) >= FLUSH_EVERY:
+                self._full.set()
 
     async def flush(self) -> None:
         """Write what is buffered; on failure the results stay buffered and LedgerError rises."""
@@ -90,6 +98,7 @@ class ResultSink:
                 return
             batch, self._buffer = self._buffer, []
             self._waiting.clear()
+            self._full.clear()
             try:
                 await self._ledger.call(self._ledger.ledger.record, batch, self._run_id)
             except (LedgerError, asyncio.CancelledError):
@@ -102,6 +111,8 @@ class ResultSink:
         """Flush whenever something is buffered, until cancelled."""
         while True:
             await self._waiting.wait()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), FLUSH_DELAY_S)
             try:
                 await self.flush()
             except LedgerError as exc:

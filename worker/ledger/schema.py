@@ -32,22 +32,29 @@ CREATE TABLE IF NOT EXISTS runs (
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
-# Built from constants only.
-UPSERT_RESULT = f"""
+# The batch forms: one statement per batch, its rows in one JSON parameter, so that the whole
+# batch runs inside SQLite (which releases the GIL) instead of row by row in Python.
+# ?1: JSON array of order IDs; ?2: run id; ?3: time stamp.
+CLAIM_BATCH = """
+INSERT INTO orders (order_id, outcome, attempts, run_id, created_at, updated_at)
+SELECT value, 'pending', 0, ?2, ?3, ?3 FROM json_each(?1) WHERE true
+ON CONFLICT (order_id) DO UPDATE SET run_id = excluded.run_id, updated_at = excluded.updated_at
+"""
+
+# ?1: JSON array of results as objects (order_id, outcome, http_status, error_code, message,
+# attempts); ?2: run id; ?3: time stamp.
+UPSERT_BATCH = f"""
 INSERT INTO orders (order_id, outcome, http_status, error_code, message, attempts, run_id,
                     created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT json_extract(value, '$.order_id'), json_extract(value, '$.outcome'),
+       json_extract(value, '$.http_status'), json_extract(value, '$.error_code'),
+       json_extract(value, '$.message'), json_extract(value, '$.attempts'), ?2, ?3, ?3
+FROM json_each(?1) WHERE true
 ON CONFLICT (order_id) DO UPDATE SET
     outcome = excluded.outcome, http_status = excluded.http_status,
     error_code = excluded.error_code, message = excluded.message, attempts = excluded.attempts,
     run_id = excluded.run_id, updated_at = excluded.updated_at
 WHERE excluded.outcome != 'pending' OR orders.outcome NOT IN ({FINAL_SQL})
-"""
-
-CLAIM = """
-INSERT INTO orders (order_id, outcome, attempts, run_id, created_at, updated_at)
-VALUES (?, 'pending', 0, ?, ?, ?)
-ON CONFLICT (order_id) DO UPDATE SET run_id = excluded.run_id, updated_at = excluded.updated_at
 """
 
 CSV_COLUMNS = (
