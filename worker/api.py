@@ -54,7 +54,7 @@ def connect(
 
     def on_token(token: str) -> None:
         redact.add(token)
-        counted.token_refreshes.inc()
+        counted.token_refreshes += 1
 
     backoff = Backoff(s.backoff_base, s.backoff_cap)
     tokens: TokenProvider

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 
 import structlog
@@ -59,6 +60,7 @@ class CircuitBreaker:
         self._changed = asyncio.Event()
         self.outages = 0
         self.outage_total_s = 0.0
+        self.on_state: Callable[[bool], None] = lambda _open: None  # metrics follow it
 
     @property
     def is_open(self) -> bool:
@@ -122,6 +124,7 @@ class CircuitBreaker:
         self._cooldown_s = self._base_cooldown_s
         self._retry_at = now + self._cooldown_s
         self.outages += 1
+        self.on_state(True)
         log.warning(
             "circuit_opened",
             failed=failed,
@@ -137,6 +140,7 @@ class CircuitBreaker:
         self._opened_at = None
         self._probing = False
         self._recent.clear()
+        self.on_state(False)
         log.info("circuit_closed", outage_s=round(lasted, 3))
         self._wake()
 

@@ -176,7 +176,7 @@ class Dispatcher:
             done = await self._handle(state, *sent)
             if done is not None:
                 return done
-            self._metrics.retries.labels(_retry_reason(sent[0], self._breaker.is_open)).inc()
+            self._metrics.retries[_retry_reason(sent[0], self._breaker.is_open)] += 1
 
     async def _handle(self, state: OrderState, answer: Answer, token: str) -> Result | None:
         """The order's result, or None to send it again."""
@@ -259,12 +259,12 @@ class Dispatcher:
             state.attempts += 1
             self._control.requests += 1
             state.in_flight = True
-            self._metrics.in_flight.inc()
+            self._metrics.in_flight += 1
             try:
                 answer = await self._client.cancel(state.order_id, token)
             finally:
                 state.in_flight = False
-                self._metrics.in_flight.dec()
+                self._metrics.in_flight -= 1
         self._metrics.answered(answer)
         state.last = answer
         return answer, token

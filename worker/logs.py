@@ -166,6 +166,23 @@ def _json_line(event: Any, **_kw: Any) -> bytes:
         return json.dumps(event, default=str).encode()
 
 
+class JsonLine:
+    """The whole JSON chain in one processor: level, timestamp, exception text, redaction and
+    the line itself (one call instead of five: it runs once for every order)."""
+
+    def __init__(self) -> None:
+        self._stamp = UtcTimestamp()
+        self._exc_info = structlog.processors.format_exc_info
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> bytes:
+        """The structlog processor, returning the rendered line."""
+        event_dict["level"] = "warning" if method == "warn" else method
+        self._stamp(logger, method, event_dict)
+        if "exc_info" in event_dict:
+            event_dict = self._exc_info(logger, method, event_dict)
+        return _json_line(redact(logger, method, event_dict))
+
+
 def configure(log_format: str | None, level: str, secrets: list[str] | None = None) -> str:
     """Configure structlog once for the process; returns the format chosen."""
     for secret in secrets or []:
@@ -173,19 +190,17 @@ def configure(log_format: str | None, level: str, secrets: list[str] | None = No
     global BUFFERED  # noqa: PLW0603 - one logger for the process, configured once
     fmt = log_format or ("console" if sys.stderr.isatty() else "json")
     BUFFERED = fmt == "json" and not sys.stderr.isatty()
-    renderer: Any
+    processors: list[Any] = [JsonLine()]
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    else:
-        renderer = structlog.processors.JSONRenderer(serializer=_json_line)
-    structlog.configure(
-        processors=[
+        processors = [
             structlog.processors.add_log_level,
             UtcTimestamp(),
             structlog.processors.format_exc_info,
             redact,
-            renderer,
-        ],
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ]
+    structlog.configure(
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),

@@ -9,23 +9,32 @@ the end to a node-exporter textfile (``--metrics-textfile``) or pushes it to a P
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from bisect import bisect_left
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     generate_latest,
     push_to_gateway,
     write_to_textfile,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 from worker.client import Answer
+
+if TYPE_CHECKING:
+    from aiohttp import web
 from worker.models import Result
 
 log = structlog.get_logger(__name__)
@@ -34,64 +43,47 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class Metrics:
-    """The metrics of one process."""
+    """The metrics of one process, counted in plain attributes (every update happens on the
+    event loop's thread, once or twice per request: no lock, no label lookup) and turned into
+    Prometheus families only when they are collected."""
 
     def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()  # status or transport failure -> requests
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # (outcome, error code) -> orders
+        self.retries: Counter[str] = Counter()  # reason -> requests sent again
+        self.waits: defaultdict[str, float] = defaultdict(float)  # kind -> seconds
+        self.in_flight = 0
+        self.token_refreshes = 0
+        self.circuit_open = 0
+        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative
+        self._latency_sum = 0.0
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "cancel_orders_requests",
-            "Requests sent to the API, by HTTP status (or transport failure)",
-            ["status"],
-            registry=r,
-        )
-        self.outcomes = Counter(
-            "cancel_orders_outcomes",
-            "Orders finished, by outcome and the API's error code",
-            ["outcome", "error_code"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "cancel_orders_request_duration_seconds",
-            "Time from sending a request to its answer",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.retries = Counter(
-            "cancel_orders_retries",
-            "Requests sent again, by reason (retry, throttle, quota, reauth, outage)",
-            ["reason"],
-            registry=r,
-        )
-        self.waits = Counter(
-            "cancel_orders_wait_seconds",
-            "Seconds spent waiting, by kind (rate_limit, retry_after, backoff)",
-            ["kind"],
-            registry=r,
-        )
-        self.in_flight = Gauge(
-            "cancel_orders_requests_in_flight", "Requests on the wire now", registry=r
-        )
-        self.token_refreshes = Counter(
-            "cancel_orders_token_refreshes", "Access tokens fetched", registry=r
-        )
-        self.circuit_open = Gauge(
-            "cancel_orders_circuit_open", "1 while the circuit breaker is open", registry=r
-        )
+        self.registry.register(_Collector(self))
 
     def answered(self, answer: Answer) -> None:
         """One answer (or transport failure) came back."""
-        self.requests.labels(str(answer.status) if answer.status else answer.failure).inc()
-        self.latency.observe(answer.latency_ms / 1000.0)
+        self.requests[str(answer.status) if answer.status else str(answer.failure)] += 1
+        seconds = answer.latency_ms / 1000.0
+        self._buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._latency_sum += seconds
 
     def finished(self, result: Result) -> None:
         """One order reached its outcome for this run."""
-        self.outcomes.labels(result.outcome.value, result.error_code or "").inc()
+        self.outcomes[result.outcome.value, result.error_code or ""] += 1
 
     def waited(self, kind: str, seconds: float) -> None:
         """Time spent waiting."""
         if seconds > 0:
-            self.waits.labels(kind).inc(seconds)
+            self.waits[kind] += seconds
+
+    def histogram(self) -> tuple[list[tuple[str, float]], float]:
+        """Cumulative latency buckets (with +Inf) and the sum of latencies."""
+        running = 0
+        cumulative: list[tuple[str, float]] = []
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self._buckets, strict=True):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
+        return cumulative, self._latency_sum
 
     def exposition(self) -> bytes:
         """The text format, as /metrics serves it."""
@@ -113,10 +105,67 @@ class Metrics:
             log.info("metrics_pushed", url=url)
 
 
+class _Collector(Collector):
+    """Builds the metric families from a Metrics' counts at collection time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        """The families, as prometheus-client asks for them."""
+        m = self._m
+        requests = CounterMetricFamily(
+            "cancel_orders_requests",
+            "Requests sent to the API, by HTTP status (or transport failure)",
+            labels=["status"],
+        )
+        for status, n in sorted(m.requests.items()):
+            requests.add_metric([status], n)
+        outcomes = CounterMetricFamily(
+            "cancel_orders_outcomes",
+            "Orders finished, by outcome and the API's error code",
+            labels=["outcome", "error_code"],
+        )
+        for (outcome, code), n in sorted(m.outcomes.items()):
+            outcomes.add_metric([outcome, code], n)
+        buckets, total = m.histogram()
+        latency = HistogramMetricFamily(
+            "cancel_orders_request_duration_seconds", "Time from sending a request to its answer"
+        )
+        latency.add_metric([], buckets, total)
+        retries = CounterMetricFamily(
+            "cancel_orders_retries",
+            "Requests sent again, by reason (retry, throttle, quota, reauth, outage)",
+            labels=["reason"],
+        )
+        for reason, n in sorted(m.retries.items()):
+            retries.add_metric([reason], n)
+        waits = CounterMetricFamily(
+            "cancel_orders_wait_seconds",
+            "Seconds spent waiting, by kind (rate_limit, retry_after, backoff)",
+            labels=["kind"],
+        )
+        for kind, seconds in sorted(m.waits.items()):
+            waits.add_metric([kind], seconds)
+        yield from (requests, outcomes, latency, retries, waits)
+        yield GaugeMetricFamily(
+            "cancel_orders_requests_in_flight", "Requests on the wire now", value=m.in_flight
+        )
+        yield CounterMetricFamily(
+            "cancel_orders_token_refreshes", "Access tokens fetched", value=m.token_refreshes
+        )
+        yield GaugeMetricFamily(
+            "cancel_orders_circuit_open",
+            "1 while the circuit breaker is open",
+            value=m.circuit_open,
+        )
+
+
 async def serve(
     metrics: Metrics, host: str, port: int, healthy: Callable[[], bool]
 ) -> web.AppRunner:
     """Serve ``/metrics`` and ``/healthz`` until the returned runner is cleaned up."""
+    from aiohttp import web  # noqa: PLC0415 - only consume serves; `run` starts faster
 
     async def scrape(_request: web.Request) -> web.Response:
         body = metrics.exposition()

@@ -8,6 +8,7 @@ finish and be recorded, then the rest are cancelled and stay `pending`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class Runner:
         self._sink = ResultSink(writer, self.run_id, self.summary, self.metrics)
         self._limiter: RateLimiter | None = None
         self._breaker = CircuitBreaker(self._clock, outage_timeout_s=settings.outage_timeout)
+        self._breaker.on_state = self._circuit_changed
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=settings.concurrency * 2)
 
     @property
@@ -74,6 +76,9 @@ class Runner:
 
     async def execute(self) -> RunReport:
         """Run to the end (or to a stop) and return how it went; the ledger is flushed."""
+        # Everything loaded so far lives as long as the process: keep the collector off it.
+        gc.collect()
+        gc.freeze()
         started = time.monotonic()
         ledger = self._ledger.ledger
         if not self._options.dry_run:
@@ -243,6 +248,9 @@ class Runner:
                 f"{failed} of {finished} finished orders failed ({failed * 100 / finished:.1f}%), "
                 f"more than --max-failure-rate {limit:g}%: check the input and the report"
             )
+
+    def _circuit_changed(self, is_open: bool) -> None:
+        self.metrics.circuit_open = int(is_open)
 
     def _ledger_failed(self, message: str) -> None:
         self.control.abort(f"ledger write failed: {message}")
