@@ -154,9 +154,7 @@ def _attention(ledger: Ledger) -> str:
             shown += 1
             order_id, name, status, code, message, attempts, updated = row
             cells = [order_id, name, status or "", code or "", message or "", attempts, updated]
-            rows.append(
-                "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>"
-            )
+            rows.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
     head = (
         "<tr><th>order</th><th>outcome</th><th>HTTP</th><th>error code</th><th>message</th>"
         "<th>attempts</th><th>updated</th></tr>"
@@ -165,6 +163,6 @@ def _attention(ledger: Ledger) -> str:
     if not rows:
         return '<h2>Orders that need a person</h2><p id="attention" class="muted">None.</p>'
     return (
-        f'<h2>Orders that need a person ({shown + more})</h2>'
+        f"<h2>Orders that need a person ({shown + more})</h2>"
         f'<table id="attention">{head}{"".join(rows)}</table>{note}'
     )

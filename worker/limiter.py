@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 def _ignore(_seconds: float) -> None:
     """No one is counting."""
 
+
 DEFAULT_MARGIN = 0.98  # pace a little under the limit: the gateway's window is not exact
 MIN_SLEEP_S = 0.001  # a slot closer than this is taken at once: an event-loop timer costs more
 DECREASE_FACTOR = 0.5  # a 429 halves the pace
