@@ -1,21 +1,35 @@
-"""Benchmark: the tool against a bare aiohttp loop, both against the same simulator process.
+"""The benchmark suite: the tool beside a bare aiohttp loop, against the same simulator.
 
-    python -m tests.bench [--orders 20000] [--rounds 3] [--latency-ms 0] [--concurrency 64]
+    python -m tests.bench                      # every scenario (about three minutes)
+    python -m tests.bench throughput latency   # some of them
+    python -m tests.bench --rounds 5 --orders 30000
 
-Throughput is read at the server (first to last DELETE arrival), so both clients are measured
-the same way; the two alternate and the best round of each counts. Not part of the test suite.
+Scenarios: ``throughput`` (zero latency, 64 in flight), ``latency`` (50 ms, 64 in flight),
+``rate`` (--rate 300 for 20 s), ``memory`` (dry runs of 100,000 and 1,000,000 lines, a real
+run of 100,000 orders), ``resume`` (100,000 orders all final, against a dry run),
+``scaling`` (1, 8, 64 and 256 in flight at 50 ms), ``limiter`` (asyncio-throttle alone
+against the paced limiter, 64 waiters at 300/s).
+
+The simulator runs in its own process on loopback. Throughput is read at the server (first to
+last DELETE arrival) so that both clients are measured the same way; CPU time and peak memory
+are the client process's own (``wait4``). The tool and the bare loop alternate and the best
+round of each counts. Not part of the test suite: it prints figures, it does not pass or fail.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
-import resource
+import platform
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 BARE = r"""
@@ -37,119 +51,331 @@ async def main():
         await asyncio.gather(*(one(i) for i in range(n)))
 asyncio.run(main())
 """
+MIB = 1024 * 1024
 
 
-def _get(url: str, method: str = "GET") -> dict[str, object]:
-    request = urllib.request.Request(url, method=method)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())  # type: ignore[no-any-return]
+@dataclass
+class Measure:
+    """One client process against the simulator."""
+
+    per_s: float  # DELETEs per second at the server
+    cpu_s: float  # the client's user + system time
+    rss_mib: float  # the client's peak resident memory
+    wall_s: float
+    deletes: int
+    max_per_s: int  # the busiest sliding second at the server
+
+    @property
+    def cpu_per_order_ms(self) -> float:
+        """Client CPU per DELETE."""
+        return 1000 * self.cpu_s / max(self.deletes, 1)
 
 
-def _child_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+class Simulator:
+    """A simulator process with a given latency."""
 
+    def __init__(self, latency_ms: float) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "simulate",
+                "--port",
+                "0",
+                "--latency-ms",
+                str(latency_ms),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.root = self.proc.stdout.readline().split("listening on ")[1].split(" ")[0]
 
-def _measure(root: str, command: list[str], env: dict[str, str]) -> tuple[float, float, int]:
-    """(DELETEs per second at the server, client CPU seconds, DELETEs)."""
-    _get(root + "/_sim/reset", "POST")
-    cpu = _child_cpu()
-    subprocess.run(
-        command, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    cpu = _child_cpu() - cpu
-    stats = _get(root + "/_sim/stats")
-    deletes = int(stats["deletes"])  # type: ignore[call-overload]
-    span = float(stats["span_s"]) or 1e-9  # type: ignore[arg-type]
-    return deletes / span, cpu, deletes
+    def call(self, path: str, method: str = "GET") -> dict[str, object]:
+        """The simulator's control endpoints."""
+        request = urllib.request.Request(self.root + path, method=method)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
 
-
-def main() -> None:
-    """Run the rounds and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--orders", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--latency-ms", type=float, default=0)
-    parser.add_argument("--concurrency", type=int, default=64)
-    args = parser.parse_args()
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "worker",
-            "simulate",
-            "--port",
-            "0",
-            "--latency-ms",
-            str(args.latency_ms),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert sim.stdout is not None
-        root = sim.stdout.readline().split("listening on ")[1].split(" ")[0]
-        work = Path(tempfile.mkdtemp(prefix="cancel-orders-bench-"))
-        env = {
+    def env(self) -> dict[str, str]:
+        """The tool's environment for this simulator."""
+        return {
             **os.environ,
-            "MOUVONE_BASE_URL": root + "/customer-orders/v1",
-            "MOUVONE_TOKEN_URL": root + "/soget-connect/v1/openid-connect/token",
+            "MOUVONE_BASE_URL": self.root + "/customer-orders/v1",
+            "MOUVONE_TOKEN_URL": self.root + "/soget-connect/v1/openid-connect/token",
             "MOUVONE_CLIENT_ID": "demo-client",
             "MOUVONE_CLIENT_SECRET": "demo-secret",
             "MOUVONE_API_KEY": "demo-key",
             "MOUVONE_LOG_FORMAT": "json",
         }
-        best: dict[str, tuple[float, float, int]] = {}
-        for round_ in range(args.rounds):
-            prefix = f"B{chr(65 + round_ % 26)}"
-            ids = work / f"{prefix}.csv"
-            ids.write_text(
-                "orderId\n" + "".join(f"{prefix}T{i:010d}\n" for i in range(args.orders))
-            )
-            runs = {
-                "bare aiohttp": [
-                    sys.executable,
-                    "-c",
-                    BARE,
-                    root,
-                    f"{prefix}B",
-                    str(args.orders),
-                    str(args.concurrency),
-                ],
-                "cancel-orders": [
-                    sys.executable,
-                    "-m",
-                    "worker",
-                    "run",
-                    str(ids),
-                    "--yes",
-                    "--rate",
-                    "1000000",
-                    "--concurrency",
-                    str(args.concurrency),
-                    "--ledger",
-                    str(work / f"{prefix}.sqlite"),
-                ],
-            }
-            for name, command in runs.items():
-                result = _measure(root, command, env)
-                if name not in best or result[0] > best[name][0]:
-                    best[name] = result
+
+    def measure(self, command: list[str]) -> Measure:
+        """Run one client process and read the server's figures."""
+        self.call("/_sim/reset", "POST")
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            command, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - started
+        stats = self.call("/_sim/stats")
+        deletes = int(str(stats["deletes"]))
+        span = float(str(stats["span_s"])) or 1e-9
+        return Measure(
+            deletes / span if deletes > 1 else 0.0,
+            usage.ru_utime + usage.ru_stime,
+            usage.ru_maxrss / 1024,
+            wall,
+            deletes,
+            int(str(stats["max_per_second"])),
+        )
+
+    def close(self) -> None:
+        """Stop the simulator."""
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+class Bench:
+    """Inputs, commands and the results table."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        self.work = Path(tempfile.mkdtemp(prefix="cancel-orders-bench-"))
+        self.rows: list[tuple[str, str, str]] = []
+        self._serial = 0
+
+    def prefix(self, first: str) -> str:
+        """A fresh three-letter prefix (no simulator behaviour starts with Y or Z)."""
+        self._serial += 1
+        return first + chr(65 + self._serial // 26 % 26) + chr(65 + self._serial % 26)
+
+    def ids(self, n: int) -> Path:
+        """A CSV of n fresh order IDs."""
+        prefix = self.prefix("Z")
+        path = self.work / f"{prefix}.csv"
+        with path.open("w") as out:
+            out.write("orderId\n")
+            for k in range(0, n, 10000):
+                out.write("".join(f"{prefix}{i:010d}\n" for i in range(k, min(n, k + 10000))))
+        return path
+
+    def tool(self, ids: Path, *flags: str, ledger: Path | None = None) -> list[str]:
+        """The tool's command line."""
+        ledger = ledger or ids.with_suffix(".sqlite")
+        command = [sys.executable, "-m", "worker", "run", str(ids), "--yes"]
+        return [*command, "--ledger", str(ledger), *flags]
+
+    @staticmethod
+    def bare(root: str, n: int, concurrency: int, prefix: str) -> list[str]:
+        """The bare loop's command line."""
+        return [sys.executable, "-c", BARE, root, prefix, str(n), str(concurrency)]
+
+    def best_of(
+        self, sim: Simulator, n: int, concurrency: int, flags: tuple[str, ...] = ()
+    ) -> tuple[Measure, Measure]:
+        """(tool, bare), alternating, the best round of each by throughput."""
+        best: dict[str, Measure] = {}
+        for round_ in range(self.rounds):
+            ids = self.ids(n)
+            bare_prefix = self.prefix("Y")
+            tool = self.tool(ids, "--rate", "1000000", "--concurrency", str(concurrency), *flags)
+            commands = {"bare": self.bare(sim.root, n, concurrency, bare_prefix), "tool": tool}
+            order = ("bare", "tool") if round_ % 2 == 0 else ("tool", "bare")
+            for name in order:
+                m = sim.measure(commands[name])
                 print(
-                    f"round {round_ + 1} {name:14} {result[0]:9.0f}/s  cpu {result[1]:.2f}s"
-                    f"  deletes {result[2]}",
+                    f"  round {round_ + 1} {name:4} {m.per_s:8.0f}/s  cpu {m.cpu_s:5.2f}s  "
+                    f"rss {m.rss_mib:5.1f} MiB  ({m.deletes} DELETEs)",
                     flush=True,
                 )
-        bare, tool = best["bare aiohttp"], best["cancel-orders"]
-        print(
-            f"\norders {args.orders}, latency {args.latency_ms} ms, "
-            f"{args.concurrency} in flight, best of {args.rounds}"
+                if name not in best or m.per_s > best[name].per_s:
+                    best[name] = m
+        return best["tool"], best["bare"]
+
+    def add(self, scenario: str, figure: str, verdict: str) -> None:
+        """One line of the final table."""
+        self.rows.append((scenario, figure, verdict))
+        print(f"  => {figure}  [{verdict}]", flush=True)
+
+
+def scenario_throughput(bench: Bench, sims: dict[float, Simulator], orders: int) -> None:
+    """Zero latency, 64 in flight: the tool's own overhead."""
+    tool, bare = bench.best_of(sims[0.0], orders, 64)
+    ratio = tool.per_s / bare.per_s
+    bench.add(
+        f"throughput, 0 ms, 64 in flight, {orders} orders",
+        f"tool {tool.per_s:,.0f}/s, bare {bare.per_s:,.0f}/s: ratio {ratio:.2f}; "
+        f"CPU/order {tool.cpu_per_order_ms:.3f} vs {bare.cpu_per_order_ms:.3f} ms",
+        "target >= 0.80: " + ("met" if ratio >= 0.80 else "not met"),
+    )
+
+
+def scenario_latency(bench: Bench, sims: dict[float, Simulator], orders: int) -> None:
+    """50 ms latency, 64 in flight: keeping the concurrency busy."""
+    n = min(orders, 6400)
+    tool, bare = bench.best_of(sims[50.0], n, 64)
+    ratio = tool.per_s / bare.per_s
+    cpu = tool.cpu_per_order_ms / bare.cpu_per_order_ms
+    met = ratio >= 0.97 and cpu <= 1.5
+    bench.add(
+        f"latency, 50 ms, 64 in flight, {n} orders",
+        f"tool {tool.per_s:,.0f}/s, bare {bare.per_s:,.0f}/s (bound 1,280/s): ratio {ratio:.2f};"
+        f" CPU/order ratio {cpu:.2f} (start-up included)",
+        "target >= 0.97 and CPU <= 1.5x: " + ("met" if met else "not met"),
+    )
+
+
+def scenario_rate(bench: Bench, sims: dict[float, Simulator], _orders: int) -> None:
+    """--rate 300 for 20 s: the busiest second at the server, and the rate achieved."""
+    ids = bench.ids(6000)
+    m = sims[0.0].measure(bench.tool(ids, "--rate", "300", "--concurrency", "64"))
+    achieved = m.per_s / 300
+    met = m.max_per_s <= 300 and achieved >= 0.97
+    bench.add(
+        "rate, --rate 300, 6000 orders (20 s)",
+        f"busiest sliding second {m.max_per_s}, achieved {m.per_s:.1f}/s ({achieved:.1%})",
+        "target <= 300 and >= 97%: " + ("met" if met else "not met"),
+    )
+
+
+def scenario_memory(bench: Bench, sims: dict[float, Simulator], _orders: int) -> None:
+    """Peak memory of dry runs of 100,000 and 1,000,000 lines, and of a real 100,000 run."""
+    sim = sims[0.0]
+    small, big = bench.ids(100_000), bench.ids(1_000_000)
+    dry_small = sim.measure(bench.tool(small, "--dry-run", ledger=bench.work / "none1.sqlite"))
+    dry_big = sim.measure(bench.tool(big, "--dry-run", ledger=bench.work / "none2.sqlite"))
+    growth = dry_big.rss_mib / dry_small.rss_mib - 1
+    met = dry_big.rss_mib <= 120 and growth <= 0.10
+    bench.add(
+        "memory, --dry-run of 100,000 and 1,000,000 lines",
+        f"peak RSS {dry_small.rss_mib:.1f} MiB and {dry_big.rss_mib:.1f} MiB "
+        f"({growth:+.1%}); {dry_big.wall_s:.1f} s for 1,000,000 lines",
+        "target <= 120 MiB and <= +10%: " + ("met" if met else "not met"),
+    )
+    real = sim.measure(bench.tool(small, "--rate", "1000000", "--concurrency", "64"))
+    ledger = small.with_suffix(".sqlite")
+    size = ledger.stat().st_size
+    bench.add(
+        "memory, a real run of 100,000 orders",
+        f"peak RSS {real.rss_mib:.1f} MiB; {real.per_s:,.0f}/s; ledger {size / MIB:.1f} MiB "
+        f"(about {size * 10 / MIB:.0f} MiB per million orders)",
+        "target <= 150 MiB: " + ("met" if real.rss_mib <= 150 else "not met"),
+    )
+    bench.small_done = small  # type: ignore[attr-defined]
+
+
+def scenario_resume(bench: Bench, sims: dict[float, Simulator], orders: int) -> None:
+    """Running a 100,000-order input again when every order is final, against a dry run."""
+    sim = sims[0.0]
+    small = getattr(bench, "small_done", None)
+    if small is None:
+        small = bench.ids(100_000)
+        sim.measure(bench.tool(small, "--rate", "1000000", "--concurrency", "64"))
+    dry = min(
+        (sim.measure(bench.tool(small, "--dry-run")) for _ in range(bench.rounds)),
+        key=lambda m: m.wall_s,
+    )
+    again = min(
+        (sim.measure(bench.tool(small)) for _ in range(bench.rounds)), key=lambda m: m.wall_s
+    )
+    ratio = again.wall_s / dry.wall_s
+    bench.add(
+        "resume, 100,000 orders all final",
+        f"{again.wall_s:.2f} s ({again.deletes} DELETEs) against a dry run's {dry.wall_s:.2f} s:"
+        f" {ratio:.2f}x",
+        "target <= 1.5x: " + ("met" if ratio <= 1.5 else "not met"),
+    )
+
+
+def scenario_scaling(bench: Bench, sims: dict[float, Simulator], _orders: int) -> None:
+    """Throughput at 1, 8, 64 and 256 in flight at 50 ms latency, and CPU per 1,000 orders."""
+    sim = sims[50.0]
+    for concurrency in (1, 8, 64, 256):
+        n = max(100, min(concurrency * 100, 10_000))
+        tool, bare = bench.best_of(sim, n, concurrency)
+        bound = concurrency * 20
+        bench.add(
+            f"scaling, 50 ms, {concurrency} in flight, {n} orders",
+            f"tool {tool.per_s:,.0f}/s, bare {bare.per_s:,.0f}/s (bound {bound:,}/s); "
+            f"CPU per 1,000 orders {tool.cpu_per_order_ms:.0f} ms vs {bare.cpu_per_order_ms:.0f}"
+            " ms (start-up included)",
+            "figure",
         )
-        print(f"throughput ratio (tool / bare): {tool[0] / bare[0]:.2f}")
-        print(f"CPU per order ratio (tool / bare): {(tool[1] / tool[2]) / (bare[1] / bare[2]):.2f}")
+
+
+def scenario_limiter(bench: Bench, _sims: dict[float, Simulator], _orders: int) -> None:
+    """CPU of 64 waiters at 300/s for 2 s: asyncio-throttle alone polls, the paced one not."""
+    from asyncio_throttle.throttler import Throttler  # noqa: PLC0415
+
+    from worker.clock import SystemClock  # noqa: PLC0415
+    from worker.limiter import RateLimiter  # noqa: PLC0415
+
+    async def drive(acquire: Callable[[], object], seconds: float = 2.0) -> tuple[float, int]:
+        done = 0
+        stop = time.monotonic() + seconds
+
+        async def waiter() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                await acquire()  # type: ignore[misc]
+                done += 1
+
+        cpu = time.process_time()
+        await asyncio.gather(*(waiter() for _ in range(64)))
+        return time.process_time() - cpu, done
+
+    throttler = Throttler(rate_limit=300, period=1.0)
+    alone = asyncio.run(drive(throttler.acquire))  # type: ignore[no-untyped-call]
+    paced = asyncio.run(drive(RateLimiter(300, SystemClock()).acquire))
+    bench.add(
+        "limiter, 64 waiters at 300/s for 2 s",
+        f"asyncio-throttle alone: {alone[0]:.2f} s CPU for {alone[1]} slots; paced limiter "
+        f"(then the throttler as a cap): {paced[0]:.2f} s CPU for {paced[1]} slots",
+        "figure",
+    )
+
+
+SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
+    "throughput": scenario_throughput,
+    "latency": scenario_latency,
+    "rate": scenario_rate,
+    "memory": scenario_memory,
+    "resume": scenario_resume,
+    "scaling": scenario_scaling,
+    "limiter": scenario_limiter,
+}
+
+
+def main() -> None:
+    """Run the scenarios asked for and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(SCENARIOS))
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of tool and bare (3)")
+    parser.add_argument("--orders", type=int, default=30000, help="orders at zero latency")
+    args = parser.parse_args()
+    chosen = args.scenarios or list(SCENARIOS)
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(sorted(unknown))}: {', '.join(SCENARIOS)}")
+    bench = Bench(args.rounds)
+    sims = {0.0: Simulator(0.0), 50.0: Simulator(50.0)}
+    try:
+        for name in chosen:
+            print(f"{name}:", flush=True)
+            SCENARIOS[name](bench, sims, args.orders)
     finally:
-        sim.terminate()
-        sim.wait(timeout=10)
+        for sim in sims.values():
+            sim.close()
+    print(
+        f"\n{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"best of {args.rounds} rounds\n"
+    )
+    width = max(len(r[0]) for r in bench.rows)
+    for scenario, figure, verdict in bench.rows:
+        print(f"{scenario:<{width}}  {figure}  [{verdict}]")
 
 
 if __name__ == "__main__":
