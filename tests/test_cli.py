@@ -333,7 +333,9 @@ async def test_secrets_never_printed(cli: Cli, make_sim: Any, tmp_path: Path) ->
     )
     assert done.code == 3
     assert ledger_rows(ledger)["ECH0000000001"]["message"].startswith("key [REDACTED]")
-    reports = [await cli.run("report", "--format", f, env=env) for f in ("table", "json", "csv")]
+    reports = [
+        await cli.run("report", "--format", f, env=env) for f in ("table", "json", "csv", "html")
+    ]
     texts = [done.stdout, done.stderr, ledger.read_bytes().decode("latin-1")]
     texts += [r.stdout + r.stderr for r in reports]
     secrets = ["S3cret-client-value", "K3y-subscription", *running.sim._tokens]

@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_queue_commands(sub)
 
-    from worker.demo import add_simulate_arguments  # noqa: PLC0415 - keeps imports one-way
+    from worker.simconfig import add_simulate_arguments  # noqa: PLC0415 - keeps imports one-way
 
     simulate = sub.add_parser("simulate", help="run a local MouvONE look-alike")
     add_simulate_arguments(simulate)

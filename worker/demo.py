@@ -18,38 +18,10 @@ from worker.logs import configure
 from worker.models import RunOptions
 from worker.report import render_run, write_table
 from worker.runner import Runner
-from worker.simulator import SimConfig, start
+from worker.simconfig import SIMULATE_FLAGS, SimConfig
+from worker.simulator import start
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource
-
-# flag -> (SimConfig field, type, help); defaults come from SimConfig.
-SIMULATE_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--latency-ms": ("latency_ms", float, "added to every API answer"),
-    "--rate-limit": ("rate_limit", float, "gateway limit per sliding second; 429 beyond it"),
-    "--retry-after": ("retry_after_s", int, "Retry-After seconds of a 429"),
-    "--error-rate": ("error_rate", float, "share of DELETEs answered 503 at random"),
-    "--reset-rate": ("reset_rate", float, "share of DELETEs whose connection is reset"),
-    "--stall": ("stall_s", float, "seconds an SLO order stalls"),
-    "--token-ttl": ("token_ttl_s", float, "access token lifetime in seconds"),
-    "--token-failures": ("token_failures", int, "the first N token requests answer 503"),
-    "--orders": ("orders", int, "orders to create for the list endpoint"),
-    "--seed": ("seed", int, "random seed"),
-    "--client-id": ("client_id", str, "client id it accepts"),
-    "--client-secret": ("client_secret", str, "client secret it accepts"),
-    "--api-key": ("api_key", str, "API key it accepts"),
-}
-
-
-def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The simulator's flags."""
-    defaults = SimConfig()
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks one)")
-    for flag, (field, kind, text) in SIMULATE_FLAGS.items():
-        default = getattr(defaults, field)
-        parser.add_argument(
-            flag, dest=field, type=kind, default=default, help=f"{text} ({default})"
-        )
 
 
 def simulate(args: argparse.Namespace) -> int:

@@ -1,6 +1,8 @@
 """Prometheus metrics: what a run or a consumer did, for the monitoring that watches it.
 
-One registry per process (not the library's global one, so tests and embedders stay apart).
+One registry per process (not the library's global one, so tests and embedders stay apart),
+made when the metrics are first exported: a run that exports nothing never loads
+prometheus-client.
 `consume` serves it on ``--metrics-port`` (``/metrics``, and ``/healthz``); `run` writes it at
 the end to a node-exporter textfile (``--metrics-textfile``) or pushes it to a Pushgateway
 (``--pushgateway``).
@@ -16,25 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    generate_latest,
-    push_to_gateway,
-    write_to_textfile,
-)
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 
 from worker.client import Answer
 
 if TYPE_CHECKING:
     from aiohttp import web
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 from worker.models import Result
 
 log = structlog.get_logger(__name__)
@@ -57,8 +47,17 @@ class Metrics:
         self.circuit_open = 0
         self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative
         self._latency_sum = 0.0
-        self.registry = CollectorRegistry()
-        self.registry.register(_Collector(self))
+        self._registry: CollectorRegistry | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The prometheus-client registry of these metrics."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry  # noqa: PLC0415 - see the docstring
+
+            self._registry = CollectorRegistry()
+            self._registry.register(_Collector(self))
+        return self._registry
 
     def answered(self, answer: Answer) -> None:
         """One answer (or transport failure) came back."""
@@ -87,16 +86,22 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text format, as /metrics serves it."""
+        from prometheus_client import generate_latest  # noqa: PLC0415
+
         return generate_latest(self.registry)
 
     def write_textfile(self, path: Path) -> None:
         """Write for node-exporter's textfile collector (atomically; readable by it)."""
+        from prometheus_client import write_to_textfile  # noqa: PLC0415
+
         write_to_textfile(str(path), self.registry)
         os.chmod(path, 0o644)  # noqa: PTH101 - node-exporter runs as another user
         log.info("metrics_written", path=str(path))
 
     def push(self, url: str, job: str, command: str) -> None:
         """Push to a Pushgateway; a failure is logged, never fatal."""
+        from prometheus_client import push_to_gateway  # noqa: PLC0415
+
         try:
             push_to_gateway(url, job=job, registry=self.registry, grouping_key={"command": command})
         except OSError as exc:
@@ -105,7 +110,7 @@ class Metrics:
             log.info("metrics_pushed", url=url)
 
 
-class _Collector(Collector):
+class _Collector:
     """Builds the metric families from a Metrics' counts at collection time."""
 
     def __init__(self, metrics: Metrics) -> None:
@@ -113,6 +118,12 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """The families, as prometheus-client asks for them."""
+        from prometheus_client.core import (  # noqa: PLC0415
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         m = self._m
         requests = CounterMetricFamily(
             "cancel_orders_requests",
@@ -166,6 +177,7 @@ async def serve(
 ) -> web.AppRunner:
     """Serve ``/metrics`` and ``/healthz`` until the returned runner is cleaned up."""
     from aiohttp import web  # noqa: PLC0415 - only consume serves; `run` starts faster
+    from prometheus_client import CONTENT_TYPE_LATEST  # noqa: PLC0415
 
     async def scrape(_request: web.Request) -> web.Response:
         body = metrics.exposition()

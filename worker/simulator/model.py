@@ -49,28 +49,6 @@ NOT_FINAL = {
 
 
 @dataclass
-class SimConfig:
-    """How the simulator behaves."""
-
-    client_id: str = "demo-client"
-    client_secret: str = "demo-secret"  # noqa: S105 - a simulator's well-known demo value
-    api_key: str = "demo-key"
-    token_ttl_s: float = 3600.0
-    token_failures: int = 0  # the first N token requests answer 503
-    latency_ms: float = 0.0
-    rate_limit: float | None = None  # gateway limit, requests per sliding second; 429 beyond
-    retry_after_s: int = 1
-    quota_retry_after_s: int = 2
-    stall_s: float = 120.0
-    error_rate: float = 0.0  # share of DELETEs answered 503 at random
-    reset_rate: float = 0.0  # share of DELETEs whose connection is reset at random
-    seed: int = 0
-    orders: int = 0  # orders to pre-create for the list endpoint
-    base_path: str = "/customer-orders/v1"
-    token_path: str = "/soget-connect/v1/openid-connect/token"  # noqa: S105 - a path
-
-
-@dataclass
 class SimStats:
     """What the simulator saw, for tests and rehearsals."""
 

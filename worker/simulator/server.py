@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from worker.simconfig import SimConfig
 from worker.simulator.model import (
     BEHAVIOURS,
     JSON,
     NOT_FINAL,
-    SimConfig,
     SimStats,
     api_error,
     apim,
