@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from pathlib import Path
 from typing import NoReturn, TextIO
 
@@ -18,7 +17,7 @@ import structlog
 
 from worker import __version__
 from worker.config import Settings, load_settings
-from worker.dispatcher import RunControl
+from worker.dispatcher import with_signals
 from worker.errors import ConfigError, WorkerError
 from worker.ledger import Ledger, open_ledger
 from worker.logs import configure, redact
@@ -449,16 +448,7 @@ def _selected(
 
 async def _execute(runner: Runner) -> RunReport:
     """Run with SIGINT and SIGTERM turned into a graceful stop."""
-    loop = asyncio.get_running_loop()
-    control: RunControl = runner.control
-    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        loop.add_signal_handler(signum, control.interrupt, code, signal.Signals(signum).name)
-    try:
-        return await runner.execute()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with suppress(Exception):
-                loop.remove_signal_handler(signum)
+    return await with_signals(runner.control, runner.execute())
 
 
 def cmd_report(args: argparse.Namespace) -> int:

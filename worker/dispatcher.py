@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 
@@ -21,6 +24,8 @@ from worker.models import Outcome, Result
 from worker.retry import Backoff
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_THROTTLE_PAUSE_S = 1.0  # a 429 without Retry-After still slows everyone down
 
@@ -60,6 +65,19 @@ class RunControl:
         self.reason = f"interrupted by {signal_name}"
         log.warning("run_interrupted", signal=signal_name)
         self.stop_event.set()
+
+
+async def with_signals(control: RunControl, work: Awaitable[T]) -> T:
+    """Await ``work`` with SIGINT and SIGTERM turned into ``control.interrupt`` (130 / 143)."""
+    loop = asyncio.get_running_loop()
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        loop.add_signal_handler(signum, control.interrupt, code, signal.Signals(signum).name)
+    try:
+        return await work
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with suppress(Exception):
+                loop.remove_signal_handler(signum)
 
 
 @dataclass(slots=True)

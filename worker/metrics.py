@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -125,40 +125,43 @@ class _Collector:
         )
 
         m = self._m
-        requests = CounterMetricFamily(
+
+        def counter(name: str, doc: str, labels: list[str], items: Iterable[Any]) -> Metric:
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for key, value in sorted(items):
+                family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+            return family
+
+        yield counter(
             "cancel_orders_requests",
             "Requests sent to the API, by HTTP status (or transport failure)",
-            labels=["status"],
+            ["status"],
+            m.requests.items(),
         )
-        for status, n in sorted(m.requests.items()):
-            requests.add_metric([status], n)
-        outcomes = CounterMetricFamily(
+        yield counter(
             "cancel_orders_outcomes",
             "Orders finished, by outcome and the API's error code",
-            labels=["outcome", "error_code"],
+            ["outcome", "error_code"],
+            m.outcomes.items(),
         )
-        for (outcome, code), n in sorted(m.outcomes.items()):
-            outcomes.add_metric([outcome, code], n)
         buckets, total = m.histogram()
         latency = HistogramMetricFamily(
             "cancel_orders_request_duration_seconds", "Time from sending a request to its answer"
         )
         latency.add_metric([], buckets, total)
-        retries = CounterMetricFamily(
+        yield latency
+        yield counter(
             "cancel_orders_retries",
             "Requests sent again, by reason (retry, throttle, quota, reauth, outage)",
-            labels=["reason"],
+            ["reason"],
+            m.retries.items(),
         )
-        for reason, n in sorted(m.retries.items()):
-            retries.add_metric([reason], n)
-        waits = CounterMetricFamily(
+        yield counter(
             "cancel_orders_wait_seconds",
             "Seconds spent waiting, by kind (rate_limit, retry_after, backoff)",
-            labels=["kind"],
+            ["kind"],
+            m.waits.items(),
         )
-        for kind, seconds in sorted(m.waits.items()):
-            waits.add_metric([kind], seconds)
-        yield from (requests, outcomes, latency, retries, waits)
         yield GaugeMetricFamily(
             "cancel_orders_requests_in_flight", "Requests on the wire now", value=m.in_flight
         )

@@ -21,6 +21,7 @@ from worker.errors import ConfigError
 from worker.logs import flush_logs
 from worker.sources.selection import (
     INDICATORS,
+    STATUSES,
     Filters,
     SelectionSummary,
     Selector,
@@ -40,8 +41,9 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
         "--status",
         action="append",
         default=[],
+        choices=STATUSES,
         metavar="S",
-        help="order status, e.g. Draft (repeat for several)",
+        help=f"order status, one of {', '.join(STATUSES)} (repeat for several)",
     )
     group.add_argument("--created-after", metavar="DAY", help="created on or after YYYY-MM-DD")
     before = group.add_mutually_exclusive_group()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import socket
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from contextlib import suppress
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,6 +16,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from worker.config import Settings
+from worker.dispatcher import with_signals
 from worker.errors import ConfigError
 from worker.ledger import Ledger
 from worker.models import Outcome, Result, RunReport
@@ -150,16 +149,9 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     async def main() -> RunReport:
         streams = streams_for(settings)
         consumer = Consumer(settings, streams, exit_when_empty=args.exit_when_empty)
-        loop = asyncio.get_running_loop()
-        for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-            name = signal.Signals(signum).name
-            loop.add_signal_handler(signum, consumer.control.interrupt, code, name)
         try:
-            return await consumer.run()
+            return await with_signals(consumer.control, consumer.run())
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                with suppress(Exception):
-                    loop.remove_signal_handler(signum)
             await streams.close()
 
     report = asyncio.run(main())
