@@ -56,11 +56,13 @@ class _Lane:
     task: asyncio.Task[Any] | None = None
     busy: bool = False
     state: OrderState | None = None
+    finishing: bool = False  # writing a result that has been received
 
     @property
     def sending(self) -> bool:
-        """A request of this worker is on the wire: the shutdown gives it the grace period."""
-        return self.state is not None and self.state.in_flight
+        """A request of this worker is on the wire, or its answer is being written: the
+        shutdown gives it the grace period."""
+        return self.finishing or (self.state is not None and self.state.in_flight)
 
 
 class Consumer:
@@ -125,12 +127,6 @@ class Consumer:
             rate=s.rate,
             concurrency=s.concurrency,
         )
-        progress = ProgressReporter(
-            self.summary, lambda: self.control.requests, bar=False, interval_s=s.progress_interval
-        )
-        helpers = [self._spawn(self._read()), self._spawn(self._claim())]
-        helpers.append(self._spawn(progress.run()))
-        refresher = self._spawn(self._refresh())
         server = None
         if s.metrics_port is not None:
             try:
@@ -141,6 +137,12 @@ class Consumer:
                 await api.close()
                 where = f"{s.metrics_host}:{s.metrics_port}"
                 raise ConfigError(f"--metrics-port: cannot listen on {where}: {exc}") from None
+        progress = ProgressReporter(
+            self.summary, lambda: self.control.requests, bar=False, interval_s=s.progress_interval
+        )
+        helpers = [self._spawn(self._read()), self._spawn(self._claim())]
+        helpers.append(self._spawn(progress.run()))
+        refresher = self._spawn(self._refresh())
         lanes = [_Lane() for _ in range(s.concurrency)]
         for lane in lanes:
             lane.task = self._spawn(self._work(dispatcher, lane))
@@ -351,7 +353,11 @@ class Consumer:
                 self._release(entry.entry_id)
             return  # stopping or lost: the entry stays for another consumer
         dead = "attempts exhausted" if result.outcome is Outcome.RETRYABLE_FAILED else ""
-        await self._finish(entry, result, dead_reason=dead)
+        lane.finishing = True
+        try:
+            await self._finish(entry, result, dead_reason=dead)
+        finally:
+            lane.finishing = False
 
     async def _still_mine(self, state: OrderState) -> bool:
         entry_id = state.entry_id
