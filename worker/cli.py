@@ -159,6 +159,9 @@ FILTER_DESTS = (
 )
 REPORT_SETTINGS = ("ledger", "redis_url", "results_stream", "log_format", "log_level")
 ENQUEUE_SETTINGS = (*QUEUE_SETTINGS, "id_pattern", "log_format", "log_level")
+# what only a run over a ledger uses
+_RUN_ONLY = ("ledger", "metrics_textfile", "pushgateway", "max_failure_rate", "min_orders")
+CONSUME_SETTINGS = (*(k for k in RUN_SETTINGS if k not in _RUN_ONLY), *QUEUE_SETTINGS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -220,7 +223,7 @@ def _add_queue_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="exit once the group has no new or pending entry (a batch Job)",
     )
-    _add_settings(consume, (*RUN_SETTINGS, *QUEUE_SETTINGS))
+    _add_settings(consume, CONSUME_SETTINGS)
 
     redrive = sub.add_parser("redrive", help="move dead letters back to the requests stream")
     _add_settings(redrive, ENQUEUE_SETTINGS)
@@ -498,7 +501,7 @@ def _enqueue(args: argparse.Namespace) -> int:
 def _consume(args: argparse.Namespace) -> int:
     from worker.queue.commands import cmd_consume  # noqa: PLC0415
 
-    return cmd_consume(_settings(args, (*RUN_SETTINGS, *QUEUE_SETTINGS)), args)
+    return cmd_consume(_settings(args, CONSUME_SETTINGS), args)
 
 
 def _redrive(args: argparse.Namespace) -> int:
