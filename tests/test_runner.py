@@ -335,3 +335,34 @@ async def test_quota_that_keeps_coming_back_stops_the_run(make_sim: Any, tmp_pat
     assert report.exit_code == 3
     assert "max_wait" in (report.reason or "")
     assert 2 <= running.sim.stats.deletes["QTA0000000000"] <= 4
+
+
+async def test_resume_asks_before_sending_again(sim: RunningSimulator, tmp_path: Path) -> None:
+    """Orders an interrupted run left pending may have been cancelled by its last requests:
+    each is looked up with GET first, and the ones the API shows cancelled are recorded
+    without a second DELETE; the others are sent."""
+    ids = [f"CDE{n:010d}" for n in range(1, 21)]
+    earlier = Ledger(tmp_path / "ledger.sqlite")
+    earlier.claim([(i, None) for i in ids], "an-interrupted-run")
+    earlier.close()
+    for order_id in ids[:10]:  # the interrupted run's requests that reached the API
+        sim.sim.cancelled.add(order_id)
+        sim.sim.finalized.add(order_id)
+    report = await run_ids(sim, tmp_path, ids)
+    assert report.exit_code == 0
+    assert set(sim.sim.stats.deletes) == set(ids[10:])
+    assert sim.sim.stats.resent_final == 0
+    rows = ledger_rows(tmp_path / "ledger.sqlite")
+    for order_id in ids[:10]:
+        assert rows[order_id]["outcome"] == "already_cancelled"
+        assert "GET" in rows[order_id]["message"]
+        assert rows[order_id]["attempts"] == 0
+    assert {rows[i]["outcome"] for i in ids[10:]} == {"cancelled"}
+
+
+async def test_first_runs_do_not_ask(sim: RunningSimulator, tmp_path: Path) -> None:
+    """Orders never claimed before go straight to DELETE: no GET for them."""
+    ids = [f"CDE{n:010d}" for n in range(1, 11)]
+    report = await run_ids(sim, tmp_path, ids)
+    assert report.exit_code == 0
+    assert len(sim.sim.stats.arrivals) == 10

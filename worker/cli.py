@@ -17,7 +17,7 @@ import structlog
 
 from worker import __version__
 from worker.config import Settings, load_settings
-from worker.dispatcher import with_signals
+from worker.control import with_signals
 from worker.errors import ConfigError, WorkerError
 from worker.ledger import Ledger, open_ledger
 from worker.logs import configure, redact

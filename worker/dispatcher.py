@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -16,68 +13,19 @@ from worker.breaker import CircuitBreaker, is_outage
 from worker.classifier import Action, OutcomeTable, error_code_for
 from worker.client import Answer, MouvoneClient
 from worker.clock import Clock
+from worker.control import RunControl
 from worker.errors import FatalApiError
 from worker.limiter import RateLimiter
 from worker.logs import redact
 from worker.metrics import Metrics
 from worker.models import Outcome, Result
+from worker.prediction import predict
 from worker.retry import Backoff
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 
 DEFAULT_THROTTLE_PAUSE_S = 1.0  # a 429 without Retry-After still slows everyone down
-
-
-class RunControl:
-    """Stop and abort state shared by every part of a run. Setting it never blocks."""
-
-    def __init__(self) -> None:
-        self.stop_event = asyncio.Event()
-        self.hurry_event = asyncio.Event()  # a second signal: do not wait for requests in flight
-        self.exit_code: int | None = None
-        self.reason: str | None = None
-        self.requests = 0
-
-    @property
-    def stopping(self) -> bool:
-        """True once the run must not start anything new."""
-        return self.stop_event.is_set()
-
-    def abort(self, reason: str, exit_code: int = 3) -> None:
-        """Stop the run; the first reason wins."""
-        if self.exit_code is None:
-            self.exit_code = exit_code
-            self.reason = redact.clean(reason)
-            log.error("run_aborted", reason=reason, exit_code=exit_code)
-        self.stop_event.set()
-
-    def interrupt(self, exit_code: int, signal_name: str) -> None:
-        """A signal asked the run to stop (130 for SIGINT, 143 for SIGTERM). A signal while the
-        run is already stopping asks it not to wait for the requests in flight (they stay
-        `pending`) and keeps the first reason."""
-        if self.stopping:
-            log.warning("run_interrupted_again", signal=signal_name)
-            self.hurry_event.set()
-            return
-        self.exit_code = exit_code
-        self.reason = f"interrupted by {signal_name}"
-        log.warning("run_interrupted", signal=signal_name)
-        self.stop_event.set()
-
-
-async def with_signals(control: RunControl, work: Awaitable[T]) -> T:
-    """Await ``work`` with SIGINT and SIGTERM turned into ``control.interrupt`` (130 / 143)."""
-    loop = asyncio.get_running_loop()
-    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        loop.add_signal_handler(signum, control.interrupt, code, signal.Signals(signum).name)
-    try:
-        return await work
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with suppress(Exception):
-                loop.remove_signal_handler(signum)
 
 
 @dataclass(slots=True)
@@ -93,6 +41,7 @@ class OrderState:
     breaker_probe: bool = False  # its request is the circuit breaker's probe
     lost: bool = False  # queue mode: another consumer took the entry before it was sent
     entry_id: str = ""  # queue mode: the stream entry it came from
+    verify: bool = False  # an earlier request may have reached the API: GET before sending
     last: Answer | None = field(default=None)
 
     def pending(self) -> Result:
@@ -182,6 +131,10 @@ class Dispatcher:
             self._probe.release()
 
     async def _process(self, state: OrderState) -> Result:
+        if state.verify:
+            settled = await self._verify(state)
+            if settled is not None:
+                return settled
         while True:
             try:
                 sent = await self._attempt(state)
@@ -286,6 +239,32 @@ class Dispatcher:
         self._metrics.answered(answer)
         state.last = answer
         return answer, token
+
+    async def _verify(self, state: OrderState) -> Result | None:
+        """Ask the API about an order an earlier request may already have reached (a run that
+        was killed, a queue entry delivered before): the result when the GET settles it
+        (cancelled, not found, not cancellable), None to send the DELETE."""
+        token = await self._tokens.get()
+        async with self._semaphore:
+            await self._limiter.acquire()
+            if self._control.stopping:
+                return state.pending()
+            self._control.requests += 1
+            answer, body = await self._client.fetch(self._client.order_url(state.order_id), token)
+        self._metrics.answered(answer)
+        if answer.failure is not None or answer.status not in (200, 400, 404):
+            return None  # cannot tell: send it (at least once)
+        verdict = self._table.classify(answer.status, answer.code, None)
+        if answer.status == 400 and verdict.action is not Action.FINAL:
+            return None  # a refusal of the GET itself (credentials, ...): the DELETE will say
+        predicted = predict(state.order_id, answer, body, self._table)
+        if predicted.outcome in (Outcome.CANCELLED, Outcome.RETRYABLE_FAILED):
+            return None  # still to cancel
+        log.info("order_settled_by_get", order_id=state.order_id, outcome=predicted.outcome.value)
+        note = "found so by GET before sending again (an earlier request had reached the API)"
+        return replace(
+            predicted, message=f"{predicted.message}; {note}" if predicted.message else note
+        )
 
     async def _refresh(self, state: OrderState, stale: str) -> Result | None:
         """Refresh the token once for everyone; None to send again, else the run stops."""

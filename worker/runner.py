@@ -21,7 +21,8 @@ from worker.breaker import CircuitBreaker
 from worker.classifier import OutcomeTable
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
-from worker.dispatcher import Dispatcher, OrderState, RetryPolicy, RunControl
+from worker.control import RunControl
+from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
 from worker.errors import LedgerError, WorkerError
 from worker.ledger import Ledger
 from worker.limiter import RateLimiter
@@ -62,6 +63,7 @@ class Runner:
         self.run_id = new_run_id()
         self.summary = RunSummary()
         self._skipped: dict[str, int] = {}
+        self._uncertain: set[str] = set()  # queued orders an earlier run may have sent
         writer = None if options.dry_run else self._ledger
         self._sink = ResultSink(writer, self.run_id, self.summary, self.metrics)
         self._limiter: RateLimiter | None = None
@@ -204,6 +206,7 @@ class Runner:
             self.summary.skipped_final += len(plan.skipped)
             for outcome in plan.skipped:
                 self._skipped[outcome] = self._skipped.get(outcome, 0) + 1
+            self._uncertain |= plan.uncertain
             for result in plan.invalid:
                 self._sink.add(result)
             if plan.invalid:
@@ -220,7 +223,10 @@ class Runner:
             order_id = await self._queue.get()
             if order_id is None or self.control.stopping:
                 return
-            state = lane.state = OrderState(order_id)
+            uncertain = order_id in self._uncertain
+            if uncertain:
+                self._uncertain.discard(order_id)
+            state = lane.state = OrderState(order_id, verify=uncertain)
             try:
                 result = await dispatcher.process(state)
             except asyncio.CancelledError:

@@ -21,7 +21,7 @@ import orjson
 
 from worker.errors import LedgerError
 from worker.ledger.schema import CLAIM_BATCH, CSV_COLUMNS, SCHEMA, SCHEMA_VERSION, UPSERT_BATCH
-from worker.models import FINAL, Outcome, Result
+from worker.models import FINAL, RETRYABLE, Outcome, Result
 
 
 def now_iso() -> str:
@@ -37,6 +37,8 @@ class Plan:
     invalid: list[Result] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # outcomes of orders already final
     duplicates: int = 0
+    # to send, but an earlier run may have sent them already (left pending or retryable)
+    uncertain: set[str] = field(default_factory=set)
 
 
 class Ledger:
@@ -170,6 +172,8 @@ class Ledger:
                 plan.invalid.append(invalid)
             else:
                 plan.to_send.append(order_id)
+                if seen is not None and seen[0] in _UNCERTAIN_VALUES:
+                    plan.uncertain.add(order_id)
         if not dry:
             self._write_plan(plan, run_id)
         return plan
@@ -279,6 +283,7 @@ class Ledger:
 
 
 _FINAL_VALUES = frozenset(o.value for o in FINAL)
+_UNCERTAIN_VALUES = frozenset(o.value for o in RETRYABLE)
 
 
 def _json(value: object) -> str:

@@ -16,7 +16,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from worker.config import Settings
-from worker.dispatcher import with_signals
+from worker.control import with_signals
 from worker.errors import ConfigError
 from worker.ledger import Ledger
 from worker.models import Outcome, Result, RunReport

@@ -23,7 +23,8 @@ from worker.breaker import CircuitBreaker
 from worker.classifier import OutcomeTable
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
-from worker.dispatcher import Dispatcher, OrderState, RetryPolicy, RunControl
+from worker.control import RunControl
+from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
 from worker.errors import ConfigError
 from worker.logs import flush_logs
 from worker.metrics import Metrics, serve
@@ -346,7 +347,10 @@ class Consumer:
             log.info("order_already_final", order_id=entry.order_id, outcome=final)
             await self._finish(entry, None)
             return
-        state = lane.state = OrderState(entry.order_id, entry_id=entry.entry_id)
+        # delivered before: the consumer that had it may have sent the DELETE before dying
+        state = lane.state = OrderState(
+            entry.order_id, entry_id=entry.entry_id, verify=entry.deliveries > 1
+        )
         result = await dispatcher.process(state)
         if result.outcome is Outcome.PENDING:
             if state.lost:

@@ -1,0 +1,67 @@
+"""Stopping a run: the state every part of it shares, and signals turned into that state."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable
+from contextlib import suppress
+from typing import TypeVar
+
+import structlog
+
+from worker.logs import redact
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+class RunControl:
+    """Stop and abort state shared by every part of a run. Setting it never blocks."""
+
+    def __init__(self) -> None:
+        self.stop_event = asyncio.Event()
+        self.hurry_event = asyncio.Event()  # a second signal: do not wait for requests in flight
+        self.exit_code: int | None = None
+        self.reason: str | None = None
+        self.requests = 0
+
+    @property
+    def stopping(self) -> bool:
+        """True once the run must not start anything new."""
+        return self.stop_event.is_set()
+
+    def abort(self, reason: str, exit_code: int = 3) -> None:
+        """Stop the run; the first reason wins."""
+        if self.exit_code is None:
+            self.exit_code = exit_code
+            self.reason = redact.clean(reason)
+            log.error("run_aborted", reason=reason, exit_code=exit_code)
+        self.stop_event.set()
+
+    def interrupt(self, exit_code: int, signal_name: str) -> None:
+        """A signal asked the run to stop (130 for SIGINT, 143 for SIGTERM). A signal while the
+        run is already stopping asks it not to wait for the requests in flight (they stay
+        `pending`) and keeps the first reason."""
+        if self.stopping:
+            log.warning("run_interrupted_again", signal=signal_name)
+            self.hurry_event.set()
+            return
+        self.exit_code = exit_code
+        self.reason = f"interrupted by {signal_name}"
+        log.warning("run_interrupted", signal=signal_name)
+        self.stop_event.set()
+
+
+async def with_signals(control: RunControl, work: Awaitable[T]) -> T:
+    """Await ``work`` with SIGINT and SIGTERM turned into ``control.interrupt`` (130 / 143)."""
+    loop = asyncio.get_running_loop()
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        loop.add_signal_handler(signum, control.interrupt, code, signal.Signals(signum).name)
+    try:
+        return await work
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with suppress(Exception):
+                loop.remove_signal_handler(signum)
