@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
+from worker.classifier import Action, OutcomeTable
 from worker.client import MouvoneClient, new_session, order_url
 from worker.simulator import RunningSimulator
 
@@ -165,3 +166,36 @@ async def test_huge_error_body_is_cut(client: MouvoneClient) -> None:
         mocked.delete(URL, status=503, body="x" * 1_000_000)
         answer = await client.cancel("ABC0000000001", "tok")
     assert (answer.status, answer.message) == (503, None)
+
+
+async def test_redirects_are_not_followed() -> None:
+    """A 3xx is an answer, not a place to send the DELETE and the credentials: the client
+    returns it as it is, and the classifier retries it (never a final outcome)."""
+    from aiohttp import web  # noqa: PLC0415
+
+    hits: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits.append(request.method + " " + request.path)
+        if request.path.startswith("/elsewhere"):
+            return web.Response(status=200)
+        raise web.HTTPFound("/elsewhere/customer-orders/ABC0000000001")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", redirect)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    session = new_session(4)
+    try:
+        client = MouvoneClient(session, f"http://127.0.0.1:{port}/v1", "key", 5)
+        answer = await client.cancel("ABC0000000001", "tok")
+    finally:
+        await session.close()
+        await runner.cleanup()
+    assert answer.status == 302
+    assert hits == ["DELETE /v1/customer-orders/ABC0000000001"]
+    table = OutcomeTable.load(None)
+    assert table.classify(302, None, None).action is Action.RETRY

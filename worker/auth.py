@@ -18,6 +18,8 @@ from worker.retry import Backoff
 
 log = structlog.get_logger(__name__)
 
+MIN_TOKEN_LIFETIME_S = 10.0
+
 
 class TokenProvider(Protocol):
     """What the dispatcher needs from authentication."""
@@ -135,7 +137,8 @@ class ClientCredentials:
         try:
             data = json.loads(body)
             token = str(data["access_token"])
-            expires_in = float(data.get("expires_in", 300))
+            # a lifetime too short to use (or absurd) would mean a token request per call
+            expires_in = max(MIN_TOKEN_LIFETIME_S, float(data.get("expires_in", 300)))
         except (ValueError, KeyError, TypeError):
             return "token endpoint answered an unreadable body"
         self._on_token(token)

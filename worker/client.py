@@ -82,8 +82,10 @@ class MouvoneClient:
         started = time.perf_counter()
         limit = MAX_ERROR_BODY if method == "DELETE" else MAX_READ_BODY
         try:
+            # A redirect is not followed: it would send the DELETE (and the credentials) to a
+            # URL nobody chose; as an unexpected answer it is retried, then retryable_failed.
             async with self._session.request(
-                method, url, headers=headers, timeout=self._timeout
+                method, url, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
