@@ -1,0 +1,110 @@
+"""The reads (GET) of `select`, `check` and the look-up before a resend: retries, token
+refresh, pauses and fatal answers, with aioresponses and a clock that never sleeps."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aioresponses import aioresponses
+from yarl import URL
+
+from tests.fakes import InstantClock
+from worker.api import Api, Reader, RetriesExhaustedError, connect
+from worker.classifier import OutcomeTable
+from worker.config import load_settings
+from worker.errors import FatalApiError
+
+BASE = "https://api.example.test/v1"
+ORDER = URL(f"{BASE}/customer-orders/ABC0000000001")
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    """A connection with a static token (a refresh of it is fatal)."""
+    settings = load_settings(
+        {
+            "base_url": BASE,
+            "token_url": "https://api.example.test/token",
+            "access_token": "tok",
+            "api_key": "key",
+            "ledger": tmp_path / "l.sqlite",
+            "rate": 1000,
+            "backoff_base": 0.01,
+            "backoff_cap": 0.02,
+        },
+        env_file=None,
+        environment=False,
+    )
+    connected = connect(settings, InstantClock())
+    yield connected
+    await connected.close()
+
+
+def reader(api: Api, max_attempts: int = 3, max_wait_s: float = 60) -> Reader:
+    """A Reader over this connection."""
+    table = OutcomeTable.load(None)
+    return Reader(api, table, InstantClock(), max_attempts=max_attempts, max_wait_s=max_wait_s)
+
+
+async def test_retries_then_reads(api: Api) -> None:
+    """5xx, a reset and a 429 are retried; the 200's JSON comes back; the 429 pauses all."""
+    with aioresponses() as mocked:
+        mocked.get(ORDER, status=503, body="<html>down</html>")
+        mocked.get(ORDER, status=429, headers={"Retry-After": "2"}, payload={"statusCode": 429})
+        mocked.get(ORDER, status=200, payload={"customerOrderId": "ABC0000000001"})
+        r = reader(api, max_attempts=5)
+        answer, body = await r.get(ORDER)
+    assert answer.status == 200
+    assert body == {"customerOrderId": "ABC0000000001"}
+    assert r.requests == 3
+    assert api.limiter.paused_total_s == pytest.approx(2, abs=0.05)
+    assert api.limiter.pace_per_s < 1000  # the 429 lowered the pace
+
+
+async def test_api_refusals_are_returned(api: Api) -> None:
+    """A 400 with a final code and a 404 are answers for the caller, not errors."""
+    with aioresponses() as mocked:
+        body = {"timestamp": "t", "code": "CUSTOMER_ORDER_NOT_FOUND", "message": None}
+        mocked.get(ORDER, status=400, payload=body)
+        mocked.get(ORDER, status=404, payload={"statusCode": 404, "message": "Resource not found"})
+        first = await reader(api).get(ORDER)
+        second = await reader(api).get(ORDER)
+    assert (first[0].status, first[0].code, first[1]) == (400, "CUSTOMER_ORDER_NOT_FOUND", None)
+    assert second[0].status == 404
+
+
+async def test_failures_on_every_attempt(api: Api) -> None:
+    """A read that fails on every allowed attempt raises RetriesExhaustedError with the last
+    answer."""
+    with aioresponses() as mocked:
+        for _ in range(3):
+            mocked.get(ORDER, status=502, body="")
+        with pytest.raises(RetriesExhaustedError, match="HTTP 502") as caught:
+            await reader(api, max_attempts=3).get(ORDER)
+    assert caught.value.answer.status == 502
+
+
+@pytest.mark.parametrize(
+    ("status", "payload", "headers", "message"),
+    [
+        (401, {"statusCode": 401, "message": "Unauthorized"}, None, "MOUVONE_ACCESS_TOKEN"),
+        (403, {"statusCode": 403, "message": "Forbidden"}, None, "access denied"),
+        (403, {"statusCode": 403}, {"Retry-After": "3600"}, "longer than max_wait"),
+        (400, {"timestamp": "t", "code": "USER_ID_INVALID", "message": None}, None, "USER_ID"),
+    ],
+)
+async def test_fatal_answers(
+    api: Api,
+    status: int,
+    payload: dict[str, object],
+    headers: dict[str, str] | None,
+    message: str,
+) -> None:
+    """Refused credentials, access denied, a quota wait over max_wait and fatal codes stop the
+    read with FatalApiError."""
+    with aioresponses() as mocked:
+        mocked.get(ORDER, status=status, payload=payload, headers=headers, repeat=True)
+        with pytest.raises(FatalApiError, match=message):
+            await reader(api, max_wait_s=60).get(ORDER)
