@@ -108,3 +108,42 @@ async def test_fatal_answers(
         mocked.get(ORDER, status=status, payload=payload, headers=headers, repeat=True)
         with pytest.raises(FatalApiError, match=message):
             await reader(api, max_wait_s=60).get(ORDER)
+
+
+@pytest.mark.parametrize(
+    ("get_status", "get_payload", "sent"),
+    [
+        (404, {"statusCode": 404, "message": "Resource not found"}, True),  # a bare 404
+        (200, {"customerOrderId": "ABC0000000001", "status": "Draft"}, True),
+        (200, {"customerOrderId": "ABC0000000001", "status": "Cancelled"}, False),
+        (500, {"statusCode": 500}, True),
+    ],
+)
+async def test_look_up_before_sending_again(
+    api: Api, get_status: int, get_payload: dict[str, object], sent: bool
+) -> None:
+    """An order an earlier request may have reached is looked up first: only the order shown
+    cancelled (or the API's CUSTOMER_ORDER_NOT_FOUND) is settled without a DELETE."""
+    from worker.breaker import CircuitBreaker  # noqa: PLC0415
+    from worker.control import RunControl  # noqa: PLC0415
+    from worker.dispatcher import Dispatcher, OrderState, RetryPolicy  # noqa: PLC0415
+
+    clock = InstantClock()
+    dispatcher = Dispatcher(
+        client=api.client,
+        tokens=api.tokens,
+        limiter=api.limiter,
+        table=OutcomeTable.load(None),
+        policy=RetryPolicy(3, 60, api.backoff),
+        control=RunControl(),
+        clock=clock,
+        concurrency=4,
+        breaker=CircuitBreaker(clock, outage_timeout_s=60),
+    )
+    with aioresponses() as mocked:
+        mocked.get(ORDER, status=get_status, payload=get_payload)
+        mocked.delete(ORDER, status=200)
+        result = await dispatcher.process(OrderState("ABC0000000001", verify=True))
+        deletes = [k for k in mocked.requests if k[0] == "DELETE"]
+    assert bool(deletes) is sent
+    assert result.outcome.value == ("cancelled" if sent else "already_cancelled")

@@ -366,3 +366,21 @@ async def test_first_runs_do_not_ask(sim: RunningSimulator, tmp_path: Path) -> N
     report = await run_ids(sim, tmp_path, ids)
     assert report.exit_code == 0
     assert len(sim.sim.stats.arrivals) == 10
+
+
+async def test_resume_sends_when_the_get_cannot_settle_it(
+    sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Only the API's own word settles an order without a DELETE: an order the GET shows as a
+    draft is sent; one it answers CUSTOMER_ORDER_NOT_FOUND is recorded not_found."""
+    ids = ["CDE0000000001", "GON0000000001", "NFD0000000001"]
+    earlier = Ledger(tmp_path / "ledger.sqlite")
+    earlier.claim([(i, None) for i in ids], "an-interrupted-run")
+    earlier.close()
+    report = await run_ids(sim, tmp_path, ids)
+    assert report.exit_code == 1
+    assert set(sim.sim.stats.deletes) == {"CDE0000000001"}
+    rows = ledger_rows(tmp_path / "ledger.sqlite")
+    assert rows["CDE0000000001"]["outcome"] == "cancelled"
+    assert rows["NFD0000000001"]["outcome"] == "not_found"
+    assert "GET" in rows["NFD0000000001"]["message"]

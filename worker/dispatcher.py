@@ -19,7 +19,6 @@ from worker.limiter import RateLimiter
 from worker.logs import redact
 from worker.metrics import Metrics
 from worker.models import Outcome, Result
-from worker.prediction import predict
 from worker.retry import Backoff
 
 log = structlog.get_logger(__name__)
@@ -242,8 +241,10 @@ class Dispatcher:
 
     async def _verify(self, state: OrderState) -> Result | None:
         """Ask the API about an order an earlier request may already have reached (a run that
-        was killed, a queue entry delivered before): the result when the GET settles it
-        (cancelled, not found, not cancellable), None to send the DELETE."""
+        was killed, a queue entry delivered before). Only the API's own word settles it without
+        a DELETE: the order shown `Cancelled`, or the API's CUSTOMER_ORDER_NOT_FOUND. Anything
+        else (a draft, a bare 404, an error, no answer) sends the DELETE, whose answer is the
+        authority."""
         token = await self._tokens.get()
         async with self._semaphore:
             await self._limiter.acquire()
@@ -252,19 +253,19 @@ class Dispatcher:
             self._control.requests += 1
             answer, body = await self._client.fetch(self._client.order_url(state.order_id), token)
         self._metrics.answered(answer)
-        if answer.failure is not None or answer.status not in (200, 400, 404):
-            return None  # cannot tell: send it (at least once)
-        verdict = self._table.classify(answer.status, answer.code, None)
-        if answer.status == 400 and verdict.action is not Action.FINAL:
-            return None  # a refusal of the GET itself (credentials, ...): the DELETE will say
-        predicted = predict(state.order_id, answer, body, self._table)
-        if predicted.outcome in (Outcome.CANCELLED, Outcome.RETRYABLE_FAILED):
-            return None  # still to cancel
-        log.info("order_settled_by_get", order_id=state.order_id, outcome=predicted.outcome.value)
-        note = "found so by GET before sending again (an earlier request had reached the API)"
-        return replace(
-            predicted, message=f"{predicted.message}; {note}" if predicted.message else note
-        )
+        if answer.failure is not None:
+            return None
+        settled: Result | None = None
+        if answer.status == 200 and isinstance(body, dict) and body.get("status") == "Cancelled":
+            code = "ORDER_ALREADY_CANCELED"
+            settled = Result(state.order_id, Outcome.ALREADY_CANCELLED, 200, code)
+        elif answer.status == 400 and answer.code == "CUSTOMER_ORDER_NOT_FOUND":
+            settled = Result(state.order_id, Outcome.NOT_FOUND, 400, answer.code)
+        if settled is None:
+            return None
+        log.info("order_settled_by_get", order_id=state.order_id, outcome=settled.outcome.value)
+        note = "found so by GET before sending again (an earlier request may have reached it)"
+        return replace(settled, message=note)
 
     async def _refresh(self, state: OrderState, stale: str) -> Result | None:
         """Refresh the token once for everyone; None to send again, else the run stops."""

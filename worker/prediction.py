@@ -1,8 +1,6 @@
 """What a DELETE would answer, told from what ``GET /customer-orders/{id}`` answered (pure).
 
-Used by `check` for every order, and before sending again an order whose earlier request may
-have reached the API (a run that was killed or stopped, a queue entry delivered before): an
-order the GET shows cancelled is recorded without a second DELETE.
+Used by `check` for every order.
 """
 
 from __future__ import annotations
