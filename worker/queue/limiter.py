@@ -4,6 +4,12 @@ Every request of every replica takes a slot from a Lua script that reads the Red
 clock, so the replicas share one schedule of evenly spaced slots (``1 / (rate * margin)``
 apart) whatever their own clocks say, and a 429 or quota pause moves the schedule for all of
 them. The local asyncio-throttle cap still bounds each replica on its own.
+
+Between taking a slot and its request reaching the API lie a Redis round trip, a sleep and the
+replica's own scheduling, which differ from one replica to the next. The group's margin is
+therefore wider than a single process's: with slots ``1 / (0.95 * rate)`` apart, any
+``rate + 1`` of them span at least 1.05 s, so one request arriving up to 50 ms late still
+cannot put more than ``rate`` of them into one second at the server.
 """
 
 from __future__ import annotations
@@ -13,17 +19,19 @@ import asyncio
 import structlog
 
 from worker.clock import Clock
-from worker.limiter import DEFAULT_MARGIN, MIN_SLEEP_S, RateLimiter
+from worker.limiter import MIN_SLEEP_S, RateLimiter
 from worker.queue.streams import Streams, patiently
 
 log = structlog.get_logger(__name__)
+
+GROUP_MARGIN = 0.95
 
 
 class GroupRateLimiter(RateLimiter):
     """A RateLimiter whose slots are shared through Redis."""
 
     def __init__(self, rate_per_s: float, clock: Clock, streams: Streams) -> None:
-        super().__init__(rate_per_s, clock, margin=DEFAULT_MARGIN)
+        super().__init__(rate_per_s, clock, margin=GROUP_MARGIN)
         self._streams = streams
         self._pauses: set[asyncio.Task[None]] = set()
         self.stopping = lambda: False
