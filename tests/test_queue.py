@@ -307,6 +307,9 @@ async def test_report_from_the_results_stream(
     assert len(as_csv.splitlines()) == 3
     table = (await cli.run(*base, env=env)).stdout
     assert f"Results stream {queue.names.results}" in table
+    page = (await cli.run(*base, "--format", "html", env=env)).stdout
+    assert f"results stream {queue.names.results}" in page
+    assert "results.sqlite" not in page  # the scratch ledger's path is not shown
 
 
 async def test_redis_unreachable_is_a_clear_error(cli: Cli, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import NoReturn
 
 import structlog
 
@@ -22,7 +22,7 @@ from worker.errors import ConfigError, WorkerError
 from worker.ledger import Ledger, open_ledger
 from worker.logs import configure, redact
 from worker.models import Outcome, RunOptions, RunReport, new_run_id
-from worker.report import render_run, write_csv, write_json, write_table
+from worker.report import open_output, render_run, write_report
 from worker.runner import Runner
 from worker.sources import IdValidator, OrderSource
 from worker.sources.csv_file import CsvSource, spool_stdin
@@ -458,34 +458,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     """`report`: table, json, csv or html, from the ledger (or the results stream)."""
     settings = _settings(args, REPORT_SETTINGS)
     with ExitStack() as stack:
-        out = _output(args.output, stack)
+        out = open_output(args.output, stack)
         if args.redis_url or args.results_stream:
             from worker.queue.commands import cmd_report_stream  # noqa: PLC0415
 
             return cmd_report_stream(settings, args.format, args.outcome, out)
         ledger = Ledger(settings.ledger, readonly=True)
         stack.callback(ledger.close)
-        if args.format == "html":
-            from worker.html_report import write_html  # noqa: PLC0415
-
-            write_html(ledger, out, args.outcome)
-        else:
-            writer = {"table": write_table, "json": write_json, "csv": write_csv}[args.format]
-            writer(ledger, out, args.outcome)
+        write_report(ledger, out, args.format, args.outcome)
     if args.output is not None:
         print(f"Report written to {args.output}", file=sys.stderr)
     return 0
-
-
-def _output(path: Path | None, stack: ExitStack) -> TextIO:
-    """Standard output, or a new file readable by its owner only."""
-    if path is None:
-        return sys.stdout
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot write the report: {exc.strerror}") from None
-    return stack.enter_context(open(fd, "w", encoding="utf-8", newline=""))  # noqa: PTH123
 
 
 def _enqueue(args: argparse.Namespace) -> int:
@@ -524,7 +507,7 @@ def _check(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         source = _source(args, settings, stack)
         source.scan()
-        out = _output(args.output, stack)
+        out = open_output(args.output, stack)
         return run_check(settings, source, out, args.format, args.outcome)
 
 

@@ -33,9 +33,11 @@ svg text{font:12px system-ui,sans-serif}
 """
 
 
-def write_html(ledger: Ledger, out: TextIO, outcome: str | None = None) -> None:
-    """The whole page."""
-    data = summary(ledger, outcome)
+def write_html(
+    ledger: Ledger, out: TextIO, outcome: str | None = None, label: str | None = None
+) -> None:
+    """The whole page; ``label`` names a scratch ledger instead of its path."""
+    data = summary(ledger, outcome, label)
     outcomes = data["outcomes"]
     codes = data["error_codes"]
     assert isinstance(outcomes, dict)

@@ -70,6 +70,10 @@ class Metrics:
         """One order reached its outcome for this run."""
         self.outcomes[result.outcome.value, result.error_code or ""] += 1
 
+    def circuit_changed(self, is_open: bool) -> None:
+        """The circuit breaker opened or closed (its ``on_state``)."""
+        self.circuit_open = int(is_open)
+
     def waited(self, kind: str, seconds: float) -> None:
         """Time spent waiting."""
         if seconds > 0:

@@ -17,7 +17,7 @@ from worker.config import Settings
 from worker.ledger import Ledger
 from worker.models import SUCCESS, Outcome, Result, new_run_id
 from worker.prediction import predict
-from worker.report import write_csv, write_json, write_table
+from worker.report import write_report
 from worker.sources import OrderSource
 
 log = structlog.get_logger(__name__)
@@ -67,8 +67,7 @@ def run_check(
         try:
             asyncio.run(check_into(settings, source, ledger))
             label = f"preflight of {source.name} (predicted outcomes: nothing was cancelled)"
-            writer = {"table": write_table, "json": write_json, "csv": write_csv}[fmt]
-            writer(ledger, out, outcome, label=label)
+            write_report(ledger, out, fmt, outcome, label)
             counts, _ = ledger.counts()
         finally:
             ledger.close()

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
+from contextlib import ExitStack
+from pathlib import Path
 from typing import TextIO
 
+from worker.errors import ConfigError
 from worker.ledger import CSV_COLUMNS, Ledger
 from worker.models import Outcome
 
@@ -68,6 +73,31 @@ def write_table(
                 f"attempts={attempts}  {message or ''}".rstrip()
                 + "\n"
             )
+
+
+def write_report(
+    ledger: Ledger, out: TextIO, fmt: str, outcome: str | None = None, label: str | None = None
+) -> None:
+    """The report in one of the formats (table, json, csv, html); ``label`` names a scratch
+    ledger (a results stream, a preflight) instead of its temporary path."""
+    if fmt == "html":
+        from worker.html_report import write_html  # noqa: PLC0415 - only for this format
+
+        write_html(ledger, out, outcome, label)
+        return
+    writer = {"table": write_table, "json": write_json, "csv": write_csv}[fmt]
+    writer(ledger, out, outcome, label=label)
+
+
+def open_output(path: Path | None, stack: ExitStack) -> TextIO:
+    """Standard output, or a new file readable by its owner only (closed with ``stack``)."""
+    if path is None:
+        return sys.stdout
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
+    return stack.enter_context(open(fd, "w", encoding="utf-8", newline=""))  # noqa: PTH123
 
 
 def render_counts(data: dict[str, object]) -> str:

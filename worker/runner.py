@@ -68,7 +68,7 @@ class Runner:
         self._sink = ResultSink(writer, self.run_id, self.summary, self.metrics)
         self._limiter: RateLimiter | None = None
         self._breaker = CircuitBreaker(self._clock, outage_timeout_s=settings.outage_timeout)
-        self._breaker.on_state = self._circuit_changed
+        self._breaker.on_state = self.metrics.circuit_changed
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=settings.concurrency * 2)
 
     @property
@@ -254,9 +254,6 @@ class Runner:
                 f"{failed} of {finished} finished orders failed ({failed * 100 / finished:.1f}%), "
                 f"more than --max-failure-rate {limit:g}%: check the input and the report"
             )
-
-    def _circuit_changed(self, is_open: bool) -> None:
-        self.metrics.circuit_open = int(is_open)
 
     def _ledger_failed(self, message: str) -> None:
         self.control.abort(f"ledger write failed: {message}")

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import sys
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -19,6 +20,7 @@ from worker.clock import SystemClock
 from worker.config import Settings
 from worker.errors import ConfigError
 from worker.logs import flush_logs
+from worker.report import open_output
 from worker.sources.selection import (
     INDICATORS,
     STATUSES,
@@ -119,16 +121,9 @@ def cmd_select(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_credentials()
     filters = filters_from(args)
     bar = sys.stderr.isatty() and not args.no_progress
-    if args.output in (None, "-"):
-        found = asyncio.run(select_into(settings, filters, sys.stdout, progress_bar=bar))
-    else:
-        path = Path(args.output)
-        try:
-            handle = path.open("w", encoding="utf-8", newline="")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
-        with handle:
-            found = asyncio.run(select_into(settings, filters, handle, progress_bar=bar))
+    with ExitStack() as stack:
+        out = open_output(None if args.output in (None, "-") else Path(args.output), stack)
+        found = asyncio.run(select_into(settings, filters, out, progress_bar=bar))
     print(render_selection(found), file=sys.stderr)
     return 0
 

@@ -108,7 +108,8 @@ class ResultSink:
                 raise
 
     async def run(self, on_error: Callable[[str], None]) -> None:
-        """Flush whenever something is buffered, until cancelled."""
+        """Flush FLUSH_DELAY_S after something is buffered (at once when FLUSH_EVERY are),
+        until cancelled."""
         while True:
             await self._waiting.wait()
             with suppress(TimeoutError):

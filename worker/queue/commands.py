@@ -22,7 +22,7 @@ from worker.ledger import Ledger
 from worker.models import Outcome, Result, RunReport
 from worker.queue.consumer import Consumer
 from worker.queue.streams import Names, Streams, patiently
-from worker.report import write_csv, write_json, write_table
+from worker.report import write_report
 from worker.sources import OrderSource
 
 log = structlog.get_logger(__name__)
@@ -237,14 +237,7 @@ def cmd_report_stream(settings: Settings, fmt: str, outcome: str | None, out: Te
         ledger = Ledger(Path(folder) / "results.sqlite")
         try:
             ledger.record(results, "results-stream")
-            label = f"results stream {settings.results_stream}"
-            if fmt == "html":
-                from worker.html_report import write_html  # noqa: PLC0415
-
-                write_html(ledger, out, outcome)
-            else:
-                writer = {"table": write_table, "json": write_json, "csv": write_csv}[fmt]
-                writer(ledger, out, outcome, label=label)
+            write_report(ledger, out, fmt, outcome, f"results stream {settings.results_stream}")
         finally:
             ledger.close()
     return 0

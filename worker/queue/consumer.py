@@ -107,6 +107,8 @@ class Consumer:
         limiter.stopping = lambda: self.control.stopping
         api = connect(self._settings, self._clock, limiter, self.metrics)
         s = self._settings
+        breaker = CircuitBreaker(self._clock, outage_timeout_s=s.outage_timeout)
+        breaker.on_state = self.metrics.circuit_changed
         dispatcher = Dispatcher(
             client=api.client,
             tokens=api.tokens,
@@ -116,7 +118,7 @@ class Consumer:
             control=self.control,
             clock=self._clock,
             concurrency=s.concurrency,
-            breaker=self._breaker(),
+            breaker=breaker,
             still_mine=self._still_mine,
             metrics=self.metrics,
         )
@@ -164,11 +166,6 @@ class Consumer:
             if server is not None:
                 await server.cleanup()
         return self._report(time.monotonic() - started)
-
-    def _breaker(self) -> CircuitBreaker:
-        breaker = CircuitBreaker(self._clock, outage_timeout_s=self._settings.outage_timeout)
-        breaker.on_state = lambda is_open: setattr(self.metrics, "circuit_open", int(is_open))
-        return breaker
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.create_task(coro)
