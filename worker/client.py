@@ -17,7 +17,7 @@ MAX_READ_BODY = 8 * 1024 * 1024  # a GET's JSON answer (a page of 50 orders with
 MAX_MESSAGE = 500
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a call per field
 class Answer:
     """What one request produced: an HTTP answer, or a transport failure."""
 

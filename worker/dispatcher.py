@@ -194,7 +194,7 @@ class Dispatcher:
     async def _attempt(self, state: OrderState) -> tuple[Answer, str] | None:
         """Send one DELETE when the breaker and the limiter admit it; None if the run stops
         before that."""
-        admitted = await self._breaker.admit()
+        admitted = await self._breaker.admit() if self._breaker.is_open else None
         if admitted is False:
             self._control.abort(
                 f"the API has been failing (5xx, timeouts, connection errors) for more than "

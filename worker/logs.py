@@ -183,14 +183,31 @@ class JsonLine:
         return _json_line(redact(logger, method, event_dict))
 
 
+_FAST: JsonLine | None = None  # set by configure() when JSON info lines are on
+
+
+def info_event(event: str, fields: dict[str, Any]) -> None:
+    """Log one info event with these fields, as ``log.info(event, **fields)`` would, for events
+    written once per order: in JSON format the line goes straight to the JSON processor and the
+    writer, without the bound logger's copies of the fields (``fields`` is consumed)."""
+    render = _FAST
+    if render is None:
+        structlog.get_logger().info(event, **fields)
+        return
+    fields["event"] = event
+    _LOGGER.info(render(None, "info", fields))
+
+
 def configure(log_format: str | None, level: str, secrets: list[str] | None = None) -> str:
     """Configure structlog once for the process; returns the format chosen."""
     for secret in secrets or []:
         redact.add(secret)
-    global BUFFERED  # noqa: PLW0603 - one logger for the process, configured once
+    global BUFFERED, _FAST  # noqa: PLW0603 - one logger for the process, configured once
     fmt = log_format or ("console" if sys.stderr.isatty() else "json")
     BUFFERED = fmt == "json" and not sys.stderr.isatty()
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     processors: list[Any] = [JsonLine()]
+    _FAST = processors[0] if fmt == "json" and threshold <= logging.INFO else None
     if fmt == "console":
         processors = [
             structlog.processors.add_log_level,
@@ -201,9 +218,7 @@ def configure(log_format: str | None, level: str, secrets: list[str] | None = No
         ]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=True,
     )

@@ -34,7 +34,7 @@ RETRYABLE: frozenset[Outcome] = frozenset({Outcome.RETRYABLE_FAILED, Outcome.PEN
 SUCCESS: frozenset[Outcome] = frozenset({Outcome.CANCELLED, Outcome.ALREADY_CANCELLED})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a call per field
 class Result:
     """One order's recorded outcome."""
 

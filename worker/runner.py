@@ -1,4 +1,4 @@
-"""Wiring and lifecycle of one run: producer -> bounded queue -> workers -> results sink.
+"""Wiring and lifecycle of one run: producer -> feed -> workers -> results sink.
 
 Shutdown has two phases: on a signal or a fatal answer the producer stops and every worker that
 has no request in flight is cancelled at once; requests in flight get ``grace`` seconds to
@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,7 @@ class Runner:
         self._limiter: RateLimiter | None = None
         self._breaker = CircuitBreaker(self._clock, outage_timeout_s=settings.outage_timeout)
         self._breaker.on_state = self.metrics.circuit_changed
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=settings.concurrency * 2)
+        self._feed = Feed(low=settings.concurrency)
 
     @property
     def options(self) -> RunOptions:
@@ -131,7 +132,7 @@ class Runner:
         flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
         try:
             dispatcher = self._dispatcher(api)
-            producer = asyncio.create_task(self._produce(self._queue))
+            producer = asyncio.create_task(self._produce(self._feed))
             lanes = [_Lane() for _ in range(self._settings.concurrency)]
             for lane in lanes:
                 lane.task = asyncio.create_task(self._work(dispatcher, lane))
@@ -177,21 +178,20 @@ class Runner:
     async def _grace(self, busy: list[asyncio.Task[None]]) -> None:
         await drain(busy, self.control, self._settings.grace)
 
-    async def _produce(self, queue: asyncio.Queue[str | None] | None) -> None:
-        """Read, validate and claim the input in batches; feed the queue (none in a dry run)."""
+    async def _produce(self, feed: Feed | None) -> None:
+        """Read, validate and claim the input in batches; feed the workers (none in a dry run)."""
         try:
-            await self._read_input(queue)
+            await self._read_input(feed)
         except WorkerError as exc:
             self.control.abort(str(exc))
         except Exception as exc:  # a bug must stop the run, never hang it
             log.exception("producer_failed")
             self.control.abort(f"internal error while reading the input: {exc!r}")
-        else:
-            if queue is not None:
-                for _ in range(self._settings.concurrency):
-                    await queue.put(None)
+        finally:
+            if feed is not None:
+                feed.close()
 
-    async def _read_input(self, queue: asyncio.Queue[str | None] | None) -> None:
+    async def _read_input(self, feed: Feed | None) -> None:
         batches = self._source.batches(BATCH)
         dry = self._options.dry_run
         while not self.control.stopping:
@@ -211,16 +211,15 @@ class Runner:
                 self._sink.add(result)
             if plan.invalid:
                 self._check_failure_rate()
-            if queue is None:
+            if feed is None:
                 self.summary.sent_requests += len(plan.to_send)
                 continue
-            for order_id in plan.to_send:
-                await queue.put(order_id)
+            await feed.put(plan.to_send)
 
     async def _work(self, dispatcher: Dispatcher, lane: _Lane) -> None:
         while not self.control.stopping:
             lane.state = None
-            order_id = await self._queue.get()
+            order_id = await self._feed.get()
             if order_id is None or self.control.stopping:
                 return
             uncertain = order_id in self._uncertain
@@ -302,6 +301,45 @@ async def drain(busy: list[asyncio.Task[None]], control: RunControl, grace_s: fl
     for worker in busy:
         worker.cancel()
     await asyncio.gather(finished, hurry, return_exceptions=True)
+
+
+class Feed:
+    """Order IDs from the producer to the workers. The producer adds a whole batch once fewer
+    than ``low`` are waiting, so it wakes once per batch, not once per order."""
+
+    def __init__(self, low: int) -> None:
+        self._ids: deque[str] = deque()
+        self._low = low
+        self._closed = False
+        self._available = asyncio.Event()  # an ID is waiting, or the feed is closed
+        self._wanted = asyncio.Event()  # fewer than ``low`` are waiting
+        self._wanted.set()
+
+    async def put(self, ids: Iterable[str]) -> None:
+        """Add these IDs once the workers are running low."""
+        await self._wanted.wait()
+        self._ids.extend(ids)
+        if len(self._ids) >= self._low:
+            self._wanted.clear()
+        if self._ids:
+            self._available.set()
+
+    def close(self) -> None:
+        """No more IDs: ``get`` returns None once the waiting ones are taken."""
+        self._closed = True
+        self._available.set()
+
+    async def get(self) -> str | None:
+        """The next ID; None when the feed is closed and empty."""
+        ids = self._ids
+        while not ids:
+            if self._closed:
+                return None
+            self._available.clear()
+            await self._available.wait()
+        if len(ids) <= self._low:
+            self._wanted.set()
+        return ids.popleft()
 
 
 @dataclass

@@ -20,6 +20,7 @@ import structlog
 
 from worker.errors import LedgerError
 from worker.ledger import Ledger
+from worker.logs import info_event
 from worker.metrics import Metrics
 from worker.models import Result, RunSummary
 
@@ -84,7 +85,7 @@ class ResultSink:
         """Count, log and buffer one order's result (never awaits)."""
         self.summary.add(result)
         self._metrics.finished(result)
-        log.info("order", **result.log_fields())
+        info_event("order", result.log_fields())
         if self._ledger is not None:
             self._buffer.append(result)
             self._waiting.set()
