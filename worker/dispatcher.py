@@ -120,7 +120,23 @@ class Dispatcher:
             else:
                 state.probing = True
         try:
-            return await self._process(state)
+            if state.verify:
+                settled = await self._verify(state)
+                if settled is not None:
+                    return settled
+            while True:
+                try:
+                    sent = await self._attempt(state)
+                except FatalApiError as exc:
+                    return self._stop(state, str(exc))
+                if sent is None:
+                    if state.lost:
+                        return state.result(Outcome.PENDING, "not sent: another consumer has it")
+                    return state.result(Outcome.PENDING, "not sent: the run was stopping")
+                done = await self._handle(state, *sent)
+                if done is not None:
+                    return done
+                self._metrics.retries[_retry_reason(sent[0], self._breaker.is_open)] += 1
         finally:
             self._end_probe(state)
 
@@ -128,25 +144,6 @@ class Dispatcher:
         if state.probing:
             state.probing = False
             self._probe.release()
-
-    async def _process(self, state: OrderState) -> Result:
-        if state.verify:
-            settled = await self._verify(state)
-            if settled is not None:
-                return settled
-        while True:
-            try:
-                sent = await self._attempt(state)
-            except FatalApiError as exc:
-                return self._stop(state, str(exc))
-            if sent is None:
-                if state.lost:
-                    return state.result(Outcome.PENDING, "not sent: another consumer has it")
-                return state.result(Outcome.PENDING, "not sent: the run was stopping")
-            done = await self._handle(state, *sent)
-            if done is not None:
-                return done
-            self._metrics.retries[_retry_reason(sent[0], self._breaker.is_open)] += 1
 
     async def _handle(self, state: OrderState, answer: Answer, token: str) -> Result | None:
         """The order's result, or None to send it again."""
@@ -193,50 +190,46 @@ class Dispatcher:
 
     async def _attempt(self, state: OrderState) -> tuple[Answer, str] | None:
         """Send one DELETE when the breaker and the limiter admit it; None if the run stops
-        before that."""
-        admitted = await self._breaker.admit() if self._breaker.is_open else None
+        before that. (The send is inline, not a method of its own: every coroutine frame is
+        resumed again at each suspension of the request.)"""
+        breaker = self._breaker
+        admitted = await breaker.admit() if breaker.is_open else None
         if admitted is False:
             self._control.abort(
                 f"the API has been failing (5xx, timeouts, connection errors) for more than "
-                f"{self._breaker.outage_s():.0f}s (outage timeout): resume the run later"
+                f"{breaker.outage_s():.0f}s (outage timeout): resume the run later"
             )
             return None
-        state.breaker_probe = admitted is True
+        state.breaker_probe = probe = admitted is True
         answer: Answer | None = None
         try:
-            answer, token = await self._send(state)
+            token = await self._tokens.get()
+            async with self._semaphore:
+                await self._limiter.acquire()
+                if self._control.stopping:
+                    return None
+                if self._still_mine is not None and not await self._still_mine(state):
+                    state.lost = True
+                    return None
+                state.attempts += 1
+                self._control.requests += 1
+                state.in_flight = True
+                self._metrics.in_flight += 1
+                try:
+                    answer = await self._client.cancel(state.order_id, token)
+                finally:
+                    state.in_flight = False
+                    self._metrics.in_flight -= 1
         finally:
-            if state.breaker_probe and answer is None:
-                self._breaker.release_probe()
-        if answer is None:
-            return None
-        self._breaker.record(answer, probe=state.breaker_probe, first=state.attempts == 1)
+            if probe and answer is None:
+                breaker.release_probe()
+        self._metrics.answered(answer)
+        state.last = answer
+        breaker.record(answer, probe=probe, first=state.attempts == 1)
         if answer.status is not None and answer.status not in (401, 403):
             self._credentials_accepted.set()
             self._end_probe(state)  # the others need not wait for this order to end
             self._quota_since = None
-        return answer, token
-
-    async def _send(self, state: OrderState) -> tuple[Answer | None, str]:
-        token = await self._tokens.get()
-        async with self._semaphore:
-            await self._limiter.acquire()
-            if self._control.stopping:
-                return None, token
-            if self._still_mine is not None and not await self._still_mine(state):
-                state.lost = True
-                return None, token
-            state.attempts += 1
-            self._control.requests += 1
-            state.in_flight = True
-            self._metrics.in_flight += 1
-            try:
-                answer = await self._client.cancel(state.order_id, token)
-            finally:
-                state.in_flight = False
-                self._metrics.in_flight -= 1
-        self._metrics.answered(answer)
-        state.last = answer
         return answer, token
 
     async def _verify(self, state: OrderState) -> Result | None:
