@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from typing import NoReturn
 import structlog
 
 from worker import __version__
+from worker import loop as event_loop
 from worker.config import Settings, load_settings
 from worker.control import with_signals
 from worker.errors import ConfigError, WorkerError
@@ -361,7 +361,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             total=total,
         )
         runner = Runner(settings, source, ledger, options)
-        report = asyncio.run(_execute(runner))
+        report = event_loop.run(_execute(runner))
         _export_metrics(runner, settings)
         sys.stdout.write(render_run(report.as_dict()))
         if report.exit_code in (3, 130, 143) and report.reason:
@@ -444,7 +444,7 @@ def _selected(
     path = folder / "selection.csv"
     bar = sys.stderr.isatty() and not args.no_progress
     with path.open("w", encoding="utf-8", newline="") as out:
-        found = asyncio.run(select_into(settings, filters, out, progress_bar=bar))
+        found = event_loop.run(select_into(settings, filters, out, progress_bar=bar))
     print(render_selection(found), file=sys.stderr)
     return CsvSource(path, validator, None, name="<selection>")
 

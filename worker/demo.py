@@ -12,6 +12,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from worker import loop as event_loop
 from worker.config import load_settings
 from worker.ledger import Ledger
 from worker.logs import configure
@@ -27,7 +28,7 @@ from worker.sources.csv_file import CsvSource
 def simulate(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM."""
     config = SimConfig(**{field: getattr(args, field) for field, _, _ in SIMULATE_FLAGS.values()})
-    return asyncio.run(_serve(config, args.host, args.port))
+    return event_loop.run(_serve(config, args.host, args.port))
 
 
 async def _serve(config: SimConfig, host: str, port: int) -> int:
@@ -53,7 +54,7 @@ def demo(args: argparse.Namespace) -> int:
     """Run the sample batch twice (the second run resumes: nothing is sent again), then report."""
     workdir = Path(tempfile.mkdtemp(prefix="cancel-orders-demo-"))
     try:
-        return asyncio.run(_demo(workdir))
+        return event_loop.run(_demo(workdir))
     finally:
         if args.keep is not None:
             args.keep.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from typing import TextIO
 
 import structlog
 
+from worker import loop as event_loop
 from worker.api import Reader, RetriesExhaustedError, connect
 from worker.classifier import OutcomeTable, error_code_for
 from worker.clock import SystemClock
@@ -65,7 +66,7 @@ def run_check(
     with tempfile.TemporaryDirectory(prefix="cancel-orders-check-") as folder:
         ledger = Ledger(Path(folder) / "preflight.sqlite")
         try:
-            asyncio.run(check_into(settings, source, ledger))
+            event_loop.run(check_into(settings, source, ledger))
             label = f"preflight of {source.name} (predicted outcomes: nothing was cancelled)"
             write_report(ledger, out, fmt, outcome, label)
             counts, _ = ledger.counts()

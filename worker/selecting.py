@@ -4,7 +4,6 @@ written as CSV (to a file, standard output, or a private temporary file that fee
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from contextlib import ExitStack
@@ -14,6 +13,7 @@ from typing import TextIO
 
 import structlog
 
+from worker import loop as event_loop
 from worker.api import Reader, connect
 from worker.classifier import OutcomeTable
 from worker.clock import SystemClock
@@ -123,7 +123,7 @@ def cmd_select(args: argparse.Namespace, settings: Settings) -> int:
     bar = sys.stderr.isatty() and not args.no_progress
     with ExitStack() as stack:
         out = open_output(None if args.output in (None, "-") else Path(args.output), stack)
-        found = asyncio.run(select_into(settings, filters, out, progress_bar=bar))
+        found = event_loop.run(select_into(settings, filters, out, progress_bar=bar))
     print(render_selection(found), file=sys.stderr)
     return 0
 

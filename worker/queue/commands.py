@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import socket
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from typing import Any, TextIO
 import structlog
 from redis.exceptions import ResponseError
 
+from worker import loop as event_loop
 from worker.config import Settings
 from worker.control import with_signals
 from worker.errors import ConfigError
@@ -131,7 +131,7 @@ def cmd_enqueue(settings: Settings, source: OrderSource) -> int:
         finally:
             await streams.close()
 
-    enqueued, invalid, duplicates = asyncio.run(main())
+    enqueued, invalid, duplicates = event_loop.run(main())
     print(
         f"Enqueued {enqueued} orders to {settings.stream}; rejected as invalid: {invalid}"
         + (f"; duplicates skipped: {duplicates}" if duplicates else "")
@@ -154,7 +154,7 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             await streams.close()
 
-    report = asyncio.run(main())
+    report = event_loop.run(main())
     sys.stdout.write(render_consumed(report, settings))
     if report.reason and report.exit_code == 3:
         print(f"cancel-orders: {report.reason}", file=sys.stderr)
@@ -212,7 +212,7 @@ def cmd_redrive(settings: Settings) -> int:
         finally:
             await streams.close()
 
-    moved = asyncio.run(main())
+    moved = event_loop.run(main())
     print(f"Moved {moved} dead letters from {settings.dead_letter_stream} to {settings.stream}")
     return 0
 
@@ -232,7 +232,7 @@ def cmd_report_stream(settings: Settings, fmt: str, outcome: str | None, out: Te
         finally:
             await streams.close()
 
-    results = asyncio.run(read_all())
+    results = event_loop.run(read_all())
     with tempfile.TemporaryDirectory(prefix="cancel-orders-report-") as folder:
         ledger = Ledger(Path(folder) / "results.sqlite")
         try:
