@@ -36,7 +36,7 @@ from worker.sources import Batch, OrderSource
 
 log = structlog.get_logger(__name__)
 
-BATCH = 500
+BATCH = 1000  # IDs read, checked and claimed (marked pending) at a time
 
 
 class Runner:
