@@ -1,9 +1,10 @@
 """One process-wide rate limit: even spacing, a hard cap, and a shared pause.
 
 asyncio-throttle's ``Throttler`` keeps a sliding log of start times and so never lets more than
-``rate`` requests start within any one-second window: it is the hard cap. On its own it admits a
-whole second's quota in a burst at the start of the window, which Azure API Management's sliding
-window answers with 429s, and its waiters poll every ``retry_interval``. So requests are first
+``rate`` requests (less 1%) start within any one-second window: it is the hard cap. On its own
+it admits a whole second's quota in a burst at the start of the window, which Azure API
+Management's sliding window answers with 429s, and its waiters poll every ``retry_interval``.
+So requests are first
 paced onto evenly spaced slots (``1 / (rate * margin)`` apart, first come first served, no
 polling), and then pass the throttler, which in steady state never has to wait.
 
@@ -32,6 +33,9 @@ def _ignore(_seconds: float) -> None:
 
 
 DEFAULT_MARGIN = 0.98  # pace a little under the limit: the gateway's window is not exact
+CAP_MARGIN = 0.99  # the hard cap, a little under the limit too: requests that catch up after a
+# stall of the event loop must not fill a second to the limit, where a few milliseconds of
+# jitter on the way would push the gateway's second over it
 MIN_SLEEP_S = 0.001  # a slot closer than this is taken at once: an event-loop timer costs more
 DECREASE_FACTOR = 0.5  # a 429 halves the pace
 INCREASE_PER_S = 0.02  # successes raise the pace by this share of the rate per second of them
@@ -64,10 +68,11 @@ class RateLimiter:
         self._throttler: Throttler | None = None
         self.on_wait: Callable[[float], None] = _ignore  # time spent waiting for a slot
         if hard_cap:
-            burst = max(1, math.floor(rate_per_s))
+            cap = rate_per_s * CAP_MARGIN
+            burst = max(1, math.floor(cap))
             self._throttler = Throttler(
                 rate_limit=burst,
-                period=burst / rate_per_s,
+                period=burst / cap,
                 retry_interval=min(0.01, self._interval_s / 2),
             )
 
