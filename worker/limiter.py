@@ -4,15 +4,14 @@ asyncio-throttle's ``Throttler`` keeps a sliding log of start times and so never
 ``rate`` requests (less 1%) start within any one-second window: it is the hard cap. On its own
 it admits a whole second's quota in a burst at the start of the window, which Azure API
 Management's sliding window answers with 429s, and its waiters poll every ``retry_interval``.
-So requests are first
-paced onto evenly spaced slots (``1 / (rate * margin)`` apart, first come first served, no
-polling), and then pass the throttler, which in steady state never has to wait.
+So requests are first paced onto evenly spaced slots (``1 / (rate * margin)`` apart, first come
+first served, no polling), and then pass the throttler, which in steady state never has to wait.
 
 A 429 or a quota answer pauses every caller: no slot is handed out before the pause ends. A 429
 also halves the pace (at most once a second: the answers of one burst are one signal), and every
 success raises it again by a small step, so that the pace settles under a gateway limit lower
 than the configured rate (additive increase, multiplicative decrease). The pace never goes
-above the configured rate: the hard cap stays there.
+above the configured rate, and the hard cap never moves.
 """
 
 from __future__ import annotations
