@@ -137,7 +137,6 @@ async def test_look_up_before_sending_again(
         policy=RetryPolicy(3, 60, api.backoff),
         control=RunControl(),
         clock=clock,
-        concurrency=4,
         breaker=CircuitBreaker(clock, outage_timeout_s=60),
     )
     with aioresponses() as mocked:

@@ -113,6 +113,15 @@ async def test_resume_keeps_the_earlier_verdict(sim: RunningSimulator, tmp_path:
     assert again.summary.skipped_final == 2
 
 
+async def test_requests_in_flight_never_exceed_concurrency(make_sim: Any, tmp_path: Path) -> None:
+    """--concurrency bounds the requests in flight at the server, and is used in full."""
+    running = await make_sim(latency_ms=20)
+    ids = [f"CDE{n:010d}" for n in range(60)]
+    report = await run_ids(running, tmp_path, ids, concurrency=4, rate=1000)
+    assert report.summary.outcomes == {"cancelled": 60}
+    assert running.sim.stats.max_in_flight == 4
+
+
 @pytest.mark.parametrize(
     "fatal", ["USR0000000001", "ORG0000000001", "ACT0000000001", "FBD0000000001"]
 )

@@ -1,4 +1,4 @@
-"""One order's life: token -> semaphore -> rate limiter -> client -> classifier -> retry policy."""
+"""One order's life: token -> rate limiter -> client -> classifier -> retry policy."""
 
 from __future__ import annotations
 
@@ -73,7 +73,11 @@ class RetryPolicy:
 
 
 class Dispatcher:
-    """Runs orders through the API, one call at a time per caller; shared by all workers."""
+    """Runs orders through the API, one call at a time per caller; shared by all workers.
+
+    Concurrency is its callers': each worker takes one order at a time and the run starts
+    ``concurrency`` of them, so at most that many requests are ever in flight (no semaphore to
+    pass on every request)."""
 
     def __init__(
         self,
@@ -85,7 +89,6 @@ class Dispatcher:
         policy: RetryPolicy,
         control: RunControl,
         clock: Clock,
-        concurrency: int,
         breaker: CircuitBreaker,
         still_mine: Callable[[OrderState], Awaitable[bool]] | None = None,
         metrics: Metrics | None = None,
@@ -100,7 +103,6 @@ class Dispatcher:
         self._breaker = breaker
         self._still_mine = still_mine  # checked after the limiter, right before sending
         self._metrics = metrics or Metrics()
-        self._semaphore = asyncio.Semaphore(concurrency)
         self._probe = asyncio.Lock()
         self._credentials_accepted = asyncio.Event()
         self._quota_since: float | None = None  # first quota answer of the current streak
@@ -204,22 +206,21 @@ class Dispatcher:
         answer: Answer | None = None
         try:
             token = await self._tokens.get()
-            async with self._semaphore:
-                await self._limiter.acquire()
-                if self._control.stopping:
-                    return None
-                if self._still_mine is not None and not await self._still_mine(state):
-                    state.lost = True
-                    return None
-                state.attempts += 1
-                self._control.requests += 1
-                state.in_flight = True
-                self._metrics.in_flight += 1
-                try:
-                    answer = await self._client.cancel(state.order_id, token)
-                finally:
-                    state.in_flight = False
-                    self._metrics.in_flight -= 1
+            await self._limiter.acquire()
+            if self._control.stopping:
+                return None
+            if self._still_mine is not None and not await self._still_mine(state):
+                state.lost = True
+                return None
+            state.attempts += 1
+            self._control.requests += 1
+            state.in_flight = True
+            self._metrics.in_flight += 1
+            try:
+                answer = await self._client.cancel(state.order_id, token)
+            finally:
+                state.in_flight = False
+                self._metrics.in_flight -= 1
         finally:
             if probe and answer is None:
                 breaker.release_probe()
@@ -239,12 +240,11 @@ class Dispatcher:
         else (a draft, a bare 404, an error, no answer) sends the DELETE, whose answer is the
         authority."""
         token = await self._tokens.get()
-        async with self._semaphore:
-            await self._limiter.acquire()
-            if self._control.stopping:
-                return state.pending()
-            self._control.requests += 1
-            answer, body = await self._client.fetch(self._client.order_url(state.order_id), token)
+        await self._limiter.acquire()
+        if self._control.stopping:
+            return state.pending()
+        self._control.requests += 1
+        answer, body = await self._client.fetch(self._client.order_url(state.order_id), token)
         self._metrics.answered(answer)
         if answer.failure is not None:
             return None

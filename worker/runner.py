@@ -153,7 +153,6 @@ class Runner:
             policy=RetryPolicy(s.max_attempts, s.max_wait, api.backoff),
             control=self.control,
             clock=self._clock,
-            concurrency=s.concurrency,
             breaker=self._breaker,
             metrics=self.metrics,
         )
@@ -219,6 +218,11 @@ class Runner:
     async def _work(self, dispatcher: Dispatcher, lane: _Lane) -> None:
         while not self.control.stopping:
             lane.state = None
+            # Let the other workers answered in this turn of the event loop record their
+            # results first: the next requests then leave together, and the other end wakes
+            # once for the lot instead of once for each (at zero latency on loopback, a wake-up
+            # for every request cost about 6 microseconds of kernel time per request).
+            await asyncio.sleep(0)
             order_id = await self._feed.get()
             if order_id is None or self.control.stopping:
                 return

@@ -117,7 +117,6 @@ class Consumer:
             policy=RetryPolicy(s.max_attempts, s.max_wait, api.backoff),
             control=self.control,
             clock=self._clock,
-            concurrency=s.concurrency,
             breaker=breaker,
             still_mine=self._still_mine,
             metrics=self.metrics,

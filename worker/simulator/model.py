@@ -59,6 +59,8 @@ class SimStats:
     resent_final: int = 0  # DELETEs for an order that had already had a final answer
     outage_answers: int = 0  # requests failed by an outage (Simulator.outage)
     answers: list[tuple[float, str, int]] = field(default_factory=list)  # (time, order, status)
+    in_flight: int = 0  # DELETEs being answered now
+    max_in_flight: int = 0  # the most DELETEs ever being answered at once
 
     def max_in_window(self, window_s: float = 1.0) -> int:
         """The most API requests that arrived within any sliding window of this length."""
@@ -83,6 +85,7 @@ class SimStats:
             "max_per_second": self.max_in_window(1.0),
             "span_s": round(span, 3),
             "token_requests": self.token_requests,
+            "max_in_flight": self.max_in_flight,
             "per_order": dict(self.deletes),
         }
 

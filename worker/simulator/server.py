@@ -117,6 +117,15 @@ class Simulator:
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         """Cancel one order."""
+        stats = self.stats
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            return await self._delete(request)
+        finally:
+            stats.in_flight -= 1
+
+    async def _delete(self, request: web.Request) -> web.StreamResponse:
         order_id = order_id_of(request, self.config.base_path)
         refused = await self._gateway(request)
         if refused is not None:
