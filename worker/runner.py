@@ -8,7 +8,6 @@ finish and be recorded, then the rest are cancelled and stay `pending`.
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -28,6 +27,7 @@ from worker.errors import LedgerError, WorkerError
 from worker.ledger import Ledger
 from worker.limiter import RateLimiter
 from worker.logs import flush_logs
+from worker.loop import settle_gc
 from worker.metrics import Metrics
 from worker.models import SUCCESS, Outcome, RunOptions, RunReport, RunSummary, new_run_id
 from worker.progress import ProgressReporter
@@ -79,9 +79,7 @@ class Runner:
 
     async def execute(self) -> RunReport:
         """Run to the end (or to a stop) and return how it went; the ledger is flushed."""
-        # Everything loaded so far lives as long as the process: keep the collector off it.
-        gc.collect()
-        gc.freeze()
+        settle_gc()
         started = time.monotonic()
         ledger = self._ledger.ledger
         if not self._options.dry_run:

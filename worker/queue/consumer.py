@@ -27,6 +27,7 @@ from worker.control import RunControl
 from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
 from worker.errors import ConfigError
 from worker.logs import flush_logs
+from worker.loop import settle_gc
 from worker.metrics import Metrics, serve
 from worker.models import FINAL, Outcome, Result, RunReport, RunSummary, new_run_id
 from worker.progress import ProgressReporter
@@ -100,6 +101,7 @@ class Consumer:
 
     async def run(self) -> RunReport:
         """Consume until a signal, a fatal answer or (with exit_when_empty) an empty group."""
+        settle_gc()
         started = time.monotonic()
         await self._streams.ping()
         await self._streams.ensure_group()
