@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -146,6 +147,7 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="cancel-orders-bench-"))
         self.rows: list[tuple[str, str, str]] = []
         self._serial = 0
+        self.paired: list[float] = []  # the last best_of's rounds: tool / bare throughput
 
     def prefix(self, first: str) -> str:
         """A fresh three-letter prefix (no simulator behaviour starts with Y or Z)."""
@@ -180,14 +182,17 @@ class Bench:
         time any round of it took (each figure's best: a busy machine only ever adds to both)."""
         best: dict[str, Measure] = {}
         least_cpu: dict[str, float] = {}
+        self.paired = []
         for round_ in range(self.rounds):
             ids = self.ids(n)
             bare_prefix = self.prefix("Y")
             tool = self.tool(ids, "--rate", "1000000", "--concurrency", str(concurrency), *flags)
             commands = {"bare": self.bare(sim.root, n, concurrency, bare_prefix), "tool": tool}
             order = ("bare", "tool") if round_ % 2 == 0 else ("tool", "bare")
+            this_round: dict[str, float] = {}
             for name in order:
                 m = sim.measure(commands[name])
+                this_round[name] = m.per_s
                 print(
                     f"  round {round_ + 1} {name:4} {m.per_s:8.0f}/s  cpu {m.cpu_s:5.2f}s  "
                     f"rss {m.rss_mib:5.1f} MiB  ({m.deletes} DELETEs)",
@@ -196,6 +201,7 @@ class Bench:
                 if name not in best or m.per_s > best[name].per_s:
                     best[name] = m
                 least_cpu[name] = min(least_cpu.get(name, m.cpu_s), m.cpu_s)
+            self.paired.append(this_round["tool"] / max(this_round["bare"], 1e-9))
         for name, measure in best.items():
             measure.cpu_s = least_cpu[name]
         return best["tool"], best["bare"]
@@ -222,9 +228,11 @@ def scenario_throughput(bench: Bench, sims: dict[float, Simulator], orders: int)
     """Zero latency, 64 in flight: the tool's own overhead."""
     tool, bare = bench.best_of(sims[0.0], orders, 64)
     ratio = tool.per_s / bare.per_s
+    paired = sorted(bench.paired)
     bench.add(
         f"throughput, 0 ms, 64 in flight, {orders} orders",
-        f"tool {tool.per_s:,.0f}/s, bare {bare.per_s:,.0f}/s: ratio {ratio:.2f}; "
+        f"tool {tool.per_s:,.0f}/s, bare {bare.per_s:,.0f}/s: ratio {ratio:.2f} (round by round "
+        f"{paired[0]:.2f} to {paired[-1]:.2f}, median {statistics.median(paired):.2f}); "
         f"CPU/order {tool.cpu_per_order_ms:.3f} vs {bare.cpu_per_order_ms:.3f} ms",
         "target >= 0.80: " + ("met" if ratio >= 0.80 else "not met"),
     )
