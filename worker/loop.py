@@ -29,7 +29,8 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 def settle_gc() -> None:
     """Before the requests start: move what is loaded so far out of the collector's sight (it
-    lives as long as the process), and collect the young generation less often.
+    lives as long as the process), and collect the young generation less often. (No full
+    collection first: at start-up it found some 65 unreachable objects and cost 18 ms.)
 
     A request leaves a few hundred short-lived objects (coroutines, futures, aiohttp's request
     and response), which reference counting frees. At Python's default threshold (700) the
@@ -37,6 +38,5 @@ def settle_gc() -> None:
     order, 7% of the run. Cyclic garbage, which only the collector frees, still triggers a
     collection once 10,000 objects are waiting.
     """
-    gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_GC_THRESHOLD)
