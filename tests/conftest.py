@@ -7,15 +7,72 @@ import asyncio
 import os
 import sqlite3
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
+import redis.asyncio as aioredis
 
 from worker.config import Settings, load_settings
+from worker.queue.streams import Names
 from worker.simulator import RunningSimulator, SimConfig, start
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip a test for want of a service or a tool; under CI=true that is a failure, since CI
+    starts the services and installs the tools the project needs."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: nothing may skip for what the project can provide)")
+    pytest.skip(reason)
+
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@dataclass
+class Queue:
+    """Unique stream names for one test, and a Redis client to look at them."""
+
+    names: Names
+    redis: aioredis.Redis
+
+    def env(self, running: RunningSimulator, tmp_path: Path, **extra: str) -> dict[str, str]:
+        """The CLI's environment for this queue and this simulator."""
+        return sim_env(
+            running,
+            tmp_path / "unused.sqlite",
+            MOUVONE_REDIS_URL=REDIS_URL,
+            MOUVONE_STREAM=self.names.stream,
+            MOUVONE_GROUP=self.names.group,
+            MOUVONE_RESULTS_STREAM=self.names.results,
+            MOUVONE_DEAD_LETTER_STREAM=self.names.dead,
+            **extra,
+        )
+
+    async def results(self) -> list[dict[str, str]]:
+        """Every entry of the results stream."""
+        return [fields for _, fields in await self.redis.xrange(self.names.results)]
+
+
+@pytest.fixture
+async def queue() -> AsyncIterator[Queue]:
+    """Fresh streams on the real Redis; skipped (failed under CI) when Redis is unreachable."""
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        await client.ping()
+    except Exception as exc:  # any failure means no Redis
+        await client.aclose()
+        unavailable(f"Redis at {REDIS_URL} is unreachable: {exc}")
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    names = Names(f"{prefix}:req", f"{prefix}-group", "c", f"{prefix}:res", f"{prefix}:dead")
+    yield Queue(names, client)
+    keys = [k async for k in client.scan_iter(f"{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
 
 
 @pytest.fixture
@@ -90,19 +147,19 @@ class Completed:
 
 
 class Cli:
-    """Runs ``python -m worker`` as a real subprocess."""
+    """Runs ``python -m worker`` (or another program, the installed command) as a real
+    subprocess."""
 
-    def __init__(self, cwd: Path) -> None:
+    def __init__(self, cwd: Path, program: list[str] | None = None) -> None:
         self.cwd = cwd
+        self.program = program or [sys.executable, "-m", "worker"]
 
     async def start(
         self, *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
     ) -> asyncio.subprocess.Process:
         """Start the CLI; the caller waits for it."""
         return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
+            *self.program,
             *args,
             cwd=self.cwd,
             env=env if env is not None else _clean_env(),

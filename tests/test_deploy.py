@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import unavailable
 from worker.cli import build_parser
 from worker.config import Settings
 
@@ -49,10 +50,11 @@ def test_manifests_pass_kubernetes_validate() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 def test_systemd_units_verify(tmp_path: Path) -> None:
     """systemd-analyze verify accepts the service and the timer (ExecStart pointed at this
     installation, since verify checks that the program exists)."""
+    if shutil.which("systemd-analyze") is None:
+        unavailable("no systemd-analyze here (.ci/run installs Debian's systemd)")
     service = (DEPLOY / "systemd" / "cancel-orders.service").read_text()
     service = service.replace("/opt/cancel-orders/bin/cancel-orders", str(BIN / "cancel-orders"))
     service = service.replace("EnvironmentFile=/", "EnvironmentFile=-/")

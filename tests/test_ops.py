@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Cli, ledger_rows, sim_env, write_ids
-from tests.test_queue import Queue, queue  # noqa: F401 - the fixture
+from tests.conftest import Cli, Queue, ledger_rows, sim_env, unavailable, write_ids
 from worker.simulator import RunningSimulator
 
 MIXED = ["CDE0000000001", "CDE0000000002", "CDE0000000003", "NFD0000000001", "CTR0000000001",
@@ -98,7 +96,7 @@ async def test_metrics_pushed_to_a_pushgateway(
 
 
 async def test_consumer_serves_metrics_and_health(
-    queue: Queue,  # noqa: F811 - the fixture
+    queue: Queue,
     cli: Cli,
     make_sim: Any,
     tmp_path: Path,
@@ -171,13 +169,14 @@ class _Dom(HTMLParser):
         self.text.append(data)
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 async def test_html_report_in_headless_chromium(
     cli: Cli, sim: RunningSimulator, tmp_path: Path
 ) -> None:
     """report --format html --output: one owner-only file that Chromium opens with nothing to
     fetch, showing the outcome chart, the error codes, throughput and error rate over time, and
     the orders that need a person."""
+    if shutil.which("chromium") is None:
+        unavailable("Debian's chromium is not installed (.ci/run installs it)")
     ledger = tmp_path / "l.sqlite"
     env = sim_env(sim, ledger)
     src = write_ids(tmp_path / "o.csv", MIXED)

@@ -11,69 +11,16 @@ import contextlib
 import json
 import os
 import signal
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-import redis.asyncio as aioredis
-
-from tests.conftest import Cli, sim_env, write_ids
+from tests.conftest import REDIS_URL, Cli, Queue, write_ids
 from worker.queue.commands import enqueue
-from worker.queue.streams import Names, Streams
+from worker.queue.streams import Streams
 from worker.simulator import RunningSimulator
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource
-
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@dataclass
-class Queue:
-    """Unique stream names for one test, and a Redis client to look at them."""
-
-    names: Names
-    redis: aioredis.Redis
-
-    def env(self, running: RunningSimulator, tmp_path: Path, **extra: str) -> dict[str, str]:
-        """The CLI's environment for this queue and this simulator."""
-        return sim_env(
-            running,
-            tmp_path / "unused.sqlite",
-            MOUVONE_REDIS_URL=REDIS_URL,
-            MOUVONE_STREAM=self.names.stream,
-            MOUVONE_GROUP=self.names.group,
-            MOUVONE_RESULTS_STREAM=self.names.results,
-            MOUVONE_DEAD_LETTER_STREAM=self.names.dead,
-            **extra,
-        )
-
-    async def results(self) -> list[dict[str, str]]:
-        """Every entry of the results stream."""
-        return [fields for _, fields in await self.redis.xrange(self.names.results)]
-
-
-@pytest.fixture
-async def queue() -> AsyncIterator[Queue]:
-    """Fresh streams on the real Redis; skipped (failed under CI) when Redis is unreachable."""
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        await client.ping()
-    except Exception as exc:  # any failure means no Redis
-        await client.aclose()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis at {REDIS_URL} is unreachable under CI: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
-    names = Names(f"{prefix}:req", f"{prefix}-group", "c", f"{prefix}:res", f"{prefix}:dead")
-    yield Queue(names, client)
-    keys = [k async for k in client.scan_iter(f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 def ids(prefix: str, n: int, start: int = 1) -> list[str]:
