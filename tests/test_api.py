@@ -64,15 +64,27 @@ async def test_retries_then_reads(api: Api) -> None:
 
 
 async def test_api_refusals_are_returned(api: Api) -> None:
-    """A 400 with a final code and a 404 are answers for the caller, not errors."""
+    """A 400 with a final code and a 404 with the API's own error object are answers for the
+    caller, not errors."""
     with aioresponses() as mocked:
         body = {"timestamp": "t", "code": "CUSTOMER_ORDER_NOT_FOUND", "message": None}
         mocked.get(ORDER, status=400, payload=body)
-        mocked.get(ORDER, status=404, payload={"statusCode": 404, "message": "Resource not found"})
+        mocked.get(ORDER, status=404, payload=body)
         first = await reader(api).get(ORDER)
         second = await reader(api).get(ORDER)
     assert (first[0].status, first[0].code, first[1]) == (400, "CUSTOMER_ORDER_NOT_FOUND", None)
-    assert second[0].status == 404
+    assert (second[0].status, second[0].code, second[1]) == (404, "CUSTOMER_ORDER_NOT_FOUND", None)
+
+
+async def test_a_bare_404_is_fatal(api: Api) -> None:
+    """The gateway's own 404 ("Resource not found") says the base URL misses the API: the
+    read stops with FatalApiError naming the setting, after one request."""
+    with aioresponses() as mocked:
+        mocked.get(ORDER, status=404, payload={"statusCode": 404, "message": "Resource not found"})
+        r = reader(api)
+        with pytest.raises(FatalApiError, match="MOUVONE_BASE_URL"):
+            await r.get(ORDER)
+    assert r.requests == 1
 
 
 async def test_failures_on_every_attempt(api: Api) -> None:
@@ -113,7 +125,7 @@ async def test_fatal_answers(
 @pytest.mark.parametrize(
     ("get_status", "get_payload", "sent"),
     [
-        (404, {"statusCode": 404, "message": "Resource not found"}, True),  # a bare 404
+        (404, {"timestamp": "t", "code": "CUSTOMER_ORDER_NOT_FOUND", "message": None}, False),
         (200, {"customerOrderId": "ABC0000000001", "status": "Draft"}, True),
         (200, {"customerOrderId": "ABC0000000001", "status": "Cancelled"}, False),
         (500, {"statusCode": 500}, True),
@@ -145,4 +157,5 @@ async def test_look_up_before_sending_again(
         result = await dispatcher.process(OrderState("ABC0000000001", verify=True))
         deletes = [k for k in mocked.requests if k[0] == "DELETE"]
     assert bool(deletes) is sent
-    assert result.outcome.value == ("cancelled" if sent else "already_cancelled")
+    settled = "already_cancelled" if get_status == 200 else "not_found"
+    assert result.outcome.value == ("cancelled" if sent else settled)

@@ -26,7 +26,7 @@ EXPECTED = {
     "CDE0000000002": "cancelled",
     "ALR0000000001": "already_cancelled",
     "NFD0000000001": "not_found",
-    "GON0000000001": "not_found",
+    "NOF0000000001": "not_found",
     "NMO0000000001": "rejected",
     "CTR0000000001": "rejected",
     "SUB0000000001": "rejected",

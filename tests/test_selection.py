@@ -178,7 +178,7 @@ async def test_check_predicts_what_run_does(cli: Cli, make_sim: Any, tmp_path: P
     records: seeded orders of every type and status, and every behaviour prefix."""
     running = await make_sim(orders=400, seed=9)
     seeded = sorted(running.sim.book.orders)
-    named = ["CDE0000000001", "ALR0000000001", "NFD0000000001", "GON0000000001",
+    named = ["CDE0000000001", "ALR0000000001", "NFD0000000001", "NOF0000000001",
              "NMO0000000001", "SUB0000000001", "DLV0000000001", "bad-id"]  # fmt: skip
     src = write_ids(tmp_path / "o.csv", seeded + named)
     ledger = tmp_path / "l.sqlite"

@@ -1,9 +1,11 @@
 """What every command that talks to the API shares: one session, one rate limiter, one token
-provider and the client; and reads (GET) with the same retry rules as the cancellations."""
+provider and the client; and reads (GET), decided as the cancellations are."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import structlog
@@ -14,10 +16,12 @@ from worker.classifier import Action, OutcomeTable
 from worker.client import Answer, MouvoneClient, new_session
 from worker.clock import Clock
 from worker.config import Settings
+from worker.decision import Situation, Step, decide
 from worker.errors import FatalApiError
 from worker.limiter import RateLimiter
 from worker.logs import redact
 from worker.metrics import Metrics
+from worker.models import Outcome
 from worker.retry import Backoff
 
 log = structlog.get_logger(__name__)
@@ -89,63 +93,102 @@ class RetriesExhaustedError(Exception):
         self.answer = answer
 
 
+class StoppingError(Exception):
+    """The run is stopping: the read was not sent."""
+
+
+class Channel(Protocol):
+    """What a reader sends through: the client, the tokens, the limiter, the backoff."""
+
+    client: MouvoneClient
+    tokens: TokenProvider
+    limiter: RateLimiter
+    backoff: Backoff
+
+
 class Reader:
-    """GETs through the limiter with the cancellations' rules: a 401 refreshes the token once,
-    429 and quota answers pause everyone, 5xx and transport failures back off and retry, fatal
-    answers raise FatalApiError."""
+    """GETs through the limiter, each answer decided as the cancellations' are
+    (``worker.decision``): a 401 refreshes the token (fatal when the refreshed one is refused
+    too), 429 and quota answers pause everyone within max_wait, 5xx and transport failures back
+    off and retry, fatal answers raise FatalApiError."""
 
     def __init__(
-        self, api: Api, table: OutcomeTable, clock: Clock, *, max_attempts: int, max_wait_s: float
+        self,
+        api: Channel,
+        table: OutcomeTable,
+        clock: Clock,
+        *,
+        max_attempts: int,
+        max_wait_s: float,
+        stopping: Callable[[], bool] | None = None,
+        metrics: Metrics | None = None,
+        on_request: Callable[[], None] | None = None,
     ) -> None:
         self._api = api
+        self._on_request = on_request
         self._table = table
         self._clock = clock
         self._max_attempts = max_attempts
         self._max_wait_s = max_wait_s
+        self._stopping = stopping
+        self._metrics = metrics
         self.requests = 0
 
     async def get(self, url: URL) -> tuple[Answer, object]:
-        """A 200 with its JSON body, or a 400/404 answer (body None) for the caller to read."""
+        """A 200 with its JSON body, or the API's final refusal (a 400 or a 404 with its error
+        object; body None) for the caller to read."""
         failures = 0
-        reauthed = False
+        refresh_generation: int | None = None
+        quota_since: float | None = None
+        api = self._api
+        what = f"GET {url.path}"
         while True:
-            token = await self._api.tokens.get()
-            await self._api.limiter.acquire()
-            self.requests += 1
-            answer, body = await self._api.client.fetch(url, token)
-            if answer.failure is None and answer.status in (200, 404):
-                self._api.limiter.speed_up()
-                return answer, body
+            token, generation, answer, body = await self._send(url, what)
             verdict = self._table.classify(answer.status, answer.code, answer.failure)
-            if answer.status == 400 and answer.failure is None and verdict.action is Action.FINAL:
-                return answer, None
-            if verdict.action is Action.REAUTH and not reauthed:
-                reauthed = True
-                await self._api.tokens.refresh(token)
+            now = self._clock.monotonic()
+            if verdict.action is Action.QUOTA and quota_since is None:
+                quota_since = now
+            situation = Situation(
+                failures=failures,
+                max_attempts=self._max_attempts,
+                max_wait_s=self._max_wait_s,
+                refused_after_refresh=(
+                    refresh_generation is not None and generation >= refresh_generation
+                ),
+                quota_streak_s=0.0 if quota_since is None else now - quota_since,
+            )
+            decision = decide(verdict, answer, situation, api.backoff, what)
+            failures += decision.counted
+            if decision.slow_down:
+                api.limiter.slow_down()
+            if decision.pause_s is not None:
+                api.limiter.pause(decision.pause_s)
+            if decision.step is Step.RECORD:
+                if decision.outcome is Outcome.RETRYABLE_FAILED:
+                    raise RetriesExhaustedError(url, answer)
+                api.limiter.speed_up()
+                return answer, body if answer.status == 200 else None
+            if decision.step is Step.STOP:
+                raise FatalApiError(decision.reason)
+            if decision.step is Step.REAUTH:
+                await api.tokens.refresh(token)
+                refresh_generation = api.tokens.generation
                 continue
-            self._raise_if_fatal(url, answer, verdict.action)
-            if verdict.action is Action.THROTTLE:
-                self._api.limiter.slow_down()
-            failures += 1
-            if failures >= self._max_attempts:
-                raise RetriesExhaustedError(url, answer)
-            delay = self._api.backoff.delay(failures, answer.retry_after_s)
-            if verdict.action in (Action.THROTTLE, Action.QUOTA):
-                self._api.limiter.pause(answer.retry_after_s or 1.0)
-            log.debug("read_retry", path=url.path, status=answer.status, delay_s=round(delay, 3))
-            await self._clock.sleep(delay)
+            log.debug("read_retry", path=url.path, status=answer.status, delay_s=decision.delay_s)
+            await self._clock.sleep(decision.delay_s)
 
-    def _raise_if_fatal(self, url: URL, answer: Answer, action: Action) -> None:
-        retry_after = answer.retry_after_s
-        if action is Action.REAUTH:
-            raise FatalApiError(
-                f"the API answered 401 after a token refresh (GET {url.path}): the access token "
-                "or the API key (MOUVONE_API_KEY) is not accepted"
-            )
-        if action is Action.QUOTA and (retry_after is None or retry_after > self._max_wait_s):
-            raise FatalApiError(
-                f"the API answered 403 (GET {url.path}): "
-                + ("access denied" if retry_after is None else "quota, longer than max_wait")
-            )
-        if action is Action.FATAL:
-            raise FatalApiError(f"fatal API answer {answer.code} (GET {url.path})")
+    async def _send(self, url: URL, what: str) -> tuple[str, int, Answer, object]:
+        """One GET when the limiter admits it: (token, its generation, answer, body)."""
+        api = self._api
+        await api.limiter.acquire()
+        if self._stopping is not None and self._stopping():
+            raise StoppingError(what)
+        token = await api.tokens.get()  # after the wait: never a token that expired meanwhile
+        generation = api.tokens.generation
+        self.requests += 1
+        if self._on_request is not None:
+            self._on_request()
+        answer, body = await api.client.fetch(url, token)
+        if self._metrics is not None:
+            self._metrics.answered(answer)
+        return token, generation, answer, body

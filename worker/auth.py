@@ -12,17 +12,23 @@ import aiohttp
 import structlog
 
 from worker.clock import Clock
-from worker.errors import FatalApiError
+from worker.errors import ApiConfigError, FatalApiError
 from worker.limiter import RateLimiter
 from worker.retry import Backoff
 
 log = structlog.get_logger(__name__)
 
-MIN_TOKEN_LIFETIME_S = 10.0
+MIN_REFRESH_INTERVAL_S = 1.0  # never more than one token request a second
+EXPIRY_MARGIN_S = 0.5  # a token this close to its end is not sent: it could expire on the way
+MAX_TOKEN_BODY = 64 * 1024  # a token answer is a small JSON object
 
 
 class TokenProvider(Protocol):
-    """What the dispatcher needs from authentication."""
+    """What the dispatcher needs from authentication. ``generation`` counts the tokens issued:
+    a caller notes it with the token it sends, to tell a 401 to a token issued since its own
+    refresh (fatal) from one to an older token (refresh)."""
+
+    generation: int
 
     async def get(self) -> str:
         """A token believed valid now."""
@@ -38,6 +44,7 @@ class StaticToken:
 
     def __init__(self, token: str) -> None:
         self._token = token
+        self.generation = 0
 
     async def get(self) -> str:
         """The given token."""
@@ -83,17 +90,26 @@ class ClientCredentials:
         self._on_token = on_token
         self._lock = asyncio.Lock()
         self._token: str | None = None
-        self._refresh_at = 0.0
+        self._refresh_at = 0.0  # refreshed ahead of its end from then on
+        self._usable_until = 0.0  # never sent after this
+        self._fetched_at: float | None = None
         self.refreshes = 0
+        self.generation = 0
 
     async def get(self) -> str:
-        """The cached token, fetched when missing or due for refresh."""
+        """The cached token, fetched when missing or due for refresh (ahead of the lifetime
+        the token endpoint stated, whatever it is). A token is never handed out past its end:
+        when a refresh is due but the last was less than a second ago, the caller waits."""
         token = self._token
         if token is not None and self._clock.monotonic() < self._refresh_at:
             return token
         async with self._lock:
-            if self._token is None or self._clock.monotonic() >= self._refresh_at:
-                await self._fetch()
+            now = self._clock.monotonic()
+            if self._token is not None and now < self._refresh_at:
+                return self._token
+            if self._token is not None and now < self._usable_until and not self._may_fetch():
+                return self._token  # due, but refreshed less than a second ago: still valid
+            await self._fetch()
             assert self._token is not None
             return self._token
 
@@ -105,7 +121,15 @@ class ClientCredentials:
             assert self._token is not None
             return self._token
 
+    def _may_fetch(self) -> bool:
+        fetched = self._fetched_at
+        return fetched is None or self._clock.monotonic() - fetched >= MIN_REFRESH_INTERVAL_S
+
     async def _fetch(self) -> None:
+        if self._fetched_at is not None:  # at most one token request a second
+            wait = self._fetched_at + MIN_REFRESH_INTERVAL_S - self._clock.monotonic()
+            if wait > 0:
+                await self._clock.sleep(wait)
         for attempt in range(1, self._max_attempts + 1):
             problem = await self._try_fetch()
             if problem is None:
@@ -122,11 +146,22 @@ class ClientCredentials:
         """One token request; None on success, else what went wrong (retryable)."""
         await self._limiter.acquire()
         try:
-            async with self._session.post(self._url, data=self._form, timeout=self._timeout) as r:
-                body = await r.read()
+            # Never redirected: the form carries the client secret, which goes to the
+            # configured URL or nowhere.
+            async with self._session.post(
+                self._url, data=self._form, timeout=self._timeout, allow_redirects=False
+            ) as r:
+                body = await r.content.read(MAX_TOKEN_BODY)
                 status = r.status
+                location = r.headers.get("Location", "")
         except (aiohttp.ClientError, TimeoutError) as exc:
             return f"token endpoint unreachable: {type(exc).__name__}"
+        if 300 <= status < 400:
+            raise ApiConfigError(
+                f"the token endpoint {self._url} answered HTTP {status}, a redirect to "
+                f"{location[:200] or '(no Location)'}: the client secret is never sent there; "
+                "set MOUVONE_TOKEN_URL to the endpoint itself"
+            )
         if status in (400, 401, 403):
             raise FatalApiError(
                 f"the token endpoint refused the client credentials (HTTP {status}"
@@ -137,14 +172,21 @@ class ClientCredentials:
         try:
             data = json.loads(body)
             token = str(data["access_token"])
-            # a lifetime too short to use (or absurd) would mean a token request per call
-            expires_in = max(MIN_TOKEN_LIFETIME_S, float(data.get("expires_in", 300)))
-        except (ValueError, KeyError, TypeError):
+            expires_in = float(data.get("expires_in", 300))
+        except (ValueError, KeyError, TypeError, RecursionError):
             return "token endpoint answered an unreadable body"
+        if not 0 < expires_in < float("inf"):
+            return f"token endpoint answered a lifetime of {expires_in} s"
         self._on_token(token)
+        now = self._clock.monotonic()
         self._token = token
-        self._refresh_at = self._clock.monotonic() + expires_in - min(60.0, expires_in / 5)
+        self._fetched_at = now
+        # Refreshed a fifth of its life (at most a minute) ahead of its end, and never sent in
+        # the last half second of it.
+        self._refresh_at = now + expires_in - min(60.0, expires_in / 5)
+        self._usable_until = now + expires_in - min(EXPIRY_MARGIN_S, expires_in / 5)
         self.refreshes += 1
+        self.generation += 1
         log.debug("token_refreshed", expires_in=expires_in)
         return None
 

@@ -1,10 +1,14 @@
 """The circuit breaker: an outage stops the spending of attempts until one probe gets through.
 
-Closed, it watches the answers to the last ``window`` orders sent for the first time (retries of
-a few failing orders say nothing about the API as a whole). When at least ``min_samples`` are in
-and ``threshold`` of them or more are outage failures (5xx, timeouts, connection errors), it
-opens: nobody sends, and failures of requests already in flight do not count against their
-orders. After ``cooldown_s`` one caller is let through as the probe; any other answer than an
+Closed, it watches the latest answer of each of the last ``window`` orders answered (every
+attempt counts, but an order counts once: the retries of a few failing orders never outweigh the
+others). When at least ``min_samples`` orders are in and more than ``threshold`` of them last
+failed as an outage does (5xx, timeouts, connection errors), it opens: nobody sends, and failures
+of requests already in flight do not count against their orders. Short of that, once at least a
+third of them failed it *suspects* an outage: an order whose last attempt fails then waits for
+the breaker's verdict (``verdict``) before it is recorded as failed.
+
+Open, after ``cooldown_s`` one caller is let through as the probe; any other answer than an
 outage failure closes the breaker, another failure opens it again for twice as long (up to
 ``max_cooldown_s``). An outage longer than ``outage_timeout_s`` makes ``admit`` answer False:
 the run then stops with its orders still `pending`.
@@ -13,23 +17,22 @@ the run then stops with its orders still `pending`.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import suppress
+from itertools import count
 
 import structlog
 
 from worker.client import Answer
 from worker.clock import Clock
+from worker.decision import Outage, is_outage
 
 log = structlog.get_logger(__name__)
 
 
-def is_outage(answer: Answer) -> bool:
-    """True for the failures an outage produces: any 5xx, a timeout or a connection error."""
-    if answer.status is None:
-        return answer.failure in ("timeout", "connection")
-    return answer.status >= 500
+VERDICT_S = 1.0  # the longest an order whose last attempt failed waits for the verdict
+__all__ = ["VERDICT_S", "CircuitBreaker", "is_outage"]
 
 
 class CircuitBreaker:
@@ -42,13 +45,15 @@ class CircuitBreaker:
         outage_timeout_s: float,
         window: int = 20,
         min_samples: int = 10,
-        threshold: float = 0.75,
+        threshold: float = 0.5,
         cooldown_s: float = 1.0,
         max_cooldown_s: float = 30.0,
     ) -> None:
         self._clock = clock
         self._timeout_s = outage_timeout_s
-        self._recent: deque[bool] = deque(maxlen=window)
+        self._recent: OrderedDict[object, bool] = OrderedDict()  # order -> last was outage
+        self._window = window
+        self._anonymous = count()  # a key for answers recorded without an order
         self._min_samples = min_samples
         self._threshold = threshold
         self._base_cooldown_s = cooldown_s
@@ -73,19 +78,34 @@ class CircuitBreaker:
             return 0.0
         return self._clock.monotonic() - self._opened_at
 
-    def record(self, answer: Answer, *, probe: bool, first: bool = True) -> None:
-        """Count one answer. ``probe``: the request ``admit`` let through as the probe;
-        ``first``: the order's first attempt (only those can open the breaker)."""
+    def view(self) -> Outage:
+        """Open, suspected (a third or more of the recent orders failing), or neither."""
+        if self._opened_at is not None:
+            return Outage.OPEN
+        failed = sum(self._recent.values())
+        return Outage.SUSPECTED if failed >= 2 and 3 * failed >= len(self._recent) else Outage.NONE
+
+    async def verdict(self) -> bool:
+        """Wait up to VERDICT_S for the breaker to open; True when it is open."""
+        if self._opened_at is None:
+            await self._wait(VERDICT_S)
+        return self._opened_at is not None
+
+    def record(self, answer: Answer, *, probe: bool, order: object = None) -> None:
+        """Count one answer to ``order``. ``probe``: the request ``admit`` let through as the
+        probe."""
         outage = is_outage(answer)
         if self._opened_at is None:
-            if not first:
-                return
-            self._recent.append(outage)
-            failed = sum(self._recent)
-            if len(self._recent) >= self._min_samples and failed >= self._threshold * len(
-                self._recent
-            ):
+            recent = self._recent
+            key = next(self._anonymous) if order is None else order
+            recent.pop(key, None)
+            recent[key] = outage
+            if len(recent) > self._window:
+                recent.popitem(last=False)
+            failed = sum(recent.values())
+            if len(recent) >= self._min_samples and failed > self._threshold * len(recent):
                 self._open(failed)
+                self._wake()
             return
         if not outage:
             self._close()

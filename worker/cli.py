@@ -19,7 +19,7 @@ from worker import loop as event_loop
 from worker.config import Settings, load_settings
 from worker.control import with_signals
 from worker.errors import ConfigError, WorkerError
-from worker.ledger import Ledger, open_ledger
+from worker.ledger import Ledger, check_target, open_ledger
 from worker.logs import configure, redact
 from worker.models import Outcome, RunOptions, RunReport, new_run_id
 from worker.report import open_output, render_run, write_report
@@ -345,6 +345,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args, RUN_SETTINGS)
     if not args.dry_run:
         settings.require_credentials()
+        check_target(settings.ledger, settings.base_url)
     with ExitStack() as stack:
         source = _source(args, settings, stack)
         total = source.scan()

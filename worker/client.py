@@ -180,9 +180,18 @@ def _parse(status: int, body: bytes, retry_after: float | None, latency_ms: floa
         if not isinstance(code, str) or not code:
             return Answer(400, failure="unreadable", latency_ms=latency_ms)
         return Answer(400, code, _message(data), retry_after, latency_ms=latency_ms)
-    # Gateway answers carry {"statusCode", "message"}; 5xx may carry HTML or nothing.
+    # Gateway answers carry {"statusCode", "message"}; 5xx may carry HTML or nothing. A 404 is
+    # the API's word on one order only with the API's own error object (its code); the
+    # gateway's "Resource not found" says the base URL misses the API.
     message = _message(data) if data else None
-    return Answer(status, None, message, retry_after, latency_ms=latency_ms)
+    code = data.get("code") if data and status == 404 else None
+    return Answer(
+        status,
+        code if isinstance(code, str) and code else None,
+        message,
+        retry_after,
+        latency_ms=latency_ms,
+    )
 
 
 def _json_object(body: bytes) -> dict[str, object] | None:

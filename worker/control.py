@@ -27,6 +27,10 @@ class RunControl:
         self.reason: str | None = None
         self.requests = 0
 
+    def count_request(self) -> None:
+        """One more request sent to the API."""
+        self.requests += 1
+
     @property
     def stopping(self) -> bool:
         """True once the run must not start anything new."""

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import structlog
 
+from worker.api import Reader, RetriesExhaustedError, StoppingError
 from worker.auth import TokenProvider
-from worker.breaker import CircuitBreaker, is_outage
+from worker.breaker import CircuitBreaker
 from worker.classifier import Action, OutcomeTable, error_code_for
 from worker.client import Answer, MouvoneClient
 from worker.clock import Clock
 from worker.control import RunControl
+from worker.decision import Decision, Situation, Step, decide
 from worker.errors import FatalApiError
 from worker.limiter import RateLimiter
 from worker.logs import redact
@@ -24,9 +26,6 @@ from worker.retry import Backoff
 log = structlog.get_logger(__name__)
 
 
-DEFAULT_THROTTLE_PAUSE_S = 1.0  # a 429 without Retry-After still slows everyone down
-
-
 @dataclass(slots=True)
 class OrderState:
     """What is known of one order while it is being worked on."""
@@ -34,7 +33,9 @@ class OrderState:
     order_id: str
     attempts: int = 0  # requests sent
     failures: int = 0  # retryable failures, counted against max_attempts
-    reauthed: bool = False
+    refresh_generation: int | None = None  # the token generation its own refresh produced
+    held: bool = False  # it waited for the breaker's verdict once
+    token: str = ""  # the token its last request carried
     in_flight: bool = False  # a request for it is on the wire
     probing: bool = False  # it holds the probe lock (credentials not yet proven)
     breaker_probe: bool = False  # its request is the circuit breaker's probe
@@ -42,6 +43,11 @@ class OrderState:
     entry_id: str = ""  # queue mode: the stream entry it came from
     verify: bool = False  # an earlier request may have reached the API: GET before sending
     last: Answer | None = field(default=None)
+
+    @property
+    def what(self) -> str:
+        """The order, as a reason to stop names it."""
+        return f"order {self.order_id}"
 
     def pending(self) -> Result:
         """Left unanswered because the run stopped."""
@@ -61,6 +67,16 @@ class OrderState:
             self.attempts,
             round(last.latency_ms, 1),
         )
+
+
+@dataclass
+class _Channel:
+    """What the look-ups before a resend go through: the dispatcher's own parts."""
+
+    client: MouvoneClient
+    tokens: TokenProvider
+    limiter: RateLimiter
+    backoff: Backoff
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,16 @@ class Dispatcher:
         self._breaker = breaker
         self._still_mine = still_mine  # checked after the limiter, right before sending
         self._metrics = metrics or Metrics()
+        self._reader = Reader(
+            _Channel(client, tokens, limiter, policy.backoff),
+            table,
+            clock,
+            max_attempts=policy.max_attempts,
+            max_wait_s=policy.max_wait_s,
+            stopping=lambda: control.stopping,
+            metrics=self._metrics,
+            on_request=control.count_request,
+        )
         self._probe = asyncio.Lock()
         self._credentials_accepted = asyncio.Event()
         self._quota_since: float | None = None  # first quota answer of the current streak
@@ -129,13 +155,15 @@ class Dispatcher:
             while True:
                 try:
                     sent = await self._attempt(state)
+                    if sent is None:
+                        if state.lost:
+                            return state.result(
+                                Outcome.PENDING, "not sent: another consumer has it"
+                            )
+                        return state.result(Outcome.PENDING, "not sent: the run was stopping")
+                    done = await self._handle(state, *sent)
                 except FatalApiError as exc:
-                    return self._stop(state, str(exc))
-                if sent is None:
-                    if state.lost:
-                        return state.result(Outcome.PENDING, "not sent: another consumer has it")
-                    return state.result(Outcome.PENDING, "not sent: the run was stopping")
-                done = await self._handle(state, *sent)
+                    return self._stop(state, str(exc), exc.exit_code)
                 if done is not None:
                     return done
                 self._metrics.retries[_retry_reason(sent[0], self._breaker.is_open)] += 1
@@ -147,53 +175,69 @@ class Dispatcher:
             state.probing = False
             self._probe.release()
 
-    async def _handle(self, state: OrderState, answer: Answer, token: str) -> Result | None:
+    async def _handle(self, state: OrderState, answer: Answer, generation: int) -> Result | None:
         """The order's result, or None to send it again."""
         verdict = self._table.classify(answer.status, answer.code, answer.failure)
-        action = verdict.action
-        if action is Action.FINAL:
-            assert verdict.outcome is not None
+        if verdict.action is Action.FINAL:  # the common case, without the rest
             self._limiter.speed_up()
-            return state.result(verdict.outcome)
-        if action is Action.REAUTH and not state.reauthed:
-            state.reauthed = True
-            return await self._refresh(state, token)
-        if action in (Action.REAUTH, Action.FATAL) or (
-            action is Action.QUOTA and answer.retry_after_s is None
-        ):
-            return self._stop(state, _fatal_reason(state.order_id, answer, state.reauthed))
-        if action in (Action.QUOTA, Action.THROTTLE):
-            if not self._gateway_pause(action, answer):
-                return state.pending()
-            if action is Action.QUOTA:
-                return None
-        elif self._breaker.is_open and not state.breaker_probe and is_outage(answer):
-            return None  # sent before the outage was noticed: not counted, admit() waits
-        state.failures += 1
-        if state.failures >= self._policy.max_attempts:
-            return state.result(Outcome.RETRYABLE_FAILED)
-        return None if await self._backoff(state.failures, answer) else state.pending()
+            return state.result(verdict.outcome)  # type: ignore[arg-type]
+        refused = state.refresh_generation is not None and generation >= state.refresh_generation
+        while True:
+            situation = Situation(
+                failures=state.failures,
+                max_attempts=self._policy.max_attempts,
+                max_wait_s=self._policy.max_wait_s,
+                refused_after_refresh=refused,
+                quota_streak_s=self._quota_streak_s(verdict.action),
+                outage=self._breaker.view(),
+                probe=state.breaker_probe,
+                held=state.held,
+            )
+            decision = decide(verdict, answer, situation, self._policy.backoff, state.what)
+            if decision.step is not Step.HOLD:
+                break
+            state.held = True
+            await self._breaker.verdict()
+        return await self._carry_out(state, decision)
 
-    def _gateway_pause(self, action: Action, answer: Answer) -> bool:
-        """Pause everyone for a 429 or a quota answer; False when the run must stop instead."""
-        if action is Action.THROTTLE:
+    async def _carry_out(self, state: OrderState, decision: Decision) -> Result | None:
+        if decision.counted:
+            state.failures += 1
+        if decision.slow_down:
             self._limiter.slow_down()
-            return self._pause_all(answer.retry_after_s)
-        assert answer.retry_after_s is not None
+        if decision.pause_s is not None:
+            self._limiter.pause(decision.pause_s)
+            self._metrics.waited("retry_after", decision.pause_s)
+        step = decision.step
+        if step is Step.RECORD:
+            assert decision.outcome is not None
+            return state.result(decision.outcome)
+        if step is Step.STOP:
+            return self._stop(state, decision.reason)
+        if step is Step.REAUTH:
+            await self._tokens.refresh(state.token)
+            state.refresh_generation = self._tokens.generation
+            return None
+        return None if await self._backoff(decision.delay_s) else state.pending()
+
+    def _quota_streak_s(self, action: Action) -> float:
+        if action is not Action.QUOTA:
+            return 0.0
         now = self._clock.monotonic()
         if self._quota_since is None:
             self._quota_since = now
-        # A quota that keeps coming back counts as one long wait: max_wait bounds it too.
-        return self._pause_all(answer.retry_after_s, now - self._quota_since + answer.retry_after_s)
+        return now - self._quota_since
 
-    def _stop(self, state: OrderState, reason: str) -> Result:
-        self._control.abort(reason)
+    def _stop(self, state: OrderState, reason: str, exit_code: int = 3) -> Result:
+        self._control.abort(reason, exit_code)
         return state.pending()
 
-    async def _attempt(self, state: OrderState) -> tuple[Answer, str] | None:
+    async def _attempt(self, state: OrderState) -> tuple[Answer, int] | None:
         """Send one DELETE when the breaker and the limiter admit it; None if the run stops
-        before that. (The send is inline, not a method of its own: every coroutine frame is
-        resumed again at each suspension of the request.)"""
+        before that. The token is taken after the limiter's wait, right before sending, so that
+        a long wait never sends a token that expired meanwhile. (The send is inline, not a
+        method of its own: every coroutine frame is resumed again at each suspension of the
+        request.)"""
         breaker = self._breaker
         admitted = await breaker.admit() if breaker.is_open else None
         if admitted is False:
@@ -205,13 +249,15 @@ class Dispatcher:
         state.breaker_probe = probe = admitted is True
         answer: Answer | None = None
         try:
-            token = await self._tokens.get()
             await self._limiter.acquire()
             if self._control.stopping:
                 return None
             if self._still_mine is not None and not await self._still_mine(state):
                 state.lost = True
                 return None
+            tokens = self._tokens
+            state.token = token = await tokens.get()
+            generation = tokens.generation
             state.attempts += 1
             self._control.requests += 1
             state.in_flight = True
@@ -226,69 +272,47 @@ class Dispatcher:
                 breaker.release_probe()
         self._metrics.answered(answer)
         state.last = answer
-        breaker.record(answer, probe=probe, first=state.attempts == 1)
+        breaker.record(answer, probe=probe, order=state.order_id)
         if answer.status is not None and answer.status not in (401, 403):
             self._credentials_accepted.set()
             self._end_probe(state)  # the others need not wait for this order to end
             self._quota_since = None
-        return answer, token
+        return answer, generation
 
     async def _verify(self, state: OrderState) -> Result | None:
         """Ask the API about an order an earlier request may already have reached (a run that
         was killed, a queue entry delivered before). Only the API's own word settles it without
         a DELETE: the order shown `Cancelled`, or the API's CUSTOMER_ORDER_NOT_FOUND. Anything
-        else (a draft, a bare 404, an error, no answer) sends the DELETE, whose answer is the
-        authority."""
-        token = await self._tokens.get()
-        await self._limiter.acquire()
-        if self._control.stopping:
-            return state.pending()
-        self._control.requests += 1
-        answer, body = await self._client.fetch(self._client.order_url(state.order_id), token)
-        self._metrics.answered(answer)
-        if answer.failure is not None:
+        else (a draft, an error, no answer) sends the DELETE, whose answer is the authority."""
+        try:
+            answer, body = await self._reader.get(self._client.order_url(state.order_id))
+        except RetriesExhaustedError:
             return None
+        except StoppingError:
+            return state.pending()
+        except FatalApiError as exc:
+            return self._stop(state, str(exc), exc.exit_code)
         settled: Result | None = None
         if answer.status == 200 and isinstance(body, dict) and body.get("status") == "Cancelled":
             code = "ORDER_ALREADY_CANCELED"
             settled = Result(state.order_id, Outcome.ALREADY_CANCELLED, 200, code)
-        elif answer.status == 400 and answer.code == "CUSTOMER_ORDER_NOT_FOUND":
-            settled = Result(state.order_id, Outcome.NOT_FOUND, 400, answer.code)
+        elif answer.code == "CUSTOMER_ORDER_NOT_FOUND":
+            settled = Result(state.order_id, Outcome.NOT_FOUND, answer.status, answer.code)
         if settled is None:
             return None
         log.info("order_settled_by_get", order_id=state.order_id, outcome=settled.outcome.value)
-        note = "found so by GET before sending again (an earlier request may have reached it)"
-        return replace(settled, message=note)
+        settled.message = (
+            "found so by GET before sending again (an earlier request may have reached it)"
+        )
+        return settled
 
-    async def _refresh(self, state: OrderState, stale: str) -> Result | None:
-        """Refresh the token once for everyone; None to send again, else the run stops."""
-        try:
-            await self._tokens.refresh(stale)
-        except FatalApiError as exc:
-            return self._stop(state, str(exc))
-        return None
-
-    def _pause_all(self, retry_after_s: float | None, in_a_row_s: float = 0.0) -> bool:
-        """Pause every worker; False (and the run aborted) when the wait is over max_wait."""
-        wait = DEFAULT_THROTTLE_PAUSE_S if retry_after_s is None else retry_after_s
-        longest = max(wait, in_a_row_s)
-        if longest > self._policy.max_wait_s:
-            self._control.abort(
-                f"the gateway asked to wait {longest:.0f}s (Retry-After), longer "
-                f"than max_wait {self._policy.max_wait_s:.0f}s: resume the run later"
-            )
-            return False
-        self._limiter.pause(wait)
-        self._metrics.waited("retry_after", wait)
-        return True
-
-    async def _backoff(self, failures: int, answer: Answer) -> bool:
+    async def _backoff(self, delay: float) -> bool:
         """Sleep before the next attempt; False when the run is stopping instead."""
         if self._control.stopping:
             return False
-        delay = self._policy.backoff.delay(failures, answer.retry_after_s)
-        self._metrics.waited("backoff", delay)
-        await self._clock.sleep(delay)
+        if delay > 0:
+            self._metrics.waited("backoff", delay)
+            await self._clock.sleep(delay)
         return not self._control.stopping
 
 
@@ -300,20 +324,3 @@ def _retry_reason(answer: Answer, outage: bool) -> str:
     if answer.status == 403:
         return "quota"
     return "outage" if outage else "retry"
-
-
-def _fatal_reason(order_id: str, answer: Answer, reauthed: bool) -> str:
-    if answer.status == 401:
-        after = " after a token refresh" if reauthed else ""
-        return (
-            f"the API answered 401{after} (order {order_id}): the access token or the API key "
-            f"(MOUVONE_API_KEY) is not accepted" + (f": {answer.message}" if answer.message else "")
-        )
-    if answer.status == 403:
-        return f"the API answered 403 without Retry-After (order {order_id}): access denied" + (
-            f": {answer.message}" if answer.message else ""
-        )
-    detail = answer.code or f"HTTP {answer.status}"
-    return f"fatal API answer {detail} (order {order_id})" + (
-        f": {answer.message}" if answer.message else ""
-    )

@@ -31,3 +31,10 @@ class FatalApiError(WorkerError):
     """An answer that makes going on pointless or harmful: the run stops (exit 3)."""
 
     exit_code = 3
+
+
+class ApiConfigError(FatalApiError):
+    """A configuration error that shows only once the API or the token endpoint is asked (a
+    redirect of the token request, a host that refuses): the run stops, exit 2."""
+
+    exit_code = 2

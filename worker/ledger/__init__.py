@@ -1,6 +1,14 @@
 """The results ledger: one row per order in SQLite, the source of truth of every run."""
 
 from worker.ledger.schema import CSV_COLUMNS, SCHEMA_VERSION
-from worker.ledger.store import Ledger, Plan, now_iso, open_ledger
+from worker.ledger.store import Ledger, Plan, check_target, now_iso, open_ledger
 
-__all__ = ["CSV_COLUMNS", "SCHEMA_VERSION", "Ledger", "Plan", "now_iso", "open_ledger"]
+__all__ = [
+    "CSV_COLUMNS",
+    "SCHEMA_VERSION",
+    "Ledger",
+    "Plan",
+    "check_target",
+    "now_iso",
+    "open_ledger",
+]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from worker.errors import LedgerError
+from worker.errors import ConfigError, LedgerError
 from worker.ledger.schema import CLAIM_BATCH, CSV_COLUMNS, SCHEMA, SCHEMA_VERSION, UPSERT_BATCH
 from worker.models import FINAL, RETRYABLE, Outcome, Result
 
@@ -118,6 +118,13 @@ class Ledger:
             "INSERT INTO runs (run_id, command, base_url, started_at) VALUES (?,?,?,?)",
             [(run_id, command, base_url, now_iso())],
         )
+
+    def target(self) -> str | None:
+        """The base URL this ledger belongs to: its first recorded run's (None when new)."""
+        row = self._db.execute(
+            "SELECT base_url FROM runs WHERE base_url IS NOT NULL ORDER BY started_at LIMIT 1"
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def end_run(self, run_id: str, exit_code: int, summary: dict[str, object]) -> None:
         """Note how a run ended."""
@@ -289,6 +296,24 @@ _UNCERTAIN_VALUES = frozenset(o.value for o in RETRYABLE)
 def _json(value: object) -> str:
     """JSON text for one batch parameter (orjson: dataclasses and enums natively, in C)."""
     return orjson.dumps(value).decode()
+
+
+def check_target(path: Path, base_url: str) -> None:
+    """ConfigError unless the ledger at ``path`` is new or belongs to ``base_url``: outcomes
+    recorded against another target (a simulator, a staging gateway) must never make a run
+    against this one skip orders. Checked before anything is sent, selections included."""
+    if not path.is_file():
+        return
+    ledger = Ledger(path, readonly=True)
+    try:
+        bound = ledger.target()
+    finally:
+        ledger.close()
+    if bound is not None and bound.rstrip("/") != base_url.rstrip("/"):
+        raise ConfigError(
+            f"{path}: this ledger belongs to {bound}, not to {base_url}: outcomes recorded "
+            "there would make this run skip orders; use another --ledger for another target"
+        )
 
 
 def open_ledger(path: Path, *, dry: bool, stack: ExitStack) -> Ledger:

@@ -28,7 +28,8 @@ BEHAVIOURS: dict[str, tuple[str, str]] = {
     "USR": ("code", "USER_ID_INVALID"),
     "ORG": ("code", "ORGANIZATION_NOT_FOUND"),
     "ACT": ("code", "ORGANIZATION_ACTOR_CODE_INVALID"),
-    "GON": ("status", "404"),
+    "GON": ("status", "404"),  # the gateway's bare 404: fatal (as a wrong base URL answers)
+    "NOF": ("code404", "CUSTOMER_ORDER_NOT_FOUND"),  # a 404 with the API's own error object
     "FBD": ("status", "403"),
     "ERR": ("status", "500"),
     "CFL": ("transient", "conflict"),
@@ -102,9 +103,9 @@ def order_id_of(request: web.Request, base_path: str) -> str | None:
     return unquote(segment)
 
 
-def api_error(code: str, message: str | None = None) -> web.Response:
+def api_error(code: str, message: str | None = None, status: int = 400) -> web.Response:
     body = {"timestamp": datetime.now(UTC).isoformat(), "code": code, "message": message}
-    return web.json_response(body, status=400)
+    return web.json_response(body, status=status)
 
 
 def apim(status: int, message: str, retry_after: int | None = None) -> web.Response:

@@ -52,7 +52,12 @@ class Simulator:
         app.router.add_get("/_sim/stats", self.stats_handler)
         app.router.add_post("/_sim/reset", self.reset_handler)
         app.router.add_post("/_sim/outage", self.outage_handler)
+        app.router.add_route("*", "/{tail:.*}", self.unknown_path)
         return app
+
+    async def unknown_path(self, _request: web.Request) -> web.Response:
+        """Any other path, as Azure API Management answers it (a wrong base URL)."""
+        return apim(404, "Resource not found")
 
     # -- token ----------------------------------------------------------------------------
 
@@ -156,6 +161,8 @@ class Simulator:
         kind, detail = BEHAVIOURS.get(order_id[:3], ("normal", ""))
         if kind == "code":
             return api_error(detail)
+        if kind == "code404":
+            return api_error(detail, "Order doesn't exist.", status=404)
         if kind == "echo":
             key = request.headers.get("Ocp-Apim-Subscription-Key")
             return api_error(detail, f"key {key}, {request.headers.get('Authorization')}")
