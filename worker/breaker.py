@@ -4,9 +4,9 @@ Closed, it watches the latest answer of each of the last ``window`` orders answe
 attempt counts, but an order counts once: the retries of a few failing orders never outweigh the
 others). When at least ``min_samples`` orders are in and more than ``threshold`` of them last
 failed as an outage does (5xx, timeouts, connection errors), it opens: nobody sends, and failures
-of requests already in flight do not count against their orders. Short of that, once at least a
-third of them failed it *suspects* an outage: an order whose last attempt fails then waits for
-the breaker's verdict (``verdict``) before it is recorded as failed.
+of requests already in flight do not count against their orders. Short of that, while two or
+more of them last failed so it *suspects* an outage: an order whose last attempt fails then
+waits up to VERDICT_S for the breaker's verdict (``verdict``) before it is recorded as failed.
 
 Open, after ``cooldown_s`` one caller is let through as the probe; any other answer than an
 outage failure closes the breaker, another failure opens it again for twice as long (up to
@@ -67,6 +67,16 @@ class CircuitBreaker:
         self.outage_total_s = 0.0
         self.on_state: Callable[[bool], None] = lambda _open: None  # metrics follow it
 
+    @classmethod
+    def for_workers(cls, clock: Clock, *, outage_timeout_s: float, workers: int) -> CircuitBreaker:
+        """A breaker whose window the orders in flight can fill: with ``workers`` requests in
+        flight at most, an outage must be able to open it before any of them has spent its
+        attempts (held orders keep their workers)."""
+        window = min(20, max(4, workers + workers // 2))
+        return cls(
+            clock, outage_timeout_s=outage_timeout_s, window=window, min_samples=min(10, window)
+        )
+
     @property
     def is_open(self) -> bool:
         """True while an outage is assumed (open or half-open)."""
@@ -79,11 +89,10 @@ class CircuitBreaker:
         return self._clock.monotonic() - self._opened_at
 
     def view(self) -> Outage:
-        """Open, suspected (a third or more of the recent orders failing), or neither."""
+        """Open, suspected (another recent order failing as an outage does too), or neither."""
         if self._opened_at is not None:
             return Outage.OPEN
-        failed = sum(self._recent.values())
-        return Outage.SUSPECTED if failed >= 2 and 3 * failed >= len(self._recent) else Outage.NONE
+        return Outage.SUSPECTED if sum(self._recent.values()) >= 2 else Outage.NONE
 
     async def verdict(self) -> bool:
         """Wait up to VERDICT_S for the breaker to open; True when it is open."""

@@ -68,7 +68,9 @@ class Runner:
         writer = None if options.dry_run else self._ledger
         self._sink = ResultSink(writer, self.run_id, self.summary, self.metrics)
         self._limiter: RateLimiter | None = None
-        self._breaker = CircuitBreaker(self._clock, outage_timeout_s=settings.outage_timeout)
+        self._breaker = CircuitBreaker.for_workers(
+            self._clock, outage_timeout_s=settings.outage_timeout, workers=settings.concurrency
+        )
         self._breaker.on_state = self.metrics.circuit_changed
         self._feed = Feed(low=settings.concurrency)
 

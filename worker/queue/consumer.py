@@ -109,7 +109,9 @@ class Consumer:
         limiter.stopping = lambda: self.control.stopping
         api = connect(self._settings, self._clock, limiter, self.metrics)
         s = self._settings
-        breaker = CircuitBreaker(self._clock, outage_timeout_s=s.outage_timeout)
+        breaker = CircuitBreaker.for_workers(
+            self._clock, outage_timeout_s=s.outage_timeout, workers=s.concurrency
+        )
         breaker.on_state = self.metrics.circuit_changed
         dispatcher = Dispatcher(
             client=api.client,

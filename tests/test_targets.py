@@ -1,0 +1,111 @@
+"""Acting on the right target, through the CLI against the simulator: a ledger bound to its
+base URL, a base URL that misses the API, a short outage at a low --max-attempts, short-lived
+tokens."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.conftest import Cli, ledger_rows, sim_env, write_ids
+from worker.simulator import RunningSimulator
+
+
+def ids(prefix: str, n: int) -> list[str]:
+    """n order IDs with a behaviour prefix."""
+    return [f"{prefix}{k:010d}" for k in range(1, n + 1)]
+
+
+async def test_a_ledger_belongs_to_its_target(cli: Cli, make_sim: Any, tmp_path: Any) -> None:
+    """A run against one base URL, then the same command against another with the same
+    ledger: refused with exit 2 naming both URLs, nothing sent to the second."""
+    rehearsal, production = await make_sim(), await make_sim()
+    ledger = tmp_path / "cancellations.sqlite"
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 20))
+    first = await cli.run("run", str(src), "--yes", env=sim_env(rehearsal, ledger))
+    assert first.code == 0, first.stderr
+    again = await cli.run("run", str(src), "--yes", env=sim_env(production, ledger))
+    assert again.code == 2, again.stderr
+    last = again.stderr.strip().splitlines()[-1]
+    assert rehearsal.base_url in last
+    assert production.base_url in last
+    assert production.sim.stats.arrivals == []
+    assert production.sim.stats.token_requests == 0
+    retried = await cli.run("retry", "--yes", env=sim_env(production, ledger))
+    assert retried.code == 2
+    assert production.sim.stats.arrivals == []
+    same = await cli.run("run", str(src), "--yes", env=sim_env(rehearsal, ledger))
+    assert same.code == 0, same.stderr
+
+
+async def test_a_base_url_that_misses_the_api(
+    cli: Cli, sim: RunningSimulator, tmp_path: Any
+) -> None:
+    """The gateway answers 404 "Resource not found" to a wrong path: exit 3 at once, a
+    one-line error naming the base URL setting, every order still pending."""
+    ledger = tmp_path / "l.sqlite"
+    wrong = sim.base_url.replace("/v1", "/v2")
+    env = sim_env(sim, ledger, MOUVONE_BASE_URL=wrong, MOUVONE_CONCURRENCY="4")
+    orders = ids("CDE", 50)
+    done = await cli.run("run", str(write_ids(tmp_path / "o.csv", orders)), "--yes", env=env)
+    assert done.code == 3, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "404" in last
+    assert "MOUVONE_BASE_URL" in last
+    assert len(sim.sim.stats.arrivals) <= 4
+    rows = ledger_rows(ledger)
+    assert {r["outcome"] for r in rows.values()} == {"pending"}
+    assert sim.sim.stats.deletes == {}  # the simulator's orders were never reached
+
+
+async def test_the_api_own_404_is_not_found(cli: Cli, sim: RunningSimulator, tmp_path: Any) -> None:
+    """A 404 whose body is the API's error object with CUSTOMER_ORDER_NOT_FOUND is the
+    order's outcome (not_found), not a reason to stop."""
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "o.csv", ["NOF0000000001", "CDE0000000001"])
+    done = await cli.run("run", str(src), "--yes", env=sim_env(sim, ledger))
+    assert done.code == 1, done.stderr
+    rows = ledger_rows(ledger)
+    assert rows["NOF0000000001"]["outcome"] == "not_found"
+    assert rows["NOF0000000001"]["http_status"] == 404
+    assert rows["CDE0000000001"]["outcome"] == "cancelled"
+
+
+async def test_short_outage_exhausts_no_order(
+    cli: Cli, sim: RunningSimulator, tmp_path: Any
+) -> None:
+    """503 to everything for 12 s from the middle of a 600-order run at --max-attempts 3
+    --rate 30 --concurrency 8: exit 0, no order retryable_failed."""
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(
+        sim,
+        ledger,
+        MOUVONE_RATE="30",
+        MOUVONE_CONCURRENCY="8",
+        MOUVONE_MAX_ATTEMPTS="3",
+        MOUVONE_BACKOFF_BASE="0.5",
+        MOUVONE_BACKOFF_CAP="30",
+    )
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 600))
+    run = asyncio.create_task(cli.run("run", str(src), "--yes", env=env, timeout=120))
+    await sim.sim.wait_for_deletes(300)
+    sim.sim.outage(12, "503")
+    done = await run
+    assert done.code == 0, done.stderr[-3000:]
+    rows = ledger_rows(ledger)
+    assert {r["outcome"] for r in rows.values()} == {"cancelled"}
+    assert len(rows) == 600
+    assert sim.sim.stats.outage_answers > 0
+
+
+async def test_two_second_tokens(cli: Cli, make_sim: Any, tmp_path: Any) -> None:
+    """A token endpoint that issues 2-second tokens: refreshed ahead of their end, so no
+    DELETE is ever answered 401."""
+    running = await make_sim(token_ttl_s=2.0)
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(running, ledger, MOUVONE_RATE="40", MOUVONE_CONCURRENCY="8")
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 200))
+    done = await cli.run("run", str(src), "--yes", env=env, timeout=60)
+    assert done.code == 0, done.stderr[-3000:]
+    assert running.sim.stats.statuses[401] == 0
+    assert running.sim.stats.token_requests >= 3
