@@ -266,3 +266,29 @@ async def test_redis_unreachable_is_a_clear_error(cli: Cli, tmp_path: Path) -> N
     done = await cli.run("enqueue", str(src), env=env, timeout=90)
     assert done.code == 2
     assert "127.0.0.1:1/0 is unreachable" in done.stderr.strip().splitlines()[-1]
+
+
+async def test_group_rate_holds_when_a_frozen_replica_wakes(
+    queue: Queue, cli: Cli, make_sim: Any, tmp_path: Path
+) -> None:
+    """Three consumers at --rate 150, one frozen (SIGSTOP) for 5 s while the others take the
+    rate, then woken: the slots it was granted before the freeze are taken again, so no second
+    at the server carries more than 150."""
+    running = await make_sim(latency_ms=20)
+    wanted = ids("CDE", 2400)
+    env = queue.env(
+        running, tmp_path, MOUVONE_RATE="150", MOUVONE_CONCURRENCY="16", MOUVONE_CLAIM_IDLE="30"
+    )
+    assert (await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", wanted)), env=env)).code == 0
+    procs = [
+        await cli.start("consume", "--exit-when-empty", "--consumer", f"c{n}", env=env)
+        for n in range(3)
+    ]
+    await asyncio.wait_for(running.sim.wait_for_deletes(300), 30)
+    procs[0].send_signal(signal.SIGSTOP)
+    await asyncio.sleep(5)  # the freeze itself, not a synchronisation
+    procs[0].send_signal(signal.SIGCONT)
+    done = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 90)
+    assert [p.returncode for p in procs] == [0, 0, 0], [e.decode()[-500:] for _, e in done]
+    assert running.sim.stats.max_in_window(1.0) <= 150
+    assert_one_result_each(await queue.results(), set(wanted))

@@ -5,6 +5,7 @@ tokens."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 from tests.conftest import Cli, ledger_rows, sim_env, write_ids
@@ -109,3 +110,22 @@ async def test_two_second_tokens(cli: Cli, make_sim: Any, tmp_path: Any) -> None
     assert done.code == 0, done.stderr[-3000:]
     assert running.sim.stats.statuses[401] == 0
     assert running.sim.stats.token_requests >= 3
+
+
+async def test_no_second_over_the_rate_after_a_stall(
+    cli: Cli, sim: RunningSimulator, tmp_path: Any
+) -> None:
+    """A run frozen (as by Ctrl-Z) for 3 s at --rate 10, then woken: the slots it missed do
+    not all go at once; no second at the server carries more than 10 requests."""
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(sim, ledger, MOUVONE_RATE="10", MOUVONE_CONCURRENCY="16")
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 80))
+    proc = await cli.start("run", str(src), "--yes", env=env)
+    await asyncio.wait_for(sim.sim.wait_for_deletes(20), 30)
+    proc.send_signal(signal.SIGSTOP)
+    await asyncio.sleep(3)  # the freeze itself, not a synchronisation
+    proc.send_signal(signal.SIGCONT)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert sim.sim.stats.max_in_window(1.0) <= 10
+    assert sim.sim.stats.statuses[429] == 0

@@ -183,7 +183,13 @@ class Reader:
         await api.limiter.acquire()
         if self._stopping is not None and self._stopping():
             raise StoppingError(what)
-        token = await api.tokens.get()  # after the wait: never a token that expired meanwhile
+        token = api.tokens.ready()  # after the wait: never a token that expired meanwhile
+        while token is None:  # a refresh: its wait made the slot stale, so take another
+            await api.tokens.get()
+            await api.limiter.acquire()
+            if self._stopping is not None and self._stopping():
+                raise StoppingError(what)
+            token = api.tokens.ready()
         generation = api.tokens.generation
         self.requests += 1
         if self._on_request is not None:

@@ -30,6 +30,10 @@ class TokenProvider(Protocol):
 
     generation: int
 
+    def ready(self) -> str | None:
+        """The token when it can be sent now without asking the token endpoint, else None."""
+        ...
+
     async def get(self) -> str:
         """A token believed valid now."""
         ...
@@ -45,6 +49,10 @@ class StaticToken:
     def __init__(self, token: str) -> None:
         self._token = token
         self.generation = 0
+
+    def ready(self) -> str:
+        """The given token."""
+        return self._token
 
     async def get(self) -> str:
         """The given token."""
@@ -95,6 +103,16 @@ class ClientCredentials:
         self._fetched_at: float | None = None
         self.refreshes = 0
         self.generation = 0
+
+    def ready(self) -> str | None:
+        """The cached token while ``get`` would hand it out at once, else None (``get`` then)."""
+        token = self._token
+        if token is None:
+            return None
+        now = self._clock.monotonic()
+        if now < self._refresh_at or (now < self._usable_until and not self._may_fetch()):
+            return token
+        return None
 
     async def get(self) -> str:
         """The cached token, fetched when missing or due for refresh (ahead of the lifetime

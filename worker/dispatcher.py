@@ -256,7 +256,14 @@ class Dispatcher:
                 state.lost = True
                 return None
             tokens = self._tokens
-            state.token = token = await tokens.get()
+            token = tokens.ready()
+            while token is None:  # a refresh: its wait made the slot stale, so take another
+                await tokens.get()
+                await self._limiter.acquire()
+                if self._control.stopping:
+                    return None
+                token = tokens.ready()
+            state.token = token
             generation = tokens.generation
             state.attempts += 1
             self._control.requests += 1

@@ -1,7 +1,10 @@
 """One process-wide rate limit: even spacing, a hard cap, and a shared pause.
 
 asyncio-throttle's ``Throttler`` keeps a sliding log of start times and so never lets more than
-``rate`` requests (less 1%) start within any one-second window: it is the hard cap. On its own
+``floor(rate)`` requests start within any window of CAP_PERIOD_S (a little over a second, so
+that a request arriving a few milliseconds late cannot push a second over): it is the hard cap,
+and it holds whatever happens to the schedule, a stall of the event loop included (a frozen or
+swapped process wakes with every slot it missed due at once). On its own
 it admits a whole second's quota in a burst at the start of the window, which Azure API
 Management's sliding window answers with 429s, and its waiters poll every ``retry_interval``.
 So requests are first paced onto evenly spaced slots (``1 / (rate * margin)`` apart, first come
@@ -32,9 +35,9 @@ def _ignore(_seconds: float) -> None:
 
 
 DEFAULT_MARGIN = 0.98  # pace a little under the limit: the gateway's window is not exact
-CAP_MARGIN = 0.99  # the hard cap, a little under the limit too: requests that catch up after a
-# stall of the event loop must not fill a second to the limit, where a few milliseconds of
-# jitter on the way would push the gateway's second over it
+CAP_PERIOD_S = 1.02  # the hard cap's window: floor(rate) requests in any 1.02 s, so no second
+# carries more than the rate even when the requests catching up after a stall arrive 20 ms apart
+# from the ones before it
 MIN_SLEEP_S = 0.001  # a slot closer than this is taken at once: an event-loop timer costs more
 DECREASE_FACTOR = 0.5  # a 429 halves the pace
 INCREASE_PER_S = 0.02  # successes raise the pace by this share of the rate per second of them
@@ -67,11 +70,12 @@ class RateLimiter:
         self._throttler: Throttler | None = None
         self.on_wait: Callable[[float], None] = _ignore  # time spent waiting for a slot
         if hard_cap:
-            cap = rate_per_s * CAP_MARGIN
-            burst = max(1, math.floor(cap))
+            # At least a second per window: floor(rate) in any CAP_PERIOD_S, or one request in
+            # 1 / rate seconds (and a little) below one per second.
+            burst = max(1, math.floor(rate_per_s))
             self._throttler = Throttler(
                 rate_limit=burst,
-                period=burst / cap,
+                period=max(CAP_PERIOD_S, CAP_PERIOD_S / rate_per_s),
                 retry_interval=min(0.01, self._interval_s / 2),
             )
 

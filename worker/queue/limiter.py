@@ -25,6 +25,7 @@ from worker.queue.streams import Streams, patiently
 log = structlog.get_logger(__name__)
 
 GROUP_MARGIN = 0.95
+LATE_S = 0.05  # a slot used later than this (a frozen or starved replica) is taken again
 
 
 class GroupRateLimiter(RateLimiter):
@@ -37,19 +38,29 @@ class GroupRateLimiter(RateLimiter):
         self.stopping = lambda: False
 
     async def acquire(self) -> None:
-        """Take the group's next slot and wait for it."""
+        """Take the group's next slot and wait for it. A slot that this replica reaches late
+        (frozen by SIGSTOP, swapped, starved of CPU, or slow to hear back from Redis) belongs
+        to a moment that has passed: the other replicas have used the time since, so sending
+        now would put two slots' requests into one; a new slot is taken instead."""
+        clock = self._clock
         while True:
-            paused_s = self.paused_until - self._clock.monotonic()
+            paused_s = self.paused_until - clock.monotonic()
             if paused_s > 0:  # a pause here starts before Redis has heard of it
-                await self._clock.sleep(paused_s)
+                await clock.sleep(paused_s)
+            asked = clock.monotonic()
             wait_ms = await patiently(self._take_slot, self.stopping, "rate limiter")
             if wait_ms is None:  # stopping: the caller checks and sends nothing
                 return
             wait_s = wait_ms / 1000.0
-            if wait_s >= MIN_SLEEP_S:
+            due = asked + wait_s
+            if due - clock.monotonic() >= MIN_SLEEP_S:
                 self.on_wait(wait_s)
-                await self._clock.sleep(wait_s)
-            if self._clock.monotonic() >= self.paused_until:
+                await clock.sleep(due - clock.monotonic())
+            now = clock.monotonic()
+            if now - due > LATE_S:
+                log.info("rate_slot_late", late_s=round(now - due, 3))
+                continue
+            if now >= self.paused_until:
                 break
         if self._throttler is not None:
             await self._throttler.acquire()  # type: ignore[no-untyped-call]
