@@ -8,9 +8,9 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import structlog
 
@@ -364,14 +364,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         runner = Runner(settings, source, ledger, options)
         report = event_loop.run(_execute(runner))
         _export_metrics(runner, settings)
-        sys.stdout.write(render_run(report.as_dict()))
+        # The run's exit status is its own: a closed stdout or stderr (`| head`) loses only text.
+        _say(sys.stdout, render_run(report.as_dict()))
         if report.exit_code in (3, 130, 143) and report.reason:
-            print(
+            _say(
+                sys.stderr,
                 f"cancel-orders: {redact.clean(report.reason)}; unanswered orders stay pending "
-                f"(resume with the same command)",
-                file=sys.stderr,
+                f"(resume with the same command)\n",
             )
         return report.exit_code
+
+
+def _say(stream: TextIO, text: str) -> None:
+    """Write and flush; a stream that cannot be written is pointed at /dev/null instead."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        with suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
 
 
 def _export_metrics(runner: Runner, settings: Settings) -> None:

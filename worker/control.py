@@ -38,24 +38,26 @@ class RunControl:
 
     def abort(self, reason: str, exit_code: int = 3) -> None:
         """Stop the run; the first reason wins."""
-        if self.exit_code is None:
+        first = self.exit_code is None
+        if first:
             self.exit_code = exit_code
             self.reason = redact.clean(reason)
+        self.stop_event.set()  # state first: the log line below may fail, the stop may not
+        if first:
             log.error("run_aborted", reason=reason, exit_code=exit_code)
-        self.stop_event.set()
 
     def interrupt(self, exit_code: int, signal_name: str) -> None:
         """A signal asked the run to stop (130 for SIGINT, 143 for SIGTERM). A signal while the
         run is already stopping asks it not to wait for the requests in flight (they stay
         `pending`) and keeps the first reason."""
         if self.stopping:
-            log.warning("run_interrupted_again", signal=signal_name)
             self.hurry_event.set()
+            log.warning("run_interrupted_again", signal=signal_name)
             return
         self.exit_code = exit_code
         self.reason = f"interrupted by {signal_name}"
-        log.warning("run_interrupted", signal=signal_name)
         self.stop_event.set()
+        log.warning("run_interrupted", signal=signal_name)
 
 
 async def with_signals(control: RunControl, work: Awaitable[T]) -> T:

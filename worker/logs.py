@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -140,6 +142,28 @@ class _StderrLogger:
 
 
 def _emit(data: str | bytes) -> None:
+    """Write to standard error; never raises. A write that fails (the reader of a pipe is gone,
+    a full disk, EIO) is counted, and standard error is pointed at /dev/null from then on, so
+    that nothing buffered can fail again (at exit, for instance): a log line is never worth an
+    outcome, a signal handler or an exit status."""
+    global LOST_LINES  # noqa: PLW0603 - one count for the process
+    if LOST_LINES:
+        LOST_LINES += _lines(data)
+        return
+    try:
+        _write_stderr(data)
+    except (OSError, ValueError):
+        LOST_LINES += _lines(data)
+        _silence_stderr()
+
+
+def _lines(data: str | bytes) -> int:
+    if isinstance(data, str):
+        return max(1, data.count("\n"))
+    return max(1, data.count(b"\n"))
+
+
+def _write_stderr(data: str | bytes) -> None:
     stream = sys.stderr
     binary = getattr(stream, "buffer", None) if stream is sys.__stderr__ else None
     if binary is None or isinstance(data, str):
@@ -152,6 +176,22 @@ def _emit(data: str | bytes) -> None:
     binary.flush()
 
 
+def _silence_stderr() -> None:
+    """Point file descriptor 2 at /dev/null (what was buffered for it is dropped with it)."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+
+
+def lost_lines() -> int:
+    """Log lines that could not be written (standard error failed)."""
+    return LOST_LINES
+
+
+LOST_LINES = 0
 _LOGGER = _StderrLogger()
 atexit.register(_LOGGER.flush)
 

@@ -71,6 +71,7 @@ class RunSummary:
     paused_s: float = 0.0  # time every worker waited on 429 / quota answers
     outage_s: float = 0.0  # time the circuit breaker was open
     lowest_rate: float | None = None  # the lowest pace 429s brought the rate down to
+    log_lines_lost: int = 0  # log lines standard error could not take
 
     def add(self, result: Result) -> None:
         """Count one order's result."""
@@ -136,7 +137,7 @@ class RunReport:
             "outage_s": round(s.outage_s, 3),
             "lowest_rate": round(s.lowest_rate, 2) if s.lowest_rate is not None else None,
             "ledger": self.ledger,
-        }
+        } | ({"log_lines_lost": s.log_lines_lost} if s.log_lines_lost else {})
 
 
 def new_run_id() -> str:

@@ -26,7 +26,7 @@ from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
 from worker.errors import LedgerError, WorkerError
 from worker.ledger import Ledger
 from worker.limiter import RateLimiter
-from worker.logs import flush_logs
+from worker.logs import flush_logs, lost_lines
 from worker.loop import settle_gc
 from worker.metrics import Metrics
 from worker.models import SUCCESS, Outcome, RunOptions, RunReport, RunSummary, new_run_id
@@ -159,8 +159,12 @@ class Runner:
 
     async def _supervise(self, producer: asyncio.Task[None], lanes: list[_Lane]) -> None:
         workers = [lane.task for lane in lanes if lane.task is not None]
+        for worker in workers:
+            worker.add_done_callback(self._worker_ended)
         stop = asyncio.ensure_future(self.control.stop_event.wait())
-        everything = asyncio.gather(producer, *workers)
+        # return_exceptions: a worker that dies stops the run (_worker_ended), never the wait
+        # for the others, whose requests in flight are drained before the session closes.
+        everything = asyncio.gather(producer, *workers, return_exceptions=True)
         waits: set[asyncio.Future[Any]] = {stop, everything}
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if self.control.stopping:
@@ -173,6 +177,10 @@ class Runner:
                 await self._grace(busy)
         stop.cancel()
         await asyncio.gather(everything, stop, return_exceptions=True)
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.control.abort(f"internal error: a worker stopped: {error!r}")
 
     async def _grace(self, busy: list[asyncio.Task[None]]) -> None:
         await drain(busy, self.control, self._settings.grace)
@@ -277,6 +285,7 @@ class Runner:
                 if self._limiter.lowest_pace_per_s < self._limiter.rate_per_s:
                     self.summary.lowest_rate = self._limiter.lowest_pace_per_s
             self.summary.outage_s = self._breaker.outage_total_s + self._breaker.outage_s()
+        self.summary.log_lines_lost = lost_lines()
         code = self.control.exit_code
         if code is None:
             skipped_ok = all(Outcome(o) in SUCCESS for o in self._skipped)

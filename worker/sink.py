@@ -84,15 +84,16 @@ class ResultSink:
         self._flush_lock = asyncio.Lock()
 
     def add(self, result: Result) -> None:
-        """Count, log and buffer one order's result (never awaits)."""
-        self.summary.add(result)
-        self._metrics.finished(result)
-        info_event("order", result.log_fields())
+        """Buffer, count and log one order's result (never awaits; the result is buffered
+        before anything that could fail)."""
         if self._ledger is not None:
             self._buffer.append(result)
             self._waiting.set()
             if len(self._buffer) >= FLUSH_EVERY:
                 self._full.set()
+        self.summary.add(result)
+        self._metrics.finished(result)
+        info_event("order", result.log_fields())
 
     async def flush(self) -> None:
         """Write what is buffered; on failure the results stay buffered and LedgerError rises."""
