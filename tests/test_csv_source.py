@@ -39,7 +39,8 @@ def _file(tmp_path: Path, data: bytes) -> Path:
         (f"reference;note\n{A};x\n{B};y\n".encode(), [A, B]),  # semicolons, unknown header
         (f"id\tnote\n{A}\tx\n".encode(), [A]),  # tabs
         (f"\n\nid\n\n  {A}  \n\t\n{B}\n\n".encode(), [A, B]),  # blank lines and whitespace
-        (f"id,other\n{A},1\n,2\n{B},3\n".encode(), [A, B]),  # empty cell skipped
+        # a row with content but no ID is kept (recorded invalid), not skipped
+        (f"id,other\n{A},1\n,2\n{B},3\n".encode(), [A, "(no ID: line 3)", B]),
         (b"", []),  # empty file
         (b"orderId\n", []),  # header only
         (f"{A}\n{A}\n".encode(), [A, A]),  # duplicates are the ledger's business

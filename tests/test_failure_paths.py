@@ -60,3 +60,74 @@ async def test_a_closed_stdout_keeps_the_exit_status(
     db = sqlite3.connect(ledger)
     assert db.execute("SELECT exit_code FROM runs").fetchone()[0] == 1
     db.close()
+
+
+async def test_input_read_once_is_spooled(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """`run /dev/stdin` and a named pipe are read once into a private copy, then counted and
+    sent: nothing is lost to a second read."""
+    ledger = tmp_path / "l.sqlite"
+    orders = ids("CDE", 12)
+    data = "\n".join(["orderId", *orders]).encode() + b"\n"
+    done = await cli.run("run", "/dev/stdin", "--yes", env=sim_env(sim, ledger), stdin=data)
+    assert done.code == 0, done.stderr[-2000:]
+    assert set(sim.sim.stats.deletes) == set(orders)
+    fifo = tmp_path / "ids.fifo"
+    import os  # noqa: PLC0415
+
+    os.mkfifo(fifo)
+    more = ids("ALR", 5)
+    proc = await cli.start("run", str(fifo), "--yes", env=sim_env(sim, tmp_path / "m.sqlite"))
+
+    def feed() -> None:
+        with fifo.open("w") as writer:
+            writer.write("\n".join(more) + "\n")
+
+    await asyncio.to_thread(feed)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert set(more) <= set(sim.sim.stats.deletes)
+
+
+async def test_a_row_without_id_is_recorded(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """A CSV row with content but an empty or missing ID cell is recorded `invalid` with its
+    line (exit 1); an entirely empty row is still skipped."""
+    ledger = tmp_path / "l.sqlite"
+    src = tmp_path / "o.csv"
+    src.write_text("note,orderId\na,CDE0000000001\nno id here,\n\nb,CDE0000000002\nshort\n")
+    done = await cli.run("run", str(src), "--yes", env=sim_env(sim, ledger))
+    assert done.code == 1, done.stderr[-2000:]
+    rows = ledger_rows(ledger)
+    missing = {k: r for k, r in rows.items() if r["outcome"] == "invalid"}
+    assert len(missing) == 2
+    assert sorted(r["message"].split(":")[1] for r in missing.values()) == ["3", "6"]
+    assert rows["CDE0000000002"]["outcome"] == "cancelled"
+
+
+async def test_a_long_retry_after_on_5xx_stops(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """A 503 with Retry-After: 3600 is not obeyed for an hour per attempt: longer than
+    --max-wait, it stops the run (exit 3), its order pending, within seconds."""
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "o.csv", ["HRS0000000001", *ids("CDE", 3)])
+    env = sim_env(sim, ledger, MOUVONE_CONCURRENCY="1")
+    done = await cli.run("run", str(src), "--yes", env=env, timeout=30)
+    assert done.code == 3, done.stderr[-2000:]
+    assert "3600" in done.stderr.strip().splitlines()[-1]
+    assert ledger_rows(ledger)["HRS0000000001"]["outcome"] == "pending"
+
+
+async def test_valid_credentials_are_never_fatal(cli: Cli, make_sim: Any, tmp_path: Path) -> None:
+    """Short-lived tokens, many retries and a low rate (the wait before a send longer than a
+    token's life): the token is taken after the wait, so no 401 stops the run."""
+    running = await make_sim(token_ttl_s=2.0, error_rate=0.4, seed=3)
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(
+        running, ledger, MOUVONE_RATE="4", MOUVONE_CONCURRENCY="16", MOUVONE_MAX_ATTEMPTS="12"
+    )
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 20))
+    done = await cli.run("run", str(src), "--yes", env=env, timeout=60)
+    assert done.code == 0, done.stderr[-2000:]
+    assert running.sim.stats.statuses[401] == 0

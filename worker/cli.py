@@ -25,7 +25,7 @@ from worker.models import Outcome, RunOptions, RunReport, new_run_id
 from worker.report import open_output, render_run, write_report
 from worker.runner import Runner
 from worker.sources import IdValidator, OrderSource
-from worker.sources.csv_file import CsvSource, spool_stdin
+from worker.sources.csv_file import CsvSource, needs_spooling, spool_stdin
 from worker.sources.ledger_source import LedgerSource
 
 log = structlog.get_logger(__name__)
@@ -410,11 +410,14 @@ def _source(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> O
         raise ConfigError("INPUT is missing: a CSV file, - for standard input, or --select")
     if any(getattr(args, name, None) for name in FILTER_DESTS):
         raise ConfigError("selection filters need --select")
-    if args.input == "-":
-        spooled = spool_stdin()
+    given = Path(args.input)
+    if args.input == "-" or needs_spooling(given):  # read once: counted and checked from a copy
+        spooled = spool_stdin(source=None if args.input == "-" else given)
         stack.callback(lambda: spooled.unlink(missing_ok=True))
-        return CsvSource(spooled, validator, args.column, name="<stdin>")
-    return CsvSource(Path(args.input), validator, args.column)
+        return CsvSource(
+            spooled, validator, args.column, name="<stdin>" if args.input == "-" else args.input
+        )
+    return CsvSource(given, validator, args.column)
 
 
 def _confirm(source: OrderSource, settings: Settings, args: argparse.Namespace, total: int) -> None:

@@ -116,7 +116,7 @@ class RunReport:
     def as_dict(self) -> dict[str, object]:
         """The summary event's fields."""
         s = self.summary
-        return {
+        fields: dict[str, object] = {
             "run_id": self.run_id,
             "exit_code": self.exit_code,
             "reason": self.reason,
@@ -137,7 +137,10 @@ class RunReport:
             "outage_s": round(s.outage_s, 3),
             "lowest_rate": round(s.lowest_rate, 2) if s.lowest_rate is not None else None,
             "ledger": self.ledger,
-        } | ({"log_lines_lost": s.log_lines_lost} if s.log_lines_lost else {})
+        }
+        if s.log_lines_lost:
+            fields["log_lines_lost"] = s.log_lines_lost
+        return fields
 
 
 def new_run_id() -> str:

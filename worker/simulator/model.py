@@ -34,6 +34,7 @@ BEHAVIOURS: dict[str, tuple[str, str]] = {
     "ERR": ("status", "500"),
     "CFL": ("transient", "conflict"),
     "TMP": ("transient", "503"),
+    "HRS": ("transient", "503hour"),  # 503 with Retry-After: 3600
     "HTM": ("transient", "502html"),
     "BAD": ("transient", "500json"),
     "RST": ("transient", "reset"),

@@ -207,6 +207,8 @@ class Simulator:
             return api_error("CONFLICT", "The order was updated by another user.")
         if detail == "503":
             return web.Response(status=503, text="")
+        if detail == "503hour":
+            return web.Response(status=503, text="", headers={"Retry-After": "3600"})
         if detail == "502html":
             return web.Response(
                 status=502, text="<html><body>Bad Gateway</body></html>", content_type="text/html"

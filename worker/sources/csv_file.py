@@ -6,6 +6,7 @@ import codecs
 import csv
 import itertools
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import IO
 import structlog
 
 from worker.errors import InputError
+from worker.models import Outcome, Result
 from worker.sources import Batch, IdValidator
 
 log = structlog.get_logger(__name__)
@@ -48,9 +50,19 @@ class CsvSource:
         return sum(1 for _ in self._values())
 
     def batches(self, size: int) -> Iterator[Batch]:
-        """Validated IDs in input order, ``size`` at a time."""
+        """Validated IDs in input order, ``size`` at a time; a row with content but no ID is
+        an `invalid` one, named by its line."""
         check = self._validator.check
-        values = ((check(value, f"{self.name}:{line}")) for line, value in self._values())
+
+        def checked(line: int, value: str) -> tuple[str, Result | None]:
+            where = f"{self.name}:{line}"
+            if value:
+                return check(value, where)
+            stored = f"(no ID: line {line})"
+            message = f"{where}: the row has no order ID in its ID column"
+            return stored, Result(stored, Outcome.INVALID, None, "WRONG_FORMAT", message, 0)
+
+        values = (checked(line, value) for line, value in self._values())
         while chunk := list(itertools.islice(values, size)):
             yield chunk
 
@@ -76,6 +88,8 @@ class CsvSource:
             for row in csv.reader(lines, dialect=dialect):
                 if index < len(row) and (value := row[index].strip()):
                     yield lines.number, value
+                elif any(cell.strip() for cell in row):  # content, but no ID: never dropped
+                    yield lines.number, ""
         except csv.Error as exc:
             raise InputError(f"{self.name}:{lines.number}: {exc}") from None
 
@@ -149,14 +163,33 @@ class _Semicolon(csv.excel):
     delimiter = ";"
 
 
-def spool_stdin(directory: Path | None = None) -> Path:
-    """Copy standard input to a private temporary file, so it can be checked before sending."""
+def needs_spooling(path: Path) -> bool:
+    """True for an input that can be read only once: a pipe, a process substitution
+    (``<(...)``), ``/dev/stdin``, a character device. A directory or a missing file is left to
+    the reader, which names the problem."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def spool_stdin(directory: Path | None = None, source: Path | None = None) -> Path:
+    """Copy standard input (or ``source``, an input that can be read only once) to a private
+    temporary file, so that it can be counted and checked before anything is sent."""
     handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the caller owns and removes the file
         prefix="cancel-orders-stdin-", suffix=".csv", dir=directory, delete=False
     )
     try:
         with handle:
-            shutil.copyfileobj(sys.stdin.buffer, handle, 1 << 20)
+            if source is None:
+                shutil.copyfileobj(sys.stdin.buffer, handle, 1 << 20)
+            else:
+                try:
+                    with source.open("rb") as once:
+                        shutil.copyfileobj(once, handle, 1 << 20)
+                except OSError as exc:
+                    raise InputError(f"{source}: cannot read: {exc.strerror or exc}") from None
     except BaseException:
         with suppress(OSError):
             Path(handle.name).unlink()
