@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, ledger_rows, sim_env, write_ids
+from worker.ledger import Ledger
 from worker.models import FINAL
 from worker.simulator import RunningSimulator
 
@@ -138,3 +139,53 @@ async def test_full_disk_stops_the_run_and_loses_nothing(make_sim: object, tmp_p
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
     assert ledger.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare -rm (user and mount namespaces)")
+async def test_read_only_copy_with_unmerged_wal_is_refused(tmp_path: Path) -> None:
+    """A read-only ledger whose -wal file holds changes not yet merged (a crash) is refused
+    with a message, instead of reporting the stale main file."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    ledger = folder / "l.sqlite"
+    writer = Ledger(ledger)
+    writer.claim([(i, None) for i in IDS], "r1")
+    raw = sqlite3.connect(ledger)  # holds the WAL open: nothing is merged at the writer's close
+    raw.execute("PRAGMA wal_autocheckpoint=0")
+    raw.execute("SELECT 1").fetchone()
+    writer.claim([("CDE0000009999", None)], "r2")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("l.sqlite", "l.sqlite-wal"):
+        shutil.copy(folder / name, copy / name)
+    raw.close()
+    writer.close()
+    mount = f'mount --bind -o ro "{copy}" "{copy}" && exec "$@"'
+    done = await asyncio.to_thread(
+        subprocess.run,
+        ["unshare", "-rm", "sh", "-c", mount, "sh", sys.executable, "-m", "worker", "report",
+         "--ledger", str(copy / "l.sqlite")],
+        capture_output=True, text=True, cwd=tmp_path, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "l.sqlite-wal" in done.stderr.strip().splitlines()[-1]
+
+
+async def test_a_ledger_name_with_uri_characters(cli: Cli, tmp_path: Path) -> None:
+    """`report --ledger 'run#2.sqlite'` reads that file, not one named `run`."""
+    ledger = tmp_path / "run#2.sqlite"
+    writer = Ledger(ledger)
+    writer.claim([(i, None) for i in IDS], "r1")
+    writer.close()
+    done = await cli.run("report", "--ledger", str(ledger), "--format", "json")
+    assert done.code == 0, done.stderr
+    assert json.loads(done.stdout)["total"] == len(IDS)
+
+
+async def test_a_ledger_being_created_is_not_ready(cli: Cli, tmp_path: Path) -> None:
+    """A report on a ledger that has no tables yet says it is not ready (no traceback)."""
+    ledger = tmp_path / "l.sqlite"
+    ledger.write_bytes(b"")
+    done = await cli.run("report", "--ledger", str(ledger))
+    assert done.code == 2
+    assert "not ready" in done.stderr.strip().splitlines()[-1]

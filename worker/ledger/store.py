@@ -69,12 +69,19 @@ class Ledger:
     def _connect_readonly(path: Path) -> sqlite3.Connection:
         """Read-only; on a read-only file system (where SQLite cannot make the WAL's shared
         memory file) the file is read as immutable: a closed ledger has no WAL left over."""
-        uri = f"file:{path}?mode=ro"
+        uri = f"{path.absolute().as_uri()}?mode=ro"  # as a URI: '#' or '?' in a name is quoted
         db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA user_version").fetchone()
         except sqlite3.OperationalError:
             db.close()
+            wal = path.with_name(path.name + "-wal")
+            if wal.is_file() and wal.stat().st_size > 0:
+                raise LedgerError(
+                    f"{path}: its latest changes are in {wal.name}, which cannot be read here "
+                    "(no -shm file can be made beside it): copy the ledger with its -wal file "
+                    "to a writable folder, or read it where it was written"
+                ) from None
             uri += "&immutable=1"
             db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         return db
@@ -97,6 +104,11 @@ class Ledger:
         if version > SCHEMA_VERSION:
             raise LedgerError(
                 f"{self.path}: ledger schema {version} is newer than this tool ({SCHEMA_VERSION})"
+            )
+        if version == 0 and self.readonly:
+            raise LedgerError(
+                f"{self.path}: the ledger is not ready (a run is creating it, or it is not a "
+                "ledger): try again in a moment"
             )
         if version < SCHEMA_VERSION and not self.readonly:
             self._db.executescript(SCHEMA)
@@ -302,7 +314,7 @@ def check_target(path: Path, base_url: str) -> None:
     """ConfigError unless the ledger at ``path`` is new or belongs to ``base_url``: outcomes
     recorded against another target (a simulator, a staging gateway) must never make a run
     against this one skip orders. Checked before anything is sent, selections included."""
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:  # new, or left empty by a refused run
         return
     ledger = Ledger(path, readonly=True)
     try:
