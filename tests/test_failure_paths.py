@@ -131,3 +131,14 @@ async def test_valid_credentials_are_never_fatal(cli: Cli, make_sim: Any, tmp_pa
     done = await cli.run("run", str(src), "--yes", env=env, timeout=60)
     assert done.code == 0, done.stderr[-2000:]
     assert running.sim.stats.statuses[401] == 0
+
+
+async def test_select_through_a_persistent_outage(cli: Cli, make_sim: Any, tmp_path: Path) -> None:
+    """`select` while every request answers 503: exit 3 with a one-line error, no traceback."""
+    running = await make_sim(orders=50)
+    running.sim.outage(3600, "503")
+    env = sim_env(running, tmp_path / "l.sqlite", MOUVONE_MAX_ATTEMPTS="2")
+    done = await cli.run("select", "--status", "Draft", env=env)
+    assert done.code == 3, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "failed on every attempt" in done.stderr.strip().splitlines()[-1]

@@ -84,8 +84,8 @@ def connect(
     return Api(session, limiter, tokens, client, backoff)
 
 
-class RetriesExhaustedError(Exception):
-    """A read failed on every allowed attempt."""
+class RetriesExhaustedError(FatalApiError):
+    """A read failed on every allowed attempt (where nothing else can be done: exit 3)."""
 
     def __init__(self, url: URL, answer: Answer) -> None:
         what = answer.failure or f"HTTP {answer.status}"

@@ -20,7 +20,7 @@ from worker.config import Settings, load_settings
 from worker.control import with_signals
 from worker.errors import ConfigError, WorkerError
 from worker.ledger import Ledger, check_target, open_ledger
-from worker.logs import configure, redact
+from worker.logs import configure, flush_logs, redact
 from worker.models import Outcome, RunOptions, RunReport, new_run_id
 from worker.report import open_output, render_run, write_report
 from worker.runner import Runner
@@ -314,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command: Callable[[argparse.Namespace], int] = commands[args.command]
         return command(args)
     except WorkerError as exc:
-        print(f"cancel-orders: error: {redact.clean(str(exc))}", file=sys.stderr)
+        flush_logs()  # the gathered log lines first: the error is the last line
+        _say(sys.stderr, f"cancel-orders: error: {redact.clean(str(exc))}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         print("cancel-orders: interrupted: nothing more was sent", file=sys.stderr)

@@ -4,6 +4,7 @@ written as CSV (to a file, standard output, or a private temporary file that fee
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import time
 from contextlib import ExitStack
@@ -91,14 +92,15 @@ async def select_into(
     reader = Reader(
         api, table, clock, max_attempts=settings.max_attempts, max_wait_s=settings.max_wait
     )
-    out.write("orderId\n")
+    rows = csv.writer(out, lineterminator="\n")  # an ID with a comma, a quote or a newline
+    rows.writerow(["orderId"])  # reads back as itself
     started = time.monotonic()
     show = _Progress(progress_bar)
     log.info("selection_started", filters=_describe(filters), base_url=settings.base_url)
     try:
 
         def emit(order_id: str) -> None:
-            out.write(order_id + "\n")
+            rows.writerow([order_id])
 
         selector = Selector(reader, api.client, filters, emit, show.page)
         found = await selector.run()

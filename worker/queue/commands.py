@@ -201,14 +201,21 @@ def cmd_redrive(settings: Settings) -> int:
         try:
             await streams.ping()
             n = streams.names
+            # Only the dead letters there now: consumers may dead-letter again meanwhile, and
+            # those wait for the next redrive instead of going round for ever.
+            last: Any = await streams.redis.xrevrange(n.dead, "+", "-", count=1)
+            if not last:
+                return 0
+            start, end = "-", last[0][0]
             while True:
-                chunk: Any = await streams.redis.xrange(n.dead, "-", "+", count=READ_CHUNK)
+                chunk: Any = await streams.redis.xrange(n.dead, start, end, count=READ_CHUNK)
                 if not chunk:
                     return moved
                 for entry_id, _fields in chunk:
                     moved += int(
                         await streams.redrive_script(keys=[n.dead, n.stream], args=[entry_id])
                     )
+                start = "(" + chunk[-1][0]
         finally:
             await streams.close()
 
