@@ -17,7 +17,7 @@ from typing import Any
 
 from tests.conftest import REDIS_URL, Cli, Queue, write_ids
 from worker.queue.commands import enqueue
-from worker.queue.streams import Streams
+from worker.queue.streams import Names, Streams
 from worker.simulator import RunningSimulator
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource
@@ -292,3 +292,25 @@ async def test_group_rate_holds_when_a_frozen_replica_wakes(
     assert [p.returncode for p in procs] == [0, 0, 0], [e.decode()[-500:] for _, e in done]
     assert running.sim.stats.max_in_window(1.0) <= 150
     assert_one_result_each(await queue.results(), set(wanted))
+
+
+async def test_finish_sent_twice_counts_once(queue: Queue) -> None:
+    """The reply to the finishing script is lost and the call sent again: the second call
+    answers "already finished by me", not "taken by another consumer"; another consumer's
+    call on the same entry is still refused."""
+    n = queue.names
+    streams = Streams(REDIS_URL, n)
+    other = Streams(REDIS_URL, Names(n.stream, n.group, "other", n.results, n.dead))
+    try:
+        await streams.ensure_group()
+        await queue.redis.xadd(n.stream, {"order_id": "CDE0000000001"})
+        ((_, entries),) = await queue.redis.xreadgroup(n.group, n.consumer, {n.stream: ">"})
+        entry_id = entries[0][0]
+        fields = ["order_id", "CDE0000000001", "outcome", "cancelled"]
+        assert await streams.finish(entry_id, "CDE0000000001", "cancelled", "", fields)
+        assert await streams.finish(entry_id, "CDE0000000001", "cancelled", "", fields)
+        assert not await other.finish(entry_id, "CDE0000000001", "cancelled", "", fields)
+        assert await queue.redis.xlen(n.results) == 1
+    finally:
+        await streams.close()
+        await other.close()

@@ -60,12 +60,17 @@ if final then return {1, final} end
 return {1, ''}
 """
 
-# KEYS: stream, results, dead letters, final hash. ARGV: group, consumer, entry id, order id,
-# final outcome or "", dead-letter reason or "", then the result's field/value pairs.
-# -> 1 when written and acknowledged, 0 when the entry is no longer this consumer's.
+# KEYS: stream, results, dead letters, final hash, the entry's done mark. ARGV: group,
+# consumer, entry id, order id, final outcome or "", dead-letter reason or "", then the result's
+# field/value pairs. -> 1 when written and acknowledged, 2 when this consumer had already done
+# so (a reply lost on the way, the call sent again), 0 when the entry is another consumer's.
 FINISH = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+if #p == 0 or p[1][2] ~= ARGV[2] then
+  if redis.call('GET', KEYS[5]) == ARGV[2] then return 2 end
+  return 0
+end
+redis.call('SET', KEYS[5], ARGV[2], 'EX', 3600)
 local fields = {}
 for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 if #fields > 0 then redis.call('XADD', KEYS[2], '*', unpack(fields)) end
@@ -185,13 +190,15 @@ class Streams:
     async def finish(
         self, entry_id: str, order_id: str, final: str, dead_reason: str, fields: Sequence[str]
     ) -> bool:
-        """Write the result (and the dead letter), acknowledge; False if not ours any more."""
+        """Write the result (and the dead letter), acknowledge; False if another consumer has
+        the entry. True also when this consumer had already finished it: redis-py sends a
+        script again when its reply was lost, and the second call finds the work done."""
         n = self.names
         done = await self.finish_script(
-            keys=[n.stream, n.results, n.dead, n.final],
+            keys=[n.stream, n.results, n.dead, n.final, f"{n.results}:done:{entry_id}"],
             args=[n.group, n.consumer, entry_id, order_id, final, dead_reason, *fields],
         )
-        return bool(done)
+        return int(done) in (1, 2)
 
     async def owned(self, entry_id: str, order_id: str) -> tuple[bool, str]:
         """(still this consumer's, the order's final outcome if already recorded)."""
