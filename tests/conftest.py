@@ -207,3 +207,37 @@ def ledger_rows(path: Path) -> dict[str, dict[str, Any]]:
         return {r["order_id"]: dict(r) for r in db.execute("SELECT * FROM orders")}
     finally:
         db.close()
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[str]:
+    """A Redis server of the test's own on a free loopback port (its settings can be changed
+    without touching the shared one); its URL."""
+    import shutil  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", str(tmp_path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = aioredis.Redis.from_url(url)
+    try:
+        for _ in range(100):
+            try:
+                await client.ping()
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+        yield url
+    finally:
+        await client.aclose()
+        proc.terminate()
+        await proc.wait()

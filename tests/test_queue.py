@@ -15,7 +15,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REDIS_URL, Cli, Queue, write_ids
+import redis.asyncio as aioredis
+
+from tests.conftest import REDIS_URL, Cli, Queue, sim_env, write_ids
 from worker.queue.commands import enqueue
 from worker.queue.streams import Names, Streams
 from worker.simulator import RunningSimulator
@@ -314,3 +316,40 @@ async def test_finish_sent_twice_counts_once(queue: Queue) -> None:
     finally:
         await streams.close()
         await other.close()
+
+
+async def test_enqueue_to_a_redis_out_of_memory(
+    private_redis: str, cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Redis refuses writes (out of memory): enqueue says so while it retries, then gives up
+    with exit 3 and a clear message instead of looping for ever."""
+    admin = aioredis.Redis.from_url(private_redis)
+    await admin.config_set("maxmemory", "1")
+    await admin.aclose()
+    env = sim_env(sim, tmp_path / "l.sqlite", MOUVONE_REDIS_URL=private_redis,
+                  MOUVONE_OUTAGE_TIMEOUT="2")  # fmt: skip
+    done = await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", ids("CDE", 10))), env=env)
+    assert done.code == 3, done.stderr[-2000:]
+    assert "redis_unavailable" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "Redis has been unavailable" in last
+
+
+async def test_consume_from_a_redis_that_refuses_writes(
+    private_redis: str, cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Redis starts refusing writes (out of memory) while a consumer runs: it backs off and
+    says so, and when the refusal lasts it ends with exit 3 and a clear message."""
+    env = sim_env(sim, tmp_path / "l.sqlite", MOUVONE_REDIS_URL=private_redis,
+                  MOUVONE_OUTAGE_TIMEOUT="3", MOUVONE_RATE="20")  # fmt: skip
+    added = await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", ids("CDE", 200))), env=env)
+    assert added.code == 0, added.stderr[-2000:]
+    proc = await cli.start("consume", "--exit-when-empty", env=env)
+    await asyncio.wait_for(sim.sim.wait_for_deletes(10), 30)
+    admin = aioredis.Redis.from_url(private_redis)
+    await admin.config_set("maxmemory", "1")
+    await admin.aclose()
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 3, err.decode()[-2000:]
+    assert b"redis_unavailable" in err
+    assert b"Redis has been unavailable" in err.strip().splitlines()[-1]

@@ -20,6 +20,7 @@ from worker.control import with_signals
 from worker.errors import ConfigError
 from worker.ledger import Ledger
 from worker.models import Outcome, Result, RunReport
+from worker.queue import streams as streams_module
 from worker.queue.consumer import Consumer
 from worker.queue.streams import Names, Streams, patiently
 from worker.report import write_report
@@ -46,6 +47,7 @@ def streams_for(settings: Settings) -> Streams:
     """A connection to the Redis of these settings; ConfigError without a URL."""
     if not settings.redis_url:
         raise ConfigError("missing setting: MOUVONE_REDIS_URL (--redis-url)")
+    streams_module.PATIENCE_S = settings.outage_timeout  # Redis gets the API's patience
     return Streams(settings.redis_url, names(settings))
 
 
@@ -103,7 +105,11 @@ async def _append(streams: Streams, entries: list[tuple[str, str]]) -> None:
             pipe = streams.redis.pipeline(transaction=False)
             for entry_id, order_id in batch:
                 pipe.xadd(stream, {"order_id": order_id}, id=entry_id)
-            return list(await pipe.execute(raise_on_error=False))
+            answers = list(await pipe.execute(raise_on_error=False))
+            for answer in answers:  # only "ID equal or smaller" is looked into below
+                if isinstance(answer, Exception) and "equal or smaller" not in str(answer):
+                    raise answer  # a refusal that may pass is retried by patiently, else fatal
+            return answers
 
         answers = await patiently(send, lambda: False, "enqueue")
         assert answers is not None

@@ -25,12 +25,13 @@ from worker.clock import Clock, SystemClock
 from worker.config import Settings
 from worker.control import RunControl
 from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
-from worker.errors import ConfigError
+from worker.errors import ConfigError, WorkerError
 from worker.logs import flush_logs
 from worker.loop import settle_gc
 from worker.metrics import Metrics, serve
 from worker.models import FINAL, Outcome, Result, RunReport, RunSummary, new_run_id
 from worker.progress import ProgressReporter
+from worker.queue import streams as streams_module
 from worker.queue.limiter import GroupRateLimiter
 from worker.queue.streams import Streams, patiently, result_fields
 from worker.runner import drain
@@ -104,7 +105,7 @@ class Consumer:
         settle_gc()
         started = time.monotonic()
         await self._streams.ping()
-        await self._streams.ensure_group()
+        await patiently(self._streams.ensure_group, lambda: False, "group creation")
         limiter = GroupRateLimiter(self._settings.rate, self._clock, self._streams)
         limiter.stopping = lambda: self.control.stopping
         api = connect(self._settings, self._clock, limiter, self.metrics)
@@ -136,9 +137,7 @@ class Consumer:
         server = None
         if s.metrics_port is not None:
             try:
-                server = await serve(
-                    self.metrics, s.metrics_host, s.metrics_port, lambda: not self.control.stopping
-                )
+                server = await serve(self.metrics, s.metrics_host, s.metrics_port, self.healthy)
             except OSError as exc:
                 await api.close()
                 where = f"{s.metrics_host}:{s.metrics_port}"
@@ -174,7 +173,21 @@ class Consumer:
         task: asyncio.Task[Any] = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._ended)
         return task
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        """A task that dies stops the consumer (exit 3) with its reason."""
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        if isinstance(error, WorkerError):
+            self.control.abort(str(error))
+        else:
+            self.control.abort(f"internal error: a task of the consumer stopped: {error!r}")
+
+    def healthy(self) -> bool:
+        """For /healthz: running, and Redis answering."""
+        return not self.control.stopping and not streams_module.FAILING
 
     async def _until_done(self) -> None:
         stop = asyncio.ensure_future(self.control.stop_event.wait())
@@ -203,8 +216,12 @@ class Consumer:
         lag = info.get("lag")
         if lag is not None:
             return int(lag) == 0
-        stream = await self._streams.redis.xinfo_stream(n.stream)
-        return bool(info["last-delivered-id"] == stream["last-generated-id"])
+        stream = await patiently(
+            lambda: self._streams.redis.xinfo_stream(n.stream),
+            lambda: self.control.stopping,
+            "stream info",
+        )
+        return stream is not None and info["last-delivered-id"] == stream["last-generated-id"]
 
     def _report(self, elapsed_s: float) -> RunReport:
         self.summary.sent_requests = self.control.requests

@@ -17,16 +17,42 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, WorkerError
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# Refusals that pass: out of memory, a replica after a failover, a master that is down, a
+# script running, a cluster resharding. Retried like a lost connection.
+REFUSALS = (OutOfMemoryError, ReadOnlyError, MasterDownError, TryAgainError, ClusterDownError)
+PATIENCE_S = 300.0  # how long Redis may stay away or refuse before the command gives up
+FAILING: set[str] = set()  # the calls now retrying through a failure (for /healthz)
+
+
+class RedisUnavailableError(WorkerError):
+    """Redis stayed unreachable, or kept refusing, longer than the patience: exit 3."""
+
+    exit_code = 3
+
+
+def is_passing(exc: BaseException) -> bool:
+    """True for a failure that may pass: a lost connection or a refusal of the moment."""
+    if isinstance(exc, TRANSIENT) or isinstance(exc, REFUSALS):  # noqa: SIM101 - tuples
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith("BUSY")
 
 
 @dataclass(frozen=True)
@@ -220,18 +246,37 @@ class Streams:
 async def patiently(
     call: Callable[[], Awaitable[T]], stopping: Callable[[], bool], what: str
 ) -> T | None:
-    """Run a Redis call, retrying through a lost connection with backoff until it succeeds;
-    None if the process is stopping first."""
+    """Run a Redis call, retrying through a lost connection or a passing refusal (out of
+    memory, read-only replica, ...) with backoff, saying so each time; None if the process is
+    stopping first; RedisUnavailableError once it has lasted longer than PATIENCE_S."""
     delay = 0.1
+    loop = asyncio.get_running_loop()
+    since: float | None = None
     while True:
+        problem: BaseException
         try:
-            return await call()
+            answer = await call()
+        except RedisError as exc:
+            if not is_passing(exc):
+                raise
+            problem = exc
         except TRANSIENT as exc:
-            if stopping():
-                return None
-            log.warning("redis_unavailable", during=what, error=str(exc), retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            problem = exc
+        else:
+            FAILING.discard(what)
+            return answer
+        FAILING.add(what)
+        if stopping():
+            return None
+        now = loop.time()
+        since = now if since is None else since
+        if now - since > PATIENCE_S:
+            raise RedisUnavailableError(
+                f"Redis has been unavailable for {now - since:.0f}s (during {what}): {problem}"
+            ) from None
+        log.warning("redis_unavailable", during=what, error=str(problem), retry_in_s=delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 def result_fields(values: dict[str, Any]) -> list[str]:
@@ -242,4 +287,13 @@ def result_fields(values: dict[str, Any]) -> list[str]:
     return flat
 
 
-__all__ = ["TRANSIENT", "Names", "RedisError", "Streams", "patiently", "result_fields"]
+__all__ = [
+    "TRANSIENT",
+    "Names",
+    "RedisError",
+    "RedisUnavailableError",
+    "Streams",
+    "is_passing",
+    "patiently",
+    "result_fields",
+]
