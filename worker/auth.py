@@ -212,7 +212,7 @@ class ClientCredentials:
 def _oauth_error(body: bytes) -> str:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     if isinstance(data, dict):
         err = data.get("error") or data.get("message")

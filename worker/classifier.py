@@ -55,6 +55,28 @@ def _parse_verdict(value: Any, where: str) -> Verdict:
     raise ConfigError(f"outcome table: {where}: unknown verdict {value!r} (one of {allowed})")
 
 
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"outcome table: {where}: must be a table, got {value!r}"[:300])
+    return value
+
+
+SUCCESS_NAMES = frozenset({Outcome.CANCELLED, Outcome.ALREADY_CANCELLED})
+
+
+def _success_only_for_2xx(verdict: Verdict, status: str, code: str | None, where: str) -> Verdict:
+    """A table that calls a failure a success would hide it from every report: only a 2xx, or
+    a 400 with an explicit API code (ORDER_ALREADY_CANCELED), may mean the order is cancelled."""
+    if verdict.outcome not in SUCCESS_NAMES or status.startswith("2"):
+        return verdict
+    if status == "400" and code is not None:
+        return verdict
+    raise ConfigError(
+        f"outcome table: {where}: {verdict.outcome} is allowed only for a 2xx status or a 400 "
+        "with an explicit code"
+    )
+
+
 @dataclass(frozen=True)
 class OutcomeTable:
     """Lookup tables built once from the TOML data."""
@@ -79,20 +101,36 @@ class OutcomeTable:
         """Validate and index the table's data."""
         by_status: dict[str, Verdict] = {}
         by_code: dict[str, dict[str, Verdict]] = {}
-        for status, entry in data.get("status", {}).items():
+        for status, entry in _table(data.get("status", {}), f"{name}: status").items():
             where = f"{name}: status.{status}"
+            entry = _table(entry, where)  # noqa: PLW2901
             if "verdict" in entry:
-                by_status[status] = _parse_verdict(entry["verdict"], where)
-            codes = entry.get("codes", {})
-            by_code[status] = {c: _parse_verdict(v, f"{where}.codes.{c}") for c, v in codes.items()}
+                by_status[status] = _success_only_for_2xx(
+                    _parse_verdict(entry["verdict"], where), status, None, where
+                )
+            codes = _table(entry.get("codes", {}), f"{where}.codes")
+            by_code[status] = {
+                c: _success_only_for_2xx(_parse_verdict(v, f"{where}.codes.{c}"), status, c, where)
+                for c, v in codes.items()
+            }
+        transport_table = _table(data.get("transport", {}), f"{name}: transport")
         transport = {
-            kind: _parse_verdict(
-                data.get("transport", {}).get(kind, "retry"), f"{name}: transport.{kind}"
+            kind: _success_only_for_2xx(
+                _parse_verdict(transport_table.get(kind, "retry"), f"{name}: transport.{kind}"),
+                "000",
+                None,
+                f"{name}: transport.{kind}",
             )
             for kind in TRANSPORT_FAILURES
         }
-        default = _parse_verdict(
-            data.get("default", {}).get("verdict", "retry"), f"{name}: default"
+        default = _success_only_for_2xx(
+            _parse_verdict(
+                _table(data.get("default", {}), f"{name}: default").get("verdict", "retry"),
+                f"{name}: default",
+            ),
+            "000",
+            None,
+            f"{name}: default",
         )
         return cls(by_status, by_code, transport, default)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import traceback
@@ -11,12 +12,13 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import NoReturn, TextIO
+from urllib.parse import urlsplit
 
 import structlog
 
 from worker import __version__
 from worker import loop as event_loop
-from worker.config import Settings, load_settings
+from worker.config import FILES_READ, Settings, load_settings, safe_url
 from worker.control import with_signals
 from worker.errors import ConfigError, WorkerError
 from worker.ledger import Ledger, check_target, open_ledger
@@ -41,6 +43,18 @@ SETTING_FLAGS = {
         str,
         "SECRET",
         "OAuth2 client secret (prefer MOUVONE_CLIENT_SECRET)",
+    ),
+    "client_secret_file": (
+        "--client-secret-file",
+        Path,
+        "FILE",
+        "read the client secret from FILE (MOUVONE_CLIENT_SECRET_FILE)",
+    ),
+    "api_key_file": (
+        "--api-key-file",
+        Path,
+        "FILE",
+        "read the subscription key from FILE (MOUVONE_API_KEY_FILE)",
     ),
     "access_token": (
         "--access-token",
@@ -294,10 +308,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SECRET_FLAGS = ("--client-secret", "--api-key", "--access-token")
+
+
+def _harden() -> None:
+    """Files owner-only; no core dump (it would hold the secret, the key and the token) unless
+    MOUVONE_CORE_DUMPS=allow."""
+    os.umask(0o077)  # the ledger, its WAL and every report file: readable by their owner only
+    if os.environ.get("MOUVONE_CORE_DUMPS", "").lower() != "allow":
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _warn_secret_flags(argv: Sequence[str]) -> None:
+    """A secret given as a flag stays visible in `ps` for the whole run: say so, and how else."""
+    given = sorted({a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in SECRET_FLAGS})
+    if given:
+        log.warning(
+            "secret_on_command_line",
+            flags=given,
+            detail="visible to every user of this host in `ps` while the run lasts; pass it in "
+            "the environment (MOUVONE_CLIENT_SECRET, MOUVONE_API_KEY, MOUVONE_ACCESS_TOKEN) or "
+            "a file only you can read (--client-secret-file, --api-key-file)",
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``cancel-orders``; returns the exit status."""
-    os.umask(0o077)  # the ledger, its WAL and every report file: readable by their owner only
+    _harden()
     args = build_parser().parse_args(argv)
+    args.secret_flags_given = list(sys.argv[1:] if argv is None else argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run,
         "retry": cmd_run,
@@ -338,6 +378,9 @@ def _settings(args: argparse.Namespace, keys: Sequence[str]) -> Settings:
     flags = {key: getattr(args, key, None) for key in keys}
     settings = load_settings(flags, args.config)
     configure(settings.log_format, settings.log_level, settings.secrets())
+    if FILES_READ:
+        log.info("settings_files", files=list(FILES_READ))
+    _warn_secret_flags(getattr(args, "secret_flags_given", []))
     return settings
 
 
@@ -428,8 +471,10 @@ def _confirm(source: OrderSource, settings: Settings, args: argparse.Namespace, 
     if not sys.stdin.isatty():
         raise ConfigError("not on a terminal, so nobody can confirm: pass --yes to send")
     to_send = _count_to_send(source, settings.ledger, force=getattr(args, "force", False))
+    token_host = urlsplit(settings.token_url).hostname
     sys.stderr.write(
-        f"About to cancel {to_send} orders at {settings.base_url}\n"
+        f"About to cancel {to_send} orders at {safe_url(settings.base_url)} "
+        f"(tokens from {token_host})\n"
         f"  input: {source.name} ({total} IDs), ledger: {settings.ledger}\n"
         f"  A cancellation cannot be undone. Type 'yes' to go on: "
     )

@@ -137,7 +137,7 @@ class MouvoneClient:
         if method == "GET" and status == 200:
             try:
                 return Answer(200, latency_ms=_ms(started), body=json.loads(body))
-            except ValueError:
+            except (ValueError, RecursionError):  # a hostile nesting is unreadable too
                 return Answer(200, failure="unreadable", latency_ms=_ms(started))
         return _parse(status, body, retry_after, _ms(started))
 
@@ -197,7 +197,7 @@ def _parse(status: int, body: bytes, retry_after: float | None, latency_ms: floa
 def _json_object(body: bytes) -> dict[str, object] | None:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # 5 KB of "[[[[..." nests deeper than Python allows
         return None
     return data if isinstance(data, dict) else None
 

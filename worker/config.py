@@ -7,7 +7,9 @@ the ``--config`` TOML file, then the defaults shipped in ``config/defaults.toml`
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
@@ -46,8 +48,10 @@ class Settings(BaseSettings):
     token_url: str
     client_id: str | None = None
     client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
     access_token: SecretStr | None = None
     api_key: SecretStr | None = None
+    api_key_file: Path | None = None
     ledger: Path
     rate: float = Field(gt=0, description="requests per second, all requests together")
     concurrency: int = Field(ge=1, le=1024, description="requests in flight at most")
@@ -100,6 +104,21 @@ class Settings(BaseSettings):
                     "not loopback: use https, or --allow-insecure-http "
                     "(MOUVONE_ALLOW_INSECURE_HTTP)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _secret_files(self) -> Settings:
+        """A secret given as a file (a Kubernetes or systemd credential, a file readable only by
+        its owner): read when the secret itself is not given."""
+        for key, file_key in (("client_secret", "client_secret_file"), ("api_key", "api_key_file")):
+            path = getattr(self, file_key)
+            if path is None or getattr(self, key) is not None:
+                continue
+            try:
+                value = Path(path).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{path}: cannot read the secret: {exc}") from None
+            object.__setattr__(self, key, SecretStr(value))
         return self
 
     @field_validator("id_pattern")
@@ -159,6 +178,16 @@ class Settings(BaseSettings):
             raise ConfigError("missing credential: " + ", ".join(missing) + hint)
 
 
+def safe_url(url: str) -> str:
+    """``url`` without the credentials of its userinfo (``user:***@host``), for printing."""
+    parts = urlsplit(url)
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{host}" if user else f"***@{host}").geturl()
+
+
 def is_loopback(host: str) -> bool:
     """True for localhost and the loopback addresses (127.0.0.0/8, ::1)."""
     if host.lower() == "localhost":
@@ -169,6 +198,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+FILES_READ: list[str] = []  # the settings files the last load_settings read
+
+
+def _check_private(path: Path) -> None:
+    """A settings file that someone else could have written is refused: it could send the
+    credentials to another host."""
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise ConfigError(
+            f"{path}: not read: it belongs to another user or others may write it "
+            f"(mode {stat.filemode(st.st_mode)}); make it yours with chmod go-w, or remove it"
+        )
+
+
 class _PrefixedDotEnv(PydanticBaseSettingsSource):
     """The ``MOUVONE_*`` lines of a .env file; its other lines belong to other programs."""
 
@@ -176,9 +219,12 @@ class _PrefixedDotEnv(PydanticBaseSettingsSource):
         super().__init__(settings_cls)
         self._values: dict[str, Any] = {}
         if path is not None and path.is_file():
-            for key, value in dotenv_values(path).items():
+            _check_private(path)
+            # No interpolation: "${MOUVONE_API_KEY}" in a value stays that text.
+            for key, value in dotenv_values(path, interpolate=False).items():
                 if key.upper().startswith(ENV_PREFIX) and value is not None:
                     self._values[key[len(ENV_PREFIX) :].lower()] = value
+            FILES_READ.append(str(path))
 
     def get_field_value(
         self,
@@ -208,6 +254,9 @@ def load_settings(
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"{config_file}: config file not found")
     given = {key: value for key, value in flags.items() if value is not None}
+    FILES_READ.clear()
+    if config_file is not None:
+        FILES_READ.append(str(config_file))
     token = _config_file.set(config_file)
     env_token = _use_environment.set(environment)
     dotenv_token = _dotenv_file.set(env_file)

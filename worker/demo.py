@@ -14,6 +14,7 @@ from pathlib import Path
 
 from worker import loop as event_loop
 from worker.config import load_settings
+from worker.files import copy_bytes_into
 from worker.ledger import Ledger
 from worker.logs import configure
 from worker.models import RunOptions
@@ -59,7 +60,8 @@ def demo(args: argparse.Namespace) -> int:
         if args.keep is not None:
             args.keep.mkdir(parents=True, exist_ok=True)
             for item in workdir.iterdir():
-                shutil.copy2(item, args.keep / item.name)
+                if item.is_file():
+                    copy_bytes_into(item, args.keep)
             print(f"\nDemo files kept in {args.keep}")
         shutil.rmtree(workdir, ignore_errors=True)
 

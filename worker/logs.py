@@ -75,6 +75,28 @@ class Redactor:
 _PLAIN = frozenset({int, float, bool, type(None)})
 redact = Redactor()
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: they steer a terminal
+
+
+def printable(value: str) -> str:
+    """``value`` with every control character shown as ``\\xNN``: a hostile ID or message can
+    neither retitle the terminal nor forge a line."""
+    return (
+        _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+        if _CONTROL.search(value)
+        else value
+    )
+
+
+def escape_controls(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """The console processor for ``printable`` (a traceback keeps its lines)."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and key != "exception":
+            event_dict[key] = printable(value)
+    return event_dict
+
 
 class UtcTimestamp:
     """``timestamp`` as ISO-8601 UTC with microseconds, like structlog's TimeStamper(fmt="iso",
@@ -268,6 +290,7 @@ def configure(log_format: str | None, level: str, secrets: list[str] | None = No
             UtcTimestamp(),
             structlog.processors.format_exc_info,
             redact,
+            escape_controls,
             structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
         ]
     structlog.configure(

@@ -10,16 +10,18 @@ the end to a node-exporter textfile (``--metrics-textfile``) or pushes it to a P
 
 from __future__ import annotations
 
-import os
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import structlog
 
 from worker.client import Answer
+from worker.config import safe_url
+from worker.files import replaced
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -96,22 +98,48 @@ class Metrics:
 
     def write_textfile(self, path: Path) -> None:
         """Write for node-exporter's textfile collector (atomically; readable by it)."""
-        from prometheus_client import write_to_textfile  # noqa: PLC0415
+        from prometheus_client import generate_latest  # noqa: PLC0415
 
-        write_to_textfile(str(path), self.registry)
-        os.chmod(path, 0o644)  # noqa: PTH101 - node-exporter runs as another user
+        # Readable by node-exporter, which runs as another user; the mode is set on the file
+        # before it takes the name.
+        with replaced(path, 0o644) as out:
+            out.write(generate_latest(self.registry).decode())
         log.info("metrics_written", path=str(path))
 
     def push(self, url: str, job: str, command: str) -> None:
         """Push to a Pushgateway; a failure is logged, never fatal."""
         from prometheus_client import push_to_gateway  # noqa: PLC0415
+        from prometheus_client.exposition import (  # noqa: PLC0415
+            basic_auth_handler,
+            default_handler,
+        )
+
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+        bare = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
+
+        def handler(
+            url: str,
+            method: str,
+            timeout: float | None,
+            headers: list[tuple[str, str]],
+            data: bytes,
+        ) -> Callable[[], None]:
+            """Basic auth from the URL's userinfo, which urllib would take for a host name."""
+            return basic_auth_handler(url, method, timeout, headers, data, user, password)
 
         try:
-            push_to_gateway(url, job=job, registry=self.registry, grouping_key={"command": command})
+            push_to_gateway(
+                bare,
+                job=job,
+                registry=self.registry,
+                grouping_key={"command": command},
+                handler=handler if user is not None else default_handler,
+            )
         except OSError as exc:
-            log.error("metrics_push_failed", url=url, error=str(exc))  # noqa: TRY400 - expected
+            log.error("metrics_push_failed", url=safe_url(url), error=str(exc))  # noqa: TRY400 - expected
         else:
-            log.info("metrics_pushed", url=url)
+            log.info("metrics_pushed", url=safe_url(url))
 
 
 class _Collector:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
-from worker.errors import ConfigError
+from worker.files import replaced
 from worker.ledger import CSV_COLUMNS, Ledger
+from worker.logs import printable
 from worker.models import Outcome
 
 TABLE_ORDER_LIMIT = 1000  # with --outcome, the table lists at most this many orders
@@ -69,8 +69,10 @@ def write_table(
                 break
             order_id, _, status, code, message, attempts, _updated = row
             out.write(
-                f"  {order_id}  http={status or '-'}  code={code or '-'}  "
-                f"attempts={attempts}  {message or ''}".rstrip()
+                printable(
+                    f"  {order_id}  http={status or '-'}  code={code or '-'}  "
+                    f"attempts={attempts}  {message or ''}".rstrip()
+                )
                 + "\n"
             )
 
@@ -90,14 +92,11 @@ def write_report(
 
 
 def open_output(path: Path | None, stack: ExitStack) -> TextIO:
-    """Standard output, or a new file readable by its owner only (closed with ``stack``)."""
+    """Standard output, or a file readable by its owner only that replaces ``path`` when
+    ``stack`` closes (a symlink there is replaced, never followed)."""
     if path is None:
         return sys.stdout
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
-    return stack.enter_context(open(fd, "w", encoding="utf-8", newline=""))  # noqa: PTH123
+    return stack.enter_context(replaced(path))
 
 
 def render_counts(data: dict[str, object]) -> str:
@@ -122,7 +121,7 @@ def render_counts(data: dict[str, object]) -> str:
         width = max(20, *(len(c) + 2 for c in codes))
         lines.append("")
         lines.append(f"{'error code':<{width}}{'orders':>10}")
-        lines.extend(f"{code:<{width}}{count:>10}" for code, count in codes.items())
+        lines.extend(f"{printable(code):<{width}}{count:>10}" for code, count in codes.items())
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,7 @@ from worker.api import Api, connect
 from worker.breaker import CircuitBreaker
 from worker.classifier import OutcomeTable
 from worker.clock import Clock, SystemClock
-from worker.config import Settings
+from worker.config import Settings, safe_url
 from worker.control import RunControl
 from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
 from worker.errors import LedgerError, WorkerError
@@ -92,7 +92,7 @@ class Runner:
             "run_started",
             run_id=self.run_id,
             command=self._options.command,
-            base_url=self._settings.base_url,
+            base_url=safe_url(self._settings.base_url),
             dry_run=self._options.dry_run,
             rate=self._settings.rate,
             concurrency=self._settings.concurrency,

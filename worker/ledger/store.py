@@ -21,6 +21,7 @@ import orjson
 
 from worker.errors import ConfigError, LedgerError
 from worker.ledger.schema import CLAIM_BATCH, CSV_COLUMNS, SCHEMA, SCHEMA_VERSION, UPSERT_BATCH
+from worker.logs import redact
 from worker.models import FINAL, RETRYABLE, Outcome, Result
 
 
@@ -254,15 +255,21 @@ class Ledger:
         return outcomes, codes
 
     def rows(self, outcome: str | None = None) -> Iterator[tuple[object, ...]]:
-        """Every order row in the CSV column order, by order ID."""
+        """Every order row in the CSV column order, by order ID; the message redacted of every
+        known secret (every output path reads the orders here)."""
         cols = ", ".join(CSV_COLUMNS)
         if outcome:
-            yield from self._db.execute(
+            found = self._db.execute(
                 f"SELECT {cols} FROM orders WHERE outcome = ? ORDER BY order_id",
                 (outcome,),
             )
         else:
-            yield from self._db.execute(f"SELECT {cols} FROM orders ORDER BY order_id")
+            found = self._db.execute(f"SELECT {cols} FROM orders ORDER BY order_id")
+        message = CSV_COLUMNS.index("message")
+        for row in found:
+            if row[message] is not None:
+                row = (*row[:message], redact.clean(row[message]), *row[message + 1 :])  # noqa: PLW2901
+            yield row
 
     def timeline(self) -> list[tuple[str, str, int]]:
         """(second as YYYY-MM-DDTHH:MM:SS, outcome, orders) for every answered order."""

@@ -276,8 +276,13 @@ def _result(fields: dict[str, str]) -> Result:
     return Result(
         fields.get("order_id", ""),
         outcome,
-        int(status) if status.isdigit() else None,
+        int(status) if status.isdigit() and len(status) == 3 else None,
         fields.get("error_code") or None,
         fields.get("message") or None,
-        int(fields.get("attempts") or 0),
+        _count(fields.get("attempts")),
     )
+
+
+def _count(text: str | None) -> int:
+    """A count field of the results stream; 0 when it is missing or malformed."""
+    return int(text) if text and text.isdigit() and len(text) < 10 else 0

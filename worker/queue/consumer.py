@@ -330,7 +330,9 @@ class Consumer:
             return
         _, invalid = self._validator.check(entry.order_id, f"entry {entry.entry_id}")
         if invalid is not None:
-            await self._finish(entry, invalid)
+            garbled = "\ufffd" in entry.order_id
+            reason = "the entry is not valid UTF-8" if garbled else ""
+            await self._finish(entry, invalid, dead_reason=reason)
             return
         self._queue.put_nowait(entry)
 
@@ -409,10 +411,9 @@ class Consumer:
                     "finished_at": _now_iso(),
                 }
             )
+        order_id = entry.order_id if result is None else result.order_id  # an invalid ID: cut
         done = await patiently(
-            lambda: self._streams.finish(
-                entry.entry_id, entry.order_id, final, dead_reason, fields
-            ),
+            lambda: self._streams.finish(entry.entry_id, order_id, final, dead_reason, fields),
             self.control.hurry_event.is_set,
             "finish",
         )

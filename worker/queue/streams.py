@@ -169,6 +169,7 @@ class Streams:
             self.redis: aioredis.Redis = aioredis.Redis.from_url(
                 url,
                 decode_responses=True,
+                encoding_errors="replace",  # an entry that is not UTF-8 is read, then refused
                 socket_timeout=10,
                 socket_connect_timeout=5,
                 retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), 3),

@@ -24,6 +24,7 @@ BEHAVIOURS: dict[str, tuple[str, str]] = {
     "NST": ("code", "NOT_SUPPORTED_ORDER_TYPE"),
     "UNK": ("code", "SOMETHING_NEW"),
     "ECH": ("echo", "SOMETHING_NEW"),  # a careless API that echoes the credentials it got
+    "DEP": ("deep", "400"),  # a 400 whose body nests 5,000 arrays deep
     "WFM": ("code", "WRONG_FORMAT"),
     "USR": ("code", "USER_ID_INVALID"),
     "ORG": ("code", "ORGANIZATION_NOT_FOUND"),

@@ -159,10 +159,8 @@ class Simulator:
             code = self.book.cancel(order_id)
             return api_error(code) if code else web.Response(status=200)
         kind, detail = BEHAVIOURS.get(order_id[:3], ("normal", ""))
-        if kind == "code":
-            return api_error(detail)
-        if kind == "code404":
-            return api_error(detail, "Order doesn't exist.", status=404)
+        if kind in ("code", "code404", "deep"):
+            return _refusal(kind, detail)
         if kind == "echo":
             key = request.headers.get("Ocp-Apim-Subscription-Key")
             return api_error(detail, f"key {key}, {request.headers.get('Authorization')}")
@@ -326,3 +324,13 @@ async def start(
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
     return RunningSimulator(sim, runner, host, bound)
+
+
+def _refusal(kind: str, detail: str) -> web.Response:
+    """A refusal that is always the same for the order: the API's code (with a 400 or a 404),
+    or a body no parser can take (nested 5,000 arrays deep)."""
+    if kind == "deep":
+        return web.Response(status=400, text="[" * 5000, content_type=JSON)
+    if kind == "code404":
+        return api_error(detail, "Order doesn't exist.", status=404)
+    return api_error(detail)

@@ -158,18 +158,28 @@ class Selector:
         """One walk, last page to first; True if it found orders the last walk had not."""
         self.summary.walks += 1
         before = len(self._seen)
-        total = await self._page(query, 0, None)
+        total, _ = await self._page(query, 0, None)
         grew = False
         offset = ((total - 1) // PAGE) * PAGE if total > 0 else 0
         while offset >= 0 and total > 0:
-            now = await self._page(query, offset, total)
+            now, found = await self._page(query, offset, total)
             grew = grew or now > total
             total = now
+            if found == 0 and offset > 0:
+                if now > offset:  # "there are more" and yet nothing here: not to be trusted
+                    raise FatalApiError(
+                        f"the order search announced {now} orders, but its page at offset "
+                        f"{offset} is empty: its total cannot be trusted (narrow the filters)"
+                    )
+                offset = ((now - 1) // PAGE) * PAGE if now > 0 else -1  # the set shrank
+                continue
             offset -= PAGE
         return grew and len(self._seen) > before
 
-    async def _page(self, query: dict[str, str], offset: int, expected: int | None) -> int:
-        """Read one page, emit its new matching orders; the total it reported."""
+    async def _page(
+        self, query: dict[str, str], offset: int, expected: int | None
+    ) -> tuple[int, int]:
+        """Read one page, emit its new matching orders; (the total it reported, its items)."""
         url = self._client.list_url({**query, "offset": str(offset), "limit": str(PAGE)})
         answer, body = await self._reader.get(url)
         if answer.status != 200 or not isinstance(body, dict):
@@ -187,7 +197,7 @@ class Selector:
             if isinstance(item, dict):
                 await self._take(item)
         self._on_page(self.summary)
-        return total
+        return total, len(items)
 
     async def _take(self, item: dict[str, object]) -> None:
         order_id = item.get("customerOrderId")

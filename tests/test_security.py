@@ -1,0 +1,299 @@
+"""Security, through the CLI against loopback servers: the client secret never leaves for
+another host, hostile answers and entries cannot stop or steer a run, files around the operator
+cannot steer it either."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from tests.conftest import REDIS_URL, Cli, Queue, ledger_rows, sim_env, write_ids
+from worker.simulator import RunningSimulator
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[dict[str, Handler]], Awaitable[str]]]:
+    """Start loopback servers from {path: handler}; their root URLs; all closed at the end."""
+    runners: list[web.AppRunner] = []
+
+    async def start(routes: dict[str, Handler]) -> str:
+        app = web.Application()
+        for path, handler in routes.items():
+            app.router.add_route("*", path, handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def ids(prefix: str, n: int) -> list[str]:
+    """n order IDs with a behaviour prefix."""
+    return [f"{prefix}{k:010d}" for k in range(1, n + 1)]
+
+
+async def test_the_token_request_is_never_redirected(
+    cli: Cli, sim: RunningSimulator, serve: Any, tmp_path: Path
+) -> None:
+    """A token endpoint answering 307 to another host: exit 2 naming the Location; the other
+    host never receives the client secret, nothing is sent."""
+    received: list[bytes] = []
+
+    async def thief(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.json_response({"access_token": "stolen", "expires_in": 3600})
+
+    other = await serve({"/token": thief})
+
+    async def redirect(_request: web.Request) -> web.Response:
+        return web.Response(status=307, headers={"Location": f"{other}/token"})
+
+    token_root = await serve({"/token": redirect})
+    env = sim_env(sim, tmp_path / "l.sqlite", MOUVONE_TOKEN_URL=f"{token_root}/token")
+    done = await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 3))), "--yes", env=env)
+    assert done.code == 2, done.stderr[-2000:]
+    assert f"{other}/token" in done.stderr.strip().splitlines()[-1]
+    assert received == []
+    assert sim.sim.stats.deletes == {}
+
+
+async def test_a_dotenv_is_read_without_interpolation(
+    cli: Cli, sim: RunningSimulator, serve: Any, tmp_path: Path
+) -> None:
+    """`${MOUVONE_API_KEY}` in a .env value stays that text: a .env cannot carry the key to
+    another host; the settings files read are named."""
+    queries: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        queries.append(request.query_string)
+        return web.json_response({"error": "invalid_client"}, status=401)
+
+    root = await serve({"/token": token})
+    (tmp_path / ".env").write_text(f"MOUVONE_TOKEN_URL={root}/token?key=${{MOUVONE_API_KEY}}\n")
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    del env["MOUVONE_TOKEN_URL"]
+    done = await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 2))), "--yes", env=env)
+    assert done.code == 3, done.stderr[-2000:]
+    assert queries
+    assert sim.sim.config.api_key not in "".join(queries)
+    assert '"settings_files"' in done.stderr
+    assert ".env" in done.stderr
+
+
+async def test_a_dotenv_others_may_write_is_refused(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """A .env that others may write is refused with a one-line error, exit 2, nothing sent."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("MOUVONE_RATE=5\n")
+    dotenv.chmod(0o666)
+    done = await cli.run(
+        "run", str(write_ids(tmp_path / "o.csv", ids("CDE", 2))), "--yes",
+        env=sim_env(sim, tmp_path / "l.sqlite"),
+    )  # fmt: skip
+    assert done.code == 2
+    assert "others may write it" in done.stderr.strip().splitlines()[-1]
+    assert sim.sim.stats.token_requests == 0
+
+
+async def test_check_redacts_what_the_api_echoes(cli: Cli, make_sim: Any, tmp_path: Path) -> None:
+    """`check` writes neither the API key nor the token into its report when the API echoes
+    them: every output path goes through the same redaction."""
+    running = await make_sim()
+    running.sim.book.orders.clear()
+    env = sim_env(running, tmp_path / "l.sqlite")
+    src = write_ids(tmp_path / "o.csv", ["ECH0000000001", "CDE0000000001"])
+    run = await cli.run("run", str(src), "--yes", "--force", env=env)
+    for fmt in ("csv", "table", "json", "html"):
+        shown = await cli.run("report", "--format", fmt, env=env)
+        assert running.sim.config.api_key not in shown.stdout, fmt
+    assert run.code == 1
+    checked = await cli.run("check", str(src), "--format", "csv", env=env)
+    assert running.sim.config.api_key not in checked.stdout
+
+
+async def test_secrets_as_flags_are_warned_and_files_work(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """A secret given as a flag is warned about (it shows in `ps`); the client secret and the
+    API key can come from files instead."""
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    secret, key = env.pop("MOUVONE_CLIENT_SECRET"), env.pop("MOUVONE_API_KEY")
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 2))
+    flagged = await cli.run("run", str(src), "--yes", "--client-secret", secret,
+                            "--api-key", key, env=env)  # fmt: skip
+    assert flagged.code == 0, flagged.stderr[-2000:]
+    assert "secret_on_command_line" in flagged.stderr
+    (tmp_path / "secret").write_text(secret + "\n")
+    (tmp_path / "key").write_text(key + "\n")
+    env.update(MOUVONE_CLIENT_SECRET_FILE=str(tmp_path / "secret"),
+               MOUVONE_API_KEY_FILE=str(tmp_path / "key"))  # fmt: skip
+    filed = await cli.run("run", str(src), "--yes", "--force", env=env)
+    assert filed.code == 0, filed.stderr[-2000:]
+    assert "secret_on_command_line" not in filed.stderr
+
+
+async def test_no_core_dumps(cli: Cli, tmp_path: Path) -> None:
+    """The running tool cannot dump core (a dump would hold the secret and the token)."""
+    proc = await cli.start("simulate", "--port", "0")
+    assert proc.stdout is not None
+    await asyncio.wait_for(proc.stdout.readline(), 30)
+    limits = Path(f"/proc/{proc.pid}/limits").read_text()
+    proc.terminate()
+    await proc.wait()
+    line = next(x for x in limits.splitlines() if x.startswith("Max core file size"))
+    assert line.split()[4:6] == ["0", "0"]
+
+
+async def test_pushgateway_credentials_are_not_logged(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """The Pushgateway URL is printed without the password of its userinfo."""
+    env = sim_env(sim, tmp_path / "l.sqlite",
+                  MOUVONE_PUSHGATEWAY="http://ops:s3cr3t-pw@127.0.0.1:9/")  # fmt: skip
+    done = await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 1))), "--yes", env=env)
+    assert done.code == 0, done.stderr[-2000:]
+    assert "metrics_push_failed" in done.stderr
+    assert "s3cr3t-pw" not in done.stderr + done.stdout
+    assert "ops:***@127.0.0.1" in done.stderr
+
+
+async def test_a_deeply_nested_body_is_unreadable(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """A body nesting 5,000 arrays deep is `unreadable` (retryable), not an internal error."""
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "o.csv", ["DEP0000000001", "CDE0000000001"])
+    done = await cli.run(
+        "run", str(src), "--yes", env=sim_env(sim, ledger, MOUVONE_MAX_ATTEMPTS="2")
+    )
+    assert done.code == 1, done.stderr[-2000:]
+    row = ledger_rows(ledger)["DEP0000000001"]
+    assert (row["outcome"], row["error_code"]) == ("retryable_failed", "UNREADABLE_RESPONSE")
+
+
+async def test_a_stream_entry_that_is_not_utf8(
+    queue: Queue, cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """One entry of undecodable bytes is dead-lettered with its reason; the entries after it
+    are consumed; a malformed attempts field does not crash the stream's report."""
+    n = queue.names
+    raw = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await raw.xadd(n.stream, {"order_id": b"\xff\xfe\xfa"})
+        await raw.xadd(n.stream, {"order_id": b"CDE0000000001"})
+        await raw.xadd(n.results, {"order_id": "X", "outcome": "cancelled", "attempts": "1e9"})
+    finally:
+        await raw.aclose()
+    env = queue.env(sim, tmp_path)
+    done = await cli.run("consume", "--exit-when-empty", env=env, timeout=60)
+    assert done.code == 1, done.stderr[-2000:]
+    dead = [f for _, f in await queue.redis.xrange(n.dead)]
+    assert [d["reason"] for d in dead] == ["the entry is not valid UTF-8"]
+    assert "CDE0000000001" in sim.sim.stats.deletes
+    report = await cli.run("report", "--redis-url", REDIS_URL, "--format", "json", env=env)
+    assert report.code == 0, report.stderr[-2000:]
+
+
+async def test_a_search_total_that_lies(cli: Cli, serve: Any, tmp_path: Path) -> None:
+    """A search that announces 10^15 orders and returns empty pages: a clear error (exit 3)
+    after a few requests, not 2x10^13 page requests."""
+    pages: list[str] = []
+
+    async def token(_request: web.Request) -> web.Response:
+        return web.json_response({"access_token": "t0k3n-value", "expires_in": 3600})
+
+    async def search(request: web.Request) -> web.Response:
+        pages.append(request.query.get("offset", ""))
+        return web.json_response({"total": 10**15, "returned": 0, "first": 0, "items": []})
+
+    root = await serve({"/token": token, "/v1/customer-orders": search})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
+    env.update(MOUVONE_BASE_URL=f"{root}/v1", MOUVONE_TOKEN_URL=f"{root}/token",
+               MOUVONE_CLIENT_ID="c", MOUVONE_CLIENT_SECRET="s3cret", MOUVONE_API_KEY="k3y-value",
+               MOUVONE_LOG_FORMAT="json")  # fmt: skip
+    done = await cli.run("select", "--status", "Draft", env=env, timeout=30)
+    assert done.code == 3, done.stderr[-2000:]
+    assert "cannot be trusted" in done.stderr.strip().splitlines()[-1]
+    assert len(pages) <= 3
+
+
+async def test_control_characters_never_reach_the_terminal(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """A hostile ID with an escape sequence and a newline is shown escaped by `report`."""
+    ledger = tmp_path / "l.sqlite"
+    src = tmp_path / "o.csv"
+    with src.open("w", newline="") as out:
+        csv.writer(out).writerows(
+            [["orderId"], ["BAD\x1b]0;pwned\x07\nFORGED line"], ["CDE0000000001"]]
+        )
+    done = await cli.run("run", str(src), "--yes", env=sim_env(sim, ledger))
+    assert done.code == 1, done.stderr[-2000:]
+    shown = await cli.run("report", "--outcome", "invalid", env=sim_env(sim, ledger))
+    assert "\x1b" not in shown.stdout
+    assert "\\x1b]0;pwned\\x07\\x0aFORGED" in shown.stdout
+
+
+async def test_output_never_follows_a_symlink(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """`report --output` over a symlink replaces the link with an owner-only file; the link's
+    target is untouched."""
+    ledger = tmp_path / "l.sqlite"
+    await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 2))), "--yes",
+                  env=sim_env(sim, ledger))  # fmt: skip
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    link = tmp_path / "report.csv"
+    link.symlink_to(target)
+    done = await cli.run(
+        "report", "--format", "csv", "--output", str(link), env=sim_env(sim, ledger)
+    )
+    assert done.code == 0, done.stderr
+    assert target.read_text() == "keep me\n"
+    assert not link.is_symlink()
+    assert link.stat().st_mode & 0o777 == 0o600
+    assert next(csv.reader(io.StringIO(link.read_text())))[0] == "order_id"
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[status.500]\nverdict = "cancelled"\n', "status.500"),
+        ('[status.404]\nverdict = "already_cancelled"\n', "status.404"),
+        ('status = "cancelled"\n', "must be a table"),
+        ("[status.400\n", "cannot read"),
+    ],
+)
+async def test_an_outcome_table_cannot_call_failures_success(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path, table: str, message: str
+) -> None:
+    """An outcome table that maps a failure to a success, or is malformed, is refused: exit 2,
+    one line, nothing sent."""
+    path = tmp_path / "outcomes.toml"
+    path.write_text(table)
+    env = sim_env(sim, tmp_path / "l.sqlite", MOUVONE_OUTCOME_TABLE=str(path))
+    done = await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 1))), "--yes", env=env)
+    assert done.code == 2, done.stderr[-2000:]
+    assert message in done.stderr.strip().splitlines()[-1]
+    assert sim.sim.stats.deletes == {}
+    assert json
