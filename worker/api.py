@@ -180,16 +180,15 @@ class Reader:
     async def _send(self, url: URL, what: str) -> tuple[str, int, Answer, object]:
         """One GET when the limiter admits it: (token, its generation, answer, body)."""
         api = self._api
-        await api.limiter.acquire()
-        if self._stopping is not None and self._stopping():
-            raise StoppingError(what)
-        token = api.tokens.ready()  # after the wait: never a token that expired meanwhile
-        while token is None:  # a refresh: its wait made the slot stale, so take another
-            await api.tokens.get()
-            await api.limiter.acquire()
+        while True:
+            due = await api.limiter.acquire()
             if self._stopping is not None and self._stopping():
                 raise StoppingError(what)
-            token = api.tokens.ready()
+            token = api.tokens.ready()  # after the wait: never a token that expired meanwhile
+            if token is None:  # a refresh: its wait makes the slot stale, so take another
+                await api.tokens.get()
+            elif not api.limiter.late(due):
+                break
         generation = api.tokens.generation
         self.requests += 1
         if self._on_request is not None:

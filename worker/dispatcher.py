@@ -249,20 +249,20 @@ class Dispatcher:
         state.breaker_probe = probe = admitted is True
         answer: Answer | None = None
         try:
-            await self._limiter.acquire()
-            if self._control.stopping:
-                return None
-            if self._still_mine is not None and not await self._still_mine(state):
-                state.lost = True
-                return None
             tokens = self._tokens
-            token = tokens.ready()
-            while token is None:  # a refresh: its wait made the slot stale, so take another
-                await tokens.get()
-                await self._limiter.acquire()
+            limiter = self._limiter
+            while True:
+                due = await limiter.acquire()
                 if self._control.stopping:
                     return None
+                if self._still_mine is not None and not await self._still_mine(state):
+                    state.lost = True
+                    return None
                 token = tokens.ready()
+                if token is None:  # a refresh: its wait makes the slot stale, so take another
+                    await tokens.get()
+                elif not limiter.late(due):  # a slot reached late (a frozen process) is retaken
+                    break
             state.token = token
             generation = tokens.generation
             state.attempts += 1

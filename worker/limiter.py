@@ -79,8 +79,8 @@ class RateLimiter:
                 retry_interval=min(0.01, self._interval_s / 2),
             )
 
-    async def acquire(self) -> None:
-        """Wait for this caller's slot, then take it."""
+    async def acquire(self) -> float:
+        """Wait for this caller's slot, then take it; the (monotonic) time it was due."""
         while True:
             now = self._clock.monotonic()
             slot = max(now, self._next_slot)
@@ -94,6 +94,12 @@ class RateLimiter:
             # A pause began while this caller waited: queue again behind it.
         if self._throttler is not None:
             await self._throttler.acquire()  # type: ignore[no-untyped-call]
+        return slot
+
+    def late(self, due: float) -> bool:  # noqa: ARG002 - the group limiter's signature
+        """True when a slot due at ``due`` must be taken again before sending. Never here: the
+        hard cap holds a process to the rate whatever its delays."""
+        return False
 
     def pause(self, seconds: float) -> None:
         """Hand out no slot for ``seconds`` from now (a pause never shortens an earlier one)."""

@@ -37,7 +37,7 @@ class GroupRateLimiter(RateLimiter):
         self._pauses: set[asyncio.Task[None]] = set()
         self.stopping = lambda: False
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> float:
         """Take the group's next slot and wait for it. A slot that this replica reaches late
         (frozen by SIGSTOP, swapped, starved of CPU, or slow to hear back from Redis) belongs
         to a moment that has passed: the other replicas have used the time since, so sending
@@ -50,7 +50,7 @@ class GroupRateLimiter(RateLimiter):
             asked = clock.monotonic()
             wait_ms = await patiently(self._take_slot, self.stopping, "rate limiter")
             if wait_ms is None:  # stopping: the caller checks and sends nothing
-                return
+                return asked
             wait_s = wait_ms / 1000.0
             due = asked + wait_s
             if due - clock.monotonic() >= MIN_SLEEP_S:
@@ -64,6 +64,13 @@ class GroupRateLimiter(RateLimiter):
                 break
         if self._throttler is not None:
             await self._throttler.acquire()  # type: ignore[no-untyped-call]
+        return due
+
+    def late(self, due: float) -> bool:
+        """True when the slot due at ``due`` has passed by more than LATE_S: whatever held the
+        request since (an ownership check, a token refresh, a freeze) gave its moment to the
+        other replicas."""
+        return self._clock.monotonic() - due > LATE_S
 
     async def _take_slot(self) -> float:
         names = self._streams.names
