@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,19 @@ def test_deploy_variables_are_settings() -> None:
     used = {m for text in texts for m in re.findall(r"MOUVONE_[A-Z_]+", text)}
     assert used
     assert used <= known, used - known
+
+
+def test_the_image_is_built_from_pinned_inputs() -> None:
+    """The Dockerfile's base is pinned by digest, and it installs from the lock file, every
+    dependency of pyproject.toml pinned there with hashes."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", dockerfile)
+    assert "--require-hashes -r /tmp/requirements.lock" in dockerfile
+    lock = (DEPLOY / "requirements.lock").read_text()
+    pinned = {m.group(1).lower() for m in re.finditer(r"^([A-Za-z0-9_.-]+)==", lock, re.M)}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {re.split(r"[<>=;\[ ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    assert wanted <= pinned
+    blocks = lock.split("\n\n")
+    assert all("--hash=sha256:" in b for b in blocks if "==" in b)
+    assert "file://" not in lock

@@ -297,3 +297,20 @@ async def test_an_outcome_table_cannot_call_failures_success(
     assert message in done.stderr.strip().splitlines()[-1]
     assert sim.sim.stats.deletes == {}
     assert json
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("redis://redis.example.internal:6379/0", True),
+        ("rediss://:@redis.example.internal:6380/0", True),
+        ("rediss://cancel-orders:pw@redis.example.internal:6380/0", False),
+        ("redis://127.0.0.1:6379/0", False),
+        ("unix:///run/redis.sock", False),
+    ],
+)
+def test_consume_warns_of_an_open_redis(url: str, warned: bool) -> None:
+    """A Redis URL without a password to a host that is not loopback is warned about."""
+    from worker.queue.commands import open_redis_problem  # noqa: PLC0415
+
+    assert (open_redis_problem(url) is not None) is warned

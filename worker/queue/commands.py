@@ -10,12 +10,13 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import structlog
 from redis.exceptions import ResponseError
 
 from worker import loop as event_loop
-from worker.config import Settings
+from worker.config import Settings, is_loopback, safe_url
 from worker.control import with_signals
 from worker.errors import ConfigError
 from worker.ledger import Ledger
@@ -148,9 +149,25 @@ def cmd_enqueue(settings: Settings, source: OrderSource) -> int:
 # -- consume ----------------------------------------------------------------------------------
 
 
+def open_redis_problem(url: str) -> str | None:
+    """Why a Redis URL lets others steer the consumers, or None: no password to a host that is
+    not loopback (whoever reaches it can enqueue orders to cancel with these credentials)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix" or is_loopback(parts.hostname or "localhost"):
+        return None
+    if not parts.password:
+        return (
+            "no password: whoever reaches this Redis can enqueue orders to cancel with these "
+            "credentials; use an ACL user (redis://USER:PASSWORD@...) and rediss:// (TLS)"
+        )
+    return None
+
+
 def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     """`consume`: until SIGTERM/SIGINT (143/130), a fatal answer (3), or empty (0/1)."""
     settings.require_credentials()
+    if settings.redis_url and (problem := open_redis_problem(settings.redis_url)):
+        log.warning("redis_open_to_others", url=safe_url(settings.redis_url), detail=problem)
 
     async def main() -> RunReport:
         streams = streams_for(settings)
