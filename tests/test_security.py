@@ -314,3 +314,35 @@ def test_consume_warns_of_an_open_redis(url: str, warned: bool) -> None:
     from worker.queue.commands import open_redis_problem  # noqa: PLC0415
 
     assert (open_redis_problem(url) is not None) is warned
+
+
+async def test_the_token_answer_is_read_within_a_limit(
+    cli: Cli, sim: RunningSimulator, serve: Any, tmp_path: Path
+) -> None:
+    """A token endpoint answering 60 MB is read only up to its limit (the answer is then
+    unreadable): the process never holds the whole body."""
+
+    async def huge(_request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b'{"access_token": "' + b"x" * 60_000_000 + b'"}',
+                            content_type="application/json")  # fmt: skip
+
+    root = await serve({"/token": huge})
+    env = sim_env(sim, tmp_path / "l.sqlite", MOUVONE_TOKEN_URL=f"{root}/token",
+                  MOUVONE_MAX_ATTEMPTS="2")  # fmt: skip
+    proc = await cli.start(
+        "run", str(write_ids(tmp_path / "o.csv", ids("CDE", 1))), "--yes", env=env
+    )
+    peak = 0
+    while proc.returncode is None:
+        status = Path(f"/proc/{proc.pid}/status")
+        if status.exists():
+            found = [x for x in status.read_text().splitlines() if x.startswith("VmHWM:")]
+            peak = max(peak, int(found[0].split()[1])) if found else peak
+        try:
+            await asyncio.wait_for(proc.wait(), 0.05)
+        except TimeoutError:
+            continue
+    _, err = await proc.communicate()
+    assert proc.returncode == 3, err.decode()[-2000:]
+    assert "unreadable" in err.decode().strip().splitlines()[-1]
+    assert 0 < peak < 150_000, peak  # kB: far under what a 60 MB body read whole takes
