@@ -21,8 +21,10 @@ def _no_mouvone_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_match_the_contract(tmp_path: Path) -> None:
     """The shipped defaults are the contract's."""
     s = load_settings({}, env_file=tmp_path / "none.env")
-    assert s.base_url == "https://soget-api-integration.azure-api.net/customer-orders/v1"
-    assert s.token_url.endswith("/soget-connect/v1/openid-connect/token")
+    assert s.base_url is None  # no silent target: the integration gateway is an example
+    assert s.token_url is None
+    with pytest.raises(ConfigError, match="no target: set MOUVONE_BASE_URL"):
+        s.require_target()
     assert (s.rate, s.concurrency, s.max_attempts, s.timeout, s.max_wait) == (10, 16, 5, 30, 300)
     assert s.ledger == Path("cancellations.sqlite")
     assert s.id_pattern == "^[A-Z]{3}[0-9]{10}$"
@@ -167,3 +169,22 @@ def test_allow_insecure_http_from_the_environment(
     monkeypatch.setenv("MOUVONE_BASE_URL", "http://api.example.com/v1")
     monkeypatch.setenv("MOUVONE_ALLOW_INSECURE_HTTP", "true")
     assert load_settings({}, env_file=tmp_path / "none.env").base_url.startswith("http://")
+
+
+def test_a_named_target(tmp_path: Path) -> None:
+    """--target NAME takes the base and token URLs of [targets.NAME] in the config file; an
+    unknown name is refused naming the ones there."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[targets.staging]\nbase_url = "https://staging.example/v1"\n'
+        'token_url = "https://login.example/token"\n'
+    )
+    s = load_settings({"target": "staging"}, config, env_file=tmp_path / "none.env")
+    assert (s.base_url, s.token_url) == (
+        "https://staging.example/v1",
+        "https://login.example/token",
+    )
+    assert s.target_label == "staging (https://staging.example/v1)"
+    assert s.token_host == "login.example"
+    with pytest.raises(ConfigError, match=r"no \[targets.prod\].*staging"):
+        load_settings({"target": "prod"}, config, env_file=tmp_path / "none.env")

@@ -160,7 +160,7 @@ async def test_no_core_dumps(cli: Cli, tmp_path: Path) -> None:
     proc.terminate()
     await proc.wait()
     line = next(x for x in limits.splitlines() if x.startswith("Max core file size"))
-    assert line.split()[4:6] == ["0", "0"]
+    assert line.split()[4] == "0"  # the soft limit: --core-dumps may raise it again
 
 
 async def test_pushgateway_credentials_are_not_logged(

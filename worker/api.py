@@ -51,6 +51,7 @@ def connect(
     """Session, limiter, tokens and client for these settings (call inside the event loop);
     ``limiter`` replaces the process's own (queue mode shares one through Redis)."""
     s = settings
+    s.require_target()
     session = new_session(s.concurrency)
     limiter = limiter or RateLimiter(s.rate, clock)
     counted = metrics or Metrics()
@@ -67,6 +68,7 @@ def connect(
     else:
         assert s.client_id is not None
         assert s.client_secret is not None
+        assert s.token_url is not None
         tokens = ClientCredentials(
             session,
             s.token_url,
@@ -80,7 +82,7 @@ def connect(
             on_token=on_token,
         )
     assert s.api_key is not None
-    client = MouvoneClient(session, s.base_url, s.api_key.get_secret_value(), s.timeout)
+    client = MouvoneClient(session, s.api_url, s.api_key.get_secret_value(), s.timeout)
     return Api(session, limiter, tokens, client, backoff)
 
 

@@ -12,13 +12,12 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import NoReturn, TextIO
-from urllib.parse import urlsplit
 
 import structlog
 
 from worker import __version__
 from worker import loop as event_loop
-from worker.config import FILES_READ, Settings, load_settings, safe_url
+from worker.config import FILES_READ, Settings, load_settings
 from worker.control import with_signals
 from worker.errors import ConfigError, WorkerError
 from worker.ledger import Ledger, check_target, open_ledger
@@ -37,6 +36,12 @@ SETTING_FLAGS = {
     "ledger": ("--ledger", Path, "PATH", "ledger path (MOUVONE_LEDGER)"),
     "base_url": ("--base-url", str, "URL", "API base URL (MOUVONE_BASE_URL)"),
     "token_url": ("--token-url", str, "URL", "OAuth2 token endpoint (MOUVONE_TOKEN_URL)"),
+    "target": (
+        "--target",
+        str,
+        "NAME",
+        "the [targets.NAME] table of the --config file: base and token URLs (MOUVONE_TARGET)",
+    ),
     "client_id": ("--client-id", str, "ID", "OAuth2 client id (MOUVONE_CLIENT_ID)"),
     "client_secret": (
         "--client-secret",
@@ -86,6 +91,12 @@ SETTING_FLAGS = {
         "outcome table replacing the shipped one (MOUVONE_OUTCOME_TABLE)",
     ),
     "grace": ("--grace", float, "S", "seconds in-flight requests get after a signal (35)"),
+    "core_dumps": (
+        "--core-dumps",
+        bool,
+        "",
+        "allow core dumps of this process (they hold the secrets; off)",
+    ),
     "backoff_base": ("--backoff-base", float, "S", "first retry delay ceiling (0.5)"),
     "backoff_cap": ("--backoff-cap", float, "S", "longest retry delay (30)"),
     "progress_interval": (
@@ -311,13 +322,23 @@ def build_parser() -> argparse.ArgumentParser:
 SECRET_FLAGS = ("--client-secret", "--api-key", "--access-token")
 
 
+_CORE_LIMIT: tuple[int, int] | None = None  # as the process started
+
+
 def _harden() -> None:
     """Files owner-only; no core dump (it would hold the secret, the key and the token) unless
-    MOUVONE_CORE_DUMPS=allow."""
+    the settings allow them (core_dumps: the limit is restored then)."""
+    global _CORE_LIMIT  # noqa: PLW0603 - the process's own limit, read once
     os.umask(0o077)  # the ledger, its WAL and every report file: readable by their owner only
-    if os.environ.get("MOUVONE_CORE_DUMPS", "").lower() != "allow":
+    with suppress(ValueError, OSError):
+        _CORE_LIMIT = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, _CORE_LIMIT[1]))
+
+
+def _allow_core_dumps() -> None:
+    if _CORE_LIMIT is not None:
         with suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            resource.setrlimit(resource.RLIMIT_CORE, _CORE_LIMIT)
 
 
 def _warn_secret_flags(argv: Sequence[str]) -> None:
@@ -380,6 +401,8 @@ def _settings(args: argparse.Namespace, keys: Sequence[str]) -> Settings:
     configure(settings.log_format, settings.log_level, settings.secrets())
     if FILES_READ:
         log.info("settings_files", files=list(FILES_READ))
+    if settings.core_dumps:
+        _allow_core_dumps()
     _warn_secret_flags(getattr(args, "secret_flags_given", []))
     return settings
 
@@ -388,8 +411,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`run` and `retry`."""
     settings = _settings(args, RUN_SETTINGS)
     if not args.dry_run:
+        settings.require_target()
         settings.require_credentials()
-        check_target(settings.ledger, settings.base_url)
+        check_target(settings.ledger, settings.api_url)
     with ExitStack() as stack:
         source = _source(args, settings, stack)
         total = source.scan()
@@ -471,10 +495,9 @@ def _confirm(source: OrderSource, settings: Settings, args: argparse.Namespace, 
     if not sys.stdin.isatty():
         raise ConfigError("not on a terminal, so nobody can confirm: pass --yes to send")
     to_send = _count_to_send(source, settings.ledger, force=getattr(args, "force", False))
-    token_host = urlsplit(settings.token_url).hostname
     sys.stderr.write(
-        f"About to cancel {to_send} orders at {safe_url(settings.base_url)} "
-        f"(tokens from {token_host})\n"
+        f"About to cancel {to_send} orders at {settings.target_label} "
+        f"(tokens from {settings.token_host})\n"
         f"  input: {source.name} ({total} IDs), ledger: {settings.ledger}\n"
         f"  A cancellation cannot be undone. Type 'yes' to go on: "
     )

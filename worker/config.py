@@ -17,7 +17,15 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -39,13 +47,28 @@ def defaults_file(name: str) -> Path:
     return Path(str(resources.files("worker.defaults").joinpath(name)))
 
 
+INTEGRATION_BASE_URL = "https://soget-api-integration.azure-api.net/customer-orders/v1"
+
+
+class TargetSpec(BaseModel):
+    """A named target of the config file: ``[targets.NAME]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str
+    token_url: str | None = None
+
+
 class Settings(BaseSettings):
     """Every setting of the contract; field names are the TOML keys and, upper-cased, the env."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
-    base_url: str
-    token_url: str
+    # No default target: a command that talks to the API is told where, never guesses.
+    base_url: str | None = None
+    token_url: str | None = None
+    target: str | None = None
+    targets: dict[str, TargetSpec] = Field(default_factory=dict)
     client_id: str | None = None
     client_secret: SecretStr | None = None
     client_secret_file: Path | None = None
@@ -70,6 +93,7 @@ class Settings(BaseSettings):
     max_failure_rate: float | None = Field(default=None, ge=0, le=100)
     min_orders: int = Field(ge=1, description="orders finished before max_failure_rate applies")
     allow_insecure_http: bool = False
+    core_dumps: bool = False  # a dump would hold the secret, the key and the token
     redis_url: str | None = None
     stream: str
     group: str
@@ -85,11 +109,28 @@ class Settings(BaseSettings):
 
     @field_validator("base_url", "token_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        return value.rstrip("/")
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return _checked_url(value)
+
+    @model_validator(mode="after")
+    def _named_target(self) -> Settings:
+        """``target = NAME`` fills the base and token URLs from ``[targets.NAME]``, unless they
+        are given themselves."""
+        if self.target is None:
+            return self
+        spec = self.targets.get(self.target)
+        if spec is None:
+            known = ", ".join(sorted(self.targets)) or "none"
+            raise ValueError(
+                f"no [targets.{self.target}] in the config file (targets there: {known})"
+            )
+        if self.base_url is None:
+            object.__setattr__(self, "base_url", _checked_url(spec.base_url))
+        if self.token_url is None and spec.token_url is not None:
+            object.__setattr__(self, "token_url", _checked_url(spec.token_url))
+        return self
 
     @model_validator(mode="after")
     def _tls_unless_loopback(self) -> Settings:
@@ -97,6 +138,8 @@ class Settings(BaseSettings):
         if self.allow_insecure_http:
             return self
         for key in ("base_url", "token_url"):
+            if getattr(self, key) is None:
+                continue
             parts = urlsplit(getattr(self, key))
             if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
                 raise ValueError(
@@ -162,6 +205,40 @@ class Settings(BaseSettings):
         password = urlsplit(self.redis_url).password if self.redis_url else None
         return values + ([password] if password else [])
 
+    def require_target(self) -> None:
+        """ConfigError unless a target is given: a command that talks to the API never falls
+        back on a default gateway."""
+        if self.base_url is None:
+            raise ConfigError(
+                "no target: set MOUVONE_BASE_URL (--base-url) and MOUVONE_TOKEN_URL "
+                "(--token-url), or --target NAME for a [targets.NAME] table of the --config "
+                f"file (the integration gateway, for one, is {INTEGRATION_BASE_URL})"
+            )
+        if self.token_url is None and self.access_token is None:
+            raise ConfigError(
+                "no token endpoint: set MOUVONE_TOKEN_URL (--token-url), or token_url in the "
+                "[targets.NAME] table, or MOUVONE_ACCESS_TOKEN"
+            )
+
+    @property
+    def api_url(self) -> str:
+        """The base URL (after require_target)."""
+        if self.base_url is None:
+            self.require_target()
+        assert self.base_url is not None
+        return self.base_url
+
+    @property
+    def target_label(self) -> str:
+        """What people are shown of the target: its name and base URL, or the base URL."""
+        url = safe_url(self.api_url)
+        return f"{self.target} ({url})" if self.target else url
+
+    @property
+    def token_host(self) -> str:
+        """The token endpoint's host, for confirmations and summaries."""
+        return urlsplit(self.token_url or "").hostname or "(a given access token)"
+
     def require_credentials(self) -> None:
         """Raise ConfigError naming what is missing, before anything is sent."""
         missing = []
@@ -176,6 +253,13 @@ class Settings(BaseSettings):
             alt = f" (or {ENV_PREFIX}ACCESS_TOKEN instead of the client credentials)"
             hint = alt if any("CLIENT" in m for m in missing) else ""
             raise ConfigError("missing credential: " + ", ".join(missing) + hint)
+
+
+def _checked_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
 
 
 def safe_url(url: str) -> str:

@@ -20,7 +20,7 @@ from worker.api import Api, connect
 from worker.breaker import CircuitBreaker
 from worker.classifier import OutcomeTable
 from worker.clock import Clock, SystemClock
-from worker.config import Settings, safe_url
+from worker.config import Settings
 from worker.control import RunControl
 from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
 from worker.errors import LedgerError, WorkerError
@@ -86,13 +86,13 @@ class Runner:
         ledger = self._ledger.ledger
         if not self._options.dry_run:
             await self._ledger.call(
-                ledger.begin_run, self.run_id, self._options.command, self._settings.base_url
+                ledger.begin_run, self.run_id, self._options.command, self._settings.api_url
             )
         log.info(
             "run_started",
             run_id=self.run_id,
             command=self._options.command,
-            base_url=safe_url(self._settings.base_url),
+            target=self._settings.target_label if self._settings.base_url else None,
             dry_run=self._options.dry_run,
             rate=self._settings.rate,
             concurrency=self._settings.concurrency,

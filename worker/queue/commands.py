@@ -165,6 +165,7 @@ def open_redis_problem(url: str) -> str | None:
 
 def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     """`consume`: until SIGTERM/SIGINT (143/130), a fatal answer (3), or empty (0/1)."""
+    settings.require_target()
     settings.require_credentials()
     if settings.redis_url and (problem := open_redis_problem(settings.redis_url)):
         log.warning("redis_open_to_others", url=safe_url(settings.redis_url), detail=problem)
