@@ -129,3 +129,28 @@ async def test_no_second_over_the_rate_after_a_stall(
     assert proc.returncode == 0, err.decode()[-2000:]
     assert sim.sim.stats.max_in_window(1.0) <= 10
     assert sim.sim.stats.statuses[429] == 0
+
+
+async def test_a_wrong_host_is_not_an_outage(
+    cli: Cli, sim: RunningSimulator, tmp_path: Any
+) -> None:
+    """A base URL or a token URL on a port where nothing listens: exit 2 within seconds,
+    naming host and port, no attempt spent; an unresolvable name the same."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 5))
+    for key, value in (
+        ("MOUVONE_BASE_URL", f"http://127.0.0.1:{port}/customer-orders/v1"),
+        ("MOUVONE_TOKEN_URL", f"http://127.0.0.1:{port}/token"),
+    ):
+        env = sim_env(sim, ledger, **{key: value})
+        done = await cli.run("run", str(src), "--yes", "--force", env=env, timeout=20)
+        assert done.code == 2, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert f"127.0.0.1:{port}" in last
+        assert key in last
+        assert all(r["attempts"] == 0 for r in ledger_rows(ledger).values())

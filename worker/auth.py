@@ -11,6 +11,7 @@ from typing import Protocol
 import aiohttp
 import structlog
 
+from worker.client import unreachable
 from worker.clock import Clock
 from worker.errors import ApiConfigError, FatalApiError
 from worker.limiter import RateLimiter
@@ -172,6 +173,12 @@ class ClientCredentials:
                 body = await r.content.read(MAX_TOKEN_BODY)
                 status = r.status
                 location = r.headers.get("Location", "")
+        except aiohttp.ClientConnectorError as exc:
+            if self.refreshes == 0:  # never reached: a wrong host or port, not an outage
+                raise ApiConfigError(
+                    f"cannot reach the token endpoint {unreachable(exc)} (MOUVONE_TOKEN_URL)"
+                ) from None
+            return f"token endpoint unreachable: {type(exc).__name__}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return f"token endpoint unreachable: {type(exc).__name__}"
         if 300 <= status < 400:

@@ -32,6 +32,7 @@ class Answer:
     failure: str | None = None  # "timeout" | "connection" | "unreadable"
     latency_ms: float = 0.0
     body: object = None  # a GET's 200: its JSON
+    unreachable: str | None = None  # no connection could be made: host, port and why
 
 
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-]+")  # what quote() would leave as it is
@@ -132,6 +133,10 @@ class MouvoneClient:
             return Answer(None, failure="unreadable", latency_ms=_ms(started))
         except aiohttp.ClientResponseError as exc:  # malformed status line or headers
             return Answer(exc.status or None, failure="unreadable", latency_ms=_ms(started))
+        except aiohttp.ClientConnectorError as exc:  # refused, no such host, a TLS failure
+            answer = Answer(None, failure="connection", latency_ms=_ms(started))
+            answer.unreachable = unreachable(exc)
+            return answer
         except (aiohttp.ClientError, OSError):
             return Answer(None, failure="connection", latency_ms=_ms(started))
         if method == "GET" and status == 200:
@@ -164,6 +169,19 @@ async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
             resp.close()
             break
     return b"".join(chunks)[:limit]
+
+
+def unreachable(exc: aiohttp.ClientConnectorError) -> str:
+    """Host, port and what went wrong, for a one-line error (a certificate names its fix)."""
+    where = f"{exc.host}:{exc.port}"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        reason = getattr(exc, "certificate_error", None) or exc.os_error
+        return (
+            f"{where}: TLS failed ({reason}): a company CA goes in MOUVONE_CA_BUNDLE (--ca-bundle)"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"{where}: the name does not resolve ({exc.os_error})"
+    return f"{where}: {exc.os_error.strerror or exc.os_error}"
 
 
 def _ms(started: float) -> float:

@@ -16,7 +16,7 @@ from worker.client import Answer, MouvoneClient
 from worker.clock import Clock
 from worker.control import RunControl
 from worker.decision import Decision, Situation, Step, decide
-from worker.errors import FatalApiError
+from worker.errors import ApiConfigError, FatalApiError
 from worker.limiter import RateLimiter
 from worker.logs import redact
 from worker.metrics import Metrics
@@ -130,6 +130,7 @@ class Dispatcher:
             on_request=control.count_request,
         )
         self._probe = asyncio.Lock()
+        self._api_answered = False  # until then, a host that cannot be reached is a mistake
         self._credentials_accepted = asyncio.Event()
         self._quota_since: float | None = None  # first quota answer of the current streak
 
@@ -277,14 +278,28 @@ class Dispatcher:
         finally:
             if probe and answer is None:
                 breaker.release_probe()
+        self._noted(state, answer, probe)
+        return answer, generation
+
+    def _noted(self, state: OrderState, answer: Answer, probe: bool) -> None:
+        """What one answer tells the run: metrics, the breaker, credentials accepted."""
         self._metrics.answered(answer)
+        if answer.status is None:
+            if answer.unreachable is not None and not self._api_answered:
+                state.attempts -= 1  # it never left: no attempt spent, no request sent
+                self._control.requests -= 1
+                raise ApiConfigError(
+                    f"cannot reach the API {answer.unreachable} (MOUVONE_BASE_URL): "
+                    "nothing was sent"
+                )
+        else:
+            self._api_answered = True
         state.last = answer
-        breaker.record(answer, probe=probe, order=state.order_id)
+        self._breaker.record(answer, probe=probe, order=state.order_id)
         if answer.status is not None and answer.status not in (401, 403):
             self._credentials_accepted.set()
             self._end_probe(state)  # the others need not wait for this order to end
             self._quota_since = None
-        return answer, generation
 
     async def _verify(self, state: OrderState) -> Result | None:
         """Ask the API about an order an earlier request may already have reached (a run that

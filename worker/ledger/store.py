@@ -133,9 +133,12 @@ class Ledger:
         )
 
     def target(self) -> str | None:
-        """The base URL this ledger belongs to: its first recorded run's (None when new)."""
+        """The base URL this ledger belongs to: its first recorded run's that may have sent
+        something (a run that ended with no request, a wrong host for one, does not bind it);
+        None when there is none."""
         row = self._db.execute(
-            "SELECT base_url FROM runs WHERE base_url IS NOT NULL ORDER BY started_at LIMIT 1"
+            "SELECT base_url FROM runs WHERE base_url IS NOT NULL AND (finished_at IS NULL "
+            "OR coalesce(json_extract(summary, '$.requests'), 1) > 0) ORDER BY started_at LIMIT 1"
         ).fetchone()
         return None if row is None else str(row[0])
 
