@@ -142,3 +142,43 @@ async def test_select_through_a_persistent_outage(cli: Cli, make_sim: Any, tmp_p
     assert done.code == 3, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert "failed on every attempt" in done.stderr.strip().splitlines()[-1]
+
+
+async def test_after_a_stop_one_instruction_and_it_is_right(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Ctrl-C early in a 2,500-order run: the summary's counts are the ledger's (the claimed
+    orders count as pending), it counts what was not read, and its one next step is the same
+    command; `retry` refuses (it would leave the unread orders unsent); the same command then
+    finishes every order with no look-up (nothing was in doubt) and nothing sent twice."""
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(sim, ledger, MOUVONE_RATE="400", MOUVONE_CONCURRENCY="8")
+    orders = ids("CDE", 2500)
+    src = write_ids(tmp_path / "o.csv", orders)
+    proc = await cli.start("run", str(src), "--yes", env=env)
+    await asyncio.wait_for(sim.sim.wait_for_deletes(100), 30)
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    summary = out.decode()
+    rows = ledger_rows(ledger)
+    pending = sum(r["outcome"] == "pending" for r in rows.values())
+    cancelled = sum(r["outcome"] == "cancelled" for r in rows.values())
+    counts = {
+        words[0]: int(words[1])
+        for line in summary.splitlines()
+        if len(words := line.split()) == 2 and words[1].isdigit()
+    }
+    assert (counts["pending"], counts["cancelled"]) == (pending, cancelled)
+    assert "not read from input" in summary
+    assert f"next: resume with the same command:\n  cancel-orders run {src} --yes" in summary
+    assert "cancel-orders retry" not in summary
+    refused = await cli.run("retry", "--yes", env=env)
+    assert refused.code == 2
+    assert "stopped before reading all of its input" in refused.stderr.strip().splitlines()[-1]
+    sent_before = len(sim.sim.stats.arrivals)
+    again = await cli.run("run", str(src), "--yes", env=env, timeout=60)
+    assert again.code == 0, again.stderr[-2000:]
+    assert {r["outcome"] for r in ledger_rows(ledger).values()} == {"cancelled"}
+    assert len(sim.sim.stats.arrivals) - sent_before == 2500 - cancelled  # DELETEs only
+    assert sim.sim.stats.resent_final == 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import shlex
 import sys
 import tempfile
 import traceback
@@ -299,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(check, RUN_SETTINGS)
 
     retry = sub.add_parser("retry", help="send again the retryable_failed and pending orders")
+    retry.add_argument(
+        "--force",
+        action="store_true",
+        help="retry even though the last run stopped before reading all of its input",
+    )
     _add_run_options(retry)
 
     report = sub.add_parser("report", help="show or export the outcomes recorded in a ledger")
@@ -358,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``cancel-orders``; returns the exit status."""
     _harden()
     args = build_parser().parse_args(argv)
-    args.secret_flags_given = list(sys.argv[1:] if argv is None else argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run,
         "retry": cmd_run,
@@ -403,7 +410,7 @@ def _settings(args: argparse.Namespace, keys: Sequence[str]) -> Settings:
         log.info("settings_files", files=list(FILES_READ))
     if settings.core_dumps:
         _allow_core_dumps()
-    _warn_secret_flags(getattr(args, "secret_flags_given", []))
+    _warn_secret_flags(getattr(args, "argv", []))
     return settings
 
 
@@ -428,6 +435,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             progress_bar=sys.stderr.isatty() and not args.no_progress,
             total=total,
+            resume=_resume_command(args),
         )
         runner = Runner(settings, source, ledger, options)
         report = event_loop.run(_execute(runner))
@@ -437,8 +445,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if report.exit_code in (3, 130, 143) and report.reason:
             _say(
                 sys.stderr,
-                f"cancel-orders: {redact.clean(report.reason)}; unanswered orders stay pending "
-                f"(resume with the same command)\n",
+                f"cancel-orders: {redact.clean(report.reason)}; unanswered orders stay pending: "
+                "resume with the same command\n",
             )
         return report.exit_code
 
@@ -453,6 +461,19 @@ def _say(stream: TextIO, text: str) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, stream.fileno())
             os.close(devnull)
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line as given, a secret flag's value masked: what resumes a stopped run
+    (standard input cannot be read again: its copy is gone, so `-` asks for the file)."""
+    words: list[str] = []
+    masked = False
+    for word in getattr(args, "argv", []):
+        words.append("***" if masked else word)
+        masked = word in SECRET_FLAGS
+        if "=" in word and word.split("=", 1)[0] in SECRET_FLAGS:
+            words[-1] = word.split("=", 1)[0] + "=***"
+    return "cancel-orders " + shlex.join(words)
 
 
 def _export_metrics(runner: Runner, settings: Settings) -> None:
@@ -470,6 +491,8 @@ def _source(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> O
     if args.command == "retry":
         if not settings.ledger.is_file():
             raise ConfigError(f"{settings.ledger}: no ledger at this path")
+        if not args.force:
+            _refuse_retry_of_unfinished_input(settings.ledger)
         return LedgerSource(settings.ledger)
     validator = IdValidator(settings.id_pattern)
     if getattr(args, "select", False):
@@ -486,6 +509,29 @@ def _source(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> O
             spooled, validator, args.column, name="<stdin>" if args.input == "-" else args.input
         )
     return CsvSource(given, validator, args.column)
+
+
+def _refuse_retry_of_unfinished_input(path: Path) -> None:
+    """`retry` sends only what the ledger holds: after a run that stopped before reading all of
+    its input, it would leave the rest unsent while the report showed nothing pending."""
+    ledger = Ledger(path, readonly=True)
+    try:
+        last = ledger.last_run()
+    finally:
+        ledger.close()
+    if last is None or last.get("command") == "retry":
+        return
+    summary = json.loads(str(last["summary"])) if last.get("summary") else {}
+    not_read = summary.get("not_read", 0) if isinstance(summary, dict) else 0
+    if last.get("finished_at") is not None and not not_read:
+        return
+    what = f"{not_read} IDs of its input not read" if not_read else "it never ended (a crash)"
+    resume = summary.get("resume") if isinstance(summary, dict) else None
+    raise ConfigError(
+        f"the last run {last['run_id']} stopped before reading all of its input ({what}): "
+        f"resume it with the same command{f' ({resume})' if resume else ''}; retry would leave "
+        "the rest unsent (--force to retry anyway)"
+    )
 
 
 def _confirm(source: OrderSource, settings: Settings, args: argparse.Namespace, total: int) -> None:

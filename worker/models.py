@@ -98,6 +98,7 @@ class RunOptions:
     dry_run: bool = False
     progress_bar: bool = False
     total: int | None = None  # orders in the input, when known beforehand
+    resume: str = ""  # the command line that resumes this run (secrets removed)
 
 
 @dataclass
@@ -112,6 +113,8 @@ class RunReport:
     reason: str | None = None
     skipped_outcomes: dict[str, int] = field(default_factory=dict)
     ledger: str = ""
+    not_read: int = 0  # IDs of the input not read because the run stopped first
+    resume: str = ""  # the command line that resumes it
 
     def as_dict(self) -> dict[str, object]:
         """The summary event's fields."""
@@ -137,7 +140,10 @@ class RunReport:
             "outage_s": round(s.outage_s, 3),
             "lowest_rate": round(s.lowest_rate, 2) if s.lowest_rate is not None else None,
             "ledger": self.ledger,
+            "not_read": self.not_read,
         }
+        if self.resume:
+            fields["resume"] = self.resume
         if s.log_lines_lost:
             fields["log_lines_lost"] = s.log_lines_lost
         return fields

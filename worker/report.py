@@ -159,7 +159,13 @@ def render_run(data: dict[str, object]) -> str:
     codes = data.get("error_codes")
     if isinstance(codes, dict) and codes:
         lines.append("  error codes: " + ", ".join(f"{c} {n}" for c, n in codes.items()))
-    if not dry:
+    if data.get("not_read"):
+        lines.append(f"  not read from input  {data['not_read']:>10}   (the run stopped first)")
+    if data.get("resume"):
+        # After a stop, one instruction: the same command finishes the claimed orders (looked
+        # up first only if they may have been sent) and reads the rest of the input.
+        lines.append(f"next: resume with the same command:\n  {data['resume']}")
+    elif not dry:
         lines.extend(_next_steps(outcomes, str(data.get("ledger", ""))))
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +113,8 @@ class Runner:
         finally:
             progress_task.cancel()
             await asyncio.gather(progress_task, return_exceptions=True)
+        if not self._options.dry_run:
+            await self._counts_from_ledger()
         report = self._finish(time.monotonic() - started)
         if not self._options.dry_run:
             try:
@@ -277,6 +279,16 @@ class Runner:
         for result in self._sink.unrecorded():  # one event per result the ledger could not take
             log.error("unrecorded_result", **result.log_fields())
 
+    async def _counts_from_ledger(self) -> None:
+        """The summary's counts are the ledger's: what this run answered, and what it claimed
+        and left `pending` (a stop), which no worker reported."""
+        try:
+            outcomes, codes = await self._ledger.call(self._ledger.ledger.run_counts, self.run_id)
+        except LedgerError:
+            return  # the ledger failed: the counts of what arrived are all there is
+        self.summary.outcomes = Counter(outcomes)
+        self.summary.error_codes = Counter(codes)
+
     def _finish(self, elapsed_s: float) -> RunReport:
         if not self._options.dry_run:
             self.summary.sent_requests = self.control.requests
@@ -292,6 +304,8 @@ class Runner:
             code = 0 if self.summary.all_succeeded() and skipped_ok else 1
             if self._options.dry_run:
                 code = 0 if not self.summary.outcomes.get(Outcome.INVALID.value) else 1
+        total = self._options.total
+        stopped = self.control.exit_code is not None
         return RunReport(
             self.run_id,
             code,
@@ -301,6 +315,8 @@ class Runner:
             self.control.reason,
             dict(self._skipped),
             str(self._settings.ledger),
+            not_read=max(0, total - self.summary.read) if total is not None else 0,
+            resume=self._options.resume if stopped else "",
         )
 
 

@@ -22,7 +22,7 @@ import orjson
 from worker.errors import ConfigError, LedgerError
 from worker.ledger.schema import CLAIM_BATCH, CSV_COLUMNS, SCHEMA, SCHEMA_VERSION, UPSERT_BATCH
 from worker.logs import redact
-from worker.models import FINAL, RETRYABLE, Outcome, Result
+from worker.models import FINAL, Outcome, Result
 
 
 def now_iso() -> str:
@@ -151,14 +151,21 @@ class Ledger:
 
     # -- input --------------------------------------------------------------------------------
 
-    def existing(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """order_id -> (outcome, run_id) for the IDs already in the ledger."""
+    def existing(self, ids: Sequence[str]) -> dict[str, tuple[str, str, bool]]:
+        """order_id -> (outcome, run_id, may have been sent) for the IDs already in the ledger.
+
+        An order may have been sent, its answer unknown, when it failed (retryable_failed), or
+        when it is `pending` with requests spent, or `pending` under a run that never ended (a
+        crash: its requests in flight were not recorded). An order a run claimed and stopped
+        before sending (attempts 0, the run ended) was never sent: no look-up is needed."""
         rows = self._db.execute(
-            "SELECT order_id, outcome, run_id FROM orders "
-            "WHERE order_id IN (SELECT value FROM json_each(?))",
+            "SELECT o.order_id, o.outcome, o.run_id, o.outcome = 'retryable_failed' OR "
+            "(o.outcome = 'pending' AND (o.attempts > 0 OR r.finished_at IS NULL)) "
+            "FROM orders o LEFT JOIN runs r ON r.run_id = o.run_id "
+            "WHERE o.order_id IN (SELECT value FROM json_each(?))",
             (_json(list(ids)),),
         )
-        return {order_id: (outcome, run_id) for order_id, outcome, run_id in rows}
+        return {order_id: (outcome, run_id, bool(sent)) for order_id, outcome, run_id, sent in rows}
 
     def claim(
         self,
@@ -181,21 +188,21 @@ class Ledger:
             fresh = self._first_sightings(ids)
             for order_id in ids:
                 if order_id not in fresh:
-                    known[order_id] = ("", run_id)
+                    known[order_id] = ("", run_id, False)
         plan = Plan()
         for order_id, invalid in batch:
             seen = known.get(order_id)
             if seen is not None and seen[1] == run_id:
                 plan.duplicates += 1
                 continue
-            known[order_id] = ("", run_id)
+            known[order_id] = ("", run_id, False)
             if seen is not None and seen[0] in _FINAL_VALUES and not force:
                 plan.skipped.append(seen[0])
             elif invalid is not None:
                 plan.invalid.append(invalid)
             else:
                 plan.to_send.append(order_id)
-                if seen is not None and seen[0] in _UNCERTAIN_VALUES:
+                if seen is not None and seen[2]:
                     plan.uncertain.add(order_id)
         if not dry:
             self._write_plan(plan, run_id)
@@ -257,6 +264,23 @@ class Ledger:
         )
         return outcomes, codes
 
+    def run_counts(self, run_id: str) -> tuple[dict[str, int], dict[str, int]]:
+        """(outcome -> count, error_code -> count) of the orders one run holds: what it
+        answered, what it found invalid, and what it claimed and left `pending`."""
+        outcomes = dict(
+            self._db.execute(
+                "SELECT outcome, COUNT(*) FROM orders WHERE run_id = ? GROUP BY outcome", (run_id,)
+            )
+        )
+        codes = dict(
+            self._db.execute(
+                "SELECT error_code, COUNT(*) FROM orders WHERE run_id = ? AND error_code IS NOT "
+                "NULL GROUP BY error_code",
+                (run_id,),
+            )
+        )
+        return outcomes, codes
+
     def rows(self, outcome: str | None = None) -> Iterator[tuple[object, ...]]:
         """Every order row in the CSV column order, by order ID; the message redacted of every
         known secret (every output path reads the orders here)."""
@@ -312,7 +336,6 @@ class Ledger:
 
 
 _FINAL_VALUES = frozenset(o.value for o in FINAL)
-_UNCERTAIN_VALUES = frozenset(o.value for o in RETRYABLE)
 
 
 def _json(value: object) -> str:
