@@ -25,7 +25,9 @@ from worker.queue.streams import Streams, patiently
 log = structlog.get_logger(__name__)
 
 GROUP_MARGIN = 0.95
-LATE_S = 0.05  # a slot used later than this (a frozen or starved replica) is taken again
+LATE_S = 0.2  # a slot used later than this (a frozen or starved replica) is taken again; under
+# it, the group margin absorbs the lateness of a busy event loop (retaking then would only cost
+# a round trip to Redis, again and again on a loaded host)
 
 
 class GroupRateLimiter(RateLimiter):
