@@ -353,3 +353,23 @@ async def test_consume_from_a_redis_that_refuses_writes(
     assert proc.returncode == 3, err.decode()[-2000:]
     assert b"redis_unavailable" in err
     assert b"Redis has been unavailable" in err.strip().splitlines()[-1]
+
+
+async def test_queue_names_never_fall_back_on_shared_ones(
+    queue: Queue, cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Only --stream X:requests given: the group, results, final set and dead letters are X's,
+    never the shared cancel-orders ones; --namespace names them all the same way."""
+    prefix = queue.names.stream.split(":")[0]
+    env = sim_env(sim, tmp_path / "l.sqlite", MOUVONE_REDIS_URL=REDIS_URL)
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001", "SUB0000000001"])
+    for given, code in (([f"--stream={prefix}:requests"], 1), ([f"--namespace={prefix}"], 0)):
+        assert (await cli.run("enqueue", str(src), *given, env=env)).code == 0
+        done = await cli.run("consume", "--exit-when-empty", *given, env=env)
+        assert done.code == code, done.stderr[-2000:]  # the second time both are final already
+        assert f"{prefix}:results" in done.stderr
+    results = await queue.redis.xrange(f"{prefix}:results")
+    assert len(results) == 2  # the second round found both final: acknowledged, not resent
+    assert await queue.redis.hlen(f"{prefix}:results:final") == 2
+    groups = await queue.redis.xinfo_groups(f"{prefix}:requests")
+    assert [g["name"] for g in groups] == [prefix]

@@ -127,15 +127,27 @@ SETTING_FLAGS = {
         "allow a plain http:// URL to a host that is not loopback",
     ),
     "redis_url": ("--redis-url", str, "URL", "Redis for queue mode (MOUVONE_REDIS_URL)"),
-    "stream": ("--stream", str, "NAME", "requests stream (cancel-orders:requests)"),
-    "group": ("--group", str, "NAME", "consumer group (cancel-orders)"),
+    "namespace": (
+        "--namespace",
+        str,
+        "NAME",
+        "names everything a group uses: NAME:requests, group NAME, NAME:results, NAME:dead "
+        "(MOUVONE_NAMESPACE; cancel-orders)",
+    ),
+    "stream": ("--stream", str, "NAME", "requests stream (NAMESPACE:requests)"),
+    "group": ("--group", str, "NAME", "consumer group (derived from the stream's name)"),
     "consumer": ("--consumer", str, "NAME", "this consumer's name (the host name)"),
-    "results_stream": ("--results-stream", str, "NAME", "results stream (cancel-orders:results)"),
+    "results_stream": (
+        "--results-stream",
+        str,
+        "NAME",
+        "results stream (derived from the stream's name: X:requests -> X:results)",
+    ),
     "dead_letter_stream": (
         "--dead-letter-stream",
         str,
         "NAME",
-        "dead-letter stream (cancel-orders:dead)",
+        "dead-letter stream (derived from the stream's name: X:requests -> X:dead)",
     ),
     "claim_idle": (
         "--claim-idle",
@@ -162,6 +174,7 @@ SETTING_FLAGS = {
     "log_level": ("--log-level", str, "LEVEL", "debug, info, warning, error (MOUVONE_LOG_LEVEL)"),
 }
 QUEUE_SETTINGS = (
+    "namespace",
     "metrics_port",
     "metrics_host",
     "redis_url",

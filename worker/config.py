@@ -48,6 +48,7 @@ def defaults_file(name: str) -> Path:
 
 
 INTEGRATION_BASE_URL = "https://soget-api-integration.azure-api.net/customer-orders/v1"
+DEFAULT_NAMESPACE = "cancel-orders"
 
 
 class TargetSpec(BaseModel):
@@ -95,11 +96,12 @@ class Settings(BaseSettings):
     allow_insecure_http: bool = False
     core_dumps: bool = False  # a dump would hold the secret, the key and the token
     redis_url: str | None = None
-    stream: str
-    group: str
+    namespace: str | None = None
+    stream: str | None = None
+    group: str | None = None
     consumer: str | None = None  # None: the host name
-    results_stream: str
-    dead_letter_stream: str
+    results_stream: str | None = None
+    dead_letter_stream: str | None = None
     claim_idle: float = Field(gt=0, description="seconds before a dead consumer's entries move")
     max_deliveries: int = Field(ge=1)
     metrics_textfile: Path | None = None
@@ -163,6 +165,34 @@ class Settings(BaseSettings):
                 raise ValueError(f"{path}: cannot read the secret: {exc}") from None
             object.__setattr__(self, key, SecretStr(value))
         return self
+
+    @model_validator(mode="after")
+    def _queue_names(self) -> Settings:
+        """Queue names not given derive from the namespace, else from the requests stream's
+        name (``X:requests`` -> group ``X``, ``X:results``, ``X:dead``), never from the shared
+        defaults: two teams sharing a Redis cannot skip each other's orders."""
+        if self.namespace is not None:
+            base = self.namespace
+            stream = self.stream or f"{base}:requests"
+        else:
+            stream = self.stream or f"{DEFAULT_NAMESPACE}:requests"
+            base = stream.removesuffix(":requests")
+        for key, value in (
+            ("stream", stream),
+            ("group", base),
+            ("results_stream", f"{base}:results"),
+            ("dead_letter_stream", f"{base}:dead"),
+        ):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        return self
+
+    @property
+    def queue_names(self) -> tuple[str, str, str, str]:
+        """(requests stream, group, results stream, dead letters), all derived."""
+        names = (self.stream, self.group, self.results_stream, self.dead_letter_stream)
+        assert all(n is not None for n in names)
+        return names  # type: ignore[return-value]
 
     @field_validator("id_pattern")
     @classmethod

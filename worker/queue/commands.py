@@ -35,12 +35,13 @@ READ_CHUNK = 1000
 
 def names(settings: Settings) -> Names:
     """The stream names of these settings; the consumer defaults to the host name."""
+    stream, group, results, dead = settings.queue_names
     return Names(
-        stream=settings.stream,
-        group=settings.group,
+        stream=stream,
+        group=group,
         consumer=settings.consumer or socket.gethostname(),
-        results=settings.results_stream,
-        dead=settings.dead_letter_stream,
+        results=results,
+        dead=dead,
     )
 
 
