@@ -520,3 +520,50 @@ async def test_files_are_readable_by_their_owner_only(
     made = [p for p in tmp_path.iterdir() if p.name.startswith("l.sqlite")]
     assert made
     assert all(p.stat().st_mode & 0o077 == 0 for p in made)
+
+
+async def test_orders_on_stdin_are_confirmed_on_the_terminal(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """`head -100 file | cancel-orders run -` on a terminal asks there (/dev/tty): the plan
+    (target, input, what is not sent, the time at --rate), then 'yes' sends."""
+    import fcntl  # noqa: PLC0415
+    import termios  # noqa: PLC0415
+
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    ids = b"orderId\nCDE0000000001\nCDE0000000002\nCDE0000000001\nbad\n"
+    master, slave = pty.openpty()
+
+    def own_terminal() -> None:  # the child's controlling terminal is the pty
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker", "run", "-", cwd=cli.cwd, env=env,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, preexec_fn=own_terminal,
+        )  # fmt: skip
+        os.write(master, b"yes\n")
+        out, err = await asyncio.wait_for(proc.communicate(ids), 60)
+    finally:
+        os.close(master)
+        os.close(slave)
+    text = out.decode() + err.decode()
+    assert proc.returncode == 1, text  # one invalid ID
+    assert f"About to cancel 2 orders at {sim.base_url}" in text
+    assert "not sent: 0 already final, 1 invalid, 1 duplicates" in text
+    assert "at --rate 200" in text
+    assert sum(sim.sim.stats.deletes.values()) == 2
+
+
+async def test_nothing_to_send_asks_nothing(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """With every order already final, a terminal run does not ask: nothing to send, exit 0."""
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001"])
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    assert (await cli.run("run", str(src), "--yes", env=env)).code == 0
+    code, text = await _run_on_terminal(cli, ["run", str(src)], env, b"")
+    assert code == 0, text
+    assert "Type 'yes'" not in text

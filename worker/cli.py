@@ -12,6 +12,7 @@ import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, TextIO
 
@@ -548,31 +549,67 @@ def _refuse_retry_of_unfinished_input(path: Path) -> None:
 
 
 def _confirm(source: OrderSource, settings: Settings, args: argparse.Namespace, total: int) -> None:
-    """Ask a person to type yes; refuse when nobody can be asked."""
-    if args.command == "run" and args.input == "-":
-        raise ConfigError("orders read from standard input: pass --yes to confirm")
-    if not sys.stdin.isatty():
-        raise ConfigError("not on a terminal, so nobody can confirm: pass --yes to send")
-    to_send = _count_to_send(source, settings.ledger, force=getattr(args, "force", False))
-    sys.stderr.write(
-        f"About to cancel {to_send} orders at {settings.target_label} "
+    """Show the plan as a person needs it (target, input, what will be sent and what not, how
+    long it takes at --rate) and ask for "yes", on the terminal even when the orders come on
+    standard input; nothing to send: nothing to ask. Refuse when nobody can be asked."""
+    plan = _plan(source, settings.ledger, force=getattr(args, "force", False))
+    if plan.to_send == 0:
+        return  # nothing will be sent: the run only records what is invalid
+    answer_from = _terminal()
+    if answer_from is None:
+        where = "standard input holds the orders and there is no terminal"
+        if sys.stdin.isatty():
+            where = "no terminal"
+        raise ConfigError(f"{where}, so nobody can confirm: pass --yes to send")
+    minutes = plan.to_send / settings.rate / 60
+    took = f"{minutes:.0f} min" if minutes >= 1 else f"{plan.to_send / settings.rate:.0f} s"
+    _say(
+        sys.stderr,
+        f"About to cancel {plan.to_send} orders at {settings.target_label} "
         f"(tokens from {settings.token_host})\n"
-        f"  input: {source.name} ({total} IDs), ledger: {settings.ledger}\n"
-        f"  A cancellation cannot be undone. Type 'yes' to go on: "
+        f"Input:   {source.name}, {total} IDs\n"
+        f"Ledger:  {settings.ledger}\n"
+        f"Plan:    cancel {plan.to_send} orders; not sent: {plan.final} already final, "
+        f"{plan.invalid} invalid, {plan.duplicates} duplicates\n"
+        f"Time:    about {took} at --rate {settings.rate:g}\n"
+        "A cancellation cannot be undone. Type 'yes' to go on: ",
     )
-    sys.stderr.flush()
-    if sys.stdin.readline().strip().lower() != "yes":
-        raise ConfigError("not confirmed: nothing was sent")
+    with answer_from:
+        if answer_from.readline().strip().lower() != "yes":
+            raise ConfigError("not confirmed: nothing was sent")
 
 
-def _count_to_send(source: OrderSource, ledger_path: Path, *, force: bool) -> int:
+def _terminal() -> TextIO | None:
+    """Where a person can answer: standard input when it is the terminal, else the terminal
+    itself (the orders may come on standard input); None without one."""
+    if sys.stdin.isatty():
+        return open(os.dup(sys.stdin.fileno()), encoding="utf-8")  # noqa: PTH123
+    try:
+        return open("/dev/tty", encoding="utf-8")  # noqa: PTH123 - closed by the caller
+    except OSError:
+        return None
+
+
+@dataclass
+class _Counts:
+    to_send: int = 0
+    final: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+
+
+def _plan(source: OrderSource, ledger_path: Path, *, force: bool) -> _Counts:
+    counts = _Counts()
     with ExitStack() as stack:
         ledger = open_ledger(ledger_path, dry=True, stack=stack)
         run_id = new_run_id()
-        return sum(
-            len(ledger.claim(batch, run_id, force=force, dry=True).to_send)
-            for batch in source.batches(500)
-        )
+        for batch in source.batches(500):
+            plan = ledger.claim(batch, run_id, force=force, dry=True)
+            counts.to_send += len(plan.to_send)
+            counts.final += len(plan.skipped)
+            counts.invalid += len(plan.invalid)
+            counts.duplicates += plan.duplicates
+    return counts
 
 
 def _selected(

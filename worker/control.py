@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import TypeVar
 
@@ -26,6 +26,8 @@ class RunControl:
         self.exit_code: int | None = None
         self.reason: str | None = None
         self.requests = 0
+        self.in_flight: Callable[[], int] = lambda: 0  # told on the first signal
+        self.grace_s = 0.0
 
     def count_request(self) -> None:
         """One more request sent to the API."""
@@ -57,7 +59,15 @@ class RunControl:
         self.exit_code = exit_code
         self.reason = f"interrupted by {signal_name}"
         self.stop_event.set()
-        log.warning("run_interrupted", signal=signal_name)
+        log.warning(
+            "run_interrupted",
+            signal=signal_name,
+            in_flight=self.in_flight(),
+            waits_s=self.grace_s,
+            detail=f"nothing new is sent; the {self.in_flight()} requests in flight get up to "
+            f"{self.grace_s:g}s to be answered and recorded. Another {signal_name} stops at once: "
+            "they stay pending and are looked up before they are sent again",
+        )
 
 
 async def with_signals(control: RunControl, work: Awaitable[T]) -> T:

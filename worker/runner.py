@@ -59,6 +59,8 @@ class Runner:
         self._options = options
         self.metrics = Metrics()
         self.control = control or RunControl()
+        self.control.in_flight = lambda: self.metrics.in_flight
+        self.control.grace_s = settings.grace
         self._clock = clock or SystemClock()
         self._table = table or OutcomeTable.load(settings.outcome_table)
         self.run_id = new_run_id()
