@@ -117,3 +117,11 @@ def test_pattern_must_match_whole_id() -> None:
     validator = IdValidator("[A-Z]{3}[0-9]{10}")
     assert validator.matches(A)
     assert not validator.matches(A + "/../x")
+
+
+def test_headers_by_their_letters(tmp_path: Path) -> None:
+    """ "Order ID", "ORDER-ID", "customer_order_id" name the ID column: case, spaces, '_' and
+    '-' are ignored."""
+    for header in ("Order ID", "ORDER-ID", "customer_order_id", " Id "):
+        path = _file(tmp_path, f"note;{header}\nx;{A}\ny;{B}\n".encode())
+        assert _ids(path) == [A, B], header

@@ -182,3 +182,25 @@ async def test_after_a_stop_one_instruction_and_it_is_right(
     assert {r["outcome"] for r in ledger_rows(ledger).values()} == {"cancelled"}
     assert len(sim.sim.stats.arrivals) - sent_before == 2500 - cancelled  # DELETEs only
     assert sim.sim.stats.resent_final == 0
+
+
+async def test_files_from_spreadsheets(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """Swapped columns are refused naming the right one; a cp1252 export is refused with a
+    hint, then read with --encoding cp1252; the dry run says which column, separator and
+    encoding it read and where the first invalid IDs are."""
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    swapped = tmp_path / "swapped.csv"
+    rows = [f"Commande {k};CDE{k:010d}" for k in range(1, 40)]
+    swapped.write_text("\n".join(["Order ID;Reference", *rows]) + "\n")
+    done = await cli.run("run", str(swapped), "--dry-run", env=env)
+    assert done.code == 2, done.stderr[-2000:]
+    assert "pass --column 'Reference'" in done.stderr.strip().splitlines()[-1]
+    export = tmp_path / "export.csv"
+    export.write_bytes("Order ID;Société\nCDE0000000001;Générale\nbad one;x\n".encode("cp1252"))
+    refused = await cli.run("run", str(export), "--dry-run", env=env)
+    assert refused.code == 2
+    assert "--encoding cp1252" in refused.stderr.strip().splitlines()[-1]
+    dry = await cli.run("run", str(export), "--dry-run", "--encoding", "cp1252", env=env)
+    assert dry.code == 1, dry.stderr[-2000:]
+    assert "read column 'Order ID', separated by ';', encoding cp1252" in dry.stdout
+    assert f"first invalid IDs at: {export}:3" in dry.stdout

@@ -87,6 +87,12 @@ SETTING_FLAGS = {
         "longest Retry-After pause before stopping (MOUVONE_MAX_WAIT, 300)",
     ),
     "id_pattern": ("--id-pattern", str, "REGEX", "valid order ID (MOUVONE_ID_PATTERN)"),
+    "encoding": (
+        "--encoding",
+        str,
+        "NAME",
+        "the input's encoding, e.g. cp1252 for a spreadsheet export (MOUVONE_ENCODING, utf-8)",
+    ),
     "outcome_table": (
         "--outcome-table",
         Path,
@@ -199,7 +205,7 @@ FILTER_DESTS = (
     "container_number",
 )
 REPORT_SETTINGS = ("ledger", "redis_url", "results_stream", "log_format", "log_level")
-ENQUEUE_SETTINGS = (*QUEUE_SETTINGS, "id_pattern", "log_format", "log_level")
+ENQUEUE_SETTINGS = (*QUEUE_SETTINGS, "id_pattern", "encoding", "log_format", "log_level")
 # what only a run over a ledger uses
 _RUN_ONLY = ("ledger", "metrics_textfile", "pushgateway", "max_failure_rate", "min_orders")
 CONSUME_SETTINGS = (*(k for k in RUN_SETTINGS if k not in _RUN_ONLY), *QUEUE_SETTINGS)
@@ -520,9 +526,13 @@ def _source(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> O
         spooled = spool_stdin(source=None if args.input == "-" else given)
         stack.callback(lambda: spooled.unlink(missing_ok=True))
         return CsvSource(
-            spooled, validator, args.column, name="<stdin>" if args.input == "-" else args.input
+            spooled,
+            validator,
+            args.column,
+            name="<stdin>" if args.input == "-" else args.input,
+            encoding=settings.encoding,
         )
-    return CsvSource(given, validator, args.column)
+    return CsvSource(given, validator, args.column, encoding=settings.encoding)
 
 
 def _refuse_retry_of_unfinished_input(path: Path) -> None:

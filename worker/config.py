@@ -6,6 +6,7 @@ the ``--config`` TOML file, then the defaults shipped in ``config/defaults.toml`
 
 from __future__ import annotations
 
+import codecs
 import ipaddress
 import os
 import re
@@ -83,6 +84,7 @@ class Settings(BaseSettings):
     timeout: float = Field(gt=0, description="seconds per request")
     max_wait: float = Field(ge=0, description="longest Retry-After pause, seconds")
     id_pattern: str
+    encoding: str = "utf-8"  # of the input file (with or without BOM for UTF-8)
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["debug", "info", "warning", "error"]
     backoff_base: float = Field(gt=0)
@@ -193,6 +195,15 @@ class Settings(BaseSettings):
         names = (self.stream, self.group, self.results_stream, self.dead_letter_stream)
         assert all(n is not None for n in names)
         return names  # type: ignore[return-value]
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+        return value
 
     @field_validator("id_pattern")
     @classmethod

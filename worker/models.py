@@ -72,6 +72,7 @@ class RunSummary:
     outage_s: float = 0.0  # time the circuit breaker was open
     lowest_rate: float | None = None  # the lowest pace 429s brought the rate down to
     log_lines_lost: int = 0  # log lines standard error could not take
+    first_invalid: list[str] = field(default_factory=list)  # where the first invalid IDs are
 
     def add(self, result: Result) -> None:
         """Count one order's result."""
@@ -114,6 +115,7 @@ class RunReport:
     skipped_outcomes: dict[str, int] = field(default_factory=dict)
     ledger: str = ""
     not_read: int = 0  # IDs of the input not read because the run stopped first
+    layout: dict[str, str] = field(default_factory=dict)  # the input's column, separator...
     resume: str = ""  # the command line that resumes it
 
     def as_dict(self) -> dict[str, object]:
@@ -144,6 +146,9 @@ class RunReport:
         }
         if self.resume:
             fields["resume"] = self.resume
+        if self.dry_run:
+            fields["input"] = {k: v for k, v in self.layout.items() if k != "index"}
+            fields["first_invalid"] = list(s.first_invalid)
         if s.log_lines_lost:
             fields["log_lines_lost"] = s.log_lines_lost
         return fields

@@ -137,25 +137,7 @@ def render_run(data: dict[str, object]) -> str:
     lines.append(f"  orders read          {data['orders_read']:>10}")
     lines.append(f"  already final        {data['skipped_final']:>10}   (in the ledger: not sent)")
     lines.append(f"  duplicates           {data['duplicates']:>10}   (sent once)")
-    if dry:
-        lines.append(f"  would send           {data['would_send']:>10}")
-        lines.append(f"  invalid              {outcomes.get('invalid', 0):>10}")
-    else:
-        lines.extend(f"  {name:<20}{count:>10}" for name, count in outcomes.items() if count)
-        lines.append(
-            f"  requests             {data['requests']:>10}   in {data['elapsed_s']} s"
-            f" ({data['rate_per_s']}/s)"
-        )
-        if data.get("paused_s"):
-            lines.append(
-                f"  paused by the gateway{data['paused_s']:>9} s   (429 / quota Retry-After)"
-            )
-        if data.get("lowest_rate") is not None:
-            lines.append(f"  rate lowered to      {data['lowest_rate']:>10}/s (after 429 answers)")
-        if data.get("outage_s"):
-            lines.append(
-                f"  API outage           {data['outage_s']:>10} s   (5xx, timeouts: nothing sent)"
-            )
+    lines.extend(_dry_lines(data, outcomes) if dry else _sent_lines(data, outcomes))
     codes = data.get("error_codes")
     if isinstance(codes, dict) and codes:
         lines.append("  error codes: " + ", ".join(f"{c} {n}" for c, n in codes.items()))
@@ -168,6 +150,40 @@ def render_run(data: dict[str, object]) -> str:
     elif not dry:
         lines.extend(_next_steps(outcomes, str(data.get("ledger", ""))))
     return "\n".join(lines) + "\n"
+
+
+def _dry_lines(data: dict[str, object], outcomes: dict[str, int]) -> list[str]:
+    lines = [
+        f"  would send           {data['would_send']:>10}",
+        f"  invalid              {outcomes.get('invalid', 0):>10}",
+    ]
+    layout = data.get("input")
+    if isinstance(layout, dict) and layout:
+        lines.append(
+            f"  read column {layout.get('column')!r}, separated by "
+            f"{layout.get('separator')!r}, encoding {layout.get('encoding')}"
+        )
+    first = data.get("first_invalid")
+    if isinstance(first, list) and first:
+        lines.append("  first invalid IDs at: " + ", ".join(printable(str(f)) for f in first))
+    return lines
+
+
+def _sent_lines(data: dict[str, object], outcomes: dict[str, int]) -> list[str]:
+    lines = [f"  {name:<20}{count:>10}" for name, count in outcomes.items() if count]
+    lines.append(
+        f"  requests             {data['requests']:>10}   in {data['elapsed_s']} s"
+        f" ({data['rate_per_s']}/s)"
+    )
+    if data.get("paused_s"):
+        lines.append(f"  paused by the gateway{data['paused_s']:>9} s   (429 / quota Retry-After)")
+    if data.get("lowest_rate") is not None:
+        lines.append(f"  rate lowered to      {data['lowest_rate']:>10}/s (after 429 answers)")
+    if data.get("outage_s"):
+        lines.append(
+            f"  API outage           {data['outage_s']:>10} s   (5xx, timeouts: nothing sent)"
+        )
+    return lines
 
 
 def _next_steps(outcomes: dict[str, int], ledger: str) -> list[str]:

@@ -37,6 +37,7 @@ from worker.sources import Batch, OrderSource
 log = structlog.get_logger(__name__)
 
 BATCH = 1000  # IDs read, checked and claimed (marked pending) at a time
+FIRST_INVALID = 5  # where the first invalid IDs are, for the dry run's summary
 
 
 class Runner:
@@ -220,6 +221,8 @@ class Runner:
             self._uncertain |= plan.uncertain
             for result in plan.invalid:
                 self._sink.add(result)
+                if len(self.summary.first_invalid) < FIRST_INVALID and result.message:
+                    self.summary.first_invalid.append(result.message.split(": ", 1)[0])
             if plan.invalid:
                 self._check_failure_rate()
             if feed is None:
@@ -318,6 +321,7 @@ class Runner:
             dict(self._skipped),
             str(self._settings.ledger),
             not_read=max(0, total - self.summary.read) if total is not None else 0,
+            layout=dict(getattr(self._source, "layout", {})),
             resume=self._options.resume if stopped else "",
         )
 

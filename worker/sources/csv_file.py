@@ -22,8 +22,16 @@ from worker.sources import Batch, IdValidator
 
 log = structlog.get_logger(__name__)
 
-ID_HEADERS = ("orderid", "order_id", "customerorderid", "id")
+ID_HEADERS = ("orderid", "customerorderid", "id")  # by their letters: "Order ID" is one
 FIELD_LIMIT = 128 * 1024  # csv's own default; a longer field is an error naming its line
+SAMPLE_ROWS = 1000  # rows looked at to tell the ID column from the others
+WRONG_COLUMN_SHARE = 0.5  # under this share of valid IDs, the chosen column looks wrong...
+RIGHT_COLUMN_SHARE = 0.8  # ...when another column holds at least this share
+
+
+def header_key(cell: str) -> str:
+    """A header cell by its letters and digits only: case, spaces, '_' and '-' ignored."""
+    return "".join(ch for ch in cell.lower() if ch.isalnum())
 
 
 class CsvSource:
@@ -37,17 +45,51 @@ class CsvSource:
     """
 
     def __init__(
-        self, path: Path, validator: IdValidator, column: str | None = None, name: str | None = None
+        self,
+        path: Path,
+        validator: IdValidator,
+        column: str | None = None,
+        name: str | None = None,
+        encoding: str = "utf-8",
     ) -> None:
         self.path = path
         self.name = name or str(path)
         self._validator = validator
         self._column = column
+        self._encoding = encoding
         self._announced = False
+        self.layout: dict[str, str] = {}  # the column, separator and encoding read (for people)
+        self._sample: list[list[str]] = []  # the first rows, to check the column chosen
+        self._header_cells: list[str] = []
 
     def scan(self) -> int:
-        """Read everything once; the count of non-blank IDs. InputError for unreadable input."""
-        return sum(1 for _ in self._values())
+        """Read everything once; the count of non-blank IDs. InputError for unreadable input,
+        or for an ID column that holds few IDs while another holds many (naming it)."""
+        count = sum(1 for _ in self._values())
+        self._check_column()
+        return count
+
+    def _check_column(self) -> None:
+        rows, chosen = self._sample, self.layout.get("index")
+        if not rows or chosen is None or len(rows) < 2:
+            return
+        index = int(chosen)
+        width = max(len(r) for r in rows)
+        valid = [
+            sum(1 for r in rows if c < len(r) and self._validator.matches(r[c].strip()))
+            for c in range(width)
+        ]
+        if valid[index] >= WRONG_COLUMN_SHARE * len(rows):
+            return
+        best = max(range(width), key=lambda c: valid[c])
+        if best != index and valid[best] >= RIGHT_COLUMN_SHARE * len(rows):
+            names = self._header_cells or [str(c + 1) for c in range(width)]
+            right = names[best] if best < len(names) else str(best + 1)
+            raise InputError(
+                f"{self.name}: the ID column {self.layout.get('column')!r} holds "
+                f"{valid[index]} valid order IDs in its first {len(rows)} rows, column "
+                f"{right!r} holds {valid[best]}: pass --column {right!r}"
+            )
 
     def batches(self, size: int) -> Iterator[Batch]:
         """Validated IDs in input order, ``size`` at a time; a row with content but no ID is
@@ -70,11 +112,15 @@ class CsvSource:
         try:
             with self.path.open("rb") as handle:
                 yield from self._rows(handle)
+        except LookupError:
+            raise InputError(f"{self.name}: unknown encoding {self._encoding!r}") from None
         except OSError as exc:
             raise InputError(f"{self.name}: cannot read: {exc.strerror or exc}") from None
 
     def _rows(self, handle: IO[bytes]) -> Iterator[tuple[int, str]]:
-        lines = _LineCounter(handle, self.name)
+        lines = _LineCounter(handle, self.name, self._encoding)
+        sample = self._sample
+        sample.clear()
         try:
             first = lines.first_content_line()
             if first is None:
@@ -83,9 +129,19 @@ class CsvSource:
             csv.field_size_limit(FIELD_LIMIT)
             first_row = next(csv.reader([first], dialect=dialect), [])
             index, header = self._header(first_row, lines.number)
+            self._header_cells = [c.strip() for c in first_row] if header is not None else []
+            self.layout = {
+                "column": first_row[index].strip() if header is not None else f"{index + 1}",
+                "index": str(index),
+                "separator": dialect.delimiter,
+                "encoding": self._encoding,
+            }
             if header is None:
+                sample.append(first_row)
                 yield lines.number, first_row[0].strip()
             for row in csv.reader(lines, dialect=dialect):
+                if len(sample) < SAMPLE_ROWS and any(cell.strip() for cell in row):
+                    sample.append(row)
                 if index < len(row) and (value := row[index].strip()):
                     yield lines.number, value
                 elif any(cell.strip() for cell in row):  # content, but no ID: never dropped
@@ -95,9 +151,9 @@ class CsvSource:
 
     def _header(self, row: list[str], line: int) -> tuple[int, str | None]:
         """(column index, header text or None when the first line is data)."""
-        cells = [cell.strip().lower() for cell in row]
+        cells = [header_key(cell) for cell in row]
         if self._column is not None:
-            wanted = self._column.strip().lower()
+            wanted = header_key(self._column)
             if wanted in cells:
                 return cells.index(wanted), ",".join(row)
             raise InputError(
@@ -120,9 +176,10 @@ class CsvSource:
 class _LineCounter:
     """Iterates decoded lines, counting them; an undecodable or overlong line is an InputError."""
 
-    def __init__(self, handle: IO[bytes], name: str) -> None:
+    def __init__(self, handle: IO[bytes], name: str, encoding: str = "utf-8") -> None:
         self._handle = handle
         self._name = name
+        self._encoding = codecs.lookup(encoding).name
         self.number = 0
 
     def __iter__(self) -> Iterator[str]:
@@ -135,13 +192,18 @@ class _LineCounter:
         self.number += 1
         if len(raw) == FIELD_LIMIT and not raw.endswith(b"\n"):
             raise InputError(f"{self._name}:{self.number}: line longer than {FIELD_LIMIT} bytes")
-        if self.number == 1 and raw.startswith(codecs.BOM_UTF8):
+        if self.number == 1 and raw.startswith(codecs.BOM_UTF8) and self._encoding == "utf-8":
             raw = raw[len(codecs.BOM_UTF8) :]
         try:
-            return raw.decode("utf-8")
+            return raw.decode(self._encoding)
         except UnicodeDecodeError as exc:
             where = f"{self._name}:{self.number}"
-            raise InputError(f"{where}: not valid UTF-8 ({exc.reason})") from None
+            if self._encoding == "utf-8":
+                raise InputError(
+                    f"{where}: not valid UTF-8 ({exc.reason}): a spreadsheet export may be in "
+                    "another encoding, e.g. --encoding cp1252"
+                ) from None
+            raise InputError(f"{where}: not valid {self._encoding} ({exc.reason})") from None
 
     def first_content_line(self) -> str | None:
         """The first line that is not blank, or None for an empty input."""
