@@ -567,3 +567,23 @@ async def test_nothing_to_send_asks_nothing(
     code, text = await _run_on_terminal(cli, ["run", str(src)], env, b"")
     assert code == 0, text
     assert "Type 'yes'" not in text
+
+
+async def test_retry_keeps_the_runs_limits(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """`retry` reuses the --rate its ledger's run was given unless it is given again; `report
+    --outcome X` shows that outcome's row, not six rows of zeros."""
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(sim, ledger)
+    del env["MOUVONE_RATE"]
+    src = write_ids(tmp_path / "o.csv", ["ERR0000000000", "CDE0000000001"])
+    first = await cli.run("run", str(src), "--yes", "--rate", "7", "--max-attempts", "2", env=env)
+    assert first.code == 1, first.stderr[-2000:]
+    again = await cli.run("retry", "--yes", env=env)
+    assert '"retry_reuses_limits"' in again.stderr
+    assert '"rate":7.0' in again.stderr
+    given = await cli.run("retry", "--yes", "--rate", "9", env=env)
+    assert '"rate":7.0' not in given.stderr
+    shown = await cli.run("report", "--outcome", "retryable_failed", env=env)
+    rows = [line.split() for line in shown.stdout.splitlines() if line.split()[-1:] == ["0"]]
+    assert rows == []
+    assert "retryable_failed" in shown.stdout

@@ -20,14 +20,14 @@ import structlog
 
 from worker import __version__
 from worker import loop as event_loop
-from worker.config import FILES_READ, Settings, load_settings
+from worker.config import FILES_READ, Settings, given_elsewhere, load_settings
 from worker.control import with_signals
 from worker.errors import ConfigError, WorkerError
 from worker.ledger import Ledger, check_target, open_ledger
 from worker.logs import configure, flush_logs, redact
 from worker.models import Outcome, RunOptions, RunReport, new_run_id
 from worker.report import open_output, render_run, write_report
-from worker.runner import Runner
+from worker.runner import RECORDED_LIMITS, Runner
 from worker.sources import IdValidator, OrderSource
 from worker.sources.csv_file import CsvSource, needs_spooling, spool_stdin
 from worker.sources.ledger_source import LedgerSource
@@ -36,8 +36,14 @@ log = structlog.get_logger(__name__)
 
 # flag dest -> settings key; every setting has a flag.
 SETTING_FLAGS = {
-    "ledger": ("--ledger", Path, "PATH", "ledger path (MOUVONE_LEDGER)"),
-    "base_url": ("--base-url", str, "URL", "API base URL (MOUVONE_BASE_URL)"),
+    "ledger": ("--ledger", Path, "PATH", "ledger path (MOUVONE_LEDGER, ./cancellations.sqlite)"),
+    "base_url": (
+        "--base-url",
+        str,
+        "URL",
+        "API base URL (MOUVONE_BASE_URL; no default, e.g. "
+        "https://soget-api-integration.azure-api.net/customer-orders/v1)",
+    ),
     "token_url": ("--token-url", str, "URL", "OAuth2 token endpoint (MOUVONE_TOKEN_URL)"),
     "target": (
         "--target",
@@ -279,7 +285,10 @@ def _add_queue_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = _Parser(
-        prog="cancel-orders", description="Bulk-cancel SOGET MouvONE customer orders, resumably."
+        prog="cancel-orders",
+        description="Bulk-cancel SOGET MouvONE customer orders, resumably.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -287,7 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     from worker.selecting import add_filter_arguments  # noqa: PLC0415 - keeps imports one-way
 
     run = sub.add_parser(
-        "run", help="cancel the orders listed in a CSV file or on stdin, or selected by filters"
+        "run",
+        help="cancel the orders listed in a CSV file or on stdin, or selected by filters",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument(
         "input", metavar="INPUT", nargs="?", help="CSV or text file, or - for standard input"
@@ -347,6 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SECRET_FLAGS = ("--client-secret", "--api-key", "--access-token")
+EXAMPLES = """examples:
+  cancel-orders demo                                   the whole pipeline against the simulator
+  cancel-orders run orders.csv --dry-run               what would be sent, nothing sent
+  cancel-orders run orders.csv --target prod --config prod.toml
+                                                       asks before it sends; --yes in a script
+  head -100 orders.csv | cancel-orders run - --yes     a small first batch
+  cancel-orders report --outcome rejected              the orders that need a person
+  cancel-orders run orders.csv --yes                   after a stop: the same command resumes
+
+The target (--base-url and --token-url, or --target NAME) has no default; the ledger is
+./cancellations.sqlite unless --ledger says otherwise, and belongs to one target."""
 
 
 _CORE_LIMIT: tuple[int, int] | None = None  # as the process started
@@ -437,6 +460,8 @@ def _settings(args: argparse.Namespace, keys: Sequence[str]) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     """`run` and `retry`."""
     settings = _settings(args, RUN_SETTINGS)
+    if args.command == "retry":
+        settings = _with_recorded_limits(settings, args)
     if not args.dry_run:
         settings.require_target()
         settings.require_credentials()
@@ -481,6 +506,28 @@ def _say(stream: TextIO, text: str) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, stream.fileno())
             os.close(devnull)
+
+
+def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Settings:
+    """`retry` keeps the limits its ledger's last run was given (--rate, --concurrency, ...)
+    unless this command gives them itself (a flag, the environment, .env, --config)."""
+    if not settings.ledger.is_file():
+        return settings
+    ledger = Ledger(settings.ledger, readonly=True)
+    try:
+        last = ledger.last_run()
+    finally:
+        ledger.close()
+    summary = json.loads(str(last["summary"])) if last and last.get("summary") else {}
+    limits = summary.get("limits") if isinstance(summary, dict) else None
+    if not isinstance(limits, dict):
+        return settings
+    given = given_elsewhere(args.config) | {k for k in limits if getattr(args, k, None) is not None}
+    reuse = {k: v for k, v in limits.items() if k in RECORDED_LIMITS and k not in given}
+    if reuse:
+        log.info("retry_reuses_limits", run_id=last["run_id"] if last else None, **reuse)
+        settings = settings.model_copy(update=reuse)
+    return settings
 
 
 def _resume_command(args: argparse.Namespace) -> str:

@@ -11,6 +11,8 @@ import ipaddress
 import os
 import re
 import stat
+import tomllib
+from contextlib import suppress
 from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
@@ -397,12 +399,30 @@ def load_settings(
         _dotenv_file.reset(dotenv_token)
 
 
+def given_elsewhere(config_file: Path | None, env_file: Path | None = Path(".env")) -> set[str]:
+    """The settings given by the environment, a .env file or the --config file (not by the
+    shipped defaults): what a person chose, which a recorded value must not override."""
+    given = {name for name in Settings.model_fields if f"{ENV_PREFIX}{name.upper()}" in os.environ}
+    if env_file is not None and env_file.is_file():
+        given |= {
+            key[len(ENV_PREFIX) :].lower()
+            for key in dotenv_values(env_file, interpolate=False)
+            if key.upper().startswith(ENV_PREFIX)
+        }
+    if config_file is not None and config_file.is_file():
+        with suppress(OSError, ValueError):
+            given |= set(tomllib.loads(config_file.read_text(encoding="utf-8")))
+    return given
+
+
 def _one_line(exc: ValidationError, config_file: Path | None) -> str:
     first = exc.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "settings"
+    key = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         where = f"{config_file} or .env" if config_file else ".env"
         message = f"unknown setting (in {where})"
     extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    if not key:  # a rule across settings: the message names them
+        return f"invalid settings: {message}{extra}"
     return f"invalid setting {key}: {message}{extra}"

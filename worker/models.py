@@ -116,6 +116,7 @@ class RunReport:
     ledger: str = ""
     not_read: int = 0  # IDs of the input not read because the run stopped first
     layout: dict[str, str] = field(default_factory=dict)  # the input's column, separator...
+    limits: dict[str, float] = field(default_factory=dict)  # rate, concurrency... in force
     resume: str = ""  # the command line that resumes it
 
     def as_dict(self) -> dict[str, object]:
@@ -146,6 +147,8 @@ class RunReport:
         }
         if self.resume:
             fields["resume"] = self.resume
+        if self.limits:
+            fields["limits"] = dict(self.limits)
         if self.dry_run:
             fields["input"] = {k: v for k, v in self.layout.items() if k != "index"}
             fields["first_invalid"] = list(s.first_invalid)

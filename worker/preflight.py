@@ -46,7 +46,7 @@ async def check_into(settings: Settings, source: OrderSource, ledger: Ledger) ->
                 code = error_code_for(last.status, last.code, last.failure)
                 return Result(order_id, Outcome.RETRYABLE_FAILED, last.status, code, str(exc))
         result = predict(order_id, answer, body, table)
-        log.info("prediction", **result.log_fields())
+        log.debug("prediction", **result.log_fields())  # the report that follows has them all
         return result
 
     try:

@@ -60,7 +60,8 @@ def write_table(
 ) -> None:
     """The summary for a person; with ``outcome``, the orders too."""
     data = summary(ledger, outcome, label)
-    out.write(render_counts(data))
+    predicted = label is not None and label.startswith("preflight")
+    out.write(render_counts({**data, "only": outcome, "predicted": predicted}))
     if outcome:
         out.write(f"\nOrders with outcome {outcome}:\n")
         for n, row in enumerate(ledger.rows(outcome)):
@@ -99,22 +100,39 @@ def open_output(path: Path | None, stack: ExitStack) -> TextIO:
     return stack.enter_context(replaced(path))
 
 
+def _predicted(outcome: str) -> str:
+    """An outcome as `check` predicts it: nothing was cancelled."""
+    return "would cancel" if outcome == "cancelled" else f"would be {outcome}"
+
+
 def render_counts(data: dict[str, object]) -> str:
     """The outcome and error-code counts as aligned text."""
     where = str(data["ledger"])
     lines = [where[0].upper() + where[1:] if " " in where else f"Ledger: {where}"]
     last = data.get("last_run")
     if isinstance(last, dict):
-        lines.append(
-            f"Last run: {last['run_id']} ({last['command']}), started "
-            f"{last['started_at']}, exit {last['exit_code']}"
+        ended = (
+            f"exit {last['exit_code']}"
+            if last.get("exit_code") is not None
+            else "never ended (stopped hard: resume it with the same command)"
         )
+        lines.append(
+            f"Last run: {last['run_id']} ({last['command']}), started {last['started_at']}, {ended}"
+        )
+        if last.get("base_url"):
+            lines.append(f"Target: {last['base_url']}")
     lines.append(f"Orders: {data['total']}")
     lines.append("")
-    lines.append(f"{'outcome':<20}{'orders':>10}")
+    predicted = bool(data.get("predicted"))
+    lines.append(f"{'predicted outcome' if predicted else 'outcome':<20}{'orders':>10}")
     outcomes = data["outcomes"]
     assert isinstance(outcomes, dict)
-    lines.extend(f"{name:<20}{count:>10}" for name, count in outcomes.items())
+    only = data.get("only")  # --outcome: that row alone, not six rows of zeros
+    lines.extend(
+        f"{_predicted(name) if predicted else name:<20}{count:>10}"
+        for name, count in outcomes.items()
+        if only is None or name == only
+    )
     codes = data["error_codes"]
     assert isinstance(codes, dict)
     if codes:

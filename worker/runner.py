@@ -37,6 +37,7 @@ from worker.sources import Batch, OrderSource
 log = structlog.get_logger(__name__)
 
 BATCH = 1000  # IDs read, checked and claimed (marked pending) at a time
+RECORDED_LIMITS = ("rate", "concurrency", "max_attempts", "timeout", "max_wait")  # retry reuses
 FIRST_INVALID = 5  # where the first invalid IDs are, for the dry run's summary
 
 
@@ -322,6 +323,7 @@ class Runner:
             str(self._settings.ledger),
             not_read=max(0, total - self.summary.read) if total is not None else 0,
             layout=dict(getattr(self._source, "layout", {})),
+            limits={key: getattr(self._settings, key) for key in RECORDED_LIMITS},
             resume=self._options.resume if stopped else "",
         )
 

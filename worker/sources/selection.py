@@ -184,7 +184,8 @@ class Selector:
         answer, body = await self._reader.get(url)
         if answer.status != 200 or not isinstance(body, dict):
             detail = answer.code or f"HTTP {answer.status}"
-            raise FatalApiError(f"the order search was refused: {detail} ({answer.message})")
+            why = f" ({answer.message})" if answer.message else ""
+            raise FatalApiError(f"the order search was refused: {detail}{why}")
         self.summary.pages += 1
         total = body.get("total")
         items = body.get("items")
