@@ -62,6 +62,18 @@ async def test_metrics_textfile_after_a_run(
     assert found[("cancel_orders_retries_total", (("reason", "retry"),))] == 1
     assert found[("cancel_orders_token_refreshes_total", ())] == 1
     assert found[("cancel_orders_requests_in_flight", ())] == 0
+    assert found[("cancel_orders_last_run_exit_code", ())] == 1  # finished: a success
+    ended = found[("cancel_orders_last_run_end_timestamp_seconds", ())]
+    assert found[("cancel_orders_last_success_timestamp_seconds", ())] == ended
+    failed = await cli.run(
+        "run", str(src), "--yes", "--force", "--metrics-textfile", str(prom),
+        env=sim_env(sim, tmp_path / "l.sqlite", MOUVONE_BASE_URL=sim.base_url + "/wrong"),
+    )  # fmt: skip
+    assert failed.code == 2, failed.stderr[-2000:]  # another target for this ledger
+    again = samples(prom.read_text())
+    assert again[("cancel_orders_last_run_exit_code", ())] == 2
+    assert again[("cancel_orders_last_run_end_timestamp_seconds", ())] > ended
+    assert again[("cancel_orders_last_success_timestamp_seconds", ())] == ended
 
 
 async def test_metrics_pushed_to_a_pushgateway(
@@ -91,7 +103,10 @@ async def test_metrics_pushed_to_a_pushgateway(
     assert done.code == 0, done.stderr
     assert len(pushed) == 1
     method, path, body = pushed[0]
-    assert (method, path) == ("PUT", "/metrics/job/cancel-orders/command/run")
+    # POST: the families pushed replace theirs only, so a failed run keeps the last success
+    assert (method, path) == ("POST", "/metrics/job/cancel-orders/command/run")
+    assert b"cancel_orders_last_run_exit_code 0.0" in body
+    assert b"cancel_orders_last_success_timestamp_seconds" in body
     assert b'cancel_orders_outcomes_total{error_code="",outcome="cancelled"} 2.0' in body
 
 

@@ -25,6 +25,7 @@ from worker.control import with_signals
 from worker.errors import ConfigError, WorkerError
 from worker.ledger import Ledger, check_target, open_ledger
 from worker.logs import configure, flush_logs, redact
+from worker.metrics import Metrics
 from worker.models import Outcome, RunOptions, RunReport, new_run_id
 from worker.report import open_output, render_run, write_report
 from worker.runner import RECORDED_LIMITS, Runner
@@ -458,8 +459,20 @@ def _settings(args: argparse.Namespace, keys: Sequence[str]) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """`run` and `retry`."""
+    """`run` and `retry`; a run refused before it starts still writes its metrics (exit 2),
+    so that a scheduled job that never ran alerts as one that failed."""
     settings = _settings(args, RUN_SETTINGS)
+    try:
+        return _run(args, settings)
+    except WorkerError as exc:
+        if not args.dry_run:
+            refused = Metrics()
+            refused.ended(exc.exit_code)
+            _write_metrics(refused, settings, args.command)
+        raise
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "retry":
         settings = _with_recorded_limits(settings, args)
     if not args.dry_run:
@@ -484,7 +497,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         runner = Runner(settings, source, ledger, options)
         report = event_loop.run(_execute(runner))
-        _export_metrics(runner, settings)
+        _export_metrics(runner, settings, report.exit_code)
         # The run's exit status is its own: a closed stdout or stderr (`| head`) loses only text.
         _say(sys.stdout, render_run(report.as_dict()))
         if report.exit_code in (3, 130, 143) and report.reason:
@@ -543,15 +556,20 @@ def _resume_command(args: argparse.Namespace) -> str:
     return "cancel-orders " + shlex.join(words)
 
 
-def _export_metrics(runner: Runner, settings: Settings) -> None:
-    """Write or push the run's metrics, as the settings ask."""
+def _export_metrics(runner: Runner, settings: Settings, exit_code: int) -> None:
+    """Write or push the run's metrics, as the settings ask, with how it ended."""
+    runner.metrics.ended(exit_code)
+    _write_metrics(runner.metrics, settings, runner.options.command)
+
+
+def _write_metrics(metrics: Metrics, settings: Settings, command: str) -> None:
     if settings.metrics_textfile is not None:
         try:
-            runner.metrics.write_textfile(settings.metrics_textfile)
-        except OSError as exc:
-            print(f"cancel-orders: warning: metrics not written: {exc}", file=sys.stderr)
+            metrics.write_textfile(settings.metrics_textfile)
+        except (OSError, ConfigError) as exc:
+            _say(sys.stderr, f"cancel-orders: warning: metrics not written: {exc}\n")
     if settings.pushgateway:
-        runner.metrics.push(settings.pushgateway, "cancel-orders", runner.options.command)
+        metrics.push(settings.pushgateway, "cancel-orders", command)
 
 
 def _source(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> OrderSource:

@@ -10,6 +10,7 @@ the end to a node-exporter textfile (``--metrics-textfile``) or pushes it to a P
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +51,10 @@ class Metrics:
         self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative
         self._latency_sum = 0.0
         self._registry: CollectorRegistry | None = None
+        # How the run ended, for "did not run" and "did not succeed" alerts (None: running).
+        self.last_exit_code: int | None = None
+        self.last_end_s: float | None = None
+        self.last_success_s: float | None = None  # None: keep the one recorded before
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -96,8 +101,20 @@ class Metrics:
 
         return generate_latest(self.registry)
 
+    def ended(self, exit_code: int) -> None:
+        """The run ended: exit 0 and 1 are successes (1: finished, some orders need a
+        person), 2 and above are not."""
+        now = time.time()
+        self.last_exit_code = exit_code
+        self.last_end_s = now
+        if exit_code in (0, 1):
+            self.last_success_s = now
+
     def write_textfile(self, path: Path) -> None:
-        """Write for node-exporter's textfile collector (atomically; readable by it)."""
+        """Write for node-exporter's textfile collector (atomically; readable by it). A run
+        that did not succeed keeps the last success time the file held."""
+        if self.last_success_s is None and path.is_file():
+            self.last_success_s = _recorded(path, LAST_SUCCESS)
         from prometheus_client import generate_latest  # noqa: PLC0415
 
         # Readable by node-exporter, which runs as another user; the mode is set on the file
@@ -108,7 +125,7 @@ class Metrics:
 
     def push(self, url: str, job: str, command: str) -> None:
         """Push to a Pushgateway; a failure is logged, never fatal."""
-        from prometheus_client import push_to_gateway  # noqa: PLC0415
+        from prometheus_client import pushadd_to_gateway  # noqa: PLC0415
         from prometheus_client.exposition import (  # noqa: PLC0415
             basic_auth_handler,
             default_handler,
@@ -129,7 +146,9 @@ class Metrics:
             return basic_auth_handler(url, method, timeout, headers, data, user, password)
 
         try:
-            push_to_gateway(
+            # POST (pushadd): only the families pushed now are replaced, so a run that did not
+            # succeed, which has no last-success family, leaves the last success recorded.
+            pushadd_to_gateway(
                 bare,
                 job=job,
                 registry=self.registry,
@@ -205,6 +224,37 @@ class _Collector:
             "1 while the circuit breaker is open",
             value=m.circuit_open,
         )
+        if m.last_exit_code is not None and m.last_end_s is not None:
+            yield GaugeMetricFamily(
+                "cancel_orders_last_run_exit_code",
+                "Exit status of the last run (0, 1: success; 2 and above: alert)",
+                value=m.last_exit_code,
+            )
+            yield GaugeMetricFamily(
+                "cancel_orders_last_run_end_timestamp_seconds",
+                "When the last run ended (Unix time)",
+                value=m.last_end_s,
+            )
+        if m.last_success_s is not None:
+            yield GaugeMetricFamily(
+                LAST_SUCCESS,
+                "When a run last ended with exit 0 or 1 (Unix time)",
+                value=m.last_success_s,
+            )
+
+
+LAST_SUCCESS = "cancel_orders_last_success_timestamp_seconds"
+
+
+def _recorded(path: Path, name: str) -> float | None:
+    """The value of a metric in a textfile written before (None when absent or unreadable)."""
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 async def serve(
