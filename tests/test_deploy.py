@@ -3,6 +3,7 @@ systemd-analyze; every command line in deploy/ and every MOUVONE_* variable it s
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -61,8 +62,18 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     service = service.replace("EnvironmentFile=/", "EnvironmentFile=-/")
     (tmp_path / "cancel-orders.service").write_text(service)
     shutil.copy(DEPLOY / "systemd" / "cancel-orders.timer", tmp_path / "cancel-orders.timer")
+    alert = "cancel-orders-alert@.service"
+    shutil.copy(DEPLOY / "systemd" / alert, tmp_path / alert)
+    assert "OnFailure=cancel-orders-alert@%n.service" in service
+    assert "SuccessExitStatus=1" in service
     done = subprocess.run(
-        ["systemd-analyze", "verify", "cancel-orders.service", "cancel-orders.timer"],
+        [
+            "systemd-analyze",
+            "verify",
+            "cancel-orders.service",
+            "cancel-orders.timer",
+            "cancel-orders-alert@cancel-orders.service.service",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -79,7 +90,13 @@ def _command_lines() -> list[tuple[str, list[str]]]:
             spec = doc.get("spec", {})
             spec = spec.get("jobTemplate", {}).get("spec", spec)
             containers = spec.get("template", {}).get("spec", {}).get("containers", [])
-            found.extend((path.name, [str(a) for a in c["args"]]) for c in containers)
+            for c in containers:
+                if c.get("command") == ["/bin/sh", "-c"]:  # exit 1 made a success
+                    script = shlex.split(c["args"][0].split(";", 1)[0])
+                    assert script[0] == "cancel-orders", path.name
+                    found.append((path.name, script[1:]))
+                else:
+                    found.append((path.name, [str(a) for a in c["args"]]))
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     found.extend(
         (f"compose.yaml:{name}", list(service["command"]))
@@ -132,3 +149,63 @@ def test_the_image_is_built_from_pinned_inputs() -> None:
     blocks = lock.split("\n\n")
     assert all("--hash=sha256:" in b for b in blocks if "==" in b)
     assert "file://" not in lock
+
+
+def test_alert_rules_name_the_metrics_runs_write() -> None:
+    """The example alert rules parse and use the last-run metrics the tool writes."""
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
+    exprs = " ".join(r["expr"] for g in rules["groups"] for r in g["rules"])
+    for name in ("cancel_orders_last_run_exit_code", "cancel_orders_last_run_end_timestamp_seconds",
+                 "cancel_orders_last_success_timestamp_seconds"):  # fmt: skip
+        assert name in exprs
+
+
+def test_every_example_sets_the_target() -> None:
+    """The credentials file every scheduler reads, the Kubernetes secret and the compose file
+    name the target: a sending command has no default one."""
+    for path in ("credentials.env.example", "k8s/secret.example.yaml", "compose.yaml",
+                 "simulator.env"):  # fmt: skip
+        text = (DEPLOY / path).read_text()
+        assert "MOUVONE_BASE_URL" in text, path
+        assert "MOUVONE_TOKEN_URL" in text, path
+
+
+@pytest.mark.parametrize(("target", "status", "subject"), [
+    ("", 2, "FAILED (exit 2)"),
+    ("sim", 1, "finished, some orders need a person"),
+])  # fmt: skip
+def test_nightly_cron_script_mails_by_exit_status(
+    tmp_path: Path, target: str, status: int, subject: str
+) -> None:
+    """deploy/cron/nightly.sh: exit 1 mails the report, exit 2 and above an alert naming the
+    reason, the ledger and the report command; its own exit status is the run's."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mail").write_text('#!/bin/sh\necho "SUBJECT $2" >> "$MAILBOX"; cat >> "$MAILBOX"\n')
+    (bin_dir / "mail").chmod(0o755)
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    shutil.copy(DEPLOY / "cron" / "nightly.sh", folder / "nightly.sh")
+    lines = ["MOUVONE_CLIENT_ID=c", "MOUVONE_CLIENT_SECRET=s3cret", "MOUVONE_API_KEY=k3y"]
+    if target:  # a base URL nothing answers on is enough for exit 1 with a bad ID only
+        lines += [
+            "MOUVONE_BASE_URL=http://127.0.0.1:9/v1",
+            "MOUVONE_TOKEN_URL=http://127.0.0.1:9/t",
+        ]
+    (folder / "credentials.env").write_text("\n".join(lines) + "\n")
+    (folder / "o.csv").write_text("orderId\nnot-an-id\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", MAILBOX=str(tmp_path / "mailbox"))
+    done = subprocess.run(
+        ["./nightly.sh", "test", str(BIN / "cancel-orders"), "run", "o.csv", "--yes",
+         "--ledger", "ledgers/test.sqlite"],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == status, done.stdout + done.stderr
+    mail = (tmp_path / "mailbox").read_text()
+    assert subject in mail
+    if status >= 2:
+        assert "Reason: cancel-orders: error: no target" in mail
+        assert f"Ledger: {folder}/ledgers/test.sqlite" in mail
+    else:
+        assert "invalid" in mail

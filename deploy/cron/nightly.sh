@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs one cancel-orders command for cron, from the folder that holds credentials.env:
+#   nightly.sh NAME /opt/cancel-orders/bin/cancel-orders run ... --ledger ledgers/NAME.sqlite
+# Logs to logs/NAME-DATE.log. Mails nothing on exit 0; the report on exit 1 (finished, some
+# orders need a person: a success with a report); an alert on exit 2 and above, with the
+# reason, the ledger and the command that shows the report. MAILTO_ADDR names the recipient.
+set -u
+name=$1
+shift
+to=${MAILTO_ADDR:-ops@example.org}
+mkdir -p logs ledgers
+log="logs/$name-$(date +%F).log"
+set -a
+# shellcheck disable=SC1091
+. ./credentials.env
+set +a
+"$@" >>"$log" 2>&1
+status=$?
+ledger=
+previous=
+for arg in "$@"; do
+    [ "$previous" = "--ledger" ] && ledger=$arg
+    previous=$arg
+done
+program=$1
+report="$program report${ledger:+ --ledger $PWD/$ledger}"
+if [ "$status" -eq 1 ]; then
+    $report 2>&1 | mail -s "cancel-orders $name: finished, some orders need a person" "$to"
+elif [ "$status" -ge 2 ]; then
+    {
+        echo "cancel-orders $name ended with exit $status on $(hostname) at $(date)."
+        echo "Reason: $(grep -a 'cancel-orders: ' "$log" | tail -n 1)"
+        echo "Ledger: $PWD/$ledger"
+        echo "Report: $report"
+        echo "Log:    $PWD/$log"
+        echo "Exit 2: nothing was sent (configuration, input, credentials); 3: stopped (fatal"
+        echo "answer, outage, failures) and 4: stopped by a limit: resume with the same command."
+    } | mail -s "cancel-orders $name FAILED (exit $status)" "$to"
+fi
+exit "$status"
