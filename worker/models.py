@@ -117,6 +117,7 @@ class RunReport:
     not_read: int = 0  # IDs of the input not read because the run stopped first
     layout: dict[str, str] = field(default_factory=dict)  # the input's column, separator...
     limits: dict[str, float] = field(default_factory=dict)  # rate, concurrency... in force
+    target: str = ""  # the target's name or base URL, and the token host
     resume: str = ""  # the command line that resumes it
 
     def as_dict(self) -> dict[str, object]:
@@ -124,6 +125,7 @@ class RunReport:
         s = self.summary
         fields: dict[str, object] = {
             "run_id": self.run_id,
+            "target": self.target,
             "exit_code": self.exit_code,
             "reason": self.reason,
             "dry_run": self.dry_run,

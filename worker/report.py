@@ -152,6 +152,8 @@ def render_run(data: dict[str, object]) -> str:
     ]
     outcomes = data["outcomes"]
     assert isinstance(outcomes, dict)
+    if data.get("target"):
+        lines.append(f"  target: {data['target']}")
     lines.append(f"  orders read          {data['orders_read']:>10}")
     lines.append(f"  already final        {data['skipped_final']:>10}   (in the ledger: not sent)")
     lines.append(f"  duplicates           {data['duplicates']:>10}   (sent once)")

@@ -324,6 +324,11 @@ class Runner:
             not_read=max(0, total - self.summary.read) if total is not None else 0,
             layout=dict(getattr(self._source, "layout", {})),
             limits={key: getattr(self._settings, key) for key in RECORDED_LIMITS},
+            target=(
+                f"{self._settings.target_label} (tokens from {self._settings.token_host})"
+                if self._settings.base_url
+                else ""
+            ),
             resume=self._options.resume if stopped else "",
         )
 
