@@ -346,3 +346,20 @@ async def test_the_token_answer_is_read_within_a_limit(
     assert proc.returncode == 3, err.decode()[-2000:]
     assert "unreadable" in err.decode().strip().splitlines()[-1]
     assert 0 < peak < 150_000, peak  # kB: far under what a 60 MB body read whole takes
+
+
+async def test_csv_exports_are_safe_in_a_spreadsheet(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """A message the API sends as a formula (=HYPERLINK(...)) is neutralised with a leading
+    quote in the CSV export; JSON and the ledger keep it as it came; IDs are unchanged."""
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(sim, ledger)
+    src = write_ids(tmp_path / "o.csv", ["FRM0000000001", "CDE0000000001"])
+    assert (await cli.run("run", str(src), "--yes", env=env)).code == 1
+    exported = await cli.run("report", "--format", "csv", env=env)
+    rows = {r["order_id"]: r for r in csv.DictReader(io.StringIO(exported.stdout))}
+    assert rows["FRM0000000001"]["message"] == '\'=HYPERLINK("http://evil.example","click")'
+    assert ledger_rows(ledger)["FRM0000000001"]["message"].startswith("=HYPERLINK")
+    checked = await cli.run("check", str(src), "--format", "csv", env=env)
+    assert ",=" not in checked.stdout

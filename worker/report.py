@@ -49,10 +49,29 @@ def write_csv(
     outcome: str | None = None,
     label: str | None = None,  # noqa: ARG001 - the writers share one signature
 ) -> None:
-    """One row per order, header ``order_id,outcome,http_status,error_code,message,...``."""
+    """One row per order, header ``order_id,outcome,http_status,error_code,message,...``; a
+    text cell a spreadsheet would run as a formula is neutralised (``spreadsheet_safe``)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    writer.writerows(ledger.rows(outcome))
+    text = [CSV_COLUMNS.index("error_code"), CSV_COLUMNS.index("message")]
+    for row in ledger.rows(outcome):
+        cells = list(row)
+        for i in text:
+            cell = cells[i]
+            if isinstance(cell, str):
+                cells[i] = spreadsheet_safe(cell)
+        writer.writerow(cells)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A cell that a spreadsheet would read as a formula (it starts with ``=``, ``+``, ``-``,
+    ``@``, a tab or a carriage return: OWASP "CSV injection") gets a leading single quote, which
+    spreadsheets show as text. Order IDs are never altered (they cannot start so); JSON and the
+    ledger keep the text as the API sent it."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 
 def write_table(

@@ -25,6 +25,7 @@ BEHAVIOURS: dict[str, tuple[str, str]] = {
     "UNK": ("code", "SOMETHING_NEW"),
     "ECH": ("echo", "SOMETHING_NEW"),  # a careless API that echoes the credentials it got
     "DEP": ("deep", "400"),  # a 400 whose body nests 5,000 arrays deep
+    "FRM": ("formula", "SOMETHING_NEW"),  # a message a spreadsheet would run as a formula
     "WFM": ("code", "WRONG_FORMAT"),
     "USR": ("code", "USER_ID_INVALID"),
     "ORG": ("code", "ORGANIZATION_NOT_FOUND"),

@@ -159,7 +159,7 @@ class Simulator:
             code = self.book.cancel(order_id)
             return api_error(code) if code else web.Response(status=200)
         kind, detail = BEHAVIOURS.get(order_id[:3], ("normal", ""))
-        if kind in ("code", "code404", "deep"):
+        if kind in ("code", "code404", "deep", "formula"):
             return _refusal(kind, detail)
         if kind == "echo":
             key = request.headers.get("Ocp-Apim-Subscription-Key")
@@ -333,4 +333,6 @@ def _refusal(kind: str, detail: str) -> web.Response:
         return web.Response(status=400, text="[" * 5000, content_type=JSON)
     if kind == "code404":
         return api_error(detail, "Order doesn't exist.", status=404)
+    if kind == "formula":
+        return api_error(detail, '=HYPERLINK("http://evil.example","click")')
     return api_error(detail)
