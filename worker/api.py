@@ -52,7 +52,7 @@ def connect(
     ``limiter`` replaces the process's own (queue mode shares one through Redis)."""
     s = settings
     s.require_target()
-    session = new_session(s.concurrency)
+    session = new_session(s.concurrency, s.ca_bundle)
     limiter = limiter or RateLimiter(s.rate, clock)
     counted = metrics or Metrics()
     limiter.on_wait = lambda seconds: counted.waited("rate_limit", seconds)
@@ -80,9 +80,12 @@ def connect(
             max_attempts=s.max_attempts,
             backoff=backoff,
             on_token=on_token,
+            proxy=s.proxy,
         )
     assert s.api_key is not None
-    client = MouvoneClient(session, s.api_url, s.api_key.get_secret_value(), s.timeout)
+    client = MouvoneClient(
+        session, s.api_url, s.api_key.get_secret_value(), s.timeout, proxy=s.proxy
+    )
     return Api(session, limiter, tokens, client, backoff)
 
 

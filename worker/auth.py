@@ -11,8 +11,9 @@ from typing import Protocol
 import aiohttp
 import structlog
 
-from worker.client import unreachable
+from worker.client import proxy_for, unreachable
 from worker.clock import Clock
+from worker.config import safe_url
 from worker.errors import ApiConfigError, FatalApiError
 from worker.limiter import RateLimiter
 from worker.retry import Backoff
@@ -83,9 +84,11 @@ class ClientCredentials:
         max_attempts: int,
         backoff: Backoff,
         on_token: Callable[[str], None] = lambda _token: None,
+        proxy: str | None = None,
     ) -> None:
         self._session = session
         self._url = token_url
+        self._proxy = proxy_for(token_url, proxy)
         self._form = {
             "grant_type": "client_credentials",
             "client_id": client_id,
@@ -168,15 +171,20 @@ class ClientCredentials:
             # Never redirected: the form carries the client secret, which goes to the
             # configured URL or nowhere.
             async with self._session.post(
-                self._url, data=self._form, timeout=self._timeout, allow_redirects=False
+                self._url,
+                data=self._form,
+                timeout=self._timeout,
+                allow_redirects=False,
+                proxy=self._proxy,
             ) as r:
                 body = await r.content.read(MAX_TOKEN_BODY)
                 status = r.status
                 location = r.headers.get("Location", "")
         except aiohttp.ClientConnectorError as exc:
             if self.refreshes == 0:  # never reached: a wrong host or port, not an outage
+                via = f" through the proxy {safe_url(self._proxy)}" if self._proxy else ""
                 raise ApiConfigError(
-                    f"cannot reach the token endpoint {unreachable(exc)} (MOUVONE_TOKEN_URL)"
+                    f"cannot reach the token endpoint {unreachable(exc)}{via} (MOUVONE_TOKEN_URL)"
                 ) from None
             return f"token endpoint unreachable: {type(exc).__name__}"
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -107,6 +107,18 @@ SETTING_FLAGS = {
         "outcome table replacing the shipped one (MOUVONE_OUTCOME_TABLE)",
     ),
     "grace": ("--grace", float, "S", "seconds in-flight requests get after a signal (35)"),
+    "proxy": (
+        "--proxy",
+        str,
+        "URL",
+        "HTTP proxy for every request (MOUVONE_PROXY; else HTTPS_PROXY, HTTP_PROXY, NO_PROXY)",
+    ),
+    "ca_bundle": (
+        "--ca-bundle",
+        Path,
+        "FILE",
+        "PEM certificate authorities to trust, e.g. a company CA (MOUVONE_CA_BUNDLE)",
+    ),
     "core_dumps": (
         "--core-dumps",
         bool,

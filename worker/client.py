@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
 from multidict import CIMultiDict
@@ -55,19 +58,35 @@ class OrderUrls:
         return self._prefix.with_path(self._path + segment, encoded=True)
 
 
+def proxy_for(url: str, proxy: str | None) -> str | None:
+    """The proxy a request to ``url`` goes through, as curl decides: ``proxy`` (--proxy) or
+    else HTTPS_PROXY / HTTP_PROXY by the URL's scheme, unless NO_PROXY names its host."""
+    parts = urlsplit(url)
+    found = getproxies_environment()
+    chosen = proxy or found.get(parts.scheme)
+    if not chosen or proxy_bypass_environment(parts.hostname or "", found):
+        return None
+    return chosen
+
+
 def order_url(base_url: str, order_id: str) -> URL:
     """``{base}/customer-orders/{id}`` with the ID as exactly one percent-encoded segment."""
     return OrderUrls(base_url)(order_id)
 
 
-def new_session(concurrency: int) -> aiohttp.ClientSession:
-    """The one session of a run: a connection limit, and no silent resend of a DELETE.
+def new_session(concurrency: int, ca_bundle: Path | None = None) -> aiohttp.ClientSession:
+    """The one session of a run: a connection limit, certificates verified (against
+    ``ca_bundle`` too: a company CA), and no silent resend of a DELETE.
 
     aiohttp resends an idempotent request once when a kept-alive connection turns out to be
     closed (issue #10790). That resend would bypass the rate limiter and the attempt count, so it
     is switched off; the dispatcher retries through the limiter instead.
     """
-    connector = aiohttp.TCPConnector(limit=concurrency + 2, limit_per_host=concurrency + 2)
+    tls: ssl.SSLContext | bool = True
+    if ca_bundle is not None:
+        tls = ssl.create_default_context()
+        tls.load_verify_locations(cafile=str(ca_bundle))
+    connector = aiohttp.TCPConnector(limit=concurrency + 2, limit_per_host=concurrency + 2, ssl=tls)
     session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
     session._retry_connection = False
     return session
@@ -77,9 +96,15 @@ class MouvoneClient:
     """Sends DELETE /customer-orders/{id} with both credentials."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, api_key: str, timeout_s: float
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: str,
+        timeout_s: float,
+        proxy: str | None = None,
     ) -> None:
         self._session = session
+        self._proxy = proxy_for(base_url, proxy)
         self._base_url = base_url
         self._order_url = OrderUrls(base_url)
         self._api_key = api_key
@@ -114,7 +139,12 @@ class MouvoneClient:
             # A redirect is not followed: it would send the DELETE (and the credentials) to a
             # URL nobody chose; as an unexpected answer it is retried, then retryable_failed.
             async with self._session.request(
-                method, url, headers=headers, timeout=self._timeout, allow_redirects=False
+                method,
+                url,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                proxy=self._proxy,
             ) as resp:
                 status = resp.status
                 if status == 200 and method == "DELETE":  # the common case: the body is not used

@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     max_failure_rate: float | None = Field(default=None, ge=0, le=100)
     min_orders: int = Field(ge=1, description="orders finished before max_failure_rate applies")
     allow_insecure_http: bool = False
+    proxy: str | None = None  # else HTTPS_PROXY, HTTP_PROXY and NO_PROXY, as in curl
+    ca_bundle: Path | None = None  # PEM CAs to trust besides the system's (a company CA)
     core_dumps: bool = False  # a dump would hold the secret, the key and the token
     redis_url: str | None = None
     namespace: str | None = None
@@ -198,6 +200,13 @@ class Settings(BaseSettings):
         assert all(n is not None for n in names)
         return names  # type: ignore[return-value]
 
+    @field_validator("ca_bundle")
+    @classmethod
+    def _readable_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value}: no such file (a PEM file of certificate authorities)")
+        return value
+
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str) -> str:
@@ -245,8 +254,10 @@ class Settings(BaseSettings):
         """The secret values, for redaction (a Redis URL's password included)."""
         found = [self.client_secret, self.access_token, self.api_key]
         values = [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
-        password = urlsplit(self.redis_url).password if self.redis_url else None
-        return values + ([password] if password else [])
+        passwords = [
+            urlsplit(url).password for url in (self.redis_url, self.proxy, *_env_proxies()) if url
+        ]
+        return values + [p for p in passwords if p]
 
     def require_target(self) -> None:
         """ConfigError unless a target is given: a command that talks to the API never falls
@@ -296,6 +307,10 @@ class Settings(BaseSettings):
             alt = f" (or {ENV_PREFIX}ACCESS_TOKEN instead of the client credentials)"
             hint = alt if any("CLIENT" in m for m in missing) else ""
             raise ConfigError("missing credential: " + ", ".join(missing) + hint)
+
+
+def _env_proxies() -> list[str]:
+    return [v for k, v in os.environ.items() if k.lower() in ("https_proxy", "http_proxy") and v]
 
 
 def _checked_url(value: str) -> str:

@@ -25,6 +25,8 @@ class SimConfig:
     reset_rate: float = 0.0  # share of DELETEs whose connection is reset at random
     seed: int = 0
     orders: int = 0  # orders to pre-create for the list endpoint
+    tls_cert: str = ""  # PEM certificate (chain) to serve HTTPS with; empty: plain HTTP
+    tls_key: str = ""  # its private key, when not in the same file
     base_path: str = "/customer-orders/v1"
     token_path: str = "/soget-connect/v1/openid-connect/token"  # noqa: S105 - a path
 
@@ -44,6 +46,8 @@ SIMULATE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--client-id": ("client_id", str, "client id it accepts"),
     "--client-secret": ("client_secret", str, "client secret it accepts"),
     "--api-key": ("api_key", str, "API key it accepts"),
+    "--tls-cert": ("tls_cert", str, "serve HTTPS with this PEM certificate chain"),
+    "--tls-key": ("tls_key", str, "the certificate's private key, if not in --tls-cert"),
 }
 
 

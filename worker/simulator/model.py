@@ -97,6 +97,8 @@ class SimStats:
 def order_id_of(request: web.Request, base_path: str) -> str | None:
     """The one path segment after /customer-orders/, decoded; None if there is not exactly one."""
     raw = request.raw_path.split("?", 1)[0]
+    if raw.startswith(("http://", "https://")):  # absolute form, as through a forward proxy
+        raw = "/" + raw.split("/", 3)[3] if raw.count("/") >= 3 else "/"
     prefix = base_path + "/customer-orders/"
     if not raw.startswith(prefix):
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import ssl
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -289,11 +290,12 @@ class RunningSimulator:
     runner: web.AppRunner
     host: str
     port: int
+    tls: bool = False
 
     @property
     def root(self) -> str:
-        """http://host:port."""
-        return f"http://{self.host}:{self.port}"
+        """http://host:port (https:// when it serves TLS)."""
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -311,19 +313,26 @@ class RunningSimulator:
 
 
 async def start(
-    config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    config: SimConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: ssl.SSLContext | None = None,
 ) -> RunningSimulator:
-    """Start a simulator (port 0 picks a free one)."""
+    """Start a simulator (port 0 picks a free one), over TLS with ``tls`` (or the config's
+    certificate and key files)."""
     sim = Simulator(config)
+    if tls is None and sim.config.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(sim.config.tls_cert, sim.config.tls_key or None)
     runner = web.AppRunner(sim.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     await site.start()
     server = site._server
     assert server is not None
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
-    return RunningSimulator(sim, runner, host, bound)
+    return RunningSimulator(sim, runner, host, bound, tls=tls is not None)
 
 
 def _refusal(kind: str, detail: str) -> web.Response:
