@@ -159,3 +159,33 @@ async def test_look_up_before_sending_again(
     assert bool(deletes) is sent
     settled = "already_cancelled" if get_status == 200 else "not_found"
     assert result.outcome.value == ("cancelled" if sent else settled)
+
+
+async def test_a_refused_token_during_the_look_up_stops_the_run(api: Api) -> None:
+    """A 401 during the look-up before a resend (the static token refused) is a fatal answer
+    like any other: the order stays pending, the run stops with exit 3 and one reason, no
+    DELETE is sent and nothing raises."""
+    from worker.breaker import CircuitBreaker  # noqa: PLC0415
+    from worker.control import RunControl  # noqa: PLC0415
+    from worker.dispatcher import Dispatcher, OrderState, RetryPolicy  # noqa: PLC0415
+
+    clock = InstantClock()
+    control = RunControl()
+    dispatcher = Dispatcher(
+        client=api.client,
+        tokens=api.tokens,
+        limiter=api.limiter,
+        table=OutcomeTable.load(None),
+        policy=RetryPolicy(3, 60, api.backoff),
+        control=control,
+        clock=clock,
+        breaker=CircuitBreaker(clock, outage_timeout_s=60),
+    )
+    with aioresponses() as mocked:
+        mocked.get(ORDER, status=401, payload={"statusCode": 401, "message": "Unauthorized"})
+        result = await dispatcher.process(OrderState("ABC0000000001", verify=True))
+        deletes = [k for k in mocked.requests if k[0] == "DELETE"]
+    assert result.outcome.value == "pending"
+    assert deletes == []
+    assert control.exit_code == 3
+    assert "MOUVONE_ACCESS_TOKEN" in (control.reason or "")
