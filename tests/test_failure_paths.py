@@ -160,6 +160,10 @@ async def test_after_a_stop_one_instruction_and_it_is_right(
     proc.send_signal(signal.SIGINT)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 130, err.decode()[-2000:]
+    interrupted = next(x for x in err.decode().splitlines() if '"run_interrupted"' in x)
+    assert '"in_flight":' in interrupted
+    assert '"waits_s":35' in interrupted
+    assert "Another SIGINT stops at once" in interrupted
     summary = out.decode()
     rows = ledger_rows(ledger)
     pending = sum(r["outcome"] == "pending" for r in rows.values())
