@@ -12,8 +12,11 @@ from yarl import URL
 
 from tests.fakes import InstantClock
 from worker.api import Api, Reader, RetriesExhaustedError, connect
+from worker.breaker import CircuitBreaker
 from worker.classifier import OutcomeTable
 from worker.config import load_settings
+from worker.control import RunControl
+from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
 from worker.errors import FatalApiError
 
 BASE = "https://api.example.test/v1"
@@ -40,6 +43,21 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     connected = connect(settings, InstantClock())
     yield connected
     await connected.close()
+
+
+def dispatcher_for(api: Api, control: RunControl) -> Dispatcher:
+    """A dispatcher over this connection, three attempts, on an instant clock."""
+    clock = InstantClock()
+    return Dispatcher(
+        client=api.client,
+        tokens=api.tokens,
+        limiter=api.limiter,
+        table=OutcomeTable.load(None),
+        policy=RetryPolicy(3, 60, api.backoff),
+        control=control,
+        clock=clock,
+        breaker=CircuitBreaker(clock, outage_timeout_s=60),
+    )
 
 
 def reader(api: Api, max_attempts: int = 3, max_wait_s: float = 60) -> Reader:
@@ -136,21 +154,7 @@ async def test_look_up_before_sending_again(
 ) -> None:
     """An order an earlier request may have reached is looked up first: only the order shown
     cancelled (or the API's CUSTOMER_ORDER_NOT_FOUND) is settled without a DELETE."""
-    from worker.breaker import CircuitBreaker  # noqa: PLC0415
-    from worker.control import RunControl  # noqa: PLC0415
-    from worker.dispatcher import Dispatcher, OrderState, RetryPolicy  # noqa: PLC0415
-
-    clock = InstantClock()
-    dispatcher = Dispatcher(
-        client=api.client,
-        tokens=api.tokens,
-        limiter=api.limiter,
-        table=OutcomeTable.load(None),
-        policy=RetryPolicy(3, 60, api.backoff),
-        control=RunControl(),
-        clock=clock,
-        breaker=CircuitBreaker(clock, outage_timeout_s=60),
-    )
+    dispatcher = dispatcher_for(api, RunControl())
     with aioresponses() as mocked:
         mocked.get(ORDER, status=get_status, payload=get_payload)
         mocked.delete(ORDER, status=200)
@@ -165,22 +169,8 @@ async def test_a_refused_token_during_the_look_up_stops_the_run(api: Api) -> Non
     """A 401 during the look-up before a resend (the static token refused) is a fatal answer
     like any other: the order stays pending, the run stops with exit 3 and one reason, no
     DELETE is sent and nothing raises."""
-    from worker.breaker import CircuitBreaker  # noqa: PLC0415
-    from worker.control import RunControl  # noqa: PLC0415
-    from worker.dispatcher import Dispatcher, OrderState, RetryPolicy  # noqa: PLC0415
-
-    clock = InstantClock()
     control = RunControl()
-    dispatcher = Dispatcher(
-        client=api.client,
-        tokens=api.tokens,
-        limiter=api.limiter,
-        table=OutcomeTable.load(None),
-        policy=RetryPolicy(3, 60, api.backoff),
-        control=control,
-        clock=clock,
-        breaker=CircuitBreaker(clock, outage_timeout_s=60),
-    )
+    dispatcher = dispatcher_for(api, control)
     with aioresponses() as mocked:
         mocked.get(ORDER, status=401, payload={"statusCode": 401, "message": "Unauthorized"})
         result = await dispatcher.process(OrderState("ABC0000000001", verify=True))
