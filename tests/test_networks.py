@@ -177,3 +177,22 @@ async def test_requests_go_through_the_proxy(
     assert again.code == 0, again.stderr[-2000:]
     assert len(forward.seen) > carried
     assert "s3cr3t-pw" not in again.stdout + again.stderr
+
+
+async def test_https_through_the_proxy(
+    cli: Cli, ca: trustme.CA, bundle: Path, proxy: tuple[str, ForwardProxy], tmp_path: Path
+) -> None:
+    """HTTPS_PROXY tunnels the TLS connection (CONNECT); the certificate is still verified
+    end to end against --ca-bundle."""
+    url, forward = proxy
+    running = await https_sim(ca, "127.0.0.1")
+    try:
+        ledger = tmp_path / "l.sqlite"
+        env = sim_env(running, ledger, HTTPS_PROXY=url)
+        src = write_ids(tmp_path / "o.csv", MIXED)
+        done = await cli.run("run", str(src), "--yes", "--ca-bundle", str(bundle), env=env)
+        assert done.code == 1, done.stderr[-2000:]
+        assert f"CONNECT 127.0.0.1:{running.port} HTTP/1.1" in forward.seen
+        assert {k: r["outcome"] for k, r in ledger_rows(ledger).items()} == MIXED
+    finally:
+        await running.close()
