@@ -70,8 +70,11 @@ class CsvSource:
         return count
 
     def _check_column(self) -> None:
+        """A column chosen by its header (or by default) that holds few valid IDs while
+        another holds many is a swapped file: refuse, naming the right column. A column the
+        operator named with --column is theirs to choose."""
         rows, chosen = self._sample, self.layout.get("index")
-        if not rows or chosen is None or len(rows) < 2:
+        if self._column is not None or not rows or chosen is None or len(rows) < 2:
             return
         index = int(chosen)
         width = max(len(r) for r in rows)
