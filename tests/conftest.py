@@ -9,6 +9,7 @@ import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -17,8 +18,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from worker.config import Settings, load_settings
+from worker.ledger import open_ledger
+from worker.models import RunOptions, RunReport
 from worker.queue.streams import Names
+from worker.runner import Runner
 from worker.simulator import RunningSimulator, SimConfig, start
+from worker.sources import IdValidator
+from worker.sources.csv_file import CsvSource
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -241,3 +247,21 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[str]:
         await client.aclose()
         proc.terminate()
         await proc.wait()
+
+
+async def run_ids(
+    running: RunningSimulator,
+    tmp_path: Path,
+    ids: list[str],
+    *,
+    options: RunOptions | None = None,
+    source: Any = None,
+    **flags: Any,
+) -> RunReport:
+    """One run of these IDs against the simulator; the ledger is tmp_path/ledger.sqlite."""
+    settings = settings_for(running, tmp_path / "ledger.sqlite", **flags)
+    if source is None:
+        source = CsvSource(write_ids(tmp_path / "in.csv", ids), IdValidator(settings.id_pattern))
+    with ExitStack() as stack:
+        ledger = open_ledger(settings.ledger, dry=bool(options and options.dry_run), stack=stack)
+        return await Runner(settings, source, ledger, options or RunOptions()).execute()

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ledger_rows
-from tests.test_runner import run_ids
+from tests.conftest import ledger_rows, run_ids
 from worker.simulator import RunningSimulator
 
 RATE = 200

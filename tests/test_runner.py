@@ -4,17 +4,16 @@ credentials, pauses, dry runs, retry, and stopping."""
 from __future__ import annotations
 
 import asyncio
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import ledger_rows, settings_for, write_ids
+from tests.conftest import ledger_rows, run_ids, settings_for, write_ids
 from worker.errors import LedgerError
-from worker.ledger import Ledger, open_ledger
-from worker.models import RunOptions, RunReport
+from worker.ledger import Ledger
+from worker.models import RunOptions
 from worker.runner import Runner
 from worker.simulator import RunningSimulator
 from worker.sources import IdValidator
@@ -46,24 +45,6 @@ EXPECTED = {
     "TMP0000000000": "retryable_failed",
     "bad-id": "invalid",
 }
-
-
-async def run_ids(
-    running: RunningSimulator,
-    tmp_path: Path,
-    ids: list[str],
-    *,
-    options: RunOptions | None = None,
-    source: Any = None,
-    **flags: Any,
-) -> RunReport:
-    """One run of these IDs against the simulator; the ledger is tmp_path/ledger.sqlite."""
-    settings = settings_for(running, tmp_path / "ledger.sqlite", **flags)
-    if source is None:
-        source = CsvSource(write_ids(tmp_path / "in.csv", ids), IdValidator(settings.id_pattern))
-    with ExitStack() as stack:
-        ledger = open_ledger(settings.ledger, dry=bool(options and options.dry_run), stack=stack)
-        return await Runner(settings, source, ledger, options or RunOptions()).execute()
 
 
 async def test_mixed_batch(make_sim: Any, tmp_path: Path) -> None:
