@@ -373,3 +373,16 @@ async def test_queue_names_never_fall_back_on_shared_ones(
     assert await queue.redis.hlen(f"{prefix}:results:final") == 2
     groups = await queue.redis.xinfo_groups(f"{prefix}:requests")
     assert [g["name"] for g in groups] == [prefix]
+
+
+async def test_enqueue_refuses_more_than_max_orders(
+    queue: Queue, cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """enqueue --max-orders N: more valid, distinct IDs than N is refused (exit 2), nothing
+    enqueued."""
+    env = queue.env(sim, tmp_path)
+    src = write_ids(tmp_path / "o.csv", [*ids("CDE", 5), "CDE0000000001", "bad"])
+    done = await cli.run("enqueue", str(src), "--max-orders", "4", env=env)
+    assert done.code == 2
+    assert "5 orders would be sent, more than --max-orders 4" in done.stderr
+    assert await queue.redis.exists(queue.names.stream) == 0

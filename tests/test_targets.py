@@ -154,3 +154,36 @@ async def test_a_wrong_host_is_not_an_outage(
         assert f"127.0.0.1:{port}" in last
         assert key in last
         assert all(r["attempts"] == 0 for r in ledger_rows(ledger).values())
+
+
+async def test_max_orders_refuses_before_sending(
+    cli: Cli, sim: RunningSimulator, tmp_path: Any
+) -> None:
+    """--max-orders N: more orders to send than N (after dropping invalid, duplicate and final
+    ones) is refused, exit 2, the count and the cap named, nothing sent; at the cap it runs."""
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "o.csv", [*ids("CDE", 3), "CDE0000000001", "bad"])
+    env = sim_env(sim, ledger)
+    over = await cli.run("run", str(src), "--yes", "--max-orders", "2", env=env)
+    assert over.code == 2
+    assert (
+        "3 orders would be sent, more than --max-orders 2" in over.stderr.strip().splitlines()[-1]
+    )
+    assert sim.sim.stats.token_requests == 0
+    assert not ledger.exists() or ledger_rows(ledger) == {}
+    at = await cli.run("run", str(src), "--yes", "--max-orders", "3", env=env)
+    assert at.code == 1, at.stderr[-2000:]  # the invalid one
+    assert len(sim.sim.stats.deletes) == 3
+
+
+async def test_max_orders_caps_a_selection(cli: Cli, make_sim: Any, tmp_path: Any) -> None:
+    """The nightly `run --select` with --max-orders: a selection larger than the cap is
+    refused before any DELETE."""
+    running = await make_sim(orders=300, seed=4)
+    env = sim_env(running, tmp_path / "s.sqlite")
+    done = await cli.run(
+        "run", "--select", "--status", "Draft", "--yes", "--max-orders", "1", env=env
+    )  # fmt: skip
+    assert done.code == 2, done.stderr[-2000:]
+    assert "more than --max-orders 1" in done.stderr.strip().splitlines()[-1]
+    assert running.sim.stats.deletes == {}

@@ -146,6 +146,12 @@ SETTING_FLAGS = {
         "stop (exit 3) once more than PCT%% of finished orders failed (off)",
     ),
     "min_orders": ("--min-orders", int, "N", "finished orders before --max-failure-rate (50)"),
+    "max_orders": (
+        "--max-orders",
+        int,
+        "N",
+        "refuse (exit 2, nothing sent) to send more than N orders (MOUVONE_MAX_ORDERS; off)",
+    ),
     "allow_insecure_http": (
         "--allow-insecure-http",
         bool,
@@ -224,9 +230,23 @@ FILTER_DESTS = (
     "container_number",
 )
 REPORT_SETTINGS = ("ledger", "redis_url", "results_stream", "log_format", "log_level")
-ENQUEUE_SETTINGS = (*QUEUE_SETTINGS, "id_pattern", "encoding", "log_format", "log_level")
+ENQUEUE_SETTINGS = (
+    *QUEUE_SETTINGS,
+    "id_pattern",
+    "encoding",
+    "max_orders",
+    "log_format",
+    "log_level",
+)
 # what only a run over a ledger uses
-_RUN_ONLY = ("ledger", "metrics_textfile", "pushgateway", "max_failure_rate", "min_orders")
+_RUN_ONLY = (
+    "ledger",
+    "metrics_textfile",
+    "pushgateway",
+    "max_failure_rate",
+    "min_orders",
+    "max_orders",
+)
 CONSUME_SETTINGS = (*(k for k in RUN_SETTINGS if k not in _RUN_ONLY), *QUEUE_SETTINGS)
 
 
@@ -497,8 +517,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         if total == 0:
             log.warning("empty_input", input=source.name, detail="no order ID to send")
         ledger = open_ledger(settings.ledger, dry=args.dry_run, stack=stack)
-        if not args.dry_run and not args.yes:
-            _confirm(source, settings, args, total)
+        if not args.dry_run and (not args.yes or settings.max_orders is not None):
+            plan = _plan(source, settings.ledger, force=getattr(args, "force", False))
+            _cap(plan.to_send, settings)
+            if not args.yes:
+                _confirm(source, settings, plan, total)
         options = RunOptions(
             command=args.command,
             force=getattr(args, "force", False),
@@ -635,11 +658,20 @@ def _refuse_retry_of_unfinished_input(path: Path) -> None:
     )
 
 
-def _confirm(source: OrderSource, settings: Settings, args: argparse.Namespace, total: int) -> None:
+def _cap(to_send: int, settings: Settings) -> None:
+    """--max-orders: more orders to send than the cap is refused before anything is sent."""
+    cap = settings.max_orders
+    if cap is not None and to_send > cap:
+        raise ConfigError(
+            f"{to_send} orders would be sent, more than --max-orders {cap} (MOUVONE_MAX_ORDERS): "
+            "nothing was sent; check the input or the selection, or raise the cap"
+        )
+
+
+def _confirm(source: OrderSource, settings: Settings, plan: _Counts, total: int) -> None:
     """Show the plan as a person needs it (target, input, what will be sent and what not, how
     long it takes at --rate) and ask for "yes", on the terminal even when the orders come on
     standard input; nothing to send: nothing to ask. Refuse when nobody can be asked."""
-    plan = _plan(source, settings.ledger, force=getattr(args, "force", False))
     if plan.to_send == 0:
         return  # nothing will be sent: the run only records what is invalid
     answer_from = _terminal()
@@ -747,6 +779,11 @@ def _enqueue(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         source = _source(args, settings, stack)
         source.scan()
+        if settings.max_orders is not None:
+            valid: set[str] = set()
+            for batch in source.batches(1000):
+                valid.update(order_id for order_id, bad in batch if bad is None)
+            _cap(len(valid), settings)
         return cmd_enqueue(settings, source)
 
 

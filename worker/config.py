@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     outage_timeout: float = Field(gt=0, description="longest outage before the run stops, s")
     max_failure_rate: float | None = Field(default=None, ge=0, le=100)
     min_orders: int = Field(ge=1, description="orders finished before max_failure_rate applies")
+    max_orders: int | None = Field(
+        default=None, ge=0, description="the most orders one command sends"
+    )
     allow_insecure_http: bool = False
     proxy: str | None = None  # else HTTPS_PROXY, HTTP_PROXY and NO_PROXY, as in curl
     ca_bundle: Path | None = None  # PEM CAs to trust besides the system's (a company CA)
