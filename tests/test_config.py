@@ -188,3 +188,21 @@ def test_a_named_target(tmp_path: Path) -> None:
     assert s.token_host == "login.example"
     with pytest.raises(ConfigError, match=r"no \[targets.prod\].*staging"):
         load_settings({"target": "prod"}, config, env_file=tmp_path / "none.env")
+
+
+def test_deadlines() -> None:
+    """--run-time takes 90s, 45m, 2h; --until takes HH:MM (the next such local time) or an
+    ISO-8601 time; anything else is refused naming the forms."""
+    from datetime import datetime, timedelta  # noqa: PLC0415
+
+    from worker.config import deadline_after, duration_s  # noqa: PLC0415
+
+    assert (duration_s("90s"), duration_s("45m"), duration_s("2h")) == (90, 2700, 7200)
+    with pytest.raises(ValueError, match="90s, 45m, 2h"):
+        duration_s("soon")
+    now = datetime(2026, 11, 29, 23, 0).astimezone()
+    assert deadline_after("06:00", now) - now == timedelta(hours=7)  # tomorrow morning
+    assert deadline_after("23:30", now) - now == timedelta(minutes=30)
+    assert deadline_after("2026-11-30T01:00:00+00:00", now).tzinfo is not None
+    with pytest.raises(ValueError, match="HH:MM or an ISO-8601"):
+        deadline_after("tonight", now)

@@ -208,3 +208,40 @@ async def test_files_from_spreadsheets(cli: Cli, sim: RunningSimulator, tmp_path
     assert dry.code == 1, dry.stderr[-2000:]
     assert "read column 'Order ID', separated by ';', encoding cp1252" in dry.stdout
     assert f"first invalid IDs at: {export}:3" in dry.stdout
+
+
+async def test_a_deadline_stops_cleanly_and_the_same_command_finishes(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """--run-time 1s at --rate 20 over 200 orders: exit 4 about a second in, nothing lost, the
+    one next step the same command, which (without the deadline) then finishes the rest."""
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(sim, ledger, MOUVONE_RATE="20", MOUVONE_CONCURRENCY="4")
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 200))
+    done = await cli.run("run", str(src), "--yes", "--run-time", "1s", env=env, timeout=30)
+    assert done.code == 4, done.stderr[-2000:]
+    assert "deadline was reached" in done.stdout
+    assert "next: resume with the same command" in done.stdout
+    rows = ledger_rows(ledger)
+    sent = set(sim.sim.stats.deletes)
+    assert 5 <= len(sent) <= 40
+    assert {k for k, r in rows.items() if r["outcome"] == "cancelled"} == sent
+    env_fast = sim_env(sim, ledger, MOUVONE_RATE="400")
+    again = await cli.run("run", str(src), "--yes", env=env_fast, timeout=60)
+    assert again.code == 0, again.stderr[-2000:]
+    assert sim.sim.stats.resent_final == 0
+
+
+async def test_a_stop_file_stops_the_run(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    """--stop-file PATH: once the file appears, the run stops within about a second, exit 4."""
+    ledger = tmp_path / "l.sqlite"
+    stop = tmp_path / "STOP"
+    env = sim_env(sim, ledger, MOUVONE_RATE="20", MOUVONE_CONCURRENCY="4")
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 400))
+    proc = await cli.start("run", str(src), "--yes", "--stop-file", str(stop), env=env)
+    await asyncio.wait_for(sim.sim.wait_for_deletes(10), 30)
+    stop.touch()
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 4, err.decode()[-2000:]
+    assert b"the stop file" in err
+    assert len(sim.sim.stats.deletes) < 100

@@ -146,6 +146,24 @@ SETTING_FLAGS = {
         "stop (exit 3) once more than PCT%% of finished orders failed (off)",
     ),
     "min_orders": ("--min-orders", int, "N", "finished orders before --max-failure-rate (50)"),
+    "until": (
+        "--until",
+        str,
+        "TIME",
+        "start no order after this time (HH:MM local, or ISO-8601); exit 4 (MOUVONE_UNTIL)",
+    ),
+    "run_time": (
+        "--run-time",
+        str,
+        "DURATION",
+        "the same, as a duration from the start: 90s, 45m, 2h (MOUVONE_RUN_TIME)",
+    ),
+    "stop_file": (
+        "--stop-file",
+        Path,
+        "PATH",
+        "stop as at a deadline once this file exists, checked every second (MOUVONE_STOP_FILE)",
+    ),
     "max_orders": (
         "--max-orders",
         int,

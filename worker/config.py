@@ -14,6 +14,7 @@ import stat
 import tomllib
 from contextlib import suppress
 from contextvars import ContextVar
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -100,6 +101,9 @@ class Settings(BaseSettings):
     max_orders: int | None = Field(
         default=None, ge=0, description="the most orders one command sends"
     )
+    until: str | None = None  # a deadline: HH:MM local time, or ISO-8601
+    run_time: str | None = None  # a deadline as a duration from the start: 90s, 45m, 2h
+    stop_file: Path | None = None  # stop as at a deadline once this file exists
     allow_insecure_http: bool = False
     proxy: str | None = None  # else HTTPS_PROXY, HTTP_PROXY and NO_PROXY, as in curl
     ca_bundle: Path | None = None  # PEM CAs to trust besides the system's (a company CA)
@@ -210,6 +214,29 @@ class Settings(BaseSettings):
             raise ValueError(f"{value}: no such file (a PEM file of certificate authorities)")
         return value
 
+    @field_validator("run_time")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            duration_s(value)
+        return value
+
+    @field_validator("until")
+    @classmethod
+    def _deadline(cls, value: str | None) -> str | None:
+        if value is not None:
+            deadline_after(value, datetime.now().astimezone())
+        return value
+
+    def deadline_in_s(self, now: datetime) -> float | None:
+        """Seconds from ``now`` to the earliest of --until and --run-time (None: no deadline)."""
+        found = []
+        if self.run_time is not None:
+            found.append(duration_s(self.run_time))
+        if self.until is not None:
+            found.append((deadline_after(self.until, now) - now).total_seconds())
+        return min(found) if found else None
+
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str) -> str:
@@ -314,6 +341,31 @@ class Settings(BaseSettings):
 
 def _env_proxies() -> list[str]:
     return [v for k, v in os.environ.items() if k.lower() in ("https_proxy", "http_proxy") and v]
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)\s*$")
+
+
+def duration_s(text: str) -> float:
+    """``90s``, ``45m``, ``2h`` in seconds; ValueError otherwise."""
+    found = _DURATION.match(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a duration: a number and s, m or h (90s, 45m, 2h)")
+    return float(found.group(1)) * {"s": 1, "m": 60, "h": 3600}[found.group(2)]
+
+
+def deadline_after(text: str, now: datetime) -> datetime:
+    """``HH:MM`` (local time: the next such time, today or tomorrow) or an ISO-8601 time (a
+    time without a zone is local), as an aware datetime; ValueError otherwise."""
+    if re.fullmatch(r"\d{1,2}:\d{2}", text.strip()):
+        hours, minutes = (int(x) for x in text.strip().split(":"))
+        when = now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
+        return when if when > now else when + timedelta(days=1)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not HH:MM or an ISO-8601 time") from None
+    return when if when.tzinfo is not None else when.astimezone()
 
 
 def _checked_url(value: str) -> str:

@@ -6,10 +6,12 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from pathlib import Path
 from typing import TypeVar
 
 import structlog
 
+from worker.clock import Clock
 from worker.logs import redact
 
 log = structlog.get_logger(__name__)
@@ -48,6 +50,17 @@ class RunControl:
         if first:
             log.error("run_aborted", reason=reason, exit_code=exit_code)
 
+    def stop_by_limit(self, reason: str) -> None:
+        """A limit the operator set was reached (a deadline, a stop file): stop as at a signal,
+        exit 4; nothing is wrong with the API, and the same command resumes."""
+        first = self.exit_code is None
+        if first:
+            self.exit_code = 4
+            self.reason = reason
+        self.stop_event.set()
+        if first:
+            log.warning("run_stopped_by_limit", reason=reason, exit_code=4)
+
     def interrupt(self, exit_code: int, signal_name: str) -> None:
         """A signal asked the run to stop (130 for SIGINT, 143 for SIGTERM). A signal while the
         run is already stopping asks it not to wait for the requests in flight (they stay
@@ -81,3 +94,28 @@ async def with_signals(control: RunControl, work: Awaitable[T]) -> T:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with suppress(Exception):
                 loop.remove_signal_handler(signum)
+
+
+async def watch_limits(
+    control: RunControl, deadline: float | None, stop_file: Path | None, clock: Clock
+) -> None:
+    """Stop the run (exit 4) at ``deadline`` (the clock's monotonic time) or once ``stop_file``
+    exists, checked every second; until cancelled."""
+    while not control.stopping:
+        now = clock.monotonic()
+        if deadline is not None and now >= deadline:
+            control.stop_by_limit("the deadline was reached (--until / --run-time)")
+            return
+        if stop_file is not None and _exists(stop_file):
+            control.stop_by_limit(f"the stop file {stop_file} exists (--stop-file)")
+            return
+        wait = STOP_FILE_CHECK_S if deadline is None else min(STOP_FILE_CHECK_S, deadline - now)
+        await clock.sleep(max(wait, 0.0))
+
+
+STOP_FILE_CHECK_S = 1.0
+
+
+def _exists(path: Path) -> bool:
+    """One stat a second: not worth a thread."""
+    return path.exists()

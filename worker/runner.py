@@ -12,6 +12,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -21,7 +22,7 @@ from worker.breaker import CircuitBreaker
 from worker.classifier import OutcomeTable
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
-from worker.control import RunControl
+from worker.control import RunControl, watch_limits
 from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
 from worker.errors import LedgerError, WorkerError
 from worker.ledger import Ledger
@@ -109,14 +110,17 @@ class Runner:
         )
         progress.total = self._options.total
         progress_task = asyncio.create_task(progress.run())
+        limits_task = self._watch_limits()
         try:
             if self._options.dry_run:
                 await self._produce(None)
             else:
                 await self._send_all()
         finally:
-            progress_task.cancel()
-            await asyncio.gather(progress_task, return_exceptions=True)
+            watchers = [progress_task] + ([limits_task] if limits_task is not None else [])
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
         if not self._options.dry_run:
             await self._counts_from_ledger()
         report = self._finish(time.monotonic() - started)
@@ -131,6 +135,16 @@ class Runner:
         log.info("run_summary", **report.as_dict())
         flush_logs()
         return report
+
+    def _watch_limits(self) -> asyncio.Task[None] | None:
+        """The deadline and stop-file watcher (exit 4), when the settings set one."""
+        s = self._settings
+        ahead = s.deadline_in_s(datetime.now().astimezone())
+        if self._options.dry_run or (ahead is None and s.stop_file is None):
+            return None
+        deadline = None if ahead is None else self._clock.monotonic() + ahead
+        log.info("run_limits", deadline_in_s=ahead, stop_file=str(s.stop_file or "") or None)
+        return asyncio.create_task(watch_limits(self.control, deadline, s.stop_file, self._clock))
 
     async def _send_all(self) -> None:
         api = connect(self._settings, self._clock, metrics=self.metrics)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -23,7 +24,7 @@ from worker.breaker import CircuitBreaker
 from worker.classifier import OutcomeTable
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
-from worker.control import RunControl
+from worker.control import RunControl, watch_limits
 from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
 from worker.errors import ConfigError, WorkerError
 from worker.logs import flush_logs
@@ -147,6 +148,12 @@ class Consumer:
         )
         helpers = [self._spawn(self._read()), self._spawn(self._claim())]
         helpers.append(self._spawn(progress.run()))
+        ahead = s.deadline_in_s(datetime.now().astimezone())
+        if ahead is not None or s.stop_file is not None:
+            deadline = None if ahead is None else self._clock.monotonic() + ahead
+            helpers.append(
+                self._spawn(watch_limits(self.control, deadline, s.stop_file, self._clock))
+            )
         refresher = self._spawn(self._refresh())
         lanes = [_Lane() for _ in range(s.concurrency)]
         for lane in lanes:
