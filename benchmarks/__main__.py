@@ -1,8 +1,8 @@
 """The benchmark suite: the tool beside a bare aiohttp loop, against the same simulator.
 
-    python -m tests.bench                      # every scenario (about three minutes)
-    python -m tests.bench throughput latency   # some of them
-    python -m tests.bench --rounds 5 --orders 30000
+    python -m benchmarks                      # every scenario (about three minutes)
+    python -m benchmarks throughput latency   # some of them
+    python -m benchmarks --rounds 5 --orders 30000
 
 Scenarios: ``throughput`` (zero latency, 64 in flight), ``latency`` (50 ms, 64 in flight),
 ``rate`` (--rate 300 for 20 s), ``memory`` (dry runs of 100,000 and 1,000,000 lines, a real
