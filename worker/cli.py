@@ -24,7 +24,7 @@ from worker.config import FILES_READ, Settings, given_elsewhere, load_settings
 from worker.control import with_signals
 from worker.errors import ConfigError, WorkerError
 from worker.ledger import Ledger, check_target, open_ledger
-from worker.logs import configure, flush_logs, redact
+from worker.logs import configure, flush_logs, redact, silence
 from worker.metrics import Metrics
 from worker.models import Outcome, RunOptions, RunReport, new_run_id
 from worker.report import open_output, render_run, write_report
@@ -568,10 +568,7 @@ def _say(stream: TextIO, text: str) -> None:
         stream.write(text)
         stream.flush()
     except (OSError, ValueError):
-        with suppress(OSError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, stream.fileno())
-            os.close(devnull)
+        silence(stream)
 
 
 def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -579,26 +576,21 @@ def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Setti
     unless this command gives them itself (a flag, the environment, .env, --config)."""
     if not settings.ledger.is_file():
         return settings
-    ledger = Ledger(settings.ledger, readonly=True)
-    try:
-        last = ledger.last_run()
-    finally:
-        ledger.close()
-    summary = json.loads(str(last["summary"])) if last and last.get("summary") else {}
-    limits = summary.get("limits") if isinstance(summary, dict) else None
-    if not isinstance(limits, dict):
+    last, summary = _last_run(settings.ledger)
+    limits = summary.get("limits")
+    if last is None or not isinstance(limits, dict):
         return settings
     given = given_elsewhere(args.config) | {k for k in limits if getattr(args, k, None) is not None}
     reuse = {k: v for k, v in limits.items() if k in RECORDED_LIMITS and k not in given}
     if reuse:
-        log.info("retry_reuses_limits", run_id=last["run_id"] if last else None, **reuse)
+        log.info("retry_reuses_limits", run_id=last["run_id"], **reuse)
         settings = settings.model_copy(update=reuse)
     return settings
 
 
 def _resume_command(args: argparse.Namespace) -> str:
     """The command line as given, a secret flag's value masked: what resumes a stopped run
-    (standard input cannot be read again: its copy is gone, so `-` asks for the file)."""
+    (with `-`, the same orders on standard input again)."""
     words: list[str] = []
     masked = False
     for word in getattr(args, "argv", []):
@@ -653,22 +645,28 @@ def _source(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> O
     return CsvSource(given, validator, args.column, encoding=settings.encoding)
 
 
-def _refuse_retry_of_unfinished_input(path: Path) -> None:
-    """`retry` sends only what the ledger holds: after a run that stopped before reading all of
-    its input, it would leave the rest unsent while the report showed nothing pending."""
+def _last_run(path: Path) -> tuple[dict[str, object] | None, dict[str, object]]:
+    """The ledger's last run, and its summary as recorded ({} when none)."""
     ledger = Ledger(path, readonly=True)
     try:
         last = ledger.last_run()
     finally:
         ledger.close()
+    summary = json.loads(str(last["summary"])) if last and last.get("summary") else {}
+    return last, summary if isinstance(summary, dict) else {}
+
+
+def _refuse_retry_of_unfinished_input(path: Path) -> None:
+    """`retry` sends only what the ledger holds: after a run that stopped before reading all of
+    its input, it would leave the rest unsent while the report showed nothing pending."""
+    last, summary = _last_run(path)
     if last is None or last.get("command") == "retry":
         return
-    summary = json.loads(str(last["summary"])) if last.get("summary") else {}
-    not_read = summary.get("not_read", 0) if isinstance(summary, dict) else 0
+    not_read = summary.get("not_read", 0)
     if last.get("finished_at") is not None and not not_read:
         return
     what = f"{not_read} IDs of its input not read" if not_read else "it never ended (a crash)"
-    resume = summary.get("resume") if isinstance(summary, dict) else None
+    resume = summary.get("resume")
     raise ConfigError(
         f"the last run {last['run_id']} stopped before reading all of its input ({what}): "
         f"resume it with the same command{f' ({resume})' if resume else ''}; retry would leave "
@@ -694,10 +692,7 @@ def _confirm(source: OrderSource, settings: Settings, plan: _Counts, total: int)
         return  # nothing will be sent: the run only records what is invalid
     answer_from = _terminal()
     if answer_from is None:
-        where = "standard input holds the orders and there is no terminal"
-        if sys.stdin.isatty():
-            where = "no terminal"
-        raise ConfigError(f"{where}, so nobody can confirm: pass --yes to send")
+        raise ConfigError("not on a terminal, so nobody can confirm: pass --yes to send")
     minutes = plan.to_send / settings.rate / 60
     took = f"{minutes:.0f} min" if minutes >= 1 else f"{plan.to_send / settings.rate:.0f} s"
     _say(

@@ -6,12 +6,15 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
 from worker.clock import Clock
+from worker.config import Settings
+from worker.errors import WorkerError
 from worker.logs import redact
 
 log = structlog.get_logger(__name__)
@@ -49,6 +52,16 @@ class RunControl:
         self.stop_event.set()  # state first: the log line below may fail, the stop may not
         if first:
             log.error("run_aborted", reason=reason, exit_code=exit_code)
+
+    def task_ended(self, task: asyncio.Task[Any]) -> None:
+        """A done-callback for the run's tasks: one that dies stops the run with its reason
+        (a refusal it met, else an internal error, exit 3)."""
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        if isinstance(error, WorkerError):
+            self.abort(str(error), error.exit_code)
+        else:
+            self.abort(f"internal error: a task of the run stopped: {error!r}")
 
     def stop_by_limit(self, reason: str) -> None:
         """A limit the operator set was reached (a deadline, a stop file): stop as at a signal,
@@ -94,6 +107,16 @@ async def with_signals(control: RunControl, work: Awaitable[T]) -> T:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with suppress(Exception):
                 loop.remove_signal_handler(signum)
+
+
+def limits_watcher(settings: Settings, control: RunControl, clock: Clock) -> Awaitable[None] | None:
+    """The watcher of --until, --run-time and --stop-file (exit 4), or None without them."""
+    ahead = settings.deadline_in_s(datetime.now().astimezone())
+    if ahead is None and settings.stop_file is None:
+        return None
+    deadline = None if ahead is None else clock.monotonic() + ahead
+    log.info("run_limits", deadline_in_s=ahead, stop_file=str(settings.stop_file or "") or None)
+    return watch_limits(control, deadline, settings.stop_file, clock)
 
 
 async def watch_limits(

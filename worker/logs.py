@@ -11,7 +11,7 @@ import re
 import sys
 import time
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -176,7 +176,7 @@ def _emit(data: str | bytes) -> None:
         _write_stderr(data)
     except (OSError, ValueError):
         LOST_LINES += _lines(data)
-        _silence_stderr()
+        silence(sys.stderr)
 
 
 def _lines(data: str | bytes) -> int:
@@ -198,14 +198,16 @@ def _write_stderr(data: str | bytes) -> None:
     binary.flush()
 
 
-def _silence_stderr() -> None:
-    """Point file descriptor 2 at /dev/null (what was buffered for it is dropped with it)."""
-    with contextlib.suppress(OSError):
+def silence(stream: TextIO) -> None:
+    """Point the stream's file descriptor at /dev/null, once it cannot be written (a closed
+    pipe, a full disk): what was buffered for it is dropped with it, so nothing fails again,
+    at exit for instance."""
+    with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
+        os.dup2(devnull, stream.fileno())
         os.close(devnull)
     with contextlib.suppress(OSError, ValueError):
-        sys.stderr.flush()
+        stream.flush()
 
 
 def lost_lines() -> int:

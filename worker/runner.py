@@ -12,7 +12,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -22,7 +21,7 @@ from worker.breaker import CircuitBreaker
 from worker.classifier import OutcomeTable
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
-from worker.control import RunControl, watch_limits
+from worker.control import RunControl, limits_watcher
 from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
 from worker.errors import LedgerError, WorkerError
 from worker.ledger import Ledger
@@ -138,13 +137,12 @@ class Runner:
 
     def _watch_limits(self) -> asyncio.Task[None] | None:
         """The deadline and stop-file watcher (exit 4), when the settings set one."""
-        s = self._settings
-        ahead = s.deadline_in_s(datetime.now().astimezone())
-        if self._options.dry_run or (ahead is None and s.stop_file is None):
-            return None
-        deadline = None if ahead is None else self._clock.monotonic() + ahead
-        log.info("run_limits", deadline_in_s=ahead, stop_file=str(s.stop_file or "") or None)
-        return asyncio.create_task(watch_limits(self.control, deadline, s.stop_file, self._clock))
+        watcher = (
+            None
+            if self._options.dry_run
+            else limits_watcher(self._settings, self.control, self._clock)
+        )
+        return None if watcher is None else asyncio.ensure_future(watcher)
 
     async def _send_all(self) -> None:
         api = connect(self._settings, self._clock, metrics=self.metrics)
@@ -180,9 +178,9 @@ class Runner:
     async def _supervise(self, producer: asyncio.Task[None], lanes: list[_Lane]) -> None:
         workers = [lane.task for lane in lanes if lane.task is not None]
         for worker in workers:
-            worker.add_done_callback(self._worker_ended)
+            worker.add_done_callback(self.control.task_ended)
         stop = asyncio.ensure_future(self.control.stop_event.wait())
-        # return_exceptions: a worker that dies stops the run (_worker_ended), never the wait
+        # return_exceptions: a worker that dies stops the run (task_ended), never the wait
         # for the others, whose requests in flight are drained before the session closes.
         everything = asyncio.gather(producer, *workers, return_exceptions=True)
         waits: set[asyncio.Future[Any]] = {stop, everything}
@@ -197,10 +195,6 @@ class Runner:
                 await self._grace(busy)
         stop.cancel()
         await asyncio.gather(everything, stop, return_exceptions=True)
-
-    def _worker_ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and (error := task.exception()) is not None:
-            self.control.abort(f"internal error: a worker stopped: {error!r}")
 
     async def _grace(self, busy: list[asyncio.Task[None]]) -> None:
         await drain(busy, self.control, self._settings.grace)

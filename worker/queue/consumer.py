@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -24,9 +23,9 @@ from worker.breaker import CircuitBreaker
 from worker.classifier import OutcomeTable
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
-from worker.control import RunControl, watch_limits
+from worker.control import RunControl, limits_watcher
 from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
-from worker.errors import ConfigError, WorkerError
+from worker.errors import ConfigError
 from worker.logs import flush_logs
 from worker.loop import settle_gc
 from worker.metrics import Metrics, serve
@@ -148,12 +147,9 @@ class Consumer:
         )
         helpers = [self._spawn(self._read()), self._spawn(self._claim())]
         helpers.append(self._spawn(progress.run()))
-        ahead = s.deadline_in_s(datetime.now().astimezone())
-        if ahead is not None or s.stop_file is not None:
-            deadline = None if ahead is None else self._clock.monotonic() + ahead
-            helpers.append(
-                self._spawn(watch_limits(self.control, deadline, s.stop_file, self._clock))
-            )
+        watcher = limits_watcher(s, self.control, self._clock)
+        if watcher is not None:
+            helpers.append(self._spawn(watcher))
         refresher = self._spawn(self._refresh())
         lanes = [_Lane() for _ in range(s.concurrency)]
         for lane in lanes:
@@ -180,17 +176,8 @@ class Consumer:
         task: asyncio.Task[Any] = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        task.add_done_callback(self._ended)
+        task.add_done_callback(self.control.task_ended)  # a task that dies stops the consumer
         return task
-
-    def _ended(self, task: asyncio.Task[Any]) -> None:
-        """A task that dies stops the consumer (exit 3) with its reason."""
-        if task.cancelled() or (error := task.exception()) is None:
-            return
-        if isinstance(error, WorkerError):
-            self.control.abort(str(error))
-        else:
-            self.control.abort(f"internal error: a task of the consumer stopped: {error!r}")
 
     def healthy(self) -> bool:
         """For /healthz: running, and Redis answering."""
