@@ -52,6 +52,7 @@ class CircuitBreaker:
         self._clock = clock
         self._timeout_s = outage_timeout_s
         self._recent: OrderedDict[object, bool] = OrderedDict()  # order -> last was outage
+        self._failed = 0  # how many of them last failed (kept, not summed, on every answer)
         self._window = window
         self._anonymous = count()  # a key for answers recorded without an order
         self._min_samples = min_samples
@@ -92,7 +93,7 @@ class CircuitBreaker:
         """Open, suspected (another recent order failing as an outage does too), or neither."""
         if self._opened_at is not None:
             return Outage.OPEN
-        return Outage.SUSPECTED if sum(self._recent.values()) >= 2 else Outage.NONE
+        return Outage.SUSPECTED if self._failed >= 2 else Outage.NONE
 
     async def verdict(self) -> bool:
         """Wait up to VERDICT_S for the breaker to open; True when it is open."""
@@ -107,11 +108,11 @@ class CircuitBreaker:
         if self._opened_at is None:
             recent = self._recent
             key = next(self._anonymous) if order is None else order
-            recent.pop(key, None)
+            self._failed += outage - recent.pop(key, False)
             recent[key] = outage
             if len(recent) > self._window:
-                recent.popitem(last=False)
-            failed = sum(recent.values())
+                self._failed -= recent.popitem(last=False)[1]
+            failed = self._failed
             if len(recent) >= self._min_samples and failed > self._threshold * len(recent):
                 self._open(failed)
                 self._wake()
@@ -169,6 +170,7 @@ class CircuitBreaker:
         self._opened_at = None
         self._probing = False
         self._recent.clear()
+        self._failed = 0
         self.on_state(False)
         log.info("circuit_closed", outage_s=round(lasted, 3))
         self._wake()
