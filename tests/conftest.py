@@ -181,9 +181,14 @@ class Cli:
         stdin: bytes | None = None,
         timeout: float = 60,
     ) -> Completed:
-        """Run the CLI to its end."""
+        """Run the CLI to its end; killed (and the test failed) after ``timeout`` seconds."""
         proc = await self.start(*args, env=env, stdin=stdin)
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError(f"{' '.join(args[:2])}: still running after {timeout}s") from None
         assert proc.returncode is not None
         return Completed(proc.returncode, out.decode(), err.decode())
 

@@ -183,6 +183,28 @@ async def test_connection_dropped_mid_run(
     assert_one_result_each(await queue.results(), set(wanted))
 
 
+async def test_entries_delivered_but_never_seen_are_taken_back(
+    queue: Queue, cli: Cli, make_sim: Any, tmp_path: Path
+) -> None:
+    """Entries Redis delivered to this consumer's name that it never saw (a read whose reply
+    was lost with its connection, a predecessor of the same name) are taken back within
+    seconds, not after --claim-idle (60 s here); one delivered before the process started
+    may have been sent, so it is looked up by GET first."""
+    running = await make_sim()
+    wanted = ids("CDE", 20)
+    env = queue.env(running, tmp_path)
+    assert (await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", wanted)), env=env)).code == 0
+    n = queue.names
+    await queue.redis.xgroup_create(n.stream, n.group, id="0")
+    unseen = await queue.redis.xreadgroup(n.group, "c", {n.stream: ">"}, count=3)
+    unseen_ids = {fields["order_id"] for _, fields in unseen[0][1]}
+    done = await cli.run("consume", "--consumer", "c", "--exit-when-empty", env=env, timeout=30)
+    assert done.code == 0, done.stderr[-2000:]
+    assert_one_result_each(await queue.results(), set(wanted))
+    assert set(running.sim.stats.gets) == unseen_ids
+    assert (await queue.redis.xinfo_groups(n.stream))[0]["pending"] == 0
+
+
 async def test_sigterm_finishes_in_flight_and_the_rest_is_claimed(
     queue: Queue, cli: Cli, make_sim: Any, tmp_path: Path
 ) -> None:
@@ -211,7 +233,12 @@ async def test_frozen_consumer_does_not_cancel_what_others_finished(
     queue: Queue, cli: Cli, make_sim: Any, tmp_path: Path
 ) -> None:
     """A consumer frozen (SIGSTOP) longer than --claim-idle loses its entries to another; on
-    waking it sends no DELETE for an order whose result the other already recorded."""
+    waking it sends no DELETE for an order whose result the other already recorded.
+
+    It is frozen with each of its four workers' requests on the wire (held by the simulator):
+    frozen between its last ownership check and the write of its request, a process would
+    send that one DELETE on waking, and no check can close that window (docs/failure-modes.md).
+    """
     running = await make_sim(latency_ms=20)
     wanted = ids("CDE", 300)
     env = queue.env(running, tmp_path, MOUVONE_RATE="150", MOUVONE_CONCURRENCY="4")
@@ -219,7 +246,10 @@ async def test_frozen_consumer_does_not_cancel_what_others_finished(
     args = ["consume", "--claim-idle", "0.5"]
     frozen = await cli.start(*args, "--consumer", "frozen", env=env)
     await asyncio.wait_for(running.sim.wait_for_deletes(30), 30)
+    running.sim.hold()
+    await asyncio.wait_for(running.sim.wait_for_held(4), 30)
     frozen.send_signal(signal.SIGSTOP)
+    running.sim.release()
     other = await cli.run(*args, "--consumer", "other", "--exit-when-empty", env=env)
     assert other.code == 0, other.stderr[-2000:]
     finished = {r["order_id"] for r in await queue.results()}

@@ -41,6 +41,8 @@ log = structlog.get_logger(__name__)
 
 READ_BLOCK_MS = 1000
 EMPTY_CHECK_S = 0.5
+TAKE_BACK_S = 2.0  # how often (and after how long idle) this consumer's own pending entries that
+# nothing here holds are taken back
 
 
 @dataclass(slots=True)
@@ -50,6 +52,7 @@ class Entry:
     entry_id: str
     order_id: str
     deliveries: int
+    earlier: bool = False  # delivered to this name before this process started: maybe sent
 
 
 @dataclass
@@ -146,6 +149,7 @@ class Consumer:
             self.summary, lambda: self.control.requests, bar=False, interval_s=s.progress_interval
         )
         helpers = [self._spawn(self._read()), self._spawn(self._claim())]
+        helpers.append(self._spawn(self._take_back(started)))
         helpers.append(self._spawn(progress.run()))
         watcher = limits_watcher(s, self.control, self._clock)
         if watcher is not None:
@@ -285,6 +289,48 @@ class Consumer:
                     break
             await asyncio.sleep(every)
 
+    async def _take_back(self, started: float) -> None:
+        """Take back the entries Redis counts as this consumer's that nothing here holds.
+
+        A read or a claim whose reply is lost with its connection has still delivered its
+        entries to this consumer, and redis-py sends the command again on a new connection, so
+        the first reply's entries are never seen; a process restarted under the same name finds
+        its predecessor's entries in its list. Left alone, they would wait ``claim_idle`` for
+        a claim (and ``--exit-when-empty`` with them).
+        """
+        n = self._names
+        redis = self._streams.redis
+        while not self.control.stopping:
+            await asyncio.sleep(TAKE_BACK_S)
+
+            async def mine() -> Any:
+                return await redis.xpending_range(
+                    n.stream,
+                    n.group,
+                    "-",
+                    "+",
+                    self._limit * 4,
+                    consumername=n.consumer,
+                    idle=int(TAKE_BACK_S * 1000),
+                )
+
+            for row in await patiently(mine, lambda: self.control.stopping, "own pending") or []:
+                entry_id = str(row["message_id"])
+                if entry_id in self._held:
+                    continue
+                found = await patiently(
+                    partial(redis.xrange, n.stream, entry_id, entry_id),
+                    lambda: self.control.stopping,
+                    "entry",
+                )
+                if not found:
+                    continue  # deleted from the stream: the claim loop drops it from the list
+                deliveries = int(row["times_delivered"])
+                earlier = row["time_since_delivered"] / 1000 > time.monotonic() - started
+                log.info("entry_taken_back", entry_id=entry_id, deliveries=deliveries)
+                order_id = (found[0][1] or {}).get("order_id", "")
+                await self._admit(Entry(entry_id, order_id, deliveries, earlier))
+
     async def _deliveries(self, entry_id: str) -> int:
         n = self._names
 
@@ -362,7 +408,7 @@ class Consumer:
             return
         # delivered before: the consumer that had it may have sent the DELETE before dying
         state = lane.state = OrderState(
-            entry.order_id, entry_id=entry.entry_id, verify=entry.deliveries > 1
+            entry.order_id, entry_id=entry.entry_id, verify=entry.deliveries > 1 or entry.earlier
         )
         result = await dispatcher.process(state)
         if result.outcome is Outcome.PENDING:

@@ -57,6 +57,7 @@ class SimStats:
     """What the simulator saw, for tests and rehearsals."""
 
     deletes: Counter[str] = field(default_factory=Counter)
+    gets: Counter[str] = field(default_factory=Counter)  # GET /customer-orders/{id}, per order
     statuses: Counter[int] = field(default_factory=Counter)
     arrivals: list[float] = field(default_factory=list)  # monotonic time of each API request
     token_requests: int = 0

@@ -40,6 +40,10 @@ class Simulator:
         self._outage_until = 0.0
         self._outage_kind = "503"
         self._random = random.Random(self.config.seed)
+        self._open = asyncio.Event()
+        self._open.set()
+        self.holding = 0  # DELETEs kept waiting by hold()
+        self._held = asyncio.Event()
         self.book = OrderBook(self.config.orders, self._random)
 
     def app(self) -> web.Application:
@@ -127,6 +131,11 @@ class Simulator:
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
+            if not self._open.is_set():
+                self.holding += 1
+                self._held.set()
+                await self._open.wait()
+                self.holding -= 1
             return await self._delete(request)
         finally:
             stats.in_flight -= 1
@@ -177,6 +186,21 @@ class Simulator:
             return api_error("ORDER_ALREADY_CANCELED", "The order has already been cancelled.")
         self.cancelled.add(order_id)
         return web.Response(status=200)
+
+    def hold(self) -> None:
+        """Keep every DELETE arriving from now on waiting, unanswered, until release() (a test
+        that must know its client's requests are on the wire)."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Let the held DELETEs through."""
+        self._open.set()
+
+    async def wait_for_held(self, count: int) -> None:
+        """Return once ``count`` DELETEs are held."""
+        while self.holding < count:
+            self._held.clear()
+            await self._held.wait()
 
     async def wait_for_deletes(self, count: int) -> None:
         """Return once at least ``count`` DELETEs have arrived (for tests and rehearsals)."""
@@ -245,6 +269,8 @@ class Simulator:
         if refused is not None:
             return self._count(refused)
         order_id = order_id_of(request, self.config.base_path)
+        if order_id:
+            self.stats.gets[order_id] += 1
         found = self.order(order_id) if order_id else None
         if found is None:
             return self._count(api_error("CUSTOMER_ORDER_NOT_FOUND", "Order doesn't exist."))
