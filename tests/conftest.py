@@ -17,11 +17,11 @@ from typing import Any, NoReturn
 import pytest
 import redis.asyncio as aioredis
 
-from worker.config import Settings, load_settings
+from worker.domain.models import RunOptions, RunReport
 from worker.ledger import open_ledger
-from worker.models import RunOptions, RunReport
+from worker.pipeline.runner import Runner
 from worker.queue.streams import Names
-from worker.runner import Runner
+from worker.settings import Settings, load_settings
 from worker.simulator import RunningSimulator, SimConfig, start
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource

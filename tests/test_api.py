@@ -11,13 +11,13 @@ from aioresponses import aioresponses
 from yarl import URL
 
 from tests.fakes import InstantClock
-from worker.api import Api, Reader, RetriesExhaustedError, connect
-from worker.breaker import CircuitBreaker
-from worker.classifier import OutcomeTable
-from worker.config import load_settings
-from worker.control import RunControl
-from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
-from worker.errors import FatalApiError
+from worker.api.connection import Api, Reader, RetriesExhaustedError, connect
+from worker.domain.classifier import OutcomeTable
+from worker.domain.errors import FatalApiError
+from worker.pipeline.breaker import CircuitBreaker
+from worker.pipeline.control import RunControl
+from worker.pipeline.dispatcher import Dispatcher, OrderState, RetryPolicy
+from worker.settings import load_settings
 
 BASE = "https://api.example.test/v1"
 ORDER = URL(f"{BASE}/customer-orders/ABC0000000001")

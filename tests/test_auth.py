@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from tests.fakes import InstantClock
-from worker.auth import ClientCredentials, StaticToken
-from worker.client import new_session
-from worker.errors import FatalApiError
-from worker.limiter import RateLimiter
-from worker.retry import Backoff
+from worker.api.auth import ClientCredentials, StaticToken
+from worker.api.client import new_session
+from worker.domain.errors import FatalApiError
+from worker.domain.retry import Backoff
+from worker.pipeline.limiter import RateLimiter
 from worker.simulator import RunningSimulator
 
 

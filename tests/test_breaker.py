@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from tests.fakes import FakeClock
-from worker.breaker import CircuitBreaker, is_outage
-from worker.client import Answer
+from worker.api.client import Answer
+from worker.pipeline.breaker import CircuitBreaker, is_outage
 
 OK = Answer(200)
 DOWN = Answer(503)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.classifier import Action, OutcomeTable, error_code_for
-from worker.errors import ConfigError
-from worker.models import Outcome
+from worker.domain.classifier import Action, OutcomeTable, error_code_for
+from worker.domain.errors import ConfigError
+from worker.domain.models import Outcome
 
 TABLE = OutcomeTable.load()
 

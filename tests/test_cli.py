@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cli, ledger_rows, sim_env, write_ids
-from worker.models import FINAL
+from worker.domain.models import FINAL
 from worker.simulator import RunningSimulator
 
 MIXED = [

@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from worker.classifier import Action, OutcomeTable
-from worker.client import MouvoneClient, new_session, order_url
+from worker.api.client import MouvoneClient, new_session, order_url
+from worker.domain.classifier import Action, OutcomeTable
 from worker.simulator import RunningSimulator
 
 BASE = "https://api.test/customer-orders/v1"

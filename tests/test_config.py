@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import load_settings
-from worker.errors import ConfigError
+from worker.domain.errors import ConfigError
+from worker.settings import load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -195,7 +195,7 @@ def test_deadlines() -> None:
     ISO-8601 time; anything else is refused naming the forms."""
     from datetime import datetime, timedelta  # noqa: PLC0415
 
-    from worker.config import deadline_after, duration_s  # noqa: PLC0415
+    from worker.settings import deadline_after, duration_s  # noqa: PLC0415
 
     assert (duration_s("90s"), duration_s("45m"), duration_s("2h")) == (90, 2700, 7200)
     with pytest.raises(ValueError, match="90s, 45m, 2h"):

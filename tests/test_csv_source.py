@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.errors import InputError
-from worker.models import Outcome
+from worker.domain.errors import InputError
+from worker.domain.models import Outcome
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from worker.classifier import OutcomeTable
-from worker.client import Answer
-from worker.decision import Decision, Outage, Situation, Step, decide
-from worker.models import Outcome
-from worker.retry import Backoff
+from worker.api.client import Answer
+from worker.domain.classifier import OutcomeTable
+from worker.domain.decision import Decision, Outage, Situation, Step, decide
+from worker.domain.models import Outcome
+from worker.domain.retry import Backoff
 
 TABLE = OutcomeTable.load(None)
 BACKOFF = Backoff(0.5, 30.0, rand=lambda: 1.0)  # no jitter: the ceiling itself

@@ -17,7 +17,7 @@ import yaml
 
 from tests.conftest import unavailable
 from worker.cli import build_parser
-from worker.config import Settings
+from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import Settings
-from worker.models import Outcome
+from worker.domain.models import Outcome
+from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "deploy" / "RUNBOOK.md"]

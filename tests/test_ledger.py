@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.errors import LedgerError
+from worker.domain.errors import LedgerError
+from worker.domain.models import Outcome, Result
 from worker.ledger import SCHEMA_VERSION, Ledger
-from worker.models import Outcome, Result
 
 A, B, C = "ABC0000000001", "ABC0000000002", "ABC0000000003"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, ledger_rows, sim_env, write_ids
+from worker.domain.models import FINAL
 from worker.ledger import Ledger
-from worker.models import FINAL
 from worker.simulator import RunningSimulator
 
 IDS = [f"CDE{n:010d}" for n in range(1, 31)]

@@ -8,8 +8,8 @@ from enum import StrEnum
 
 import pytest
 
-from worker import logs
-from worker.logs import REDACTED, Redactor, _json_line
+from worker.runtime import logs
+from worker.runtime.logs import REDACTED, Redactor, _json_line
 
 
 class _Color(StrEnum):

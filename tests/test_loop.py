@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from worker import loop
+from worker.runtime import loop
 
 
 async def _loop_module() -> str:

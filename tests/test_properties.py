@@ -9,10 +9,10 @@ from urllib.parse import unquote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.classifier import Action, OutcomeTable
-from worker.client import order_url
-from worker.errors import InputError
-from worker.models import Outcome
+from worker.api.client import order_url
+from worker.domain.classifier import Action, OutcomeTable
+from worker.domain.errors import InputError
+from worker.domain.models import Outcome
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from worker.retry import Backoff, parse_retry_after
+from worker.domain.retry import Backoff, parse_retry_after
 
 
 @pytest.mark.parametrize(

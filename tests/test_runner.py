@@ -11,10 +11,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.conftest import ledger_rows, run_ids, settings_for, write_ids
-from worker.errors import LedgerError
+from worker.domain.errors import LedgerError
+from worker.domain.models import RunOptions
 from worker.ledger import Ledger
-from worker.models import RunOptions
-from worker.runner import Runner
+from worker.pipeline.runner import Runner
 from worker.simulator import RunningSimulator
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource

@@ -18,9 +18,9 @@ from aioresponses import aioresponses
 from structlog.testing import capture_logs
 
 from tests.conftest import Cli, ledger_rows, settings_for, sim_env, write_ids
-from worker.config import Settings
-from worker.errors import ConfigError, FatalApiError
-from worker.selecting import select_into
+from worker.cli.selecting import select_into
+from worker.domain.errors import ConfigError, FatalApiError
+from worker.settings import Settings
 from worker.simulator import RunningSimulator
 from worker.sources.selection import Filters, parse_age, parse_day
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.models import FINAL
+from worker.domain.models import FINAL
 
 SCHEMA_VERSION = 1
 FINAL_SQL = ", ".join(f"'{o.value}'" for o in sorted(FINAL))

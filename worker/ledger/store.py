@@ -19,10 +19,10 @@ from pathlib import Path
 
 import orjson
 
-from worker.errors import ConfigError, LedgerError
+from worker.domain.errors import ConfigError, LedgerError
+from worker.domain.models import FINAL, Outcome, Result
 from worker.ledger.schema import CLAIM_BATCH, CSV_COLUMNS, SCHEMA, SCHEMA_VERSION, UPSERT_BATCH
-from worker.logs import redact
-from worker.models import FINAL, Outcome, Result
+from worker.runtime.logs import redact
 
 
 def now_iso() -> str:

@@ -18,23 +18,23 @@ from typing import Any
 
 import structlog
 
-from worker.api import connect
-from worker.breaker import CircuitBreaker
-from worker.classifier import OutcomeTable
-from worker.clock import Clock, SystemClock
-from worker.config import Settings
-from worker.control import RunControl, limits_watcher
-from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
-from worker.errors import ConfigError
-from worker.logs import flush_logs
-from worker.loop import settle_gc
-from worker.metrics import Metrics, serve
-from worker.models import FINAL, Outcome, Result, RunReport, RunSummary, new_run_id
-from worker.progress import ProgressReporter
+from worker.api.connection import connect
+from worker.domain.classifier import OutcomeTable
+from worker.domain.errors import ConfigError
+from worker.domain.models import FINAL, Outcome, Result, RunReport, RunSummary, new_run_id
+from worker.pipeline.breaker import CircuitBreaker
+from worker.pipeline.control import RunControl, limits_watcher
+from worker.pipeline.dispatcher import Dispatcher, OrderState, RetryPolicy
+from worker.pipeline.progress import ProgressReporter
+from worker.pipeline.runner import drain
 from worker.queue import streams as streams_module
 from worker.queue.limiter import GroupRateLimiter
 from worker.queue.streams import Streams, patiently, result_fields
-from worker.runner import drain
+from worker.runtime.clock import Clock, SystemClock
+from worker.runtime.logs import flush_logs
+from worker.runtime.loop import settle_gc
+from worker.runtime.metrics import Metrics, serve
+from worker.settings import Settings
 from worker.sources import IdValidator
 
 log = structlog.get_logger(__name__)
@@ -328,7 +328,7 @@ class Consumer:
                 deliveries = int(row["times_delivered"])
                 earlier = row["time_since_delivered"] / 1000 > time.monotonic() - started
                 log.info("entry_taken_back", entry_id=entry_id, deliveries=deliveries)
-                order_id = (found[0][1] or {}).get("order_id", "")
+                order_id = str((found[0][1] or {}).get("order_id", ""))
                 await self._admit(Entry(entry_id, order_id, deliveries, earlier))
 
     async def _deliveries(self, entry_id: str) -> int:

@@ -18,9 +18,9 @@ import asyncio
 
 import structlog
 
-from worker.clock import Clock
-from worker.limiter import MIN_SLEEP_S, RateLimiter
+from worker.pipeline.limiter import MIN_SLEEP_S, RateLimiter
 from worker.queue.streams import Streams, patiently
+from worker.runtime.clock import Clock
 
 log = structlog.get_logger(__name__)
 

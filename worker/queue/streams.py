@@ -29,7 +29,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.errors import ConfigError, WorkerError
+from worker.domain.errors import ConfigError, WorkerError
 
 log = structlog.get_logger(__name__)
 

@@ -5,7 +5,7 @@ batch can rehearse every outcome; the count of transient failures is the ID's la
 (0 means every time). Random faults, latency and a gateway rate limit are settings.
 """
 
-from worker.simconfig import SimConfig
+from worker.simulator.config import SimConfig
 from worker.simulator.model import BEHAVIOURS, SimStats
 from worker.simulator.server import RunningSimulator, Simulator, start
 

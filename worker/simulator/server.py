@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from worker.simconfig import SimConfig
+from worker.simulator.config import SimConfig
 from worker.simulator.model import (
     BEHAVIOURS,
     JSON,

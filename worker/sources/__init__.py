@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import Protocol
 
-from worker.models import Outcome, Result
+from worker.domain.models import Outcome, Result
 
 MAX_STORED_ID = 100  # longer invalid IDs are stored shortened
 

@@ -16,8 +16,8 @@ from typing import IO
 
 import structlog
 
-from worker.errors import InputError
-from worker.models import Outcome, Result
+from worker.domain.errors import InputError
+from worker.domain.models import Outcome, Result
 from worker.sources import Batch, IdValidator
 
 log = structlog.get_logger(__name__)

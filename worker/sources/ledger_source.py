@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from worker.domain.models import RETRYABLE
 from worker.ledger import Ledger
-from worker.models import RETRYABLE
 from worker.sources import Batch
 
 

@@ -19,9 +19,9 @@ from datetime import date, timedelta
 
 import structlog
 
-from worker.api import Reader
-from worker.client import MouvoneClient
-from worker.errors import ConfigError, FatalApiError
+from worker.api.client import MouvoneClient
+from worker.api.connection import Reader
+from worker.domain.errors import ConfigError, FatalApiError
 
 log = structlog.get_logger(__name__)
 

@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import structlog
 
-from worker.clock import Clock
-from worker.config import Settings
-from worker.errors import WorkerError
-from worker.logs import redact
+from worker.domain.errors import WorkerError
+from worker.runtime.clock import Clock
+from worker.runtime.logs import redact
+from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 

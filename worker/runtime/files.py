@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from worker.errors import ConfigError
+from worker.domain.errors import ConfigError
 
 
 @contextmanager

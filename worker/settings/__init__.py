@@ -38,7 +38,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from worker.errors import ConfigError
+from worker.domain.errors import ConfigError
 
 ENV_PREFIX = "MOUVONE_"
 _config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)

@@ -24,9 +24,9 @@ from itertools import count
 
 import structlog
 
-from worker.client import Answer
-from worker.clock import Clock
-from worker.decision import Outage, is_outage
+from worker.api.client import Answer
+from worker.domain.decision import Outage, is_outage
+from worker.runtime.clock import Clock
 
 log = structlog.get_logger(__name__)
 

@@ -9,10 +9,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
-from worker.files import replaced
+from worker.domain.models import Outcome
 from worker.ledger import CSV_COLUMNS, Ledger
-from worker.logs import printable
-from worker.models import Outcome
+from worker.runtime.files import replaced
+from worker.runtime.logs import printable
 
 TABLE_ORDER_LIMIT = 1000  # with --outcome, the table lists at most this many orders
 
@@ -103,7 +103,7 @@ def write_report(
     """The report in one of the formats (table, json, csv, html); ``label`` names a scratch
     ledger (a results stream, a preflight) instead of its temporary path."""
     if fmt == "html":
-        from worker.html_report import write_html  # noqa: PLC0415 - only for this format
+        from worker.reports.html import write_html  # noqa: PLC0415 - only for this format
 
         write_html(ledger, out, outcome, label)
         return

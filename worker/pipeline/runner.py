@@ -16,22 +16,22 @@ from typing import Any
 
 import structlog
 
-from worker.api import Api, connect
-from worker.breaker import CircuitBreaker
-from worker.classifier import OutcomeTable
-from worker.clock import Clock, SystemClock
-from worker.config import Settings
-from worker.control import RunControl, limits_watcher
-from worker.dispatcher import Dispatcher, OrderState, RetryPolicy
-from worker.errors import LedgerError, WorkerError
+from worker.api.connection import Api, connect
+from worker.domain.classifier import OutcomeTable
+from worker.domain.errors import LedgerError, WorkerError
+from worker.domain.models import SUCCESS, Outcome, RunOptions, RunReport, RunSummary, new_run_id
 from worker.ledger import Ledger
-from worker.limiter import RateLimiter
-from worker.logs import flush_logs, lost_lines
-from worker.loop import settle_gc
-from worker.metrics import Metrics
-from worker.models import SUCCESS, Outcome, RunOptions, RunReport, RunSummary, new_run_id
-from worker.progress import ProgressReporter
-from worker.sink import LedgerThread, ResultSink
+from worker.pipeline.breaker import CircuitBreaker
+from worker.pipeline.control import RunControl, limits_watcher
+from worker.pipeline.dispatcher import Dispatcher, OrderState, RetryPolicy
+from worker.pipeline.limiter import RateLimiter
+from worker.pipeline.progress import ProgressReporter
+from worker.runtime.clock import Clock, SystemClock
+from worker.runtime.logs import flush_logs, lost_lines
+from worker.runtime.loop import settle_gc
+from worker.runtime.metrics import Metrics
+from worker.settings import Settings
+from worker.sinks.ledger import LedgerThread, ResultSink
 from worker.sources import Batch, OrderSource
 
 log = structlog.get_logger(__name__)

@@ -15,16 +15,16 @@ from urllib.parse import urlsplit
 import structlog
 from redis.exceptions import ResponseError
 
-from worker import loop as event_loop
-from worker.config import Settings, is_loopback, safe_url
-from worker.control import with_signals
-from worker.errors import ConfigError
+from worker.domain.errors import ConfigError
+from worker.domain.models import Outcome, Result, RunReport
 from worker.ledger import Ledger
-from worker.models import Outcome, Result, RunReport
+from worker.pipeline.control import with_signals
 from worker.queue import streams as streams_module
 from worker.queue.consumer import Consumer
 from worker.queue.streams import Names, Streams, patiently
-from worker.report import write_report
+from worker.reports.report import write_report
+from worker.runtime import loop as event_loop
+from worker.settings import Settings, is_loopback, safe_url
 from worker.sources import OrderSource
 
 log = structlog.get_logger(__name__)

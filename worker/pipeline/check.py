@@ -10,15 +10,15 @@ from typing import TextIO
 
 import structlog
 
-from worker import loop as event_loop
-from worker.api import Reader, RetriesExhaustedError, connect
-from worker.classifier import OutcomeTable, error_code_for
-from worker.clock import SystemClock
-from worker.config import Settings
+from worker.api.connection import Reader, RetriesExhaustedError, connect
+from worker.domain.classifier import OutcomeTable, error_code_for
+from worker.domain.models import SUCCESS, Outcome, Result, new_run_id
+from worker.domain.prediction import predict
 from worker.ledger import Ledger
-from worker.models import SUCCESS, Outcome, Result, new_run_id
-from worker.prediction import predict
-from worker.report import write_report
+from worker.reports.report import write_report
+from worker.runtime import loop as event_loop
+from worker.runtime.clock import SystemClock
+from worker.settings import Settings
 from worker.sources import OrderSource
 
 log = structlog.get_logger(__name__)

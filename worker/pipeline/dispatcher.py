@@ -8,20 +8,20 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from worker.api import Reader, RetriesExhaustedError, StoppingError
-from worker.auth import TokenProvider
-from worker.breaker import CircuitBreaker
-from worker.classifier import Action, OutcomeTable, error_code_for
-from worker.client import Answer, MouvoneClient
-from worker.clock import Clock
-from worker.control import RunControl
-from worker.decision import Decision, Situation, Step, decide
-from worker.errors import ApiConfigError, FatalApiError
-from worker.limiter import RateLimiter
-from worker.logs import redact
-from worker.metrics import Metrics
-from worker.models import Outcome, Result
-from worker.retry import Backoff
+from worker.api.auth import TokenProvider
+from worker.api.client import Answer, MouvoneClient
+from worker.api.connection import Reader, RetriesExhaustedError, StoppingError
+from worker.domain.classifier import Action, OutcomeTable, error_code_for
+from worker.domain.decision import Decision, Situation, Step, decide
+from worker.domain.errors import ApiConfigError, FatalApiError
+from worker.domain.models import Outcome, Result
+from worker.domain.retry import Backoff
+from worker.pipeline.breaker import CircuitBreaker
+from worker.pipeline.control import RunControl
+from worker.pipeline.limiter import RateLimiter
+from worker.runtime.clock import Clock
+from worker.runtime.logs import redact
+from worker.runtime.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

@@ -14,14 +14,14 @@ from typing import TextIO
 
 import structlog
 
-from worker import loop as event_loop
-from worker.api import Reader, connect
-from worker.classifier import OutcomeTable
-from worker.clock import SystemClock
-from worker.config import Settings
-from worker.errors import ConfigError
-from worker.logs import flush_logs
-from worker.report import open_output
+from worker.api.connection import Reader, connect
+from worker.domain.classifier import OutcomeTable
+from worker.domain.errors import ConfigError
+from worker.reports.report import open_output
+from worker.runtime import loop as event_loop
+from worker.runtime.clock import SystemClock
+from worker.runtime.logs import flush_logs
+from worker.settings import Settings
 from worker.sources.selection import (
     INDICATORS,
     STATUSES,

@@ -11,12 +11,12 @@ from typing import Protocol
 import aiohttp
 import structlog
 
-from worker.client import proxy_for, unreachable
-from worker.clock import Clock
-from worker.config import safe_url
-from worker.errors import ApiConfigError, FatalApiError
-from worker.limiter import RateLimiter
-from worker.retry import Backoff
+from worker.api.client import proxy_for, unreachable
+from worker.domain.errors import ApiConfigError, FatalApiError
+from worker.domain.retry import Backoff
+from worker.pipeline.limiter import RateLimiter
+from worker.runtime.clock import Clock
+from worker.settings import safe_url
 
 log = structlog.get_logger(__name__)
 

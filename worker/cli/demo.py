@@ -12,16 +12,16 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from worker import loop as event_loop
-from worker.config import load_settings
-from worker.files import copy_bytes_into
+from worker.domain.models import RunOptions
 from worker.ledger import Ledger
-from worker.logs import configure
-from worker.models import RunOptions
-from worker.report import render_run, write_table
-from worker.runner import Runner
-from worker.simconfig import SIMULATE_FLAGS, SimConfig
+from worker.pipeline.runner import Runner
+from worker.reports.report import render_run, write_table
+from worker.runtime import loop as event_loop
+from worker.runtime.files import copy_bytes_into
+from worker.runtime.logs import configure
+from worker.settings import load_settings
 from worker.simulator import start
+from worker.simulator.config import SIMULATE_FLAGS, SimConfig
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource
 

@@ -17,7 +17,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from worker.retry import parse_retry_after
+from worker.domain.retry import parse_retry_after
 
 MAX_ERROR_BODY = 64 * 1024  # error bodies are small JSON; never read more than this
 MAX_READ_BODY = 8 * 1024 * 1024  # a GET's JSON answer (a page of 50 orders with details)

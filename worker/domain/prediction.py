@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from worker.classifier import OutcomeTable
-from worker.client import Answer
-from worker.models import Outcome, Result
+from worker.api.client import Answer
+from worker.domain.classifier import OutcomeTable
+from worker.domain.models import Outcome, Result
 
 NOT_CANCELLABLE_STATUS = {"Submitted": "R0008", "InProcess": "R0008"}
 

@@ -20,15 +20,15 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from worker.client import Answer
-from worker.config import safe_url
-from worker.files import replaced
+from worker.api.client import Answer
+from worker.runtime.files import replaced
+from worker.settings import safe_url
 
 if TYPE_CHECKING:
     from aiohttp import web
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
-from worker.models import Result
+from worker.domain.models import Result
 
 log = structlog.get_logger(__name__)
 

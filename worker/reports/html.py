@@ -8,9 +8,9 @@ from datetime import datetime
 from html import escape
 from typing import TextIO
 
+from worker.domain.models import SUCCESS, Outcome
 from worker.ledger import Ledger
-from worker.models import SUCCESS, Outcome
-from worker.report import summary
+from worker.reports.report import summary
 
 ATTENTION = ("rejected", "not_found", "invalid", "retryable_failed", "pending")
 ATTENTION_LIMIT = 2000

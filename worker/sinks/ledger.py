@@ -20,11 +20,11 @@ from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
-from worker.errors import LedgerError
+from worker.domain.errors import LedgerError
+from worker.domain.models import Result, RunSummary
 from worker.ledger import Ledger
-from worker.logs import info_event
-from worker.metrics import Metrics
-from worker.models import Result, RunSummary
+from worker.runtime.logs import info_event
+from worker.runtime.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

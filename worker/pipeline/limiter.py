@@ -25,7 +25,7 @@ from collections.abc import Callable
 import structlog
 from asyncio_throttle.throttler import Throttler
 
-from worker.clock import Clock
+from worker.runtime.clock import Clock
 
 log = structlog.get_logger(__name__)
 

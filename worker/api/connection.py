@@ -11,18 +11,18 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from worker.auth import ClientCredentials, StaticToken, TokenProvider
-from worker.classifier import Action, OutcomeTable
-from worker.client import Answer, MouvoneClient, new_session
-from worker.clock import Clock
-from worker.config import Settings
-from worker.decision import Situation, Step, decide
-from worker.errors import FatalApiError
-from worker.limiter import RateLimiter
-from worker.logs import redact
-from worker.metrics import Metrics
-from worker.models import Outcome
-from worker.retry import Backoff
+from worker.api.auth import ClientCredentials, StaticToken, TokenProvider
+from worker.api.client import Answer, MouvoneClient, new_session
+from worker.domain.classifier import Action, OutcomeTable
+from worker.domain.decision import Situation, Step, decide
+from worker.domain.errors import FatalApiError
+from worker.domain.models import Outcome
+from worker.domain.retry import Backoff
+from worker.pipeline.limiter import RateLimiter
+from worker.runtime.clock import Clock
+from worker.runtime.logs import redact
+from worker.runtime.metrics import Metrics
+from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 

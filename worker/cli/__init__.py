@@ -19,16 +19,16 @@ from typing import NoReturn, TextIO
 import structlog
 
 from worker import __version__
-from worker import loop as event_loop
-from worker.config import FILES_READ, Settings, given_elsewhere, load_settings
-from worker.control import with_signals
-from worker.errors import ConfigError, WorkerError
+from worker.domain.errors import ConfigError, WorkerError
+from worker.domain.models import Outcome, RunOptions, RunReport, new_run_id
 from worker.ledger import Ledger, check_target, open_ledger
-from worker.logs import configure, flush_logs, redact, silence
-from worker.metrics import Metrics
-from worker.models import Outcome, RunOptions, RunReport, new_run_id
-from worker.report import open_output, render_run, write_report
-from worker.runner import RECORDED_LIMITS, Runner
+from worker.pipeline.control import with_signals
+from worker.pipeline.runner import RECORDED_LIMITS, Runner
+from worker.reports.report import open_output, render_run, write_report
+from worker.runtime import loop as event_loop
+from worker.runtime.logs import configure, flush_logs, redact, silence
+from worker.runtime.metrics import Metrics
+from worker.settings import FILES_READ, Settings, given_elsewhere, load_settings
 from worker.sources import IdValidator, OrderSource
 from worker.sources.csv_file import CsvSource, needs_spooling, spool_stdin
 from worker.sources.ledger_source import LedgerSource
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    from worker.selecting import add_filter_arguments  # noqa: PLC0415 - keeps imports one-way
+    from worker.cli.selecting import add_filter_arguments  # noqa: PLC0415 - keeps imports one-way
 
     run = sub.add_parser(
         "run",
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_queue_commands(sub)
 
-    from worker.simconfig import add_simulate_arguments  # noqa: PLC0415 - keeps imports one-way
+    from worker.simulator.config import add_simulate_arguments  # noqa: PLC0415 - keeps imports one-way
 
     simulate = sub.add_parser("simulate", help="run a local MouvONE look-alike")
     add_simulate_arguments(simulate)
@@ -748,7 +748,7 @@ def _selected(
     args: argparse.Namespace, settings: Settings, stack: ExitStack, validator: IdValidator
 ) -> OrderSource:
     """`run --select`: the whole selection first, into a private temporary file."""
-    from worker.selecting import filters_from, render_selection, select_into  # noqa: PLC0415
+    from worker.cli.selecting import filters_from, render_selection, select_into  # noqa: PLC0415
 
     if args.input is not None:
         raise ConfigError("give either INPUT or --select, not both")
@@ -774,7 +774,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         out = open_output(args.output, stack)
         if args.redis_url or args.results_stream:
-            from worker.queue.commands import cmd_report_stream  # noqa: PLC0415
+            from worker.cli.queue import cmd_report_stream  # noqa: PLC0415
 
             return cmd_report_stream(settings, args.format, args.outcome, out)
         ledger = Ledger(settings.ledger, readonly=True)
@@ -786,7 +786,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _enqueue(args: argparse.Namespace) -> int:
-    from worker.queue.commands import cmd_enqueue  # noqa: PLC0415 - redis only when needed
+    from worker.cli.queue import cmd_enqueue  # noqa: PLC0415 - redis only when needed
 
     settings = _settings(args, ENQUEUE_SETTINGS)
     with ExitStack() as stack:
@@ -801,25 +801,25 @@ def _enqueue(args: argparse.Namespace) -> int:
 
 
 def _consume(args: argparse.Namespace) -> int:
-    from worker.queue.commands import cmd_consume  # noqa: PLC0415
+    from worker.cli.queue import cmd_consume  # noqa: PLC0415
 
     return cmd_consume(_settings(args, CONSUME_SETTINGS), args)
 
 
 def _redrive(args: argparse.Namespace) -> int:
-    from worker.queue.commands import cmd_redrive  # noqa: PLC0415
+    from worker.cli.queue import cmd_redrive  # noqa: PLC0415
 
     return cmd_redrive(_settings(args, ENQUEUE_SETTINGS))
 
 
 def _select(args: argparse.Namespace) -> int:
-    from worker.selecting import cmd_select  # noqa: PLC0415
+    from worker.cli.selecting import cmd_select  # noqa: PLC0415
 
     return cmd_select(args, _settings(args, RUN_SETTINGS))
 
 
 def _check(args: argparse.Namespace) -> int:
-    from worker.preflight import run_check  # noqa: PLC0415
+    from worker.pipeline.check import run_check  # noqa: PLC0415
 
     settings = _settings(args, RUN_SETTINGS)
     settings.require_credentials()
@@ -831,12 +831,12 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from worker.demo import simulate  # noqa: PLC0415
+    from worker.cli.demo import simulate  # noqa: PLC0415
 
     return simulate(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from worker.demo import demo  # noqa: PLC0415
+    from worker.cli.demo import demo  # noqa: PLC0415
 
     return demo(args)

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from worker.logs import flush_logs
-from worker.models import RunSummary
+from worker.domain.models import RunSummary
+from worker.runtime.logs import flush_logs
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from worker.classifier import Action, Verdict
-from worker.client import Answer
-from worker.models import Outcome
-from worker.retry import Backoff
+from worker.api.client import Answer
+from worker.domain.classifier import Action, Verdict
+from worker.domain.models import Outcome
+from worker.domain.retry import Backoff
 
 DEFAULT_THROTTLE_PAUSE_S = 1.0  # a 429 without Retry-After still slows everyone down
 
