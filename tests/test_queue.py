@@ -249,21 +249,44 @@ async def test_frozen_consumer_does_not_cancel_what_others_finished(
     running.sim.hold()
     await asyncio.wait_for(running.sim.wait_for_held(4), 30)
     frozen.send_signal(signal.SIGSTOP)
+    n = queue.names
+    mine = await queue.redis.xpending_range(n.stream, n.group, "-", "+", 100, "frozen")
+    held = {row["message_id"] for row in mine}
     running.sim.release()
     other = await cli.run(*args, "--consumer", "other", "--exit-when-empty", env=env)
     assert other.code == 0, other.stderr[-2000:]
     finished = {r["order_id"] for r in await queue.results()}
     sent_before = Counter(running.sim.stats.deletes)
     frozen.send_signal(signal.SIGCONT)
-    await asyncio.sleep(1.5)  # let it wake; nothing left for it to do
+    # Awake, its workers find every entry it held another's: when they take one, or when the
+    # answer of one of its requests on the wire is to be written.
+    gone = {"entry_not_ours", "entry_lost_before_ack"}
+    lines = await _lines_until(frozen, lambda e: e["event"] in gone, held)
     frozen.send_signal(signal.SIGTERM)
-    _, err = await asyncio.wait_for(frozen.communicate(), 30)
+    _, rest = await asyncio.wait_for(frozen.communicate(), 30)
+    err = b"".join(lines) + rest
     assert frozen.returncode == 143, err.decode()[-2000:]
     sent_after = Counter(running.sim.stats.deletes) - sent_before
     assert not (set(sent_after) & finished), sent_after
     assert_one_result_each(await queue.results(), set(wanted))
     events = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     assert any(e["event"] == "entry_taken_by_another_consumer" for e in events)
+
+
+async def _lines_until(
+    proc: asyncio.subprocess.Process, match: Any, entry_ids: set[str]
+) -> list[bytes]:
+    """Read the process's standard error until events ``match`` named every entry."""
+    assert proc.stderr is not None
+    lines: list[bytes] = []
+    seen: set[str] = set()
+    while not entry_ids <= seen:
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert line, f"ended before naming {entry_ids - seen}"
+        lines.append(line)
+        if line.startswith(b"{") and match(event := json.loads(line)):
+            seen.add(event["entry_id"])
+    return lines
 
 
 async def test_report_from_the_results_stream(

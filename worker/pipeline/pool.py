@@ -21,7 +21,7 @@ import structlog
 
 from worker.api.connection import Api
 from worker.domain.classifier import OutcomeTable
-from worker.domain.models import Result
+from worker.domain.models import SUCCESS, Outcome, Result, RunSummary
 from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.control import RunControl, limits_watcher
 from worker.pipeline.dispatcher import Dispatcher, OrderState, RetryPolicy
@@ -78,12 +78,14 @@ class Pool:
         control: RunControl,
         clock: Clock,
         metrics: Metrics,
+        summary: RunSummary,
         *,
         still_mine: Callable[[OrderState], Awaitable[bool]] | None = None,
     ) -> None:
         self._settings = s = settings
         self.control = control
         self._clock = clock
+        self._summary = summary
         self.limiter = api.limiter
         self.breaker = CircuitBreaker.for_workers(
             clock, outage_timeout_s=s.outage_timeout, workers=s.concurrency
@@ -130,6 +132,8 @@ class Pool:
             waits: set[asyncio.Future[Any]] = {stop, everything}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if control.stopping:
+                for task in helpers:
+                    task.cancel()
                 for lane in lanes:
                     if lane.task is not None and not lane.sending:
                         lane.task.cancel()
@@ -178,6 +182,23 @@ class Pool:
                 await sink.record(state, result)
             finally:
                 lane.finishing = False
+            if result.outcome not in SUCCESS:
+                check_failure_rate(self._settings, self._summary, control)
+
+
+def check_failure_rate(settings: Settings, summary: RunSummary, control: RunControl) -> None:
+    """Stop the run once too many finished orders failed (--max-failure-rate)."""
+    limit = settings.max_failure_rate
+    if limit is None:
+        return
+    counts = summary.outcomes
+    finished = summary.answered - counts.get(Outcome.PENDING.value, 0)
+    failed = finished - sum(counts.get(o.value, 0) for o in SUCCESS)
+    if finished >= settings.min_orders and failed * 100 > limit * finished:
+        control.abort(
+            f"{failed} of {finished} finished orders failed ({failed * 100 / finished:.1f}%), "
+            f"more than --max-failure-rate {limit:g}%: check the input and the report"
+        )
 
 
 async def drain(busy: Sequence[asyncio.Future[None]], control: RunControl, grace_s: float) -> None:

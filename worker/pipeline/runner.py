@@ -1,8 +1,6 @@
-"""Wiring and lifecycle of one run: producer -> feed -> workers -> results sink.
-
-Shutdown has two phases: on a signal or a fatal answer the producer stops and every worker that
-has no request in flight is cancelled at once; requests in flight get ``grace`` seconds to
-finish and be recorded, then the rest are cancelled and stay `pending`.
+"""One run of `run`, `retry` or `run --select`: the input, read and claimed in the ledger batch
+by batch, is the pool's source; the ledger is its sink. Also the dry run, which reads and
+checks the input and sends nothing, and the run's record in the ledger (begin, counts, end).
 """
 
 from __future__ import annotations
@@ -10,21 +8,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any
 
 import structlog
 
-from worker.api.connection import Api, connect
+from worker.api.connection import connect
 from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import LedgerError, WorkerError
 from worker.domain.models import SUCCESS, Outcome, RunOptions, RunReport, RunSummary, new_run_id
 from worker.ledger import Ledger
-from worker.pipeline.breaker import CircuitBreaker
-from worker.pipeline.control import RunControl, limits_watcher
-from worker.pipeline.dispatcher import Dispatcher, OrderState, RetryPolicy
-from worker.pipeline.limiter import RateLimiter
+from worker.pipeline.control import RunControl
+from worker.pipeline.dispatcher import OrderState
+from worker.pipeline.pool import Pool, check_failure_rate
 from worker.pipeline.progress import ProgressReporter
 from worker.runtime.clock import Clock, SystemClock
 from worker.runtime.logs import flush_logs, lost_lines
@@ -71,12 +67,15 @@ class Runner:
         self._uncertain: set[str] = set()  # queued orders an earlier run may have sent
         writer = None if options.dry_run else self._ledger
         self._sink = ResultSink(writer, self.run_id, self.summary, self.metrics)
-        self._limiter: RateLimiter | None = None
-        self._breaker = CircuitBreaker.for_workers(
-            self._clock, outage_timeout_s=settings.outage_timeout, workers=settings.concurrency
-        )
-        self._breaker.on_state = self.metrics.circuit_changed
+        self._pool: Pool | None = None
         self._feed = Feed(low=settings.concurrency)
+        self._progress = ProgressReporter(
+            self.summary,
+            lambda: self.control.requests,
+            bar=options.progress_bar,
+            interval_s=settings.progress_interval,
+        )
+        self._progress.total = options.total
 
     @property
     def options(self) -> RunOptions:
@@ -101,25 +100,15 @@ class Runner:
             rate=self._settings.rate,
             concurrency=self._settings.concurrency,
         )
-        progress = ProgressReporter(
-            self.summary,
-            lambda: self.control.requests,
-            bar=self._options.progress_bar,
-            interval_s=self._settings.progress_interval,
-        )
-        progress.total = self._options.total
-        progress_task = asyncio.create_task(progress.run())
-        limits_task = self._watch_limits()
-        try:
-            if self._options.dry_run:
+        if self._options.dry_run:
+            progress = asyncio.create_task(self._progress.run())
+            try:
                 await self._produce(None)
-            else:
-                await self._send_all()
-        finally:
-            watchers = [progress_task] + ([limits_task] if limits_task is not None else [])
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+            finally:
+                progress.cancel()
+                await asyncio.gather(progress, return_exceptions=True)
+        else:
+            await self._send_all()
         if not self._options.dry_run:
             await self._counts_from_ledger()
         report = self._finish(time.monotonic() - started)
@@ -135,69 +124,35 @@ class Runner:
         flush_logs()
         return report
 
-    def _watch_limits(self) -> asyncio.Task[None] | None:
-        """The deadline and stop-file watcher (exit 4), when the settings set one."""
-        watcher = (
-            None
-            if self._options.dry_run
-            else limits_watcher(self._settings, self.control, self._clock)
-        )
-        return None if watcher is None else asyncio.ensure_future(watcher)
-
     async def _send_all(self) -> None:
         api = connect(self._settings, self._clock, metrics=self.metrics)
-        self._limiter = api.limiter
+        self._pool = pool = Pool(
+            self._settings, api, self._table, self.control, self._clock, self.metrics, self.summary
+        )
         flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
         try:
-            dispatcher = self._dispatcher(api)
-            producer = asyncio.create_task(self._produce(self._feed))
-            lanes = [_Lane() for _ in range(self._settings.concurrency)]
-            for lane in lanes:
-                lane.task = asyncio.create_task(self._work(dispatcher, lane))
-            await self._supervise(producer, lanes)
+            await pool.run(self, self._sink, self._progress)
         finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await self._final_flush()
             await api.close()
 
-    def _dispatcher(self, api: Api) -> Dispatcher:
-        s = self._settings
-        return Dispatcher(
-            client=api.client,
-            tokens=api.tokens,
-            limiter=api.limiter,
-            table=self._table,
-            policy=RetryPolicy(s.max_attempts, s.max_wait, api.backoff),
-            control=self.control,
-            clock=self._clock,
-            breaker=self._breaker,
-            metrics=self.metrics,
-        )
+    # -- the pool's source: the input, claimed in the ledger batch by batch -------------------
 
-    async def _supervise(self, producer: asyncio.Task[None], lanes: list[_Lane]) -> None:
-        workers = [lane.task for lane in lanes if lane.task is not None]
-        for worker in workers:
-            worker.add_done_callback(self.control.task_ended)
-        stop = asyncio.ensure_future(self.control.stop_event.wait())
-        # return_exceptions: a worker that dies stops the run (task_ended), never the wait
-        # for the others, whose requests in flight are drained before the session closes.
-        everything = asyncio.gather(producer, *workers, return_exceptions=True)
-        waits: set[asyncio.Future[Any]] = {stop, everything}
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        if self.control.stopping:
-            producer.cancel()
-            for lane in lanes:
-                if lane.task is not None and not (lane.state and lane.state.in_flight):
-                    lane.task.cancel()
-            busy = [w for w in workers if not w.done()]
-            if busy:
-                await self._grace(busy)
-        stop.cancel()
-        await asyncio.gather(everything, stop, return_exceptions=True)
+    def helpers(self) -> list[Coroutine[Any, Any, None]]:
+        """The producer."""
+        return [self._produce(self._feed)]
 
-    async def _grace(self, busy: list[asyncio.Task[None]]) -> None:
-        await drain(busy, self.control, self._settings.grace)
+    async def take(self) -> OrderState | None:
+        """The next claimed order; one an earlier run may have sent is looked up first."""
+        order_id = await self._feed.get()
+        if order_id is None:
+            return None
+        uncertain = order_id in self._uncertain
+        if uncertain:
+            self._uncertain.discard(order_id)
+        return OrderState(order_id, verify=uncertain)
 
     async def _produce(self, feed: Feed | None) -> None:
         """Read, validate and claim the input in batches; feed the workers (none in a dry run)."""
@@ -233,54 +188,11 @@ class Runner:
                 if len(self.summary.first_invalid) < FIRST_INVALID and result.message:
                     self.summary.first_invalid.append(result.message.split(": ", 1)[0])
             if plan.invalid:
-                self._check_failure_rate()
+                check_failure_rate(self._settings, self.summary, self.control)
             if feed is None:
                 self.summary.sent_requests += len(plan.to_send)
                 continue
             await feed.put(plan.to_send)
-
-    async def _work(self, dispatcher: Dispatcher, lane: _Lane) -> None:
-        while not self.control.stopping:
-            lane.state = None
-            # Let the other workers answered in this turn of the event loop record their
-            # results first: the next requests then leave together, and the other end wakes
-            # once for the lot instead of once for each (at zero latency on loopback, a wake-up
-            # for every request cost about 6 microseconds of kernel time per request).
-            await asyncio.sleep(0)
-            order_id = await self._feed.get()
-            if order_id is None or self.control.stopping:
-                return
-            uncertain = order_id in self._uncertain
-            if uncertain:
-                self._uncertain.discard(order_id)
-            state = lane.state = OrderState(order_id, verify=uncertain)
-            try:
-                result = await dispatcher.process(state)
-            except asyncio.CancelledError:
-                self._sink.add(state.result(Outcome.PENDING, "interrupted before an answer"))
-                raise
-            except Exception as exc:  # a bug must stop the run, never lose the order
-                log.exception("worker_failed", order_id=order_id)
-                self._sink.add(state.result(Outcome.PENDING, "internal error"))
-                self.control.abort(f"internal error while sending: {exc!r}")
-                return
-            self._sink.add(result)
-            if result.outcome not in SUCCESS:
-                self._check_failure_rate()
-
-    def _check_failure_rate(self) -> None:
-        """Stop the run once too many finished orders failed (--max-failure-rate)."""
-        limit = self._settings.max_failure_rate
-        if limit is None:
-            return
-        counts = self.summary.outcomes
-        finished = self.summary.answered - counts.get(Outcome.PENDING.value, 0)
-        failed = finished - sum(counts.get(o.value, 0) for o in SUCCESS)
-        if finished >= self._settings.min_orders and failed * 100 > limit * finished:
-            self.control.abort(
-                f"{failed} of {finished} finished orders failed ({failed * 100 / finished:.1f}%), "
-                f"more than --max-failure-rate {limit:g}%: check the input and the report"
-            )
 
     def _ledger_failed(self, message: str) -> None:
         self.control.abort(f"ledger write failed: {message}")
@@ -306,11 +218,12 @@ class Runner:
     def _finish(self, elapsed_s: float) -> RunReport:
         if not self._options.dry_run:
             self.summary.sent_requests = self.control.requests
-            if self._limiter is not None:
-                self.summary.paused_s = self._limiter.paused_total_s
-                if self._limiter.lowest_pace_per_s < self._limiter.rate_per_s:
-                    self.summary.lowest_rate = self._limiter.lowest_pace_per_s
-            self.summary.outage_s = self._breaker.outage_total_s + self._breaker.outage_s()
+            if self._pool is not None:
+                limiter, breaker = self._pool.limiter, self._pool.breaker
+                self.summary.paused_s = limiter.paused_total_s
+                if limiter.lowest_pace_per_s < limiter.rate_per_s:
+                    self.summary.lowest_rate = limiter.lowest_pace_per_s
+                self.summary.outage_s = breaker.outage_total_s + breaker.outage_s()
         self.summary.log_lines_lost = lost_lines()
         code = self.control.exit_code
         if code is None:
@@ -339,18 +252,6 @@ class Runner:
             ),
             resume=self._options.resume if stopped else "",
         )
-
-
-async def drain(busy: list[asyncio.Task[None]], control: RunControl, grace_s: float) -> None:
-    """Give requests in flight ``grace_s`` seconds (less after a second signal), then cancel."""
-    finished = asyncio.gather(*busy, return_exceptions=True)
-    hurry = asyncio.ensure_future(control.hurry_event.wait())
-    waits: set[asyncio.Future[Any]] = {finished, hurry}
-    await asyncio.wait(waits, timeout=grace_s, return_when=asyncio.FIRST_COMPLETED)
-    hurry.cancel()
-    for worker in busy:
-        worker.cancel()
-    await asyncio.gather(finished, hurry, return_exceptions=True)
 
 
 class Feed:
@@ -390,14 +291,6 @@ class Feed:
         if len(ids) <= self._low:
             self._wanted.set()
         return ids.popleft()
-
-
-@dataclass
-class _Lane:
-    """One worker: its task and the order it is working on, if any."""
-
-    task: asyncio.Task[None] | None = None
-    state: OrderState | None = None
 
 
 def _next_batch(batches: Iterator[Batch]) -> Batch | None:
