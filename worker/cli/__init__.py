@@ -19,6 +19,14 @@ from typing import NoReturn, TextIO
 import structlog
 
 from worker import __version__
+from worker.cli.flags import (
+    CONSUME_GROUPS,
+    ENQUEUE_GROUPS,
+    REPORT_KEYS,
+    RUN_GROUPS,
+    add_settings,
+    keys_of,
+)
 from worker.domain.errors import ConfigError, WorkerError
 from worker.domain.models import Outcome, RunOptions, RunReport, new_run_id
 from worker.ledger import Ledger, check_target, open_ledger
@@ -35,208 +43,6 @@ from worker.sources.ledger_source import LedgerSource
 
 log = structlog.get_logger(__name__)
 
-# flag dest -> settings key; every setting has a flag.
-SETTING_FLAGS = {
-    "ledger": ("--ledger", Path, "PATH", "ledger path (MOUVONE_LEDGER, ./cancellations.sqlite)"),
-    "base_url": (
-        "--base-url",
-        str,
-        "URL",
-        "API base URL (MOUVONE_BASE_URL; no default, e.g. "
-        "https://soget-api-integration.azure-api.net/customer-orders/v1)",
-    ),
-    "token_url": ("--token-url", str, "URL", "OAuth2 token endpoint (MOUVONE_TOKEN_URL)"),
-    "target": (
-        "--target",
-        str,
-        "NAME",
-        "the [targets.NAME] table of the --config file: base and token URLs (MOUVONE_TARGET)",
-    ),
-    "client_id": ("--client-id", str, "ID", "OAuth2 client id (MOUVONE_CLIENT_ID)"),
-    "client_secret": (
-        "--client-secret",
-        str,
-        "SECRET",
-        "OAuth2 client secret (prefer MOUVONE_CLIENT_SECRET)",
-    ),
-    "client_secret_file": (
-        "--client-secret-file",
-        Path,
-        "FILE",
-        "read the client secret from FILE (MOUVONE_CLIENT_SECRET_FILE)",
-    ),
-    "api_key_file": (
-        "--api-key-file",
-        Path,
-        "FILE",
-        "read the subscription key from FILE (MOUVONE_API_KEY_FILE)",
-    ),
-    "access_token": (
-        "--access-token",
-        str,
-        "TOKEN",
-        "ready bearer token, no refresh (prefer MOUVONE_ACCESS_TOKEN)",
-    ),
-    "api_key": ("--api-key", str, "KEY", "subscription key (prefer MOUVONE_API_KEY)"),
-    "rate": ("--rate", float, "R", "requests per second, all together (MOUVONE_RATE, 10)"),
-    "concurrency": ("--concurrency", int, "C", "requests in flight (MOUVONE_CONCURRENCY, 16)"),
-    "max_attempts": (
-        "--max-attempts",
-        int,
-        "N",
-        "attempts per order, the first included (MOUVONE_MAX_ATTEMPTS, 5)",
-    ),
-    "timeout": ("--timeout", float, "S", "seconds per request (MOUVONE_TIMEOUT, 30)"),
-    "max_wait": (
-        "--max-wait",
-        float,
-        "S",
-        "longest Retry-After pause before stopping (MOUVONE_MAX_WAIT, 300)",
-    ),
-    "id_pattern": ("--id-pattern", str, "REGEX", "valid order ID (MOUVONE_ID_PATTERN)"),
-    "encoding": (
-        "--encoding",
-        str,
-        "NAME",
-        "the input's encoding, e.g. cp1252 for a spreadsheet export (MOUVONE_ENCODING, utf-8)",
-    ),
-    "outcome_table": (
-        "--outcome-table",
-        Path,
-        "FILE",
-        "outcome table replacing the shipped one (MOUVONE_OUTCOME_TABLE)",
-    ),
-    "grace": ("--grace", float, "S", "seconds in-flight requests get after a signal (35)"),
-    "proxy": (
-        "--proxy",
-        str,
-        "URL",
-        "HTTP proxy for every request (MOUVONE_PROXY; else HTTPS_PROXY, HTTP_PROXY, NO_PROXY)",
-    ),
-    "ca_bundle": (
-        "--ca-bundle",
-        Path,
-        "FILE",
-        "PEM certificate authorities to trust, e.g. a company CA (MOUVONE_CA_BUNDLE)",
-    ),
-    "core_dumps": (
-        "--core-dumps",
-        bool,
-        "",
-        "allow core dumps of this process (they hold the secrets; off)",
-    ),
-    "backoff_base": ("--backoff-base", float, "S", "first retry delay ceiling (0.5)"),
-    "backoff_cap": ("--backoff-cap", float, "S", "longest retry delay (30)"),
-    "progress_interval": (
-        "--progress-interval",
-        float,
-        "S",
-        "seconds between progress events off a terminal (10)",
-    ),
-    "outage_timeout": (
-        "--outage-timeout",
-        float,
-        "S",
-        "longest API outage before the run stops, orders left pending (600)",
-    ),
-    "max_failure_rate": (
-        "--max-failure-rate",
-        float,
-        "PCT",
-        "stop (exit 3) once more than PCT%% of finished orders failed (off)",
-    ),
-    "min_orders": ("--min-orders", int, "N", "finished orders before --max-failure-rate (50)"),
-    "until": (
-        "--until",
-        str,
-        "TIME",
-        "start no order after this time (HH:MM local, or ISO-8601); exit 4 (MOUVONE_UNTIL)",
-    ),
-    "run_time": (
-        "--run-time",
-        str,
-        "DURATION",
-        "the same, as a duration from the start: 90s, 45m, 2h (MOUVONE_RUN_TIME)",
-    ),
-    "stop_file": (
-        "--stop-file",
-        Path,
-        "PATH",
-        "stop as at a deadline once this file exists, checked every second (MOUVONE_STOP_FILE)",
-    ),
-    "max_orders": (
-        "--max-orders",
-        int,
-        "N",
-        "refuse (exit 2, nothing sent) to send more than N orders (MOUVONE_MAX_ORDERS; off)",
-    ),
-    "allow_insecure_http": (
-        "--allow-insecure-http",
-        bool,
-        "",
-        "allow a plain http:// URL to a host that is not loopback",
-    ),
-    "redis_url": ("--redis-url", str, "URL", "Redis for queue mode (MOUVONE_REDIS_URL)"),
-    "namespace": (
-        "--namespace",
-        str,
-        "NAME",
-        "names everything a group uses: NAME:requests, group NAME, NAME:results, NAME:dead "
-        "(MOUVONE_NAMESPACE; cancel-orders)",
-    ),
-    "stream": ("--stream", str, "NAME", "requests stream (NAMESPACE:requests)"),
-    "group": ("--group", str, "NAME", "consumer group (derived from the stream's name)"),
-    "consumer": ("--consumer", str, "NAME", "this consumer's name (the host name)"),
-    "results_stream": (
-        "--results-stream",
-        str,
-        "NAME",
-        "results stream (derived from the stream's name: X:requests -> X:results)",
-    ),
-    "dead_letter_stream": (
-        "--dead-letter-stream",
-        str,
-        "NAME",
-        "dead-letter stream (derived from the stream's name: X:requests -> X:dead)",
-    ),
-    "claim_idle": (
-        "--claim-idle",
-        float,
-        "S",
-        "idle seconds before a dead consumer's entries are claimed (60)",
-    ),
-    "max_deliveries": (
-        "--max-deliveries",
-        int,
-        "N",
-        "deliveries before an entry is dead-lettered (5)",
-    ),
-    "metrics_textfile": (
-        "--metrics-textfile",
-        Path,
-        "PATH",
-        "write Prometheus metrics there at the end (node-exporter textfile)",
-    ),
-    "pushgateway": ("--pushgateway", str, "URL", "push Prometheus metrics there at the end"),
-    "metrics_port": ("--metrics-port", int, "PORT", "consume: serve /metrics and /healthz"),
-    "metrics_host": ("--metrics-host", str, "HOST", "consume: metrics address (127.0.0.1)"),
-    "log_format": ("--log-format", str, "json|console", "log format (MOUVONE_LOG_FORMAT)"),
-    "log_level": ("--log-level", str, "LEVEL", "debug, info, warning, error (MOUVONE_LOG_LEVEL)"),
-}
-QUEUE_SETTINGS = (
-    "namespace",
-    "metrics_port",
-    "metrics_host",
-    "redis_url",
-    "stream",
-    "group",
-    "consumer",
-    "results_stream",
-    "dead_letter_stream",
-    "claim_idle",
-    "max_deliveries",
-)
-RUN_SETTINGS = tuple(k for k in SETTING_FLAGS if k not in QUEUE_SETTINGS)
 FILTER_DESTS = (
     "status",
     "created_after",
@@ -247,25 +53,7 @@ FILTER_DESTS = (
     "transport_order_number",
     "container_number",
 )
-REPORT_SETTINGS = ("ledger", "redis_url", "results_stream", "log_format", "log_level")
-ENQUEUE_SETTINGS = (
-    *QUEUE_SETTINGS,
-    "id_pattern",
-    "encoding",
-    "max_orders",
-    "log_format",
-    "log_level",
-)
-# what only a run over a ledger uses
-_RUN_ONLY = (
-    "ledger",
-    "metrics_textfile",
-    "pushgateway",
-    "max_failure_rate",
-    "min_orders",
-    "max_orders",
-)
-CONSUME_SETTINGS = (*(k for k in RUN_SETTINGS if k not in _RUN_ONLY), *QUEUE_SETTINGS)
+RUN_SETTINGS = keys_of(RUN_GROUPS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -273,17 +61,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _add_settings(parser: argparse.ArgumentParser, keys: Sequence[str]) -> None:
-    group = parser.add_argument_group("settings (flag > environment > .env > --config)")
-    group.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
-    for key in keys:
-        flag, kind, metavar, text = SETTING_FLAGS[key]
-        if kind is bool:  # None when absent, so lower-precedence sources still count
-            group.add_argument(flag, dest=key, action="store_const", const=True, help=text)
-        else:
-            group.add_argument(flag, dest=key, type=kind, metavar=metavar, help=text)
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -296,7 +73,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--yes", action="store_true", help="send without asking (needed when not on a terminal)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_settings(parser, RUN_SETTINGS)
+    add_settings(parser, RUN_SETTINGS)
 
 
 def _add_report_format(parser: argparse.ArgumentParser, *, html: bool = False) -> None:
@@ -317,7 +94,7 @@ def _add_queue_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     enqueue = sub.add_parser("enqueue", help="append order IDs to the Redis requests stream")
     enqueue.add_argument("input", metavar="INPUT", help="CSV or text file, or - for standard input")
     enqueue.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
-    _add_settings(enqueue, ENQUEUE_SETTINGS)
+    add_settings(enqueue, keys_of(ENQUEUE_GROUPS))
 
     consume = sub.add_parser(
         "consume", help="cancel the orders of the Redis requests stream, as one of a group"
@@ -327,10 +104,10 @@ def _add_queue_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="exit once the group has no new or pending entry (a batch Job)",
     )
-    _add_settings(consume, CONSUME_SETTINGS)
+    add_settings(consume, keys_of(CONSUME_GROUPS))
 
     redrive = sub.add_parser("redrive", help="move dead letters back to the requests stream")
-    _add_settings(redrive, ENQUEUE_SETTINGS)
+    add_settings(redrive, keys_of(ENQUEUE_GROUPS))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     select.add_argument("--no-progress", action="store_true", help="no progress display")
     add_filter_arguments(select)
-    _add_settings(select, RUN_SETTINGS)
+    add_settings(select, RUN_SETTINGS)
 
     check = sub.add_parser(
         "check", help="predict each order's outcome with GET requests; cancel nothing"
@@ -381,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("input", metavar="INPUT", help="CSV or text file, or - for standard input")
     check.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
     _add_report_format(check)
-    _add_settings(check, RUN_SETTINGS)
+    add_settings(check, RUN_SETTINGS)
 
     retry = sub.add_parser("retry", help="send again the retryable_failed and pending orders")
     retry.add_argument(
@@ -393,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="show or export the outcomes recorded in a ledger")
     _add_report_format(report, html=True)
-    _add_settings(report, REPORT_SETTINGS)
+    add_settings(report, REPORT_KEYS)
 
     _add_queue_commands(sub)
 
@@ -770,7 +547,7 @@ async def _execute(runner: Runner) -> RunReport:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """`report`: table, json, csv or html, from the ledger (or the results stream)."""
-    settings = _settings(args, REPORT_SETTINGS)
+    settings = _settings(args, REPORT_KEYS)
     with ExitStack() as stack:
         out = open_output(args.output, stack)
         if args.redis_url or args.results_stream:
@@ -788,7 +565,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _enqueue(args: argparse.Namespace) -> int:
     from worker.cli.queue import cmd_enqueue  # noqa: PLC0415 - redis only when needed
 
-    settings = _settings(args, ENQUEUE_SETTINGS)
+    settings = _settings(args, keys_of(ENQUEUE_GROUPS))
     with ExitStack() as stack:
         source = _source(args, settings, stack)
         source.scan()
@@ -803,13 +580,13 @@ def _enqueue(args: argparse.Namespace) -> int:
 def _consume(args: argparse.Namespace) -> int:
     from worker.cli.queue import cmd_consume  # noqa: PLC0415
 
-    return cmd_consume(_settings(args, CONSUME_SETTINGS), args)
+    return cmd_consume(_settings(args, keys_of(CONSUME_GROUPS)), args)
 
 
 def _redrive(args: argparse.Namespace) -> int:
     from worker.cli.queue import cmd_redrive  # noqa: PLC0415
 
-    return cmd_redrive(_settings(args, ENQUEUE_SETTINGS))
+    return cmd_redrive(_settings(args, keys_of(ENQUEUE_GROUPS)))
 
 
 def _select(args: argparse.Namespace) -> int:
