@@ -311,7 +311,7 @@ async def test_an_outcome_table_cannot_call_failures_success(
 )
 def test_consume_warns_of_an_open_redis(url: str, warned: bool) -> None:
     """A Redis URL without a password to a host that is not loopback is warned about."""
-    from worker.cli.queue import open_redis_problem  # noqa: PLC0415
+    from worker.queue.connection import open_redis_problem  # noqa: PLC0415
 
     assert (open_redis_problem(url) is not None) is warned
 

@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from worker.settings import ENV_PREFIX, Settings, defaults_file
+from worker.simulator.config import SIMULATE_FLAGS, SimConfig
 
 GROUPS = {  # name -> title in --help, in the order shown
     "target": "the API",
@@ -120,3 +121,15 @@ def _help(key: str, field: FieldInfo) -> str:
 def _shipped() -> dict[str, Any]:
     with defaults_file("defaults.toml").open("rb") as f:
         return tomllib.load(f)
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulator's flags."""
+    defaults = SimConfig()
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks one)")
+    for flag, (field, kind, text) in SIMULATE_FLAGS.items():
+        default = getattr(defaults, field)
+        parser.add_argument(
+            flag, dest=field, type=kind, default=default, help=f"{text} ({default})"
+        )

@@ -15,6 +15,8 @@ from typing import TextIO
 import structlog
 
 from worker.api.connection import Reader, connect
+from worker.cli.common import settings_from
+from worker.cli.flags import RUN_GROUPS, keys_of
 from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import ConfigError
 from worker.reports.report import open_output
@@ -168,3 +170,7 @@ class _Progress:
         if self._status is not None:
             self._status.stop()
             self._status = None
+
+
+def run_select(args: argparse.Namespace) -> int:
+    return cmd_select(args, settings_from(args, keys_of(RUN_GROUPS)))

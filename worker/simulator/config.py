@@ -1,9 +1,8 @@
-"""The simulator's settings and its command-line flags, apart from the simulator itself, so that
+"""The simulator's settings and the text of its flags, apart from the simulator itself, so that
 the command line can describe `simulate` without loading the server."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 
@@ -49,15 +48,3 @@ SIMULATE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--tls-cert": ("tls_cert", str, "serve HTTPS with this PEM certificate chain"),
     "--tls-key": ("tls_key", str, "the certificate's private key, if not in --tls-cert"),
 }
-
-
-def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The simulator's flags."""
-    defaults = SimConfig()
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks one)")
-    for flag, (field, kind, text) in SIMULATE_FLAGS.items():
-        default = getattr(defaults, field)
-        parser.add_argument(
-            flag, dest=field, type=kind, default=default, help=f"{text} ({default})"
-        )

@@ -1,0 +1,97 @@
+"""What every command shares: usage errors on one line, the settings from flags, writing to a
+stream that may be closed, and the process's hardening (owner-only files, no core dumps,
+a warning for a secret given as a flag)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+from collections.abc import Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+import structlog
+
+from worker.domain.models import Outcome
+from worker.runtime.logs import configure, silence
+from worker.settings import FILES_READ, Settings, load_settings
+
+log = structlog.get_logger(__name__)
+
+SECRET_FLAGS = ("--client-secret", "--api-key", "--access-token")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def settings_from(args: argparse.Namespace, keys: Sequence[str]) -> Settings:
+    flags = {key: getattr(args, key, None) for key in keys}
+    settings = load_settings(flags, args.config)
+    configure(settings.log_format, settings.log_level, settings.secrets())
+    if FILES_READ:
+        log.info("settings_files", files=list(FILES_READ))
+    if settings.core_dumps:
+        _allow_core_dumps()
+    warn_secret_flags(getattr(args, "argv", []))
+    return settings
+
+
+def say(stream: TextIO, text: str) -> None:
+    """Write and flush; a stream that cannot be written is pointed at /dev/null instead."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        silence(stream)
+
+
+def add_report_format(parser: argparse.ArgumentParser, *, html: bool = False) -> None:
+    formats = ("table", "json", "csv", "html") if html else ("table", "json", "csv")
+    parser.add_argument("--format", choices=formats, default="table")
+    parser.add_argument(
+        "--output", metavar="FILE", type=Path, help="write there (owner-only) instead of stdout"
+    )
+    parser.add_argument(
+        "--outcome",
+        choices=[o.value for o in Outcome],
+        metavar="NAME",
+        help="only orders with this outcome",
+    )
+
+
+_CORE_LIMIT: tuple[int, int] | None = None  # as the process started
+
+
+def harden() -> None:
+    """Files owner-only; no core dump (it would hold the secret, the key and the token) unless
+    the settings allow them (core_dumps: the limit is restored then)."""
+    global _CORE_LIMIT  # noqa: PLW0603 - the process's own limit, read once
+    os.umask(0o077)  # the ledger, its WAL and every report file: readable by their owner only
+    with suppress(ValueError, OSError):
+        _CORE_LIMIT = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, _CORE_LIMIT[1]))
+
+
+def _allow_core_dumps() -> None:
+    if _CORE_LIMIT is not None:
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_CORE, _CORE_LIMIT)
+
+
+def warn_secret_flags(argv: Sequence[str]) -> None:
+    """A secret given as a flag stays visible in `ps` for the whole run: say so, and how else."""
+    given = sorted({a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in SECRET_FLAGS})
+    if given:
+        log.warning(
+            "secret_on_command_line",
+            flags=given,
+            detail="visible to every user of this host in `ps` while the run lasts; pass it in "
+            "the environment (MOUVONE_CLIENT_SECRET, MOUVONE_API_KEY, MOUVONE_ACCESS_TOKEN) or "
+            "a file only you can read (--client-secret-file, --api-key-file)",
+        )

@@ -1,0 +1,43 @@
+"""`report` (from the ledger, or from the results stream) and `check` (each order's outcome
+predicted with GET requests, nothing cancelled)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import ExitStack
+
+from worker.cli.common import settings_from
+from worker.cli.flags import REPORT_KEYS, RUN_GROUPS, keys_of
+from worker.cli.inputs import source_from
+from worker.ledger import Ledger
+from worker.reports.report import open_output, write_report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`report`: table, json, csv or html, from the ledger (or the results stream)."""
+    settings = settings_from(args, REPORT_KEYS)
+    with ExitStack() as stack:
+        out = open_output(args.output, stack)
+        if args.redis_url or args.results_stream:
+            from worker.cli.queue import cmd_report_stream  # noqa: PLC0415
+
+            return cmd_report_stream(settings, args.format, args.outcome, out)
+        ledger = Ledger(settings.ledger, readonly=True)
+        stack.callback(ledger.close)
+        write_report(ledger, out, args.format, args.outcome)
+    if args.output is not None:
+        print(f"Report written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from worker.pipeline.check import run_check  # noqa: PLC0415
+
+    settings = settings_from(args, keys_of(RUN_GROUPS))
+    settings.require_credentials()
+    with ExitStack() as stack:
+        source = source_from(args, settings, stack)
+        source.scan()
+        out = open_output(args.output, stack)
+        return run_check(settings, source, out, args.format, args.outcome)

@@ -1,0 +1,197 @@
+"""`run` and `retry`: check the target and the credentials, count and confirm the plan, run the
+pool over the input and the ledger, then the summary, the metrics and the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from worker.cli.common import SECRET_FLAGS, say, settings_from
+from worker.cli.flags import RUN_GROUPS, keys_of
+from worker.cli.inputs import cap, last_run, source_from
+from worker.domain.errors import ConfigError, WorkerError
+from worker.domain.models import RunOptions, RunReport, new_run_id
+from worker.ledger import check_target, open_ledger
+from worker.pipeline.control import with_signals
+from worker.pipeline.runner import RECORDED_LIMITS, Runner
+from worker.reports.report import render_run
+from worker.runtime import loop as event_loop
+from worker.runtime.logs import redact
+from worker.runtime.metrics import Metrics
+from worker.settings import Settings, given_elsewhere
+from worker.sources import OrderSource
+
+log = structlog.get_logger(__name__)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`run` and `retry`; a run refused before it starts still writes its metrics (exit 2),
+    so that a scheduled job that never ran alerts as one that failed."""
+    settings = settings_from(args, keys_of(RUN_GROUPS))
+    try:
+        return _run(args, settings)
+    except WorkerError as exc:
+        if not args.dry_run:
+            refused = Metrics()
+            refused.ended(exc.exit_code)
+            _write_metrics(refused, settings, args.command)
+        raise
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "retry":
+        settings = _with_recorded_limits(settings, args)
+    if not args.dry_run:
+        settings.require_target()
+        settings.require_credentials()
+        check_target(settings.ledger, settings.api_url)
+    with ExitStack() as stack:
+        source = source_from(args, settings, stack)
+        total = source.scan()
+        if total == 0:
+            log.warning("empty_input", input=source.name, detail="no order ID to send")
+        ledger = open_ledger(settings.ledger, dry=args.dry_run, stack=stack)
+        if not args.dry_run and (not args.yes or settings.max_orders is not None):
+            plan = _plan(source, settings.ledger, force=getattr(args, "force", False))
+            cap(plan.to_send, settings)
+            if not args.yes:
+                _confirm(source, settings, plan, total)
+        options = RunOptions(
+            command=args.command,
+            force=getattr(args, "force", False),
+            dry_run=args.dry_run,
+            progress_bar=sys.stderr.isatty() and not args.no_progress,
+            total=total,
+            resume=_resume_command(args),
+        )
+        runner = Runner(settings, source, ledger, options)
+        report = event_loop.run(_execute(runner))
+        _export_metrics(runner, settings, report.exit_code)
+        # The run's exit status is its own: a closed stdout or stderr (`| head`) loses only text.
+        say(sys.stdout, render_run(report.as_dict()))
+        if report.exit_code in (3, 130, 143) and report.reason:
+            say(
+                sys.stderr,
+                f"cancel-orders: {redact.clean(report.reason)}; unanswered orders stay pending: "
+                "resume with the same command\n",
+            )
+        return report.exit_code
+
+
+def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Settings:
+    """`retry` keeps the limits its ledger's last run was given (--rate, --concurrency, ...)
+    unless this command gives them itself (a flag, the environment, .env, --config)."""
+    if not settings.ledger.is_file():
+        return settings
+    last, summary = last_run(settings.ledger)
+    limits = summary.get("limits")
+    if last is None or not isinstance(limits, dict):
+        return settings
+    given = given_elsewhere(args.config) | {k for k in limits if getattr(args, k, None) is not None}
+    reuse = {k: v for k, v in limits.items() if k in RECORDED_LIMITS and k not in given}
+    if reuse:
+        log.info("retry_reuses_limits", run_id=last["run_id"], **reuse)
+        settings = settings.model_copy(update=reuse)
+    return settings
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line as given, a secret flag's value masked: what resumes a stopped run
+    (with `-`, the same orders on standard input again)."""
+    words: list[str] = []
+    masked = False
+    for word in getattr(args, "argv", []):
+        words.append("***" if masked else word)
+        masked = word in SECRET_FLAGS
+        if "=" in word and word.split("=", 1)[0] in SECRET_FLAGS:
+            words[-1] = word.split("=", 1)[0] + "=***"
+    return "cancel-orders " + shlex.join(words)
+
+
+def _export_metrics(runner: Runner, settings: Settings, exit_code: int) -> None:
+    """Write or push the run's metrics, as the settings ask, with how it ended."""
+    runner.metrics.ended(exit_code)
+    _write_metrics(runner.metrics, settings, runner.options.command)
+
+
+def _write_metrics(metrics: Metrics, settings: Settings, command: str) -> None:
+    if settings.metrics_textfile is not None:
+        try:
+            metrics.write_textfile(settings.metrics_textfile)
+        except (OSError, ConfigError) as exc:
+            say(sys.stderr, f"cancel-orders: warning: metrics not written: {exc}\n")
+    if settings.pushgateway:
+        metrics.push(settings.pushgateway, "cancel-orders", command)
+
+
+def _confirm(source: OrderSource, settings: Settings, plan: _Counts, total: int) -> None:
+    """Show the plan as a person needs it (target, input, what will be sent and what not, how
+    long it takes at --rate) and ask for "yes", on the terminal even when the orders come on
+    standard input; nothing to send: nothing to ask. Refuse when nobody can be asked."""
+    if plan.to_send == 0:
+        return  # nothing will be sent: the run only records what is invalid
+    answer_from = _terminal()
+    if answer_from is None:
+        raise ConfigError("not on a terminal, so nobody can confirm: pass --yes to send")
+    minutes = plan.to_send / settings.rate / 60
+    took = f"{minutes:.0f} min" if minutes >= 1 else f"{plan.to_send / settings.rate:.0f} s"
+    say(
+        sys.stderr,
+        f"About to cancel {plan.to_send} orders at {settings.target_label} "
+        f"(tokens from {settings.token_host})\n"
+        f"Input:   {source.name}, {total} IDs\n"
+        f"Ledger:  {settings.ledger}\n"
+        f"Plan:    cancel {plan.to_send} orders; not sent: {plan.final} already final, "
+        f"{plan.invalid} invalid, {plan.duplicates} duplicates\n"
+        f"Time:    about {took} at --rate {settings.rate:g}\n"
+        "A cancellation cannot be undone. Type 'yes' to go on: ",
+    )
+    with answer_from:
+        if answer_from.readline().strip().lower() != "yes":
+            raise ConfigError("not confirmed: nothing was sent")
+
+
+def _terminal() -> TextIO | None:
+    """Where a person can answer: standard input when it is the terminal, else the terminal
+    itself (the orders may come on standard input); None without one."""
+    if sys.stdin.isatty():
+        return open(os.dup(sys.stdin.fileno()), encoding="utf-8")  # noqa: PTH123
+    try:
+        return open("/dev/tty", encoding="utf-8")  # noqa: PTH123 - closed by the caller
+    except OSError:
+        return None
+
+
+@dataclass
+class _Counts:
+    to_send: int = 0
+    final: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+
+
+def _plan(source: OrderSource, ledger_path: Path, *, force: bool) -> _Counts:
+    counts = _Counts()
+    with ExitStack() as stack:
+        ledger = open_ledger(ledger_path, dry=True, stack=stack)
+        run_id = new_run_id()
+        for batch in source.batches(500):
+            plan = ledger.claim(batch, run_id, force=force, dry=True)
+            counts.to_send += len(plan.to_send)
+            counts.final += len(plan.skipped)
+            counts.invalid += len(plan.invalid)
+            counts.duplicates += plan.duplicates
+    return counts
+
+
+async def _execute(runner: Runner) -> RunReport:
+    """Run with SIGINT and SIGTERM turned into a graceful stop."""
+    return await with_signals(runner.control, runner.execute())

@@ -1,0 +1,44 @@
+"""Out of the results stream: every result, for `report --results-stream`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from worker.domain.models import Outcome, Result
+from worker.queue.streams import Streams
+
+READ_CHUNK = 1000
+
+
+async def read_results(streams: Streams) -> AsyncIterator[Result]:
+    """Every result of the stream, oldest first."""
+    start = "-"
+    while True:
+        chunk: Any = await streams.redis.xrange(streams.names.results, start, "+", count=READ_CHUNK)
+        for _entry_id, fields in chunk:
+            yield _result(fields)
+        if len(chunk) < READ_CHUNK:
+            return
+        start = "(" + chunk[-1][0]
+
+
+def _result(fields: dict[str, str]) -> Result:
+    status = fields.get("http_status") or ""
+    try:
+        outcome = Outcome(fields.get("outcome", ""))
+    except ValueError:
+        outcome = Outcome.PENDING
+    return Result(
+        fields.get("order_id", ""),
+        outcome,
+        int(status) if status.isdigit() and len(status) == 3 else None,
+        fields.get("error_code") or None,
+        fields.get("message") or None,
+        _count(fields.get("attempts")),
+    )
+
+
+def _count(text: str | None) -> int:
+    """A count field of the results stream; 0 when it is missing or malformed."""
+    return int(text) if text and text.isdigit() and len(text) < 10 else 0
