@@ -341,7 +341,7 @@ def scenario_limiter(bench: Bench, _sims: dict[float, Simulator], _orders: int) 
     """CPU of 64 waiters at 300/s for 2 s: asyncio-throttle alone polls, the paced one not."""
     from asyncio_throttle.throttler import Throttler  # noqa: PLC0415
 
-    from worker.pipeline.limiter import RateLimiter  # noqa: PLC0415
+    from worker.api.limiter import RateLimiter  # noqa: PLC0415
     from worker.runtime.clock import SystemClock  # noqa: PLC0415
 
     async def drive(acquire: Callable[[], object], seconds: float = 2.0) -> tuple[float, int]:

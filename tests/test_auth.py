@@ -11,9 +11,9 @@ import pytest
 from tests.fakes import InstantClock
 from worker.api.auth import ClientCredentials, StaticToken
 from worker.api.client import new_session
+from worker.api.limiter import RateLimiter
 from worker.domain.errors import FatalApiError
 from worker.domain.retry import Backoff
-from worker.pipeline.limiter import RateLimiter
 from worker.simulator import RunningSimulator
 
 

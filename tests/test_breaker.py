@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from tests.fakes import FakeClock
-from worker.api.client import Answer
+from worker.domain.answer import Answer
 from worker.pipeline.breaker import CircuitBreaker, is_outage
 
 OK = Answer(200)

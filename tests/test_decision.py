@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.api.client import Answer
+from worker.domain.answer import Answer
 from worker.domain.classifier import OutcomeTable
 from worker.domain.decision import Decision, Outage, Situation, Step, decide
 from worker.domain.models import Outcome

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from tests.fakes import FakeClock
-from worker.pipeline.limiter import RateLimiter
+from worker.api.limiter import RateLimiter
 
 
 async def _admit(limiter: RateLimiter, clock: FakeClock, n: int) -> list[tuple[int, float]]:

@@ -12,9 +12,9 @@ import aiohttp
 import structlog
 
 from worker.api.client import proxy_for, unreachable
+from worker.api.limiter import RateLimiter
 from worker.domain.errors import ApiConfigError, FatalApiError
 from worker.domain.retry import Backoff
-from worker.pipeline.limiter import RateLimiter
 from worker.runtime.clock import Clock
 from worker.settings import safe_url
 

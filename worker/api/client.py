@@ -7,7 +7,6 @@ import re
 import ssl
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -17,25 +16,12 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from worker.domain.answer import Answer
 from worker.domain.retry import parse_retry_after
 
 MAX_ERROR_BODY = 64 * 1024  # error bodies are small JSON; never read more than this
 MAX_READ_BODY = 8 * 1024 * 1024  # a GET's JSON answer (a page of 50 orders with details)
 MAX_MESSAGE = 500
-
-
-@dataclass(slots=True)  # not frozen: a frozen __init__ costs a call per field
-class Answer:
-    """What one request produced: an HTTP answer, or a transport failure."""
-
-    status: int | None
-    code: str | None = None
-    message: str | None = None
-    retry_after_s: float | None = None
-    failure: str | None = None  # "timeout" | "connection" | "unreadable"
-    latency_ms: float = 0.0
-    body: object = None  # a GET's 200: its JSON
-    unreachable: str | None = None  # no connection could be made: host, port and why
 
 
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-]+")  # what quote() would leave as it is

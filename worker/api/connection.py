@@ -12,13 +12,14 @@ import structlog
 from yarl import URL
 
 from worker.api.auth import ClientCredentials, StaticToken, TokenProvider
-from worker.api.client import Answer, MouvoneClient, new_session
+from worker.api.client import MouvoneClient, new_session
+from worker.api.limiter import RateLimiter
+from worker.domain.answer import Answer
 from worker.domain.classifier import Action, OutcomeTable
 from worker.domain.decision import Situation, Step, decide
 from worker.domain.errors import FatalApiError
 from worker.domain.models import Outcome
 from worker.domain.retry import Backoff
-from worker.pipeline.limiter import RateLimiter
 from worker.runtime.clock import Clock
 from worker.runtime.logs import redact
 from worker.runtime.metrics import Metrics

@@ -17,7 +17,8 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from worker.settings import ENV_PREFIX, Settings, defaults_file
+from worker.domain.defaults import defaults_file
+from worker.settings import ENV_PREFIX, Settings
 from worker.simulator.config import SIMULATE_FLAGS, SimConfig
 
 GROUPS = {  # name -> title in --help, in the order shown

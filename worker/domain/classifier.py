@@ -11,9 +11,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from worker.domain.defaults import defaults_file
 from worker.domain.errors import ConfigError
 from worker.domain.models import FINAL, Outcome
-from worker.settings import defaults_file
 
 
 class Action(StrEnum):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from worker.api.client import Answer
+from worker.domain.answer import Answer
 from worker.domain.classifier import Action, Verdict
 from worker.domain.models import Outcome
 from worker.domain.retry import Backoff

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from worker.api.client import Answer
+from worker.domain.answer import Answer
 from worker.domain.classifier import OutcomeTable
 from worker.domain.models import Outcome, Result
 

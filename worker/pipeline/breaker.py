@@ -24,7 +24,7 @@ from itertools import count
 
 import structlog
 
-from worker.api.client import Answer
+from worker.domain.answer import Answer
 from worker.domain.decision import Outage, is_outage
 from worker.runtime.clock import Clock
 

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from worker.api.auth import TokenProvider
-from worker.api.client import Answer, MouvoneClient
+from worker.api.client import MouvoneClient
 from worker.api.connection import Reader, RetriesExhaustedError, StoppingError
+from worker.api.limiter import RateLimiter
+from worker.domain.answer import Answer
 from worker.domain.classifier import Action, OutcomeTable, error_code_for
 from worker.domain.decision import Decision, Situation, Step, decide
 from worker.domain.errors import ApiConfigError, FatalApiError
@@ -18,7 +20,6 @@ from worker.domain.models import Outcome, Result
 from worker.domain.retry import Backoff
 from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.control import RunControl
-from worker.pipeline.limiter import RateLimiter
 from worker.runtime.clock import Clock
 from worker.runtime.logs import redact
 from worker.runtime.metrics import Metrics

@@ -49,8 +49,9 @@ class Sink(Protocol):
     async def record(self, state: OrderState, result: Result) -> None:
         """An order's result (`pending` when the run stopped before its answer)."""
 
-    def interrupted(self, state: OrderState, why: str) -> None:
-        """A worker stopped before its order's answer (cancelled, or a bug); never awaits."""
+    def interrupted(self, state: OrderState, result: Result) -> None:
+        """A worker stopped before its order's answer (cancelled, or a bug): its `pending`
+        result, which says why; never awaits."""
 
 
 @dataclass
@@ -170,11 +171,13 @@ class Pool:
             try:
                 result = await self.dispatcher.process(state)
             except asyncio.CancelledError:
-                sink.interrupted(state, "interrupted before an answer")
+                sink.interrupted(
+                    state, state.result(Outcome.PENDING, "interrupted before an answer")
+                )
                 raise
             except Exception as exc:  # a bug must stop the run, never lose the order
                 log.exception("worker_failed", order_id=state.order_id)
-                sink.interrupted(state, "internal error")
+                sink.interrupted(state, state.result(Outcome.PENDING, "internal error"))
                 control.abort(f"internal error while sending: {exc!r}")
                 return
             lane.finishing = True

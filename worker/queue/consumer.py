@@ -122,7 +122,7 @@ class Consumer:
         dead = "attempts exhausted" if result.outcome is Outcome.RETRYABLE_FAILED else ""
         await self._finish(state.entry_id, state.order_id, result, dead)
 
-    def interrupted(self, state: OrderState, why: str) -> None:
+    def interrupted(self, state: OrderState, result: Result) -> None:
         """A worker stopped before the answer: the entry stays pending, for a claim."""
 
     async def _still_mine(self, state: OrderState) -> bool:

@@ -18,7 +18,7 @@ import asyncio
 
 import structlog
 
-from worker.pipeline.limiter import MIN_SLEEP_S, RateLimiter
+from worker.api.limiter import MIN_SLEEP_S, RateLimiter
 from worker.queue.streams import Streams, patiently
 from worker.runtime.clock import Clock
 

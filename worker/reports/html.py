@@ -10,7 +10,7 @@ from typing import TextIO
 
 from worker.domain.models import SUCCESS, Outcome
 from worker.ledger import Ledger
-from worker.reports.report import summary
+from worker.reports.summary import summary
 
 ATTENTION = ("rejected", "not_found", "invalid", "retryable_failed", "pending")
 ATTENTION_LIMIT = 2000

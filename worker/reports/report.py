@@ -9,30 +9,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
-from worker.domain.models import Outcome
 from worker.ledger import CSV_COLUMNS, Ledger
+from worker.reports.html import write_html
+from worker.reports.summary import summary
 from worker.runtime.files import replaced
 from worker.runtime.logs import printable
 
 TABLE_ORDER_LIMIT = 1000  # with --outcome, the table lists at most this many orders
-
-
-def summary(
-    ledger: Ledger, outcome: str | None = None, label: str | None = None
-) -> dict[str, object]:
-    """``total``, ``outcomes`` (every name, zeros included), ``error_codes``, ``last_run``.
-    ``label`` replaces the ledger's path (a scratch ledger, as `check` uses)."""
-    outcomes, codes = ledger.counts(outcome)
-    last = None if label else ledger.last_run()
-    if last is not None and isinstance(last.get("summary"), str):
-        last["summary"] = json.loads(str(last["summary"]))
-    return {
-        "ledger": label or str(ledger.path),
-        "total": sum(outcomes.values()),
-        "outcomes": {o.value: outcomes.get(o.value, 0) for o in Outcome},
-        "error_codes": dict(sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "last_run": last,
-    }
 
 
 def write_json(
@@ -103,8 +86,6 @@ def write_report(
     """The report in one of the formats (table, json, csv, html); ``label`` names a scratch
     ledger (a results stream, a preflight) instead of its temporary path."""
     if fmt == "html":
-        from worker.reports.html import write_html  # noqa: PLC0415 - only for this format
-
         write_html(ledger, out, outcome, label)
         return
     writer = {"table": write_table, "json": write_json, "csv": write_csv}[fmt]

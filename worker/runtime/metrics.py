@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from worker.api.client import Answer
+from worker.domain.answer import Answer
 from worker.runtime.files import replaced
 from worker.settings import safe_url
 

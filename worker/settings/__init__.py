@@ -15,7 +15,6 @@ import tomllib
 from contextlib import suppress
 from contextvars import ContextVar
 from datetime import datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -38,17 +37,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from worker.domain.defaults import defaults_file
 from worker.domain.errors import ConfigError
 
 ENV_PREFIX = "MOUVONE_"
 _config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
 _use_environment: ContextVar[bool] = ContextVar("use_environment", default=True)
 _dotenv_file: ContextVar[Path | None] = ContextVar("dotenv_file", default=None)
-
-
-def defaults_file(name: str) -> Path:
-    """Path of a file shipped in ``config/`` (installed as the ``worker.defaults`` package)."""
-    return Path(str(resources.files("worker.defaults").joinpath(name)))
 
 
 INTEGRATION_BASE_URL = "https://soget-api-integration.azure-api.net/customer-orders/v1"

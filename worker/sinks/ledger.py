@@ -16,18 +16,15 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
 from worker.domain.errors import LedgerError
-from worker.domain.models import Outcome, Result, RunSummary
+from worker.domain.models import Result, RunSummary
 from worker.ledger import Ledger
 from worker.runtime.logs import info_event
 from worker.runtime.metrics import Metrics
-
-if TYPE_CHECKING:
-    from worker.pipeline.dispatcher import OrderState
 
 log = structlog.get_logger(__name__)
 
@@ -98,13 +95,13 @@ class ResultSink:
         self._metrics.finished(result)
         info_event("order", result.log_fields())
 
-    async def record(self, _state: OrderState, result: Result) -> None:
+    async def record(self, _order: object, result: Result) -> None:
         """The pool's sink: buffer the result."""
         self.add(result)
 
-    def interrupted(self, state: OrderState, why: str) -> None:
-        """A worker stopped before the answer: the order is recorded `pending`, with why."""
-        self.add(state.result(Outcome.PENDING, why))
+    def interrupted(self, _order: object, result: Result) -> None:
+        """A worker stopped before the answer: the order is recorded `pending`."""
+        self.add(result)
 
     async def flush(self) -> None:
         """Write what is buffered; on failure the results stay buffered and LedgerError rises."""
