@@ -6,40 +6,26 @@ downgraded to `pending`. One process writes a ledger at a time (an exclusive flo
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
-from worker.domain.errors import ConfigError, LedgerError
+from worker.domain.errors import LedgerError
 from worker.domain.models import FINAL, Outcome, Result
+from worker.ledger.plan import Plan
 from worker.ledger.schema import CLAIM_BATCH, CSV_COLUMNS, SCHEMA, SCHEMA_VERSION, UPSERT_BATCH
+from worker.ledger.sqlite import Transaction, connect_readonly, lock
 from worker.runtime.logs import redact
 
 
 def now_iso() -> str:
     """UTC now, ISO-8601 with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass
-class Plan:
-    """What to do with one batch of input IDs."""
-
-    to_send: list[str] = field(default_factory=list)
-    invalid: list[Result] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # outcomes of orders already final
-    duplicates: int = 0
-    # to send, but an earlier run may have sent them already (left pending or retryable)
-    uncertain: set[str] = field(default_factory=set)
 
 
 class Ledger:
@@ -53,9 +39,9 @@ class Ledger:
             if readonly:
                 if not path.is_file():
                     raise LedgerError(f"{path}: no ledger at this path")
-                self._db = self._connect_readonly(path)
+                self._db = connect_readonly(path)
             else:
-                self._lock_fd = self._lock(path)
+                self._lock_fd = lock(path)
                 self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
@@ -65,40 +51,6 @@ class Ledger:
         except sqlite3.Error as exc:
             self.close()
             raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
-
-    @staticmethod
-    def _connect_readonly(path: Path) -> sqlite3.Connection:
-        """Read-only; on a read-only file system (where SQLite cannot make the WAL's shared
-        memory file) the file is read as immutable: a closed ledger has no WAL left over."""
-        uri = f"{path.absolute().as_uri()}?mode=ro"  # as a URI: '#' or '?' in a name is quoted
-        db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute("PRAGMA user_version").fetchone()
-        except sqlite3.OperationalError:
-            db.close()
-            wal = path.with_name(path.name + "-wal")
-            if wal.is_file() and wal.stat().st_size > 0:
-                raise LedgerError(
-                    f"{path}: its latest changes are in {wal.name}, which cannot be read here "
-                    "(no -shm file can be made beside it): copy the ledger with its -wal file "
-                    "to a writable folder, or read it where it was written"
-                ) from None
-            uri += "&immutable=1"
-            db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-        return db
-
-    @staticmethod
-    def _lock(path: Path) -> int:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise LedgerError(f"{path}: cannot open the ledger: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise LedgerError(f"{path}: the ledger is in use by another run") from None
-        return fd
 
     def _check_schema(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -331,8 +283,8 @@ class Ledger:
         with self._transaction():
             self._db.executemany(sql, rows)
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self.path)
+    def _transaction(self) -> Transaction:
+        return Transaction(self._db, self.path)
 
 
 _FINAL_VALUES = frozenset(o.value for o in FINAL)
@@ -341,62 +293,3 @@ _FINAL_VALUES = frozenset(o.value for o in FINAL)
 def _json(value: object) -> str:
     """JSON text for one batch parameter (orjson: dataclasses and enums natively, in C)."""
     return orjson.dumps(value).decode()
-
-
-def check_target(path: Path, base_url: str) -> None:
-    """ConfigError unless the ledger at ``path`` is new or belongs to ``base_url``: outcomes
-    recorded against another target (a simulator, a staging gateway) must never make a run
-    against this one skip orders. Checked before anything is sent, selections included."""
-    if not path.is_file() or path.stat().st_size == 0:  # new, or left empty by a refused run
-        return
-    ledger = Ledger(path, readonly=True)
-    try:
-        bound = ledger.target()
-    finally:
-        ledger.close()
-    if bound is not None and bound.rstrip("/") != base_url.rstrip("/"):
-        raise ConfigError(
-            f"{path}: this ledger belongs to {bound}, not to {base_url}: outcomes recorded "
-            "there would make this run skip orders; use another --ledger for another target"
-        )
-
-
-def open_ledger(path: Path, *, dry: bool, stack: ExitStack) -> Ledger:
-    """A run's ledger, closed with ``stack``. A dry run only reads: the existing ledger, or an
-    empty throwaway one when there is none yet, so that it never creates or changes the file."""
-    if dry:
-        if not path.is_file():
-            path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dry.sqlite"
-            Ledger(path).close()
-        ledger = Ledger(path, readonly=True)
-    else:
-        ledger = Ledger(path)
-    stack.callback(ledger.close)
-    return ledger
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, turning SQLite failures into a LedgerError naming the file."""
-
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
-        self._db = db
-        self._path = path
-
-    def __enter__(self) -> None:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise LedgerError(f"{self._path}: cannot write the ledger: {exc}") from None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        try:
-            if exc_type is None:
-                self._db.execute("COMMIT")
-                return
-            self._db.execute("ROLLBACK")
-        except sqlite3.Error as err:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise LedgerError(f"{self._path}: cannot write the ledger: {err}") from None
-        if isinstance(exc, sqlite3.Error):
-            raise LedgerError(f"{self._path}: cannot write the ledger: {exc}") from exc

@@ -1,0 +1,19 @@
+"""What a claim decides for one batch of input IDs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from worker.domain.models import Result
+
+
+@dataclass
+class Plan:
+    """What to do with one batch of input IDs."""
+
+    to_send: list[str] = field(default_factory=list)
+    invalid: list[Result] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # outcomes of orders already final
+    duplicates: int = 0
+    # to send, but an earlier run may have sent them already (left pending or retryable)
+    uncertain: set[str] = field(default_factory=set)

@@ -1,0 +1,72 @@
+"""SQLite plumbing of the ledger: the writer's exclusive lock, a read-only connection that
+works on a read-only file system, and a transaction that names the file when it fails."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from pathlib import Path
+
+from worker.domain.errors import LedgerError
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """Read-only; on a read-only file system (where SQLite cannot make the WAL's shared
+    memory file) the file is read as immutable: a closed ledger has no WAL left over."""
+    uri = f"{path.absolute().as_uri()}?mode=ro"  # as a URI: '#' or '?' in a name is quoted
+    db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("PRAGMA user_version").fetchone()
+    except sqlite3.OperationalError:
+        db.close()
+        wal = path.with_name(path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            raise LedgerError(
+                f"{path}: its latest changes are in {wal.name}, which cannot be read here "
+                "(no -shm file can be made beside it): copy the ledger with its -wal file "
+                "to a writable folder, or read it where it was written"
+            ) from None
+        uri += "&immutable=1"
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    return db
+
+
+def lock(path: Path) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise LedgerError(f"{path}: cannot open the ledger: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise LedgerError(f"{path}: the ledger is in use by another run") from None
+    return fd
+
+
+class Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, turning SQLite failures into a LedgerError naming the file."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self._path = path
+
+    def __enter__(self) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self._path}: cannot write the ledger: {exc}") from None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self._db.execute("COMMIT")
+                return
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise LedgerError(f"{self._path}: cannot write the ledger: {err}") from None
+        if isinstance(exc, sqlite3.Error):
+            raise LedgerError(f"{self._path}: cannot write the ledger: {exc}") from exc
