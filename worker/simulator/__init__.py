@@ -7,6 +7,7 @@ batch can rehearse every outcome; the count of transient failures is the ID's la
 
 from worker.simulator.config import SimConfig
 from worker.simulator.model import BEHAVIOURS, SimStats
-from worker.simulator.server import RunningSimulator, Simulator, start
+from worker.simulator.running import RunningSimulator, start
+from worker.simulator.server import Simulator
 
 __all__ = ["BEHAVIOURS", "RunningSimulator", "SimConfig", "SimStats", "Simulator", "start"]

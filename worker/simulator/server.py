@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-import ssl
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from worker.simulator.config import SimConfig
+from worker.simulator.controls import SimControls
 from worker.simulator.model import (
     BEHAVIOURS,
     JSON,
@@ -25,7 +24,7 @@ from worker.simulator.model import (
 from worker.simulator.orders import OrderBook
 
 
-class Simulator:
+class Simulator(SimControls):
     """The state and handlers of one simulated MouvONE."""
 
     def __init__(self, config: SimConfig | None = None) -> None:
@@ -84,17 +83,7 @@ class Simulator:
             {"access_token": token, "expires_in": self.config.token_ttl_s, "token_type": "Bearer"}
         )
 
-    def expire_tokens(self) -> None:
-        """Make every issued token invalid (a token expiring mid-run)."""
-        self._tokens.clear()
-
     # -- gateway ----------------------------------------------------------------------------
-
-    def outage(self, seconds: float, kind: str = "503") -> None:
-        """For ``seconds`` from now, every API request fails: ``503``, ``502html`` (an HTML
-        page), ``reset`` (the connection is dropped) or ``stall`` (no answer for stall_s)."""
-        self._outage_until = time.monotonic() + seconds
-        self._outage_kind = kind
 
     async def _gateway(self, request: web.Request) -> web.StreamResponse | None:
         """Outages, latency, rate limit and credentials, as Azure API Management applies them."""
@@ -187,39 +176,6 @@ class Simulator:
         self.cancelled.add(order_id)
         return web.Response(status=200)
 
-    def hold(self) -> None:
-        """Keep every DELETE arriving from now on waiting, unanswered, until release() (a test
-        that must know its client's requests are on the wire)."""
-        self._open.clear()
-
-    def release(self) -> None:
-        """Let the held DELETEs through."""
-        self._open.set()
-
-    async def wait_for_held(self, count: int) -> None:
-        """Return once ``count`` DELETEs are held."""
-        while self.holding < count:
-            self._held.clear()
-            await self._held.wait()
-
-    async def wait_for_deletes(self, count: int) -> None:
-        """Return once at least ``count`` DELETEs have arrived (for tests and rehearsals)."""
-        if sum(self.stats.deletes.values()) >= count:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((count, future))
-        await future
-
-    def _notify(self) -> None:
-        if not self._waiters:
-            return
-        seen = sum(self.stats.deletes.values())
-        for count, future in list(self._waiters):
-            if seen >= count:
-                self._waiters.remove((count, future))
-                if not future.done():
-                    future.set_result(None)
-
     def _fails_now(self, order_id: str) -> bool:
         times = int(order_id[-1]) if order_id[-1].isdigit() else 1
         self._failures[order_id] += 1
@@ -285,80 +241,6 @@ class Simulator:
         if isinstance(found, str):
             return self._count(api_error(found, "Invalid search parameter."))
         return self._count(web.json_response(found))
-
-    async def stats_handler(self, _request: web.Request) -> web.Response:
-        """GET /_sim/stats: what the simulator saw."""
-        return web.json_response(self.stats.as_dict())
-
-    async def outage_handler(self, request: web.Request) -> web.Response:
-        """POST /_sim/outage?seconds=S&kind=503|502html|reset|stall: start an outage."""
-        try:
-            seconds = float(request.query.get("seconds", "10"))
-        except ValueError:
-            return web.json_response({"error": "seconds must be a number"}, status=400)
-        kind = request.query.get("kind", "503")
-        if kind not in ("503", "502html", "reset", "stall"):
-            return web.json_response({"error": "kind: 503, 502html, reset or stall"}, status=400)
-        self.outage(seconds, kind)
-        return web.json_response({"outage_s": seconds, "kind": kind})
-
-    async def reset_handler(self, _request: web.Request) -> web.Response:
-        """POST /_sim/reset: forget the counts (orders keep their state)."""
-        self.stats = SimStats()
-        return web.json_response({"reset": True})
-
-
-@dataclass
-class RunningSimulator:
-    """A simulator listening on a loopback port."""
-
-    sim: Simulator
-    runner: web.AppRunner
-    host: str
-    port: int
-    tls: bool = False
-
-    @property
-    def root(self) -> str:
-        """http://host:port (https:// when it serves TLS)."""
-        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        """The MOUVONE_BASE_URL to point the tool at."""
-        return self.root + self.sim.config.base_path
-
-    @property
-    def token_url(self) -> str:
-        """The MOUVONE_TOKEN_URL to point the tool at."""
-        return self.root + self.sim.config.token_path
-
-    async def close(self) -> None:
-        """Stop listening."""
-        await self.runner.cleanup()
-
-
-async def start(
-    config: SimConfig | None = None,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    tls: ssl.SSLContext | None = None,
-) -> RunningSimulator:
-    """Start a simulator (port 0 picks a free one), over TLS with ``tls`` (or the config's
-    certificate and key files)."""
-    sim = Simulator(config)
-    if tls is None and sim.config.tls_cert:
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(sim.config.tls_cert, sim.config.tls_key or None)
-    runner = web.AppRunner(sim.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=tls)
-    await site.start()
-    server = site._server
-    assert server is not None
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    return RunningSimulator(sim, runner, host, bound, tls=tls is not None)
 
 
 def _refusal(kind: str, detail: str) -> web.Response:
