@@ -16,7 +16,8 @@ from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import FatalApiError
 from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.control import RunControl
-from worker.pipeline.dispatcher import Dispatcher, OrderState, RetryPolicy
+from worker.pipeline.dispatcher import Dispatcher
+from worker.pipeline.order import OrderState, RetryPolicy
 from worker.settings import load_settings
 
 BASE = "https://api.example.test/v1"

@@ -9,7 +9,8 @@ from enum import StrEnum
 import pytest
 
 from worker.runtime import logs
-from worker.runtime.logs import REDACTED, Redactor, _json_line
+from worker.runtime.logs import _json_line
+from worker.runtime.redaction import REDACTED, Redactor
 
 
 class _Color(StrEnum):

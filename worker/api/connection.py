@@ -21,8 +21,8 @@ from worker.domain.errors import FatalApiError
 from worker.domain.models import Outcome
 from worker.domain.retry import Backoff
 from worker.runtime.clock import Clock
-from worker.runtime.logs import redact
 from worker.runtime.metrics import Metrics
+from worker.runtime.redaction import redact
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -24,7 +24,8 @@ from worker.cli.flags import (
     keys_of,
 )
 from worker.domain.errors import WorkerError
-from worker.runtime.logs import flush_logs, redact
+from worker.runtime.logs import flush_logs
+from worker.runtime.redaction import redact
 
 COMMANDS = {  # command -> module of worker.cli : function
     "run": "run:cmd_run",

@@ -24,8 +24,8 @@ from worker.pipeline.control import with_signals
 from worker.pipeline.runner import RECORDED_LIMITS, Runner
 from worker.reports.report import render_run
 from worker.runtime import loop as event_loop
-from worker.runtime.logs import redact
 from worker.runtime.metrics import Metrics
+from worker.runtime.redaction import redact
 from worker.settings import Settings, given_elsewhere
 from worker.sources import OrderSource
 

@@ -20,7 +20,7 @@ from worker.domain.models import FINAL, Outcome, Result
 from worker.ledger.plan import Plan
 from worker.ledger.schema import CLAIM_BATCH, CSV_COLUMNS, SCHEMA, SCHEMA_VERSION, UPSERT_BATCH
 from worker.ledger.sqlite import Transaction, connect_readonly, lock
-from worker.runtime.logs import redact
+from worker.runtime.redaction import redact
 
 
 def now_iso() -> str:

@@ -14,7 +14,7 @@ import structlog
 
 from worker.domain.errors import WorkerError
 from worker.runtime.clock import Clock
-from worker.runtime.logs import redact
+from worker.runtime.redaction import redact
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -24,7 +24,8 @@ from worker.domain.classifier import OutcomeTable
 from worker.domain.models import SUCCESS, Outcome, Result, RunSummary
 from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.control import RunControl, limits_watcher
-from worker.pipeline.dispatcher import Dispatcher, OrderState, RetryPolicy
+from worker.pipeline.dispatcher import Dispatcher
+from worker.pipeline.order import OrderState, RetryPolicy
 from worker.pipeline.progress import ProgressReporter
 from worker.runtime.clock import Clock
 from worker.runtime.metrics import Metrics

@@ -19,7 +19,7 @@ from worker.domain.errors import LedgerError, WorkerError
 from worker.domain.models import SUCCESS, Outcome, RunOptions, RunReport, RunSummary, new_run_id
 from worker.ledger import Ledger
 from worker.pipeline.control import RunControl
-from worker.pipeline.dispatcher import OrderState
+from worker.pipeline.order import OrderState
 from worker.pipeline.pool import Pool, check_failure_rate
 from worker.pipeline.progress import ProgressReporter
 from worker.runtime.clock import Clock, SystemClock

@@ -18,7 +18,7 @@ from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import ConfigError
 from worker.domain.models import FINAL, Outcome, Result, RunReport, RunSummary, new_run_id
 from worker.pipeline.control import RunControl
-from worker.pipeline.dispatcher import OrderState
+from worker.pipeline.order import OrderState
 from worker.pipeline.pool import Pool
 from worker.pipeline.progress import ProgressReporter
 from worker.queue import streams as streams_module

@@ -20,7 +20,7 @@ import structlog
 
 from worker.domain.models import Outcome, Result
 from worker.pipeline.control import RunControl
-from worker.pipeline.dispatcher import OrderState
+from worker.pipeline.order import OrderState
 from worker.queue.streams import Streams, patiently
 from worker.settings import Settings
 from worker.sources import IdValidator

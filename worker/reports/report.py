@@ -13,7 +13,7 @@ from worker.ledger import CSV_COLUMNS, Ledger
 from worker.reports.html import write_html
 from worker.reports.summary import summary
 from worker.runtime.files import replaced
-from worker.runtime.logs import printable
+from worker.runtime.redaction import printable
 
 TABLE_ORDER_LIMIT = 1000  # with --outcome, the table lists at most this many orders
 

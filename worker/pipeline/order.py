@@ -1,0 +1,63 @@
+"""An order being worked on, and how hard to try it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from worker.domain.answer import Answer
+from worker.domain.classifier import error_code_for
+from worker.domain.models import Outcome, Result
+from worker.domain.retry import Backoff
+from worker.runtime.redaction import redact
+
+
+@dataclass(slots=True)
+class OrderState:
+    """What is known of one order while it is being worked on."""
+
+    order_id: str
+    attempts: int = 0  # requests sent
+    failures: int = 0  # retryable failures, counted against max_attempts
+    refresh_generation: int | None = None  # the token generation its own refresh produced
+    held: bool = False  # it waited for the breaker's verdict once
+    token: str = ""  # the token its last request carried
+    in_flight: bool = False  # a request for it is on the wire
+    probing: bool = False  # it holds the probe lock (credentials not yet proven)
+    breaker_probe: bool = False  # its request is the circuit breaker's probe
+    lost: bool = False  # queue mode: another consumer took the entry before it was sent
+    entry_id: str = ""  # queue mode: the stream entry it came from
+    verify: bool = False  # an earlier request may have reached the API: GET before sending
+    last: Answer | None = field(default=None)
+
+    @property
+    def what(self) -> str:
+        """The order, as a reason to stop names it."""
+        return f"order {self.order_id}"
+
+    def pending(self) -> Result:
+        """Left unanswered because the run stopped."""
+        return self.result(Outcome.PENDING)
+
+    def result(self, outcome: Outcome, message: str | None = None) -> Result:
+        """A Result from the last answer (if any) with this outcome."""
+        last = self.last
+        if last is None:
+            return Result(self.order_id, outcome, None, None, message, self.attempts)
+        return Result(
+            self.order_id,
+            outcome,
+            last.status,
+            error_code_for(last.status, last.code, last.failure),
+            redact.clean(text) if (text := message or last.message) else None,
+            self.attempts,
+            round(last.latency_ms, 1),
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one order."""
+
+    max_attempts: int
+    max_wait_s: float
+    backoff: Backoff
