@@ -1,9 +1,12 @@
-"""The code stays lint-clean (ruff) and type-clean (mypy --strict), as part of the suite."""
+"""The code stays lint-clean (ruff), type-clean (mypy --strict) and laid out as its data flow
+(short modules, imports one way), as part of the suite."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from graphlib import TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,3 +39,41 @@ def test_mypy_strict() -> None:
     """mypy in strict mode finds no error in the package."""
     done = _run("mypy")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _imports() -> dict[str, set[str]]:
+    """module -> the worker modules it imports (anywhere in it: a deferred import counts)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "worker").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+                found |= {node.module, *names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[module] = {name for name in found if name.startswith("worker.")}
+    modules = set(graph)
+    return {m: {i for i in deps if i in modules and i != m} for m, deps in graph.items()}
+
+
+def test_the_layout_holds() -> None:
+    """No module over 300 lines; no import cycle between modules; the command line (and
+    argparse) reached only from the entry point."""
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / "worker").rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 300
+    }
+    assert not long
+    graph = _imports()
+    TopologicalSorter(graph).prepare()  # raises CycleError naming the cycle
+    outside = {m for m, deps in graph.items() if not m.startswith("worker.cli")}
+    assert {m for m in outside if any(d.startswith("worker.cli") for d in graph[m])} == {
+        "worker.__main__"
+    }
+    for path in (ROOT / "worker").rglob("*.py"):
+        if "cli" not in path.relative_to(ROOT).parts:
+            assert "argparse" not in path.read_text(encoding="utf-8"), path
