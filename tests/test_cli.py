@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cli, ledger_rows, sim_env, write_ids
+from tests.support import Cli, ledger_rows, sim_env, write_ids
 from worker.domain.models import FINAL
 from worker.simulator import RunningSimulator
 

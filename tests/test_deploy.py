@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import unavailable
+from tests.support import unavailable
 from worker.cli import build_parser
 from worker.settings import Settings
 

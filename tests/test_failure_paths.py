@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Cli, ledger_rows, sim_env, write_ids
+from tests.support import Cli, ledger_rows, sim_env, write_ids
 from worker.simulator import RunningSimulator
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ledger_rows, run_ids
+from tests.support import ledger_rows, run_ids
 from worker.simulator import RunningSimulator
 
 RATE = 200

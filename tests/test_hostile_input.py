@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cli, ledger_rows, sim_env
+from tests.support import Cli, ledger_rows, sim_env
 from worker.simulator import RunningSimulator
 
 GOOD = "CDE0000000001"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, ledger_rows, sim_env, write_ids
+from tests.support import Cli, ledger_rows, sim_env, write_ids
 from worker.domain.models import FINAL
 from worker.ledger import Ledger
 from worker.simulator import RunningSimulator

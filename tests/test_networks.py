@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.conftest import Cli, ledger_rows, sim_env, write_ids
+from tests.support import Cli, ledger_rows, sim_env, write_ids
 from worker.simulator import RunningSimulator, SimConfig, start
 
 MIXED = {"CDE0000000001": "cancelled", "ALR0000000001": "already_cancelled",

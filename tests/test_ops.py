@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Cli, Queue, ledger_rows, sim_env, unavailable, write_ids
+from tests.support import Cli, Queue, ledger_rows, sim_env, unavailable, write_ids
 from worker.simulator import RunningSimulator
 
 MIXED = ["CDE0000000001", "CDE0000000002", "CDE0000000003", "NFD0000000001", "CTR0000000001",

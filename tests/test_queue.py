@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from tests.conftest import REDIS_URL, Cli, Queue, sim_env, write_ids
+from tests.support import REDIS_URL, Cli, Queue, sim_env, write_ids
 from worker.queue.enqueue import enqueue
 from worker.queue.streams import Names, Streams
 from worker.simulator import RunningSimulator

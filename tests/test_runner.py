@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import ledger_rows, run_ids, settings_for, write_ids
+from tests.support import ledger_rows, run_ids, settings_for, write_ids
 from worker.domain.errors import LedgerError
 from worker.domain.models import RunOptions
 from worker.ledger import Ledger

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from tests.conftest import REDIS_URL, Cli, Queue, ledger_rows, sim_env, write_ids
+from tests.support import REDIS_URL, Cli, Queue, ledger_rows, sim_env, write_ids
 from worker.simulator import RunningSimulator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

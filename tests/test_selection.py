@@ -17,7 +17,7 @@ import pytest
 from aioresponses import aioresponses
 from structlog.testing import capture_logs
 
-from tests.conftest import Cli, ledger_rows, settings_for, sim_env, write_ids
+from tests.support import Cli, ledger_rows, settings_for, sim_env, write_ids
 from worker.cli.selecting import select_into
 from worker.domain.errors import ConfigError, FatalApiError
 from worker.settings import Settings

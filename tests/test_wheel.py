@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REDIS_URL, Cli, Queue, write_ids
+from tests.support import REDIS_URL, Cli, Queue, write_ids
 from worker.simulator import RunningSimulator
 
 ROOT = Path(__file__).resolve().parent.parent

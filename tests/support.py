@@ -1,0 +1,191 @@
+"""What the tests share: the CLI in a real subprocess, settings and environments pointing at
+the simulator, CSV inputs, ledger rows, the Redis of the suite, and running IDs through a
+Runner."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import sys
+from collections.abc import Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+import redis.asyncio as aioredis
+
+from worker.domain.models import RunOptions, RunReport
+from worker.ledger import open_ledger
+from worker.pipeline.runner import Runner
+from worker.queue.streams import Names
+from worker.settings import Settings, load_settings
+from worker.simulator import RunningSimulator
+from worker.sources import IdValidator
+from worker.sources.csv_file import CsvSource
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip a test for want of a service or a tool; under CI=true that is a failure, since CI
+    starts the services and installs the tools the project needs."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: nothing may skip for what the project can provide)")
+    pytest.skip(reason)
+
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@dataclass
+class Queue:
+    """Unique stream names for one test, and a Redis client to look at them."""
+
+    names: Names
+    redis: aioredis.Redis
+
+    def env(self, running: RunningSimulator, tmp_path: Path, **extra: str) -> dict[str, str]:
+        """The CLI's environment for this queue and this simulator."""
+        return sim_env(
+            running,
+            tmp_path / "unused.sqlite",
+            MOUVONE_REDIS_URL=REDIS_URL,
+            MOUVONE_STREAM=self.names.stream,
+            MOUVONE_GROUP=self.names.group,
+            MOUVONE_RESULTS_STREAM=self.names.results,
+            MOUVONE_DEAD_LETTER_STREAM=self.names.dead,
+            **extra,
+        )
+
+    async def results(self) -> list[dict[str, str]]:
+        """Every entry of the results stream."""
+        return [fields for _, fields in await self.redis.xrange(self.names.results)]
+
+
+def sim_env(running: RunningSimulator, ledger: Path, **extra: str) -> dict[str, str]:
+    """Environment for the CLI to talk to this simulator with its demo credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
+    c = running.sim.config
+    env.update(
+        MOUVONE_BASE_URL=running.base_url,
+        MOUVONE_TOKEN_URL=running.token_url,
+        MOUVONE_CLIENT_ID=c.client_id,
+        MOUVONE_CLIENT_SECRET=c.client_secret,
+        MOUVONE_API_KEY=c.api_key,
+        MOUVONE_LEDGER=str(ledger),
+        MOUVONE_LOG_FORMAT="json",
+        MOUVONE_RATE="200",
+        MOUVONE_BACKOFF_BASE="0.01",
+        MOUVONE_BACKOFF_CAP="0.05",
+    )
+    env.update(extra)
+    return env
+
+
+def settings_for(running: RunningSimulator, ledger: Path, **flags: Any) -> Settings:
+    """Settings for an in-process run against this simulator."""
+    c = running.sim.config
+    values: dict[str, Any] = {
+        "base_url": running.base_url,
+        "token_url": running.token_url,
+        "client_id": c.client_id,
+        "client_secret": c.client_secret,
+        "api_key": c.api_key,
+        "ledger": ledger,
+        "rate": 500,
+        "backoff_base": 0.01,
+        "backoff_cap": 0.05,
+        "timeout": 5,
+    }
+    values.update(flags)
+    return load_settings(values, env_file=None, environment=False)
+
+
+@dataclass
+class Completed:
+    """A finished CLI process."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+class Cli:
+    """Runs ``python -m worker`` (or another program, the installed command) as a real
+    subprocess."""
+
+    def __init__(self, cwd: Path, program: list[str] | None = None) -> None:
+        self.cwd = cwd
+        self.program = program or [sys.executable, "-m", "worker"]
+
+    async def start(
+        self, *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+    ) -> asyncio.subprocess.Process:
+        """Start the CLI; the caller waits for it."""
+        return await asyncio.create_subprocess_exec(
+            *self.program,
+            *args,
+            cwd=self.cwd,
+            env=env if env is not None else _clean_env(),
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+    async def run(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        stdin: bytes | None = None,
+        timeout: float = 60,
+    ) -> Completed:
+        """Run the CLI to its end; killed (and the test failed) after ``timeout`` seconds."""
+        proc = await self.start(*args, env=env, stdin=stdin)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError(f"{' '.join(args[:2])}: still running after {timeout}s") from None
+        assert proc.returncode is not None
+        return Completed(proc.returncode, out.decode(), err.decode())
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
+
+
+def write_ids(path: Path, ids: Iterable[str], header: str | None = "orderId") -> Path:
+    """A CSV file of IDs, one a line."""
+    lines = ([header] if header else []) + list(ids)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def ledger_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """order_id -> row, read straight from the SQLite file."""
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    try:
+        return {r["order_id"]: dict(r) for r in db.execute("SELECT * FROM orders")}
+    finally:
+        db.close()
+
+
+async def run_ids(
+    running: RunningSimulator,
+    tmp_path: Path,
+    ids: list[str],
+    *,
+    options: RunOptions | None = None,
+    source: Any = None,
+    **flags: Any,
+) -> RunReport:
+    """One run of these IDs against the simulator; the ledger is tmp_path/ledger.sqlite."""
+    settings = settings_for(running, tmp_path / "ledger.sqlite", **flags)
+    if source is None:
+        source = CsvSource(write_ids(tmp_path / "in.csv", ids), IdValidator(settings.id_pattern))
+    with ExitStack() as stack:
+        ledger = open_ledger(settings.ledger, dry=bool(options and options.dry_run), stack=stack)
+        return await Runner(settings, source, ledger, options or RunOptions()).execute()
