@@ -26,7 +26,7 @@ from worker.queue.entries import Entries
 from worker.queue.limiter import GroupRateLimiter
 from worker.queue.streams import Streams, patiently, result_fields
 from worker.runtime.clock import Clock, SystemClock
-from worker.runtime.logs import flush_logs
+from worker.runtime.logs import flush_logs, info_event
 from worker.runtime.loop import settle_gc
 from worker.runtime.metrics import Metrics, serve
 from worker.settings import Settings
@@ -165,7 +165,7 @@ class Consumer:
         if result is not None and done:
             self.summary.add(result)
             self.metrics.finished(result)
-            log.info("order", consumer=self._names.consumer, **result.log_fields())
+            info_event("order", {**result.log_fields(), "consumer": self._names.consumer})
         elif done is False:
             log.warning("entry_lost_before_ack", entry_id=entry_id, order_id=order_id)
         self._entries.release(entry_id)
