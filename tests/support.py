@@ -189,3 +189,8 @@ async def run_ids(
     with ExitStack() as stack:
         ledger = open_ledger(settings.ledger, dry=bool(options and options.dry_run), stack=stack)
         return await Runner(settings, source, ledger, options or RunOptions()).execute()
+
+
+def ids(prefix: str, n: int, start: int = 1) -> list[str]:
+    """n order IDs with a behaviour prefix (the simulator answers by the first three letters)."""
+    return [f"{prefix}{k:010d}" for k in range(start, start + n)]

@@ -17,17 +17,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from tests.support import REDIS_URL, Cli, Queue, sim_env, write_ids
+from tests.support import REDIS_URL, Cli, Queue, ids, sim_env, write_ids
 from worker.queue.enqueue import enqueue
 from worker.queue.streams import Names, Streams
 from worker.simulator import RunningSimulator
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource
-
-
-def ids(prefix: str, n: int, start: int = 1) -> list[str]:
-    """n order IDs with a behaviour prefix."""
-    return [f"{prefix}{k:010d}" for k in range(start, start + n)]
 
 
 def assert_one_result_each(results: list[dict[str, str]], expected: set[str]) -> None:

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from tests.support import REDIS_URL, Cli, Queue, ledger_rows, sim_env, write_ids
+from tests.support import REDIS_URL, Cli, Queue, ids, ledger_rows, sim_env, write_ids
 from worker.simulator import RunningSimulator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -43,11 +43,6 @@ async def serve() -> AsyncIterator[Callable[[dict[str, Handler]], Awaitable[str]
     yield start
     for runner in runners:
         await runner.cleanup()
-
-
-def ids(prefix: str, n: int) -> list[str]:
-    """n order IDs with a behaviour prefix."""
-    return [f"{prefix}{k:010d}" for k in range(1, n + 1)]
 
 
 async def test_the_token_request_is_never_redirected(

@@ -8,13 +8,8 @@ import asyncio
 import signal
 from typing import Any
 
-from tests.support import Cli, ledger_rows, sim_env, write_ids
+from tests.support import Cli, ids, ledger_rows, sim_env, write_ids
 from worker.simulator import RunningSimulator
-
-
-def ids(prefix: str, n: int) -> list[str]:
-    """n order IDs with a behaviour prefix."""
-    return [f"{prefix}{k:010d}" for k in range(1, n + 1)]
 
 
 async def test_a_ledger_belongs_to_its_target(cli: Cli, make_sim: Any, tmp_path: Any) -> None:

@@ -30,6 +30,8 @@ GROUPS = {  # name -> title in --help, in the order shown
     "input": "input",
     "ledger": "ledger",
     "failures": "failure stop",
+    "preconditions": "preconditions",
+    "canary": "canary",
     "cap": "size cap",
     "stops": "deadlines and stopping",
     "progress": "progress",
@@ -39,9 +41,9 @@ GROUPS = {  # name -> title in --help, in the order shown
     "logs": "logs",
 }
 RUN = ("target", "auth", "network", "rate", "retry", "input", "ledger", "failures", "cap")
-RUN_GROUPS = (*RUN, "stops", "progress", "export", "logs")
+RUN_GROUPS = (*RUN, "preconditions", "canary", "stops", "progress", "export", "logs")
 CONSUME_GROUPS = (
-    *(g for g in RUN_GROUPS if g not in ("ledger", "cap", "export")),
+    *(g for g in RUN_GROUPS if g not in ("ledger", "cap", "canary", "export")),
     "queue",
     "serve",
 )

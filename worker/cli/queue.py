@@ -93,7 +93,7 @@ def render_consumed(report: RunReport, settings: Settings) -> str:
     where = f"--results-stream {settings.results_stream}"
     steps = [
         f"  {name} orders: cancel-orders report {where} --outcome {name}"
-        for name in ("rejected", "not_found", "invalid", "retryable_failed")
+        for name in ("rejected", "not_found", "invalid", "skipped", "retryable_failed")
         if outcomes.get(name)
     ]
     if outcomes.get("retryable_failed"):

@@ -18,7 +18,7 @@ from worker.cli.common import SECRET_FLAGS, say, settings_from
 from worker.cli.flags import RUN_GROUPS, keys_of
 from worker.cli.inputs import cap, last_run, source_from
 from worker.domain.errors import ConfigError, WorkerError
-from worker.domain.models import RunOptions, RunReport, new_run_id
+from worker.domain.models import Result, RunOptions, RunReport, new_run_id
 from worker.ledger import check_target, open_ledger
 from worker.pipeline.control import with_signals
 from worker.pipeline.runner import RECORDED_LIMITS, Runner
@@ -72,7 +72,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             total=total,
             resume=_resume_command(args),
         )
-        runner = Runner(settings, source, ledger, options)
+        ask = None if args.yes else _ask_after_canary
+        runner = Runner(settings, source, ledger, options, ask=ask)
         report = event_loop.run(_execute(runner))
         _export_metrics(runner, settings, report.exit_code)
         # The run's exit status is its own: a closed stdout or stderr (`| head`) loses only text.
@@ -157,6 +158,23 @@ def _confirm(source: OrderSource, settings: Settings, plan: _Counts, total: int)
     with answer_from:
         if answer_from.readline().strip().lower() != "yes":
             raise ConfigError("not confirmed: nothing was sent")
+
+
+def _ask_after_canary(results: list[Result]) -> bool:
+    """--canary without --yes: show the canary's outcomes and ask whether to send the rest."""
+    answer_from = _terminal()
+    if answer_from is None:
+        return False
+    shown = "\n".join(
+        f"  {r.order_id}  {r.outcome.value}  {r.error_code or ''}".rstrip() for r in results
+    )
+    say(
+        sys.stderr,
+        f"\nCanary: the first {len(results)} orders ended so:\n{shown}\n"
+        "Not every one ended cancelled or already_cancelled. Type 'yes' to send the rest: ",
+    )
+    with answer_from:
+        return answer_from.readline().strip().lower() == "yes"
 
 
 def _terminal() -> TextIO | None:

@@ -44,14 +44,17 @@ class Verdict:
     outcome: Outcome | None = None  # set when action is FINAL
 
 
+ANSWERED = frozenset(o.value for o in FINAL if o is not Outcome.SKIPPED)  # skipped: never sent
+
+
 def _parse_verdict(value: Any, where: str) -> Verdict:
     if not isinstance(value, str):
         raise ConfigError(f"outcome table: {where}: verdict must be a string, got {value!r}")
-    if value in {o.value for o in FINAL}:
+    if value in ANSWERED:
         return Verdict(Action.FINAL, Outcome(value))
     if value in {a.value for a in Action if a is not Action.FINAL}:
         return Verdict(Action(value))
-    allowed = sorted({o.value for o in FINAL} | {a.value for a in Action} - {"final"})
+    allowed = sorted(ANSWERED | {a.value for a in Action} - {"final"})
     raise ConfigError(f"outcome table: {where}: unknown verdict {value!r} (one of {allowed})")
 
 

@@ -17,6 +17,7 @@ class Outcome(StrEnum):
     NOT_FOUND = "not_found"
     REJECTED = "rejected"
     INVALID = "invalid"
+    SKIPPED = "skipped"  # never sent: a precondition failed at send time (--require-status)
     RETRYABLE_FAILED = "retryable_failed"
     PENDING = "pending"
 
@@ -28,6 +29,7 @@ FINAL: frozenset[Outcome] = frozenset(
         Outcome.NOT_FOUND,
         Outcome.REJECTED,
         Outcome.INVALID,
+        Outcome.SKIPPED,
     }
 )
 RETRYABLE: frozenset[Outcome] = frozenset({Outcome.RETRYABLE_FAILED, Outcome.PENDING})

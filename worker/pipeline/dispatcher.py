@@ -10,7 +10,7 @@ import structlog
 
 from worker.api.auth import TokenProvider
 from worker.api.client import MouvoneClient
-from worker.api.connection import Reader, RetriesExhaustedError, StoppingError
+from worker.api.connection import Reader, StoppingError
 from worker.api.limiter import RateLimiter
 from worker.domain.answer import Answer
 from worker.domain.classifier import Action, OutcomeTable
@@ -20,6 +20,7 @@ from worker.domain.models import Outcome, Result
 from worker.domain.retry import Backoff
 from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.control import RunControl
+from worker.pipeline.lookup import before_sending
 from worker.pipeline.order import OrderState, RetryPolicy
 from worker.runtime.clock import Clock
 from worker.runtime.metrics import Metrics
@@ -57,6 +58,7 @@ class Dispatcher:
         breaker: CircuitBreaker,
         still_mine: Callable[[OrderState], Awaitable[bool]] | None = None,
         metrics: Metrics | None = None,
+        required: frozenset[str] | None = None,
     ) -> None:
         self._client = client
         self._tokens = tokens
@@ -67,6 +69,7 @@ class Dispatcher:
         self._clock = clock
         self._breaker = breaker
         self._still_mine = still_mine  # checked after the limiter, right before sending
+        self._required = required  # --require-status: the statuses an order may be sent in
         self._metrics = metrics or Metrics()
         self._reader = Reader(
             _Channel(client, tokens, limiter, policy.backoff),
@@ -98,8 +101,8 @@ class Dispatcher:
             else:
                 state.probing = True
         try:
-            if state.verify:
-                settled = await self._verify(state)
+            if state.verify or self._required is not None:
+                settled = await self._look_up(state)
                 if settled is not None:
                     return settled
             while True:
@@ -250,31 +253,18 @@ class Dispatcher:
             self._end_probe(state)  # the others need not wait for this order to end
             self._quota_since = None
 
-    async def _verify(self, state: OrderState) -> Result | None:
-        """Ask the API about an order an earlier request may already have reached (a run that
-        was killed, a queue entry delivered before). Only the API's own word settles it without
-        a DELETE: the order shown `Cancelled`, or the API's CUSTOMER_ORDER_NOT_FOUND. Anything
-        else (a draft, an error, no answer) sends the DELETE, whose answer is the authority."""
+    async def _look_up(self, state: OrderState) -> Result | None:
+        """The GET before the DELETE (worker.pipeline.lookup): the order's result when that
+        settles it, None to send it."""
+        url = self._client.order_url(state.order_id)
         try:
-            answer, body = await self._reader.get(self._client.order_url(state.order_id))
-        except RetriesExhaustedError:
-            return None
+            settled = await before_sending(self._reader, state, url, self._required)
         except StoppingError:
             return state.pending()
         except FatalApiError as exc:
             return self._stop(state, str(exc), exc.exit_code)
-        settled: Result | None = None
-        if answer.status == 200 and isinstance(body, dict) and body.get("status") == "Cancelled":
-            code = "ORDER_ALREADY_CANCELED"
-            settled = Result(state.order_id, Outcome.ALREADY_CANCELLED, 200, code)
-        elif answer.code == "CUSTOMER_ORDER_NOT_FOUND":
-            settled = Result(state.order_id, Outcome.NOT_FOUND, answer.status, answer.code)
-        if settled is None:
-            return None
-        log.info("order_settled_by_get", order_id=state.order_id, outcome=settled.outcome.value)
-        settled.message = (
-            "found so by GET before sending again (an earlier request may have reached it)"
-        )
+        if settled is not None:
+            log.info("order_settled_by_get", order_id=state.order_id, outcome=settled.outcome.value)
         return settled
 
     async def _backoff(self, delay: float) -> bool:

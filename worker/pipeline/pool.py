@@ -23,6 +23,7 @@ from worker.api.connection import Api
 from worker.domain.classifier import OutcomeTable
 from worker.domain.models import SUCCESS, Outcome, Result, RunSummary
 from worker.pipeline.breaker import CircuitBreaker
+from worker.pipeline.canary import Canary
 from worker.pipeline.control import RunControl, limits_watcher
 from worker.pipeline.dispatcher import Dispatcher
 from worker.pipeline.order import OrderState, RetryPolicy
@@ -83,11 +84,13 @@ class Pool:
         summary: RunSummary,
         *,
         still_mine: Callable[[OrderState], Awaitable[bool]] | None = None,
+        ask: Callable[[list[Result]], bool] | None = None,
     ) -> None:
         self._settings = s = settings
         self.control = control
         self._clock = clock
         self._summary = summary
+        self.canary = Canary(s.canary, control, ask)
         self.limiter = api.limiter
         self.breaker = CircuitBreaker.for_workers(
             clock, outage_timeout_s=s.outage_timeout, workers=s.concurrency
@@ -104,6 +107,7 @@ class Pool:
             breaker=self.breaker,
             still_mine=still_mine,
             metrics=metrics,
+            required=s.required_statuses,
         )
 
     async def run(
@@ -165,8 +169,11 @@ class Pool:
             # once for the lot instead of once for each (at zero latency on loopback, a wake-up
             # for every request cost about 6 microseconds of kernel time per request).
             await asyncio.sleep(0)
+            canary = await self.canary.admit()  # after the first N, wait for their verdict
             state = await source.take()
             if state is None or control.stopping:
+                if canary:
+                    await self.canary.not_taken()
                 return
             lane.state = state
             try:
@@ -188,6 +195,8 @@ class Pool:
                 lane.finishing = False
             if result.outcome not in SUCCESS:
                 check_failure_rate(self._settings, self._summary, control)
+            if canary:
+                await self.canary.done(result)
 
 
 def check_failure_rate(settings: Settings, summary: RunSummary, control: RunControl) -> None:

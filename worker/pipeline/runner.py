@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, deque
-from collections.abc import Coroutine, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import structlog
@@ -16,9 +16,18 @@ import structlog
 from worker.api.connection import connect
 from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import LedgerError, WorkerError
-from worker.domain.models import SUCCESS, Outcome, RunOptions, RunReport, RunSummary, new_run_id
+from worker.domain.models import (
+    SUCCESS,
+    Outcome,
+    Result,
+    RunOptions,
+    RunReport,
+    RunSummary,
+    new_run_id,
+)
 from worker.ledger import Ledger
 from worker.pipeline.control import RunControl
+from worker.pipeline.feed import Feed
 from worker.pipeline.order import OrderState
 from worker.pipeline.pool import Pool, check_failure_rate
 from worker.pipeline.progress import ProgressReporter
@@ -50,6 +59,7 @@ class Runner:
         control: RunControl | None = None,
         clock: Clock | None = None,
         table: OutcomeTable | None = None,
+        ask: Callable[[list[Result]], bool] | None = None,
     ) -> None:
         self._settings = settings
         self._source = source
@@ -68,6 +78,7 @@ class Runner:
         writer = None if options.dry_run else self._ledger
         self._sink = ResultSink(writer, self.run_id, self.summary, self.metrics)
         self._pool: Pool | None = None
+        self._ask = ask  # a person's word on a canary that was not clean (None: stop, exit 4)
         self._feed = Feed(low=settings.concurrency)
         self._progress = ProgressReporter(
             self.summary,
@@ -127,7 +138,14 @@ class Runner:
     async def _send_all(self) -> None:
         api = connect(self._settings, self._clock, metrics=self.metrics)
         self._pool = pool = Pool(
-            self._settings, api, self._table, self.control, self._clock, self.metrics, self.summary
+            self._settings,
+            api,
+            self._table,
+            self.control,
+            self._clock,
+            self.metrics,
+            self.summary,
+            ask=self._ask,
         )
         flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
         try:
@@ -252,45 +270,6 @@ class Runner:
             ),
             resume=self._options.resume if stopped else "",
         )
-
-
-class Feed:
-    """Order IDs from the producer to the workers. The producer adds a whole batch once fewer
-    than ``low`` are waiting, so it wakes once per batch, not once per order."""
-
-    def __init__(self, low: int) -> None:
-        self._ids: deque[str] = deque()
-        self._low = low
-        self._closed = False
-        self._available = asyncio.Event()  # an ID is waiting, or the feed is closed
-        self._wanted = asyncio.Event()  # fewer than ``low`` are waiting
-        self._wanted.set()
-
-    async def put(self, ids: Iterable[str]) -> None:
-        """Add these IDs once the workers are running low."""
-        await self._wanted.wait()
-        self._ids.extend(ids)
-        if len(self._ids) >= self._low:
-            self._wanted.clear()
-        if self._ids:
-            self._available.set()
-
-    def close(self) -> None:
-        """No more IDs: ``get`` returns None once the waiting ones are taken."""
-        self._closed = True
-        self._available.set()
-
-    async def get(self) -> str | None:
-        """The next ID; None when the feed is closed and empty."""
-        ids = self._ids
-        while not ids:
-            if self._closed:
-                return None
-            self._available.clear()
-            await self._available.wait()
-        if len(ids) <= self._low:
-            self._wanted.set()
-        return ids.popleft()
 
 
 def _next_batch(batches: Iterator[Batch]) -> Batch | None:

@@ -12,7 +12,7 @@ from worker.domain.models import SUCCESS, Outcome
 from worker.ledger import Ledger
 from worker.reports.summary import summary
 
-ATTENTION = ("rejected", "not_found", "invalid", "retryable_failed", "pending")
+ATTENTION = ("rejected", "not_found", "invalid", "skipped", "retryable_failed", "pending")
 ATTENTION_LIMIT = 2000
 MAX_POINTS = 120
 COLOURS = {
@@ -21,6 +21,7 @@ COLOURS = {
     "not_found": "#f9a825",
     "rejected": "#c62828",
     "invalid": "#8e24aa",
+    "skipped": "#5c6bc0",
     "retryable_failed": "#ef6c00",
     "pending": "#757575",
 }

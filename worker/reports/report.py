@@ -211,7 +211,7 @@ def _next_steps(outcomes: dict[str, int], ledger: str) -> list[str]:
     where = f" --ledger {ledger}" if ledger else ""
     steps = [
         f"  {name} orders: cancel-orders report{where} --outcome {name}"
-        for name in ("rejected", "not_found", "invalid")
+        for name in ("rejected", "not_found", "invalid", "skipped")
         if outcomes.get(name)
     ]
     if outcomes.get("retryable_failed") or outcomes.get("pending"):

@@ -107,6 +107,20 @@ class SettingsFields(BaseSettings):
     min_orders: int = _f(
         "failures", "N", "finished orders before --max-failure-rate", ge=1, default=...
     )
+    require_status: str | None = _f(
+        "preconditions",
+        "S[,S...]",
+        "look each order up (GET) right before its DELETE and send it only in one of these "
+        "statuses, e.g. Draft,Valid; otherwise it is recorded skipped",
+    )
+    canary: int = _f(
+        "canary",
+        "N",
+        "send the first N orders before any other; go on only if every one ended cancelled or "
+        "already_cancelled (else exit 4)",
+        0,
+        ge=0,
+    )
     max_orders: int | None = _f(
         "cap", "N", "refuse (exit 2, nothing sent) to send more than N orders", ge=0
     )

@@ -146,6 +146,20 @@ class Settings(SettingsFields):
             deadline_after(value, datetime.now().astimezone())
         return value
 
+    @field_validator("require_status")
+    @classmethod
+    def _statuses(cls, value: str | None) -> str | None:
+        if value is not None and not [s for s in value.split(",") if s.strip()]:
+            raise ValueError("name at least one status, e.g. Draft or Draft,Valid")
+        return value
+
+    @property
+    def required_statuses(self) -> frozenset[str] | None:
+        """--require-status as a set (None: no precondition)."""
+        if self.require_status is None:
+            return None
+        return frozenset(s.strip() for s in self.require_status.split(",") if s.strip())
+
     def deadline_in_s(self, now: datetime) -> float | None:
         """Seconds from ``now`` to the earliest of --until and --run-time (None: no deadline)."""
         found = []

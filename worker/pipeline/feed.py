@@ -1,0 +1,46 @@
+"""From the producer to the workers: order IDs in batches, the producer woken once a batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+
+
+class Feed:
+    """Order IDs from the producer to the workers. The producer adds a whole batch once fewer
+    than ``low`` are waiting, so it wakes once per batch, not once per order."""
+
+    def __init__(self, low: int) -> None:
+        self._ids: deque[str] = deque()
+        self._low = low
+        self._closed = False
+        self._available = asyncio.Event()  # an ID is waiting, or the feed is closed
+        self._wanted = asyncio.Event()  # fewer than ``low`` are waiting
+        self._wanted.set()
+
+    async def put(self, ids: Iterable[str]) -> None:
+        """Add these IDs once the workers are running low."""
+        await self._wanted.wait()
+        self._ids.extend(ids)
+        if len(self._ids) >= self._low:
+            self._wanted.clear()
+        if self._ids:
+            self._available.set()
+
+    def close(self) -> None:
+        """No more IDs: ``get`` returns None once the waiting ones are taken."""
+        self._closed = True
+        self._available.set()
+
+    async def get(self) -> str | None:
+        """The next ID; None when the feed is closed and empty."""
+        ids = self._ids
+        while not ids:
+            if self._closed:
+                return None
+            self._available.clear()
+            await self._available.wait()
+        if len(ids) <= self._low:
+            self._wanted.set()
+        return ids.popleft()
