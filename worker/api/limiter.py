@@ -19,6 +19,7 @@ above the configured rate, and the hard cap never moves.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 
@@ -69,19 +70,50 @@ class RateLimiter:
         self.paused_total_s = 0.0
         self._throttler: Throttler | None = None
         self.on_wait: Callable[[float], None] = _ignore  # time spent waiting for a slot
-        if hard_cap:
+        self._hard_cap = hard_cap
+        self.held = False  # `control pause`: no slot is handed out until resumed
+        self._resumed = asyncio.Event()
+        self._make_cap()
+
+    def _make_cap(self) -> None:
+        if self._hard_cap:
             # At least a second per window: floor(rate) in any CAP_PERIOD_S, or one request in
             # 1 / rate seconds (and a little) below one per second.
-            burst = max(1, math.floor(rate_per_s))
+            rate = self.rate_per_s
             self._throttler = Throttler(
-                rate_limit=burst,
-                period=max(CAP_PERIOD_S, CAP_PERIOD_S / rate_per_s),
+                rate_limit=max(1, math.floor(rate)),
+                period=max(CAP_PERIOD_S, CAP_PERIOD_S / rate),
                 retry_interval=min(0.01, self._interval_s / 2),
             )
+
+    def hold(self) -> None:
+        """`control pause`: hand out no slot (requests in flight finish) until ``resume``."""
+        self.held = True
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        """`control resume`: hand out slots again, evenly spaced from now."""
+        self.held = False
+        self._next_slot = max(self._next_slot, self._clock.monotonic())
+        self._resumed.set()
+
+    def set_rate(self, rate_per_s: float) -> None:
+        """`control rate R`: the rate, the pace and the hard cap for the rest of the run."""
+        self.rate_per_s = self.pace_per_s = self.lowest_pace_per_s = rate_per_s
+        self._set_pace(rate_per_s)
+        self._make_cap()
+        log.warning("rate_changed", rate=rate_per_s)
+
+    async def until_resumed(self) -> None:
+        """Wait while held (at once when not)."""
+        while self.held:
+            await self._resumed.wait()
 
     async def acquire(self) -> float:
         """Wait for this caller's slot, then take it; the (monotonic) time it was due."""
         while True:
+            if self.held:
+                await self.until_resumed()
             now = self._clock.monotonic()
             slot = max(now, self._next_slot)
             self._next_slot = slot + self._interval_s
@@ -89,9 +121,9 @@ class RateLimiter:
                 break  # slots stay on their schedule, so starting early never adds up
             self.on_wait(slot - now)
             await self._clock.sleep(slot - now)
-            if self._clock.monotonic() >= self._paused_until:
+            if self._clock.monotonic() >= self._paused_until and not self.held:
                 break
-            # A pause began while this caller waited: queue again behind it.
+            # A pause or a hold began while this caller waited: queue again behind it.
         if self._throttler is not None:
             await self._throttler.acquire()  # type: ignore[no-untyped-call]
         return slot

@@ -3,7 +3,8 @@
 from worker.ledger.opening import check_target, open_ledger
 from worker.ledger.plan import Plan
 from worker.ledger.schema import CSV_COLUMNS, SCHEMA_VERSION
-from worker.ledger.store import Ledger, now_iso
+from worker.ledger.store import Ledger
+from worker.runtime.clock import now_iso
 
 __all__ = [
     "CSV_COLUMNS",

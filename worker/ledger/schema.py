@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from worker.domain.models import FINAL
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the control table
 FINAL_SQL = ", ".join(f"'{o.value}'" for o in sorted(FINAL))
 
 SCHEMA = f"""
@@ -29,6 +29,13 @@ CREATE TABLE IF NOT EXISTS runs (
     exit_code   INTEGER,
     summary     TEXT
 );
+CREATE TABLE IF NOT EXISTS control (
+    run_id      TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 

@@ -10,22 +10,18 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
 from worker.domain.errors import LedgerError
 from worker.domain.models import FINAL, Outcome, Result
+from worker.ledger import control
 from worker.ledger.plan import Plan
 from worker.ledger.schema import CLAIM_BATCH, CSV_COLUMNS, SCHEMA, SCHEMA_VERSION, UPSERT_BATCH
 from worker.ledger.sqlite import Transaction, connect_readonly, lock
+from worker.runtime.clock import now_iso
 from worker.runtime.redaction import redact
-
-
-def now_iso() -> str:
-    """UTC now, ISO-8601 with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Ledger:
@@ -276,6 +272,14 @@ class Ledger:
             "summary",
         )
         return dict(zip(keys, row, strict=True))
+
+    def steering(self, run_id: str) -> dict[str, str]:
+        """The standing `control` commands of this run."""
+        return control.commands_of(self._db, run_id)
+
+    def publish(self, run_id: str, status: dict[str, object]) -> None:
+        """This run's status, for `control status`."""
+        control.publish(self._db, run_id, status)
 
     # -- plumbing -----------------------------------------------------------------------------
 

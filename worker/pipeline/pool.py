@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import structlog
@@ -28,7 +29,8 @@ from worker.pipeline.control import RunControl, limits_watcher
 from worker.pipeline.dispatcher import Dispatcher
 from worker.pipeline.order import OrderState, RetryPolicy
 from worker.pipeline.progress import ProgressReporter
-from worker.runtime.clock import Clock
+from worker.pipeline.steering import Channel, obey
+from worker.runtime.clock import Clock, now_iso
 from worker.runtime.metrics import Metrics
 from worker.settings import Settings
 
@@ -116,15 +118,13 @@ class Pool:
         sink: Sink,
         progress: ProgressReporter,
         keepers: Sequence[Coroutine[Any, Any, None]] = (),
+        channel: Channel | None = None,
     ) -> None:
         """Work until the source runs dry or the run stops; ``keepers`` (keeping what is held
-        fresh) run until the requests in flight are drained."""
+        fresh) run until the requests in flight are drained; ``channel`` steers the run
+        (`cancel-orders control`)."""
         control = self.control
-        helpers = [self._spawn(c) for c in source.helpers()]
-        helpers.append(self._spawn(progress.run()))
-        watcher = limits_watcher(self._settings, control, self._clock)
-        if watcher is not None:
-            helpers.append(self._spawn(watcher))
+        helpers = self._helpers(source, progress, channel)
         kept = [self._spawn(c) for c in keepers]
         lanes = [Lane() for _ in range(self._settings.concurrency)]
         for lane in lanes:
@@ -154,6 +154,33 @@ class Pool:
             for task in kept:
                 task.cancel()
             await asyncio.gather(*kept, return_exceptions=True)
+
+    def _helpers(
+        self, source: Source, progress: ProgressReporter, channel: Channel | None
+    ) -> list[asyncio.Future[None]]:
+        """The source's tasks, progress, steering, and the deadline and stop-file watcher."""
+        helpers = [self._spawn(c) for c in source.helpers()]
+        helpers.append(self._spawn(progress.run()))
+        if channel is not None:
+            status = partial(self._status, progress)
+            helpers.append(self._spawn(obey(channel, self.limiter, self.control, status)))
+        watcher = limits_watcher(self._settings, self.control, self._clock)
+        if watcher is not None:
+            helpers.append(self._spawn(watcher))
+        return helpers
+
+    def _status(self, progress: ProgressReporter) -> dict[str, Any]:
+        """What `control status` shows of this run."""
+        return {
+            "done": progress.done(),
+            "total": progress.total,
+            "outcomes": dict(self._summary.outcomes),
+            "requests": self.control.requests,
+            "rate": round(self.limiter.pace_per_s, 3),
+            "configured_rate": self.limiter.rate_per_s,
+            "stopping": self.control.stopping,
+            "updated_at": now_iso(),
+        }
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(coro)

@@ -25,7 +25,7 @@ from worker.queue import streams as streams_module
 from worker.queue.entries import Entries
 from worker.queue.limiter import GroupRateLimiter
 from worker.queue.streams import Streams, patiently, result_fields
-from worker.runtime.clock import Clock, SystemClock
+from worker.runtime.clock import Clock, SystemClock, now_iso
 from worker.runtime.logs import flush_logs, info_event
 from worker.runtime.loop import settle_gc
 from worker.runtime.metrics import Metrics, serve
@@ -153,7 +153,7 @@ class Consumer:
                     "message": result.message,
                     "attempts": result.attempts,
                     "consumer": self._names.consumer,
-                    "finished_at": _now_iso(),
+                    "finished_at": now_iso(),
                 }
             )
         written_id = order_id if result is None else result.order_id  # an invalid ID: cut
@@ -187,9 +187,3 @@ class Consumer:
         log.info("consumer_summary", consumer=self._names.consumer, **report.as_dict())
         flush_logs()
         return report
-
-
-def _now_iso() -> str:
-    from worker.ledger.store import now_iso  # noqa: PLC0415 - one clock format everywhere
-
-    return now_iso()

@@ -46,6 +46,8 @@ class GroupRateLimiter(RateLimiter):
         now would put two slots' requests into one; a new slot is taken instead."""
         clock = self._clock
         while True:
+            if self.held:
+                await self.until_resumed()
             paused_s = self.paused_until - clock.monotonic()
             if paused_s > 0:  # a pause here starts before Redis has heard of it
                 await clock.sleep(paused_s)
@@ -62,7 +64,7 @@ class GroupRateLimiter(RateLimiter):
             if now - due > LATE_S:
                 log.info("rate_slot_late", late_s=round(now - due, 3))
                 continue
-            if now >= self.paused_until:
+            if now >= self.paused_until and not self.held:
                 break
         if self._throttler is not None:
             await self._throttler.acquire()  # type: ignore[no-untyped-call]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -29,3 +30,8 @@ class SystemClock:
         """asyncio.sleep, skipped for non-positive durations."""
         if seconds > 0:
             await asyncio.sleep(seconds)
+
+
+def now_iso() -> str:
+    """UTC now, ISO-8601 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

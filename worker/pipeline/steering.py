@@ -1,0 +1,73 @@
+"""`cancel-orders control` on a running run: the run polls its channel (its ledger, or the
+consumer group's hash in Redis) twice a second, obeys what changed (pause, resume, rate, stop),
+and publishes its status there for `control status`.
+
+A channel that fails (the ledger busy, Redis away) is logged and polled again: steering never
+stops a run by itself."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from worker.api.limiter import RateLimiter
+from worker.domain.errors import WorkerError
+from worker.pipeline.control import RunControl
+
+log = structlog.get_logger(__name__)
+
+POLL_S = 0.5  # a command takes effect within this (and the requests in flight)
+ACTIONS = ("pause", "resume", "stop", "rate", "status")
+
+
+class Channel(Protocol):
+    """Where a run hears `control` and tells its status."""
+
+    async def commands(self) -> dict[str, str]:
+        """The standing commands: ``paused`` ("1"/"0"), ``rate``, ``stop`` ("1")."""
+
+    async def publish(self, status: dict[str, Any]) -> None:
+        """This run's status, for `control status`."""
+
+
+async def obey(
+    channel: Channel,
+    limiter: RateLimiter,
+    control: RunControl,
+    status: Callable[[], dict[str, Any]],
+) -> None:
+    """Apply what changed, publish the status; until cancelled."""
+    applied: dict[str, str] = {}
+    while True:
+        try:
+            wanted = await channel.commands()
+            for key in ("paused", "rate", "stop"):
+                value = wanted.get(key, "")
+                if value != applied.get(key, ""):
+                    applied[key] = value
+                    _apply(key, value, limiter, control)
+            await channel.publish({**status(), "paused": limiter.held})
+        except (OSError, WorkerError, ValueError) as exc:
+            log.warning("control_channel_failed", error=str(exc), retry_in_s=POLL_S)
+        except Exception as exc:  # noqa: BLE001 - e.g. a Redis error: never stop the run
+            log.warning("control_channel_failed", error=repr(exc), retry_in_s=POLL_S)
+        await asyncio.sleep(POLL_S)
+
+
+def _apply(key: str, value: str, limiter: RateLimiter, control: RunControl) -> None:
+    if key == "paused":
+        if value == "1" and not limiter.held:
+            limiter.hold()
+            log.warning("run_paused", detail="by `cancel-orders control pause`; in-flight finish")
+        elif value != "1" and limiter.held:
+            limiter.resume()
+            log.warning("run_resumed", detail="by `cancel-orders control resume`")
+    elif key == "rate" and value:
+        rate = float(value)
+        if rate > 0 and rate != limiter.rate_per_s:
+            limiter.set_rate(rate)
+    elif key == "stop" and value == "1":
+        control.stop_by_limit("stopped by `cancel-orders control stop`")
