@@ -3,6 +3,8 @@ checked right before each DELETE (--require-status), and a canary that goes firs
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 from tests.support import Cli, ids, ledger_rows, sim_env, write_ids
@@ -71,3 +73,61 @@ async def test_a_clean_canary_lets_the_rest_go(
     assert done.code == 0, done.stderr[-2000:]
     assert len(sim.sim.stats.deletes) == 40
     assert "canary_passed" in done.stderr
+
+
+def _busiest_second(times: list[float]) -> int:
+    """The most arrivals within any one-second window."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+async def _until_status(cli: Cli, ledger: Path, text: str) -> str:
+    """`control status` until it shows ``text`` (the run publishes twice a second)."""
+    for _ in range(100):
+        shown = await cli.run("control", "--ledger", str(ledger), "status")
+        if shown.code == 0 and text in shown.stdout:
+            return shown.stdout
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"control status never showed {text!r}: {shown.stdout}{shown.stderr}")
+
+
+async def test_control_pauses_rerates_and_stops_a_running_run(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """`control` through the ledger: pause brings the requests to zero and status says so,
+    resume brings them back, `rate 5` holds the run at 5 a second, stop ends it with exit 4,
+    and the same command afterwards finishes the rest."""
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 300))
+    env = sim_env(sim, ledger, MOUVONE_RATE="20", MOUVONE_CONCURRENCY="4")
+    proc = await cli.start("run", str(src), "--yes", env=env)
+    await asyncio.wait_for(sim.sim.wait_for_deletes(10), 30)
+    assert (await cli.run("control", "--ledger", str(ledger), "pause")).code == 0
+    assert "paused" in await _until_status(cli, ledger, "paused")
+    held = len(sim.sim.stats.arrivals)
+    await asyncio.sleep(1.5)  # an observation window: nothing may arrive in it
+    assert len(sim.sim.stats.arrivals) - held <= 4  # at most the requests already in flight
+    assert (await cli.run("control", "--ledger", str(ledger), "resume")).code == 0
+    await asyncio.wait_for(sim.sim.wait_for_deletes(held + 10), 30)
+    assert (await cli.run("control", "--ledger", str(ledger), "rate", "5")).code == 0
+    await _until_status(cli, ledger, "set 5.0")
+    since = time.monotonic()
+    await asyncio.wait_for(sim.sim.wait_for_deletes(len(sim.sim.stats.deletes) + 12), 30)
+    assert _busiest_second([t for t in sim.sim.stats.arrivals if t > since]) <= 5
+    assert (await cli.run("control", "--ledger", str(ledger), "stop")).code == 0
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 4, err.decode()[-2000:]
+    assert "control stop" in err.decode().strip().splitlines()[-1]
+    rows = ledger_rows(ledger)
+    assert "pending" in {r["outcome"] for r in rows.values()}
+    again = await cli.run("run", str(src), "--yes", env=env)
+    assert again.code == 0, again.stderr[-2000:]
+    assert len(sim.sim.stats.deletes) == 300
+    gone = await cli.run("control", "--ledger", str(ledger), "status")
+    assert gone.code == 2
+    assert "no run is running" in gone.stderr

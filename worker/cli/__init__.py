@@ -24,6 +24,7 @@ from worker.cli.flags import (
     keys_of,
 )
 from worker.domain.errors import WorkerError
+from worker.pipeline.steering import ACTIONS
 from worker.runtime.logs import flush_logs
 from worker.runtime.redaction import redact
 
@@ -38,8 +39,10 @@ COMMANDS = {  # command -> module of worker.cli : function
     "redrive": "queue:run_redrive",
     "simulate": "demo:simulate",
     "demo": "demo:demo",
+    "control": "control:cmd_control",
 }
 RUN_SETTINGS = keys_of(RUN_GROUPS)
+CONTROL_KEYS = ("ledger", "redis_url", "namespace", "stream", "group", "log_format", "log_level")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -141,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", help="run a local MouvONE look-alike")
     add_simulate_arguments(simulate)
+
+    control = sub.add_parser(
+        "control", help="pause, resume, stop or re-rate a running run or consumer group"
+    )
+    control.add_argument("action", choices=ACTIONS, help="what to do")
+    control.add_argument("value", nargs="?", metavar="R", help="the new rate, for `rate`")
+    add_settings(control, CONTROL_KEYS)
 
     demo = sub.add_parser("demo", help="the full pipeline against the built-in simulator")
     demo.add_argument(

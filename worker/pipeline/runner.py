@@ -149,7 +149,8 @@ class Runner:
         )
         flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
         try:
-            await pool.run(self, self._sink, self._progress)
+            channel = _LedgerChannel(self._ledger, self.run_id)
+            await pool.run(self, self._sink, self._progress, channel=channel)
         finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
@@ -270,6 +271,20 @@ class Runner:
             ),
             resume=self._options.resume if stopped else "",
         )
+
+
+class _LedgerChannel:
+    """`cancel-orders control` through the ledger (on the ledger's thread)."""
+
+    def __init__(self, ledger: LedgerThread, run_id: str) -> None:
+        self._ledger = ledger
+        self._run_id = run_id
+
+    async def commands(self) -> dict[str, str]:
+        return await self._ledger.call(self._ledger.ledger.steering, self._run_id)
+
+    async def publish(self, status: dict[str, Any]) -> None:
+        await self._ledger.call(self._ledger.ledger.publish, self._run_id, status)
 
 
 def _next_batch(batches: Iterator[Batch]) -> Batch | None:

@@ -24,6 +24,7 @@ from worker.pipeline.progress import ProgressReporter
 from worker.queue import streams as streams_module
 from worker.queue.entries import Entries
 from worker.queue.limiter import GroupRateLimiter
+from worker.queue.steering import GroupChannel
 from worker.queue.streams import Streams, patiently, result_fields
 from worker.runtime.clock import Clock, SystemClock, now_iso
 from worker.runtime.logs import flush_logs, info_event
@@ -99,7 +100,13 @@ class Consumer:
             self.summary, lambda: self.control.requests, bar=False, interval_s=s.progress_interval
         )
         try:
-            await pool.run(self._entries, self, progress, keepers=[self._entries.refresh()])
+            await pool.run(
+                self._entries,
+                self,
+                progress,
+                keepers=[self._entries.refresh()],
+                channel=GroupChannel(self._streams),
+            )
         finally:
             await api.close()
             if server is not None:

@@ -1,0 +1,112 @@
+"""`cancel-orders control`: steer a running run through its ledger, or a whole consumer group
+through Redis (``--redis-url``): pause, resume, stop (exit 4), rate R, status. The run obeys
+within a second; requests in flight finish."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from worker.cli import CONTROL_KEYS
+from worker.cli.common import settings_from
+from worker.domain.errors import ConfigError
+from worker.ledger import control as ledger_control
+from worker.runtime import loop as event_loop
+from worker.settings import Settings
+
+
+def commands_for(action: str, value: str | None) -> dict[str, str]:
+    """The standing commands an action sets."""
+    if action == "rate":
+        try:
+            rate = float(value or "")
+        except ValueError:
+            rate = 0.0
+        if rate <= 0:
+            raise ConfigError(
+                f"control rate: give a rate above 0 (requests per second), not {value}"
+            )
+        return {"rate": f"{rate:g}"}
+    if value is not None:
+        raise ConfigError(f"control {action}: takes no value ({value!r})")
+    return {"pause": {"paused": "1"}, "resume": {"paused": "0", "stop": ""}, "stop": {"stop": "1"}}[
+        action
+    ]
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    """`control`: exit 0 when the command was handed over (or the status shown), 2 when there
+    is nothing to steer."""
+    settings = settings_from(args, CONTROL_KEYS)
+    if args.ledger is None and settings.redis_url:
+        return _group(settings, args.action, args.value)
+    path = settings.ledger
+    run_id = ledger_control.running_run(path)
+    if args.action == "status":
+        found = ledger_control.status(path, run_id)
+        print(render_status(f"Run {run_id} on {path}", [found]))
+        return 0
+    ledger_control.command(path, run_id, commands_for(args.action, args.value))
+    print(f"Run {run_id} on {path}: {_said(args)} (taken within a second)")
+    return 0
+
+
+def _group(settings: Settings, action: str, value: str | None) -> int:
+    from worker.queue.connection import streams_for  # noqa: PLC0415 - redis only here
+    from worker.queue.steering import keys  # noqa: PLC0415
+
+    async def main() -> dict[str, Any]:
+        streams = streams_for(settings)
+        control_key, status_key = keys(streams.names.group)
+        try:
+            await streams.ping()
+            if action != "status":
+                wanted: Any = commands_for(action, value)
+                await streams.redis.hset(control_key, mapping=wanted)
+                return {}
+            standing: Any = await streams.redis.hgetall(control_key)
+            found: Any = await streams.redis.hgetall(status_key)
+            return {"standing": standing, "consumers": found}
+        finally:
+            await streams.close()
+
+    group = settings.queue_names[1]
+    answer = event_loop.run(main())
+    if action != "status":
+        print(f"Group {group}: {action}{f' {value}' if value else ''} (taken within a second)")
+        return 0
+    consumers = []
+    for name, text in sorted(answer["consumers"].items()):
+        status = json.loads(text)
+        consumers.append({"consumer": name, **(status if isinstance(status, dict) else {})})
+    standing = ", ".join(f"{k}={v}" for k, v in sorted(answer["standing"].items()) if v)
+    print(render_status(f"Group {group} (standing: {standing or 'none'})", consumers))
+    return 0
+
+
+def _said(args: argparse.Namespace) -> str:
+    return f"{args.action} {args.value}" if args.value else args.action
+
+
+def render_status(title: str, statuses: list[dict[str, Any]]) -> str:
+    """`control status` for a person."""
+    lines = [title]
+    if not any(statuses):
+        lines.append("  no status yet: the run publishes it twice a second")
+    for status in statuses:
+        if not status:
+            continue
+        who = f"  {status['consumer']}: " if "consumer" in status else "  "
+        total = status.get("total")
+        done = f"{status.get('done', 0)}/{total}" if total is not None else str(status.get("done"))
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(status.get("outcomes", {}).items()))
+        paused = "paused" if status.get("paused") else "running"
+        lines.append(
+            f"{who}{paused}, {done} done, rate {status.get('rate')}/s "
+            f"(set {status.get('configured_rate')}), requests {status.get('requests')}, "
+            f"at {status.get('updated_at')}"
+        )
+        if outcomes:
+            lines.append(f"    {outcomes}")
+    return "\n".join(lines)
