@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from tests.support import Cli, ids, ledger_rows, sim_env, write_ids
+from tests.support import Cli, Queue, ids, ledger_rows, sim_env, write_ids
 from worker.simulator import RunningSimulator
 
 
@@ -131,3 +133,36 @@ async def test_control_pauses_rerates_and_stops_a_running_run(
     gone = await cli.run("control", "--ledger", str(ledger), "status")
     assert gone.code == 2
     assert "no run is running" in gone.stderr
+
+
+async def test_control_stops_and_resumes_a_consumer_group(
+    queue: Queue, cli: Cli, make_sim: Any, tmp_path: Path
+) -> None:
+    """`control --redis-url ... stop` ends a running consumer with exit 4; the group stays
+    stopped (a consumer started meanwhile exits 4 at once, nothing sent) until `control resume`;
+    then the group finishes every order once."""
+    running = await make_sim(latency_ms=5)
+    wanted = ids("CDE", 300)
+    env = queue.env(running, tmp_path, MOUVONE_RATE="50")
+    assert (await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", wanted)), env=env)).code == 0
+    proc = await cli.start("consume", "--consumer", "one", env=env)
+    await asyncio.wait_for(running.sim.wait_for_deletes(20), 30)
+    assert (await cli.run("control", "stop", env=env)).code == 0
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 4, err.decode()[-2000:]
+    status = await cli.run("control", "status", env=env)
+    assert "stop=1" in status.stdout
+    assert "one:" in status.stdout
+    sent = sum(running.sim.stats.deletes.values())
+    late = await cli.run("consume", "--consumer", "two", "--exit-when-empty", env=env, timeout=20)
+    assert late.code == 4, late.stderr[-2000:]
+    assert sum(running.sim.stats.deletes.values()) == sent
+    assert (await cli.run("control", "resume", env=env)).code == 0
+    # "one" again: what it held when it stopped is its own, taken back at once
+    done = await cli.run(
+        "consume", "--consumer", "one", "--exit-when-empty", env=env, timeout=25
+    )
+    assert done.code == 0, done.stderr[-2000:]
+    per_order = Counter(r["order_id"] for r in await queue.results())
+    assert set(per_order) == set(wanted)
+    assert max(per_order.values()) == 1

@@ -29,7 +29,7 @@ from worker.pipeline.control import RunControl, limits_watcher
 from worker.pipeline.dispatcher import Dispatcher
 from worker.pipeline.order import OrderState, RetryPolicy
 from worker.pipeline.progress import ProgressReporter
-from worker.pipeline.steering import Channel, obey
+from worker.pipeline.steering import Channel, Steering
 from worker.runtime.clock import Clock, now_iso
 from worker.runtime.metrics import Metrics
 from worker.settings import Settings
@@ -124,7 +124,11 @@ class Pool:
         fresh) run until the requests in flight are drained; ``channel`` steers the run
         (`cancel-orders control`)."""
         control = self.control
-        helpers = self._helpers(source, progress, channel)
+        steering = None
+        if channel is not None:
+            steering = Steering(channel, self.limiter, control, partial(self._status, progress))
+            await steering.step()  # before anything is read or sent
+        helpers = self._helpers(source, progress, steering)
         kept = [self._spawn(c) for c in keepers]
         lanes = [Lane() for _ in range(self._settings.concurrency)]
         for lane in lanes:
@@ -156,14 +160,13 @@ class Pool:
             await asyncio.gather(*kept, return_exceptions=True)
 
     def _helpers(
-        self, source: Source, progress: ProgressReporter, channel: Channel | None
+        self, source: Source, progress: ProgressReporter, steering: Steering | None
     ) -> list[asyncio.Future[None]]:
         """The source's tasks, progress, steering, and the deadline and stop-file watcher."""
-        helpers = [self._spawn(c) for c in source.helpers()]
+        helpers = [] if self.control.stopping else [self._spawn(c) for c in source.helpers()]
         helpers.append(self._spawn(progress.run()))
-        if channel is not None:
-            status = partial(self._status, progress)
-            helpers.append(self._spawn(obey(channel, self.limiter, self.control, status)))
+        if steering is not None:
+            helpers.append(self._spawn(steering.run()))
         watcher = limits_watcher(self._settings, self.control, self._clock)
         if watcher is not None:
             helpers.append(self._spawn(watcher))

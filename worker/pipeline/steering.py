@@ -33,28 +33,43 @@ class Channel(Protocol):
         """This run's status, for `control status`."""
 
 
-async def obey(
-    channel: Channel,
-    limiter: RateLimiter,
-    control: RunControl,
-    status: Callable[[], dict[str, Any]],
-) -> None:
-    """Apply what changed, publish the status; until cancelled."""
-    applied: dict[str, str] = {}
-    while True:
+class Steering:
+    """Obeys a channel: once before the run reads or sends anything (a group stopped or paused
+    stays so for a consumer that starts meanwhile), then twice a second."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        limiter: RateLimiter,
+        control: RunControl,
+        status: Callable[[], dict[str, Any]],
+    ) -> None:
+        self._channel = channel
+        self._limiter = limiter
+        self._control = control
+        self._status = status
+        self._applied: dict[str, str] = {}
+
+    async def step(self) -> None:
+        """Apply what changed, publish the status; a channel that fails is only logged."""
         try:
-            wanted = await channel.commands()
+            wanted = await self._channel.commands()
             for key in ("paused", "rate", "stop"):
                 value = wanted.get(key, "")
-                if value != applied.get(key, ""):
-                    applied[key] = value
-                    _apply(key, value, limiter, control)
-            await channel.publish({**status(), "paused": limiter.held})
+                if value != self._applied.get(key, ""):
+                    self._applied[key] = value
+                    _apply(key, value, self._limiter, self._control)
+            await self._channel.publish({**self._status(), "paused": self._limiter.held})
         except (OSError, WorkerError, ValueError) as exc:
             log.warning("control_channel_failed", error=str(exc), retry_in_s=POLL_S)
         except Exception as exc:  # noqa: BLE001 - e.g. a Redis error: never stop the run
             log.warning("control_channel_failed", error=repr(exc), retry_in_s=POLL_S)
-        await asyncio.sleep(POLL_S)
+
+    async def run(self) -> None:
+        """Step every POLL_S until cancelled."""
+        while True:
+            await asyncio.sleep(POLL_S)
+            await self.step()
 
 
 def _apply(key: str, value: str, limiter: RateLimiter, control: RunControl) -> None:
