@@ -4,8 +4,11 @@ checked right before each DELETE (--require-status), and a canary that goes firs
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -159,10 +162,68 @@ async def test_control_stops_and_resumes_a_consumer_group(
     assert sum(running.sim.stats.deletes.values()) == sent
     assert (await cli.run("control", "resume", env=env)).code == 0
     # "one" again: what it held when it stopped is its own, taken back at once
-    done = await cli.run(
-        "consume", "--consumer", "one", "--exit-when-empty", env=env, timeout=25
-    )
+    done = await cli.run("consume", "--consumer", "one", "--exit-when-empty", env=env, timeout=25)
     assert done.code == 0, done.stderr[-2000:]
     per_order = Counter(r["order_id"] for r in await queue.results())
     assert set(per_order) == set(wanted)
     assert max(per_order.values()) == 1
+
+
+async def test_plan_then_apply_sends_exactly_the_plan(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """`plan` sends nothing and writes the orders to send (distinct, valid, not final in the
+    ledger) sealed by their digest; `apply` sends exactly those, and the run records the
+    plan's digest."""
+    ledger = tmp_path / "l.sqlite"
+    wanted = ids("CDE", 10)
+    src = write_ids(tmp_path / "o.csv", [*wanted, wanted[0]])
+    plan_file = tmp_path / "plan.json"
+    env = sim_env(sim, ledger)
+    planned = await cli.run(
+        "plan", str(src), "--output", str(plan_file), "--reason", "T-1", env=env
+    )
+    assert planned.code == 0, planned.stderr[-2000:]
+    assert sim.sim.stats.arrivals == []
+    assert sim.sim.stats.token_requests == 0
+    plan = json.loads(plan_file.read_text())
+    assert plan["orders"] == wanted
+    assert plan["count"] == 10
+    assert plan["target"] == sim.base_url
+    assert plan["reason"] == "T-1"
+    assert len(plan["input"]["sha256"]) == 64
+    assert plan["digest"][:12] in planned.stdout
+    applied = await cli.run("apply", str(plan_file), "--yes", env=env)
+    assert applied.code == 0, applied.stderr[-2000:]
+    assert sorted(sim.sim.stats.deletes) == wanted
+    with sqlite3.connect(ledger) as db:
+        (summary,) = db.execute("SELECT summary FROM runs ORDER BY started_at DESC").fetchone()
+    assert json.loads(summary)["plan"] == plan["digest"]
+
+
+async def test_apply_refuses_a_plan_edited_expired_or_for_another_target(
+    cli: Cli, make_sim: Any, tmp_path: Path
+) -> None:
+    """A plan whose orders were edited by one byte, that expired a second ago, or that was
+    made for another base URL: exit 2 naming the file and the fault, nothing sent."""
+    sim, other = await make_sim(), await make_sim()
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 5))
+    plan_file = tmp_path / "plan.json"
+    env = sim_env(sim, ledger)
+    assert (await cli.run("plan", str(src), "--output", str(plan_file), env=env)).code == 0
+    good = json.loads(plan_file.read_text())
+    edited = {**good, "orders": [good["orders"][0][:-1] + "9", *good["orders"][1:]]}
+    expired = {**good, "expires_at": (datetime.now(UTC) - timedelta(seconds=1)).isoformat()}
+    for content, fault, where in (
+        (edited, "do not match its digest", env),
+        (expired, "expired", env),
+        (good, sim.base_url, sim_env(other, tmp_path / "other.sqlite")),
+    ):
+        plan_file.write_text(json.dumps(content))
+        refused = await cli.run("apply", str(plan_file), "--yes", env=where)
+        assert refused.code == 2, refused.stderr[-2000:]
+        last = refused.stderr.strip().splitlines()[-1]
+        assert str(plan_file) in last
+        assert fault in last
+    assert sim.sim.stats.arrivals == other.sim.stats.arrivals == []

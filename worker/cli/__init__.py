@@ -40,6 +40,8 @@ COMMANDS = {  # command -> module of worker.cli : function
     "simulate": "demo:simulate",
     "demo": "demo:demo",
     "control": "control:cmd_control",
+    "plan": "plan:cmd_plan",
+    "apply": "run:cmd_run",
 }
 RUN_SETTINGS = keys_of(RUN_GROUPS)
 CONTROL_KEYS = ("ledger", "redis_url", "namespace", "stream", "group", "log_format", "log_level")
@@ -76,6 +78,40 @@ def _add_queue_commands(sub: argparse._SubParsersAction[Parser]) -> None:
 
     redrive = sub.add_parser("redrive", help="move dead letters back to the requests stream")
     add_settings(redrive, keys_of(ENQUEUE_GROUPS))
+
+
+def _add_plan_commands(sub: argparse._SubParsersAction[Parser]) -> None:
+    """plan, apply and control: the guardrails that are commands of their own."""
+    from worker.cli.selecting import add_filter_arguments  # noqa: PLC0415 - keeps imports one-way
+
+    plan = sub.add_parser(
+        "plan", help="write the orders a run would send to a plan file to review; send nothing"
+    )
+    plan.add_argument(
+        "input", metavar="INPUT", nargs="?", help="CSV or text file, or - for standard input"
+    )
+    plan.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
+    plan.add_argument("--select", action="store_true", help="plan the selection's orders")
+    plan.add_argument("--output", metavar="PLAN", type=Path, required=True, help="the plan file")
+    plan.add_argument("--check", action="store_true", help="add each order's predicted outcome")
+    plan.add_argument(
+        "--expires-in", metavar="DURATION", default="24h", help="how long it may be applied (24h)"
+    )
+    plan.add_argument("--reason", metavar="TEXT", help="why, recorded in the plan")
+    plan.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_filter_arguments(plan)
+    add_settings(plan, RUN_SETTINGS)
+
+    apply = sub.add_parser("apply", help="send exactly the orders of a reviewed plan file")
+    apply.add_argument("plan", metavar="PLAN", help="the plan file (cancel-orders plan)")
+    _add_run_options(apply)
+
+    control = sub.add_parser(
+        "control", help="pause, resume, stop or re-rate a running run or consumer group"
+    )
+    control.add_argument("action", choices=ACTIONS, help="what to do")
+    control.add_argument("value", nargs="?", metavar="R", help="the new rate, for `rate`")
+    add_settings(control, CONTROL_KEYS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(retry)
 
+    _add_plan_commands(sub)
+
     report = sub.add_parser("report", help="show or export the outcomes recorded in a ledger")
     add_report_format(report, html=True)
     add_settings(report, REPORT_KEYS)
@@ -144,13 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", help="run a local MouvONE look-alike")
     add_simulate_arguments(simulate)
-
-    control = sub.add_parser(
-        "control", help="pause, resume, stop or re-rate a running run or consumer group"
-    )
-    control.add_argument("action", choices=ACTIONS, help="what to do")
-    control.add_argument("value", nargs="?", metavar="R", help="the new rate, for `rate`")
-    add_settings(control, CONTROL_KEYS)
 
     demo = sub.add_parser("demo", help="the full pipeline against the built-in simulator")
     demo.add_argument(

@@ -18,6 +18,8 @@ from worker.settings import Settings
 from worker.sources import IdValidator, OrderSource
 from worker.sources.csv_file import CsvSource, needs_spooling, spool_stdin
 from worker.sources.ledger_source import LedgerSource
+from worker.sources.plan import PlanSource
+from worker.sources.plan import load as load_plan
 
 FILTER_DESTS = (
     "status",
@@ -32,6 +34,9 @@ FILTER_DESTS = (
 
 
 def source_from(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> OrderSource:
+    if args.command == "apply":
+        settings.require_target()
+        return PlanSource.of(load_plan(Path(args.plan), settings.api_url))
     if args.command == "retry":
         if not settings.ledger.is_file():
             raise ConfigError(f"{settings.ledger}: no ledger at this path")

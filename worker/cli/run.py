@@ -71,6 +71,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             progress_bar=sys.stderr.isatty() and not args.no_progress,
             total=total,
             resume=_resume_command(args),
+            plan=getattr(source, "digest", ""),
         )
         ask = None if args.yes else _ask_after_canary
         runner = Runner(settings, source, ledger, options, ask=ask)

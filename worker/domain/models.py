@@ -102,6 +102,7 @@ class RunOptions:
     progress_bar: bool = False
     total: int | None = None  # orders in the input, when known beforehand
     resume: str = ""  # the command line that resumes this run (secrets removed)
+    plan: str = ""  # `apply`: the digest of the plan it sends
 
 
 @dataclass
@@ -121,6 +122,7 @@ class RunReport:
     limits: dict[str, float] = field(default_factory=dict)  # rate, concurrency... in force
     target: str = ""  # the target's name or base URL, and the token host
     resume: str = ""  # the command line that resumes it
+    plan: str = ""  # the digest of the plan it applied
 
     def as_dict(self) -> dict[str, object]:
         """The summary event's fields."""
@@ -151,6 +153,8 @@ class RunReport:
         }
         if self.resume:
             fields["resume"] = self.resume
+        if self.plan:
+            fields["plan"] = self.plan
         if self.limits:
             fields["limits"] = dict(self.limits)
         if self.dry_run:

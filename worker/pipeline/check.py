@@ -74,3 +74,14 @@ def run_check(
             ledger.close()
     failing = sum(n for name, n in counts.items() if Outcome(name) not in SUCCESS)
     return 0 if failing == 0 else 1
+
+
+def predictions(settings: Settings, source: OrderSource) -> dict[str, str]:
+    """Each order's predicted outcome (for `plan --check`)."""
+    with tempfile.TemporaryDirectory(prefix="cancel-orders-check-") as folder:
+        ledger = Ledger(Path(folder) / "preflight.sqlite")
+        try:
+            event_loop.run(check_into(settings, source, ledger))
+            return {str(row[0]): str(row[1]) for row in ledger.rows()}
+        finally:
+            ledger.close()

@@ -270,6 +270,7 @@ class Runner:
                 else ""
             ),
             resume=self._options.resume if stopped else "",
+            plan=self._options.plan,
         )
 
 

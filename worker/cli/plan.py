@@ -1,0 +1,98 @@
+"""`cancel-orders plan`: the orders a run would send, written to a plan file that a person
+reviews and `apply` sends later; nothing is sent (with `--check`, each order is looked up)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import ExitStack
+from dataclasses import asdict
+from pathlib import Path
+
+from worker.cli.common import say, settings_from
+from worker.cli.flags import RUN_GROUPS, keys_of
+from worker.cli.inputs import source_from
+from worker.domain.errors import ConfigError
+from worker.domain.models import new_run_id
+from worker.ledger import check_target, open_ledger
+from worker.runtime.files import replaced
+from worker.settings import duration_s
+from worker.sources import OrderSource
+from worker.sources import plan as plans
+
+BATCH = 1000
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """`plan`: 0 when written with every ID valid, 1 when some IDs were invalid."""
+    settings = settings_from(args, keys_of(RUN_GROUPS))
+    settings.require_target()
+    check_target(settings.ledger, settings.api_url)
+    try:
+        expires_in_s = duration_s(args.expires_in)
+    except ValueError as exc:
+        raise ConfigError(f"--expires-in: {exc}") from None
+    with ExitStack() as stack:
+        source = source_from(args, settings, stack)
+        source.scan()
+        order_ids, invalid, final = _to_send(source, settings.ledger)
+        origin = _origin(args)
+        predicted = None
+        if args.check:
+            from worker.pipeline.check import predictions  # noqa: PLC0415 - only with --check
+
+            settings.require_credentials()
+            predicted = predictions(settings, plans.PlanSource(order_ids, "the plan"))
+    content = plans.make(
+        order_ids,
+        target=settings.api_url,
+        origin=origin,
+        expires_in_s=expires_in_s,
+        reason=args.reason,
+        predictions=predicted,
+    )
+    with replaced(args.output) as out:
+        json.dump(content, out, indent=1)
+        out.write("\n")
+    say(
+        sys.stdout,
+        f"Plan {args.output}: {len(order_ids)} orders for {settings.target_label}, digest "
+        f"{content['digest'][:12]}, expires at {content['expires_at']}\n"
+        f"  not in it: {invalid} invalid, {final} already final in {settings.ledger}\n"
+        f"  nothing was sent; review it, then: cancel-orders apply {args.output}\n",
+    )
+    return 1 if invalid else 0
+
+
+def _to_send(source: OrderSource, ledger_path: Path) -> tuple[list[str], int, int]:
+    """The valid, distinct IDs not final in the ledger, in input order; (IDs, invalid, final)."""
+    seen: set[str] = set()
+    order_ids: list[str] = []
+    invalid = final = 0
+    with ExitStack() as stack:
+        ledger = open_ledger(ledger_path, dry=True, stack=stack)
+        run_id = new_run_id()
+        for batch in source.batches(BATCH):
+            claimed = ledger.claim(batch, run_id, force=False, dry=True)
+            invalid += len(claimed.invalid)
+            final += len(claimed.skipped)
+            for order_id in claimed.to_send:
+                if order_id not in seen:
+                    seen.add(order_id)
+                    order_ids.append(order_id)
+    return order_ids, invalid, final
+
+
+def _origin(args: argparse.Namespace) -> dict[str, object]:
+    """Where the orders came from: the input's name and sha256, or the selection's filters."""
+    if getattr(args, "select", False):
+        from worker.cli.selecting import filters_from  # noqa: PLC0415
+
+        found = asdict(filters_from(args)).items()
+        return {
+            "selection": {k: v if isinstance(v, list | tuple) else str(v) for k, v in found if v}
+        }
+    if args.input == "-":
+        return {"input": {"name": "<stdin>"}}
+    return {"input": {"name": args.input, "sha256": plans.file_sha256(Path(args.input))}}
