@@ -193,6 +193,11 @@ async def test_plan_then_apply_sends_exactly_the_plan(
     assert plan["reason"] == "T-1"
     assert len(plan["input"]["sha256"]) == 64
     assert plan["digest"][:12] in planned.stdout
+    checked_file = tmp_path / "checked.json"
+    checked = await cli.run("plan", str(src), "--output", str(checked_file), "--check", env=env)
+    assert checked.code == 0, checked.stderr[-2000:]
+    assert json.loads(checked_file.read_text())["predictions"] == dict.fromkeys(wanted, "cancelled")
+    assert sim.sim.stats.deletes == {}  # --check looks up, never cancels
     applied = await cli.run("apply", str(plan_file), "--yes", env=env)
     assert applied.code == 0, applied.stderr[-2000:]
     assert sorted(sim.sim.stats.deletes) == wanted
