@@ -147,7 +147,9 @@ async def test_control_stops_and_resumes_a_consumer_group(
     running = await make_sim(latency_ms=5)
     wanted = ids("CDE", 300)
     env = queue.env(running, tmp_path, MOUVONE_RATE="50")
-    assert (await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", wanted)), env=env)).code == 0
+    assert (
+        await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
+    ).code == 0
     proc = await cli.start("consume", "--consumer", "one", env=env)
     await asyncio.wait_for(running.sim.wait_for_deletes(20), 30)
     assert (await cli.run("control", "stop", env=env)).code == 0

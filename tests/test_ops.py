@@ -120,7 +120,7 @@ async def test_consumer_serves_metrics_and_health(
     running = await make_sim()
     env = queue.env(running, tmp_path)
     src = write_ids(tmp_path / "o.csv", [f"CDE{n:010d}" for n in range(1, 31)])
-    assert (await cli.run("enqueue", str(src), env=env)).code == 0
+    assert (await cli.run("enqueue", "--yes", str(src), env=env)).code == 0
     port = free_port()
     proc = await cli.start("consume", "--metrics-port", str(port), env=env)
     try:

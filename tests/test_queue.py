@@ -55,7 +55,7 @@ async def test_enqueue_survives_dropped_connections(
     """Connections killed again and again during a big enqueue: every ID exactly once."""
     wanted = ids("CDE", 30_000)
     src = write_ids(tmp_path / "o.csv", wanted)
-    proc = await cli.start("enqueue", str(src), env=queue.env(sim, tmp_path))
+    proc = await cli.start("enqueue", "--yes", str(src), env=queue.env(sim, tmp_path))
     killed = 0
     while proc.returncode is None and killed < 40:
         await asyncio.sleep(0.01)
@@ -79,7 +79,9 @@ async def test_two_consumers_one_killed(
     running = await make_sim(latency_ms=10)
     wanted = ids("CDE", 600) + ids("ALR", 20) + ids("SUB", 20)
     env = queue.env(running, tmp_path, MOUVONE_RATE="400", MOUVONE_CONCURRENCY="8")
-    assert (await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", wanted)), env=env)).code == 0
+    assert (
+        await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
+    ).code == 0
     args = ["consume", "--exit-when-empty", "--claim-idle", "1"]
     victim = await cli.start(*args, "--consumer", "victim", env=env)
     survivor = await cli.start(*args, "--consumer", "survivor", env=env)
@@ -108,7 +110,9 @@ async def test_group_rate_limit_across_three_consumers(
     running = await make_sim()
     wanted = ids("CDE", 360)
     env = queue.env(running, tmp_path, MOUVONE_RATE="60", MOUVONE_CONCURRENCY="8")
-    assert (await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", wanted)), env=env)).code == 0
+    assert (
+        await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
+    ).code == 0
     procs = [
         await cli.start("consume", "--exit-when-empty", "--consumer", f"c{n}", env=env)
         for n in range(3)
@@ -133,7 +137,7 @@ async def test_dead_letters_then_redrive(
     env = queue.env(running, tmp_path, MOUVONE_MAX_ATTEMPTS="2")
     poisoned, failing = "CDE0000000001", "TMP0000000003"  # TMP...3 fails three times
     src = write_ids(tmp_path / "o.csv", [poisoned, failing, "CDE0000000002"])
-    assert (await cli.run("enqueue", str(src), env=env)).code == 0
+    assert (await cli.run("enqueue", "--yes", str(src), env=env)).code == 0
     await queue.redis.xgroup_create(n.stream, n.group, id="0")
     first = await queue.redis.xreadgroup(n.group, "ghost", {n.stream: ">"}, count=1)
     entry_id = first[0][1][0][0]
@@ -168,7 +172,9 @@ async def test_connection_dropped_mid_run(
     running = await make_sim(latency_ms=5)
     wanted = ids("CDE", 500)
     env = queue.env(running, tmp_path, MOUVONE_RATE="300")
-    assert (await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", wanted)), env=env)).code == 0
+    assert (
+        await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
+    ).code == 0
     proc = await cli.start("consume", "--exit-when-empty", env=env)
     for target in (100, 250, 400):
         await asyncio.wait_for(running.sim.wait_for_deletes(target), 30)
@@ -188,7 +194,9 @@ async def test_entries_delivered_but_never_seen_are_taken_back(
     running = await make_sim()
     wanted = ids("CDE", 20)
     env = queue.env(running, tmp_path)
-    assert (await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", wanted)), env=env)).code == 0
+    assert (
+        await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
+    ).code == 0
     n = queue.names
     await queue.redis.xgroup_create(n.stream, n.group, id="0")
     unseen = await queue.redis.xreadgroup(n.group, "c", {n.stream: ">"}, count=3)
@@ -208,7 +216,9 @@ async def test_sigterm_finishes_in_flight_and_the_rest_is_claimed(
     running = await make_sim(latency_ms=50)
     wanted = ids("CDE", 200)
     env = queue.env(running, tmp_path, MOUVONE_RATE="100", MOUVONE_CONCURRENCY="8")
-    assert (await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", wanted)), env=env)).code == 0
+    assert (
+        await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
+    ).code == 0
     first = await cli.start("consume", "--consumer", "first", "--claim-idle", "1", env=env)
     await asyncio.wait_for(running.sim.wait_for_deletes(40), 30)
     first.send_signal(signal.SIGTERM)
@@ -237,7 +247,9 @@ async def test_frozen_consumer_does_not_cancel_what_others_finished(
     running = await make_sim(latency_ms=20)
     wanted = ids("CDE", 300)
     env = queue.env(running, tmp_path, MOUVONE_RATE="150", MOUVONE_CONCURRENCY="4")
-    assert (await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", wanted)), env=env)).code == 0
+    assert (
+        await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
+    ).code == 0
     args = ["consume", "--claim-idle", "0.5"]
     frozen = await cli.start(*args, "--consumer", "frozen", env=env)
     await asyncio.wait_for(running.sim.wait_for_deletes(30), 30)
@@ -291,7 +303,9 @@ async def test_report_from_the_results_stream(
     running = await make_sim()
     wanted = ids("CDE", 5) + ids("NFD", 2) + ids("CTR", 1)
     env = queue.env(running, tmp_path)
-    assert (await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", wanted)), env=env)).code == 0
+    assert (
+        await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
+    ).code == 0
     assert (await cli.run("consume", "--exit-when-empty", env=env)).code == 1
     base = ["report", "--results-stream", queue.names.results]
     as_json = json.loads((await cli.run(*base, "--format", "json", env=env)).stdout)
@@ -313,7 +327,7 @@ async def test_redis_unreachable_is_a_clear_error(cli: Cli, tmp_path: Path) -> N
     """No Redis at the URL: one line naming it, exit 2."""
     src = write_ids(tmp_path / "o.csv", ids("CDE", 3))
     env = {"MOUVONE_REDIS_URL": "redis://127.0.0.1:1/0", "PATH": os.environ.get("PATH", "")}
-    done = await cli.run("enqueue", str(src), env=env, timeout=90)
+    done = await cli.run("enqueue", "--yes", str(src), env=env, timeout=90)
     assert done.code == 2
     assert "127.0.0.1:1/0 is unreachable" in done.stderr.strip().splitlines()[-1]
 
@@ -329,7 +343,9 @@ async def test_group_rate_holds_when_a_frozen_replica_wakes(
     env = queue.env(
         running, tmp_path, MOUVONE_RATE="150", MOUVONE_CONCURRENCY="16", MOUVONE_CLAIM_IDLE="30"
     )
-    assert (await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", wanted)), env=env)).code == 0
+    assert (
+        await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
+    ).code == 0
     procs = [
         await cli.start("consume", "--exit-when-empty", "--consumer", f"c{n}", env=env)
         for n in range(3)
@@ -376,7 +392,9 @@ async def test_enqueue_to_a_redis_out_of_memory(
     await admin.aclose()
     env = sim_env(sim, tmp_path / "l.sqlite", MOUVONE_REDIS_URL=private_redis,
                   MOUVONE_OUTAGE_TIMEOUT="2")  # fmt: skip
-    done = await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", ids("CDE", 10))), env=env)
+    done = await cli.run(
+        "enqueue", "--yes", str(write_ids(tmp_path / "o.csv", ids("CDE", 10))), env=env
+    )
     assert done.code == 3, done.stderr[-2000:]
     assert "redis_unavailable" in done.stderr
     last = done.stderr.strip().splitlines()[-1]
@@ -390,7 +408,9 @@ async def test_consume_from_a_redis_that_refuses_writes(
     says so, and when the refusal lasts it ends with exit 3 and a clear message."""
     env = sim_env(sim, tmp_path / "l.sqlite", MOUVONE_REDIS_URL=private_redis,
                   MOUVONE_OUTAGE_TIMEOUT="3", MOUVONE_RATE="20")  # fmt: skip
-    added = await cli.run("enqueue", str(write_ids(tmp_path / "o.csv", ids("CDE", 200))), env=env)
+    added = await cli.run(
+        "enqueue", "--yes", str(write_ids(tmp_path / "o.csv", ids("CDE", 200))), env=env
+    )
     assert added.code == 0, added.stderr[-2000:]
     proc = await cli.start("consume", "--exit-when-empty", env=env)
     await asyncio.wait_for(sim.sim.wait_for_deletes(10), 30)
@@ -412,7 +432,7 @@ async def test_queue_names_never_fall_back_on_shared_ones(
     env = sim_env(sim, tmp_path / "l.sqlite", MOUVONE_REDIS_URL=REDIS_URL)
     src = write_ids(tmp_path / "o.csv", ["CDE0000000001", "SUB0000000001"])
     for given, code in (([f"--stream={prefix}:requests"], 1), ([f"--namespace={prefix}"], 0)):
-        assert (await cli.run("enqueue", str(src), *given, env=env)).code == 0
+        assert (await cli.run("enqueue", "--yes", str(src), *given, env=env)).code == 0
         done = await cli.run("consume", "--exit-when-empty", *given, env=env)
         assert done.code == code, done.stderr[-2000:]  # the second time both are final already
         assert f"{prefix}:results" in done.stderr
@@ -430,7 +450,24 @@ async def test_enqueue_refuses_more_than_max_orders(
     enqueued."""
     env = queue.env(sim, tmp_path)
     src = write_ids(tmp_path / "o.csv", [*ids("CDE", 5), "CDE0000000001", "bad"])
-    done = await cli.run("enqueue", str(src), "--max-orders", "4", env=env)
+    done = await cli.run("enqueue", "--yes", str(src), "--max-orders", "4", env=env)
     assert done.code == 2
     assert "5 orders would be sent, more than --max-orders 4" in done.stderr
+    assert await queue.redis.exists(queue.names.stream) == 0
+
+
+async def test_enqueue_dry_run_and_confirmation(
+    queue: Queue, cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """enqueue --dry-run counts what would be enqueued and enqueues nothing; without --yes
+    off a terminal nobody can confirm: exit 2, nothing enqueued."""
+    env = queue.env(sim, tmp_path)
+    src = write_ids(tmp_path / "o.csv", [*ids("CDE", 5), "CDE0000000001", "bad"])
+    dry = await cli.run("enqueue", "--dry-run", str(src), env=env)
+    assert dry.code == 1  # one invalid ID
+    assert "Would enqueue 5 orders" in dry.stdout
+    assert queue.names.stream in dry.stdout
+    unconfirmed = await cli.run("enqueue", str(src), env=env)
+    assert unconfirmed.code == 2
+    assert "pass --yes" in unconfirmed.stderr.strip().splitlines()[-1]
     assert await queue.redis.exists(queue.names.stream) == 0

@@ -17,8 +17,8 @@ from tests.support import REDIS_URL, Cli, Queue, write_ids
 from worker.simulator import RunningSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("run", "retry", "report", "select", "check", "enqueue", "consume", "redrive",
-            "simulate", "demo")  # fmt: skip
+COMMANDS = ("run", "retry", "report", "select", "check", "plan", "apply", "control", "enqueue",
+            "consume", "redrive", "simulate", "demo")  # fmt: skip
 
 
 def _pip(python: Path, *args: str) -> None:
@@ -84,7 +84,7 @@ async def test_queue_round_trip_from_the_wheel(
     env = queue.env(sim, tmp_path)
     orders = [f"CDE{k:010d}" for k in range(1, 21)] + ["SUB0000000001"]
     src = write_ids(tmp_path / "o.csv", orders)
-    added = await cli.run("enqueue", str(src), env=env)
+    added = await cli.run("enqueue", "--yes", str(src), env=env)
     assert added.code == 0, added.stderr[-2000:]
     consumed = await cli.run("consume", "--exit-when-empty", env=env, timeout=120)
     assert consumed.code == 1, consumed.stderr[-2000:]

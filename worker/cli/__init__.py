@@ -64,6 +64,12 @@ def _add_queue_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     enqueue = sub.add_parser("enqueue", help="append order IDs to the Redis requests stream")
     enqueue.add_argument("input", metavar="INPUT", help="CSV or text file, or - for standard input")
     enqueue.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
+    enqueue.add_argument(
+        "--dry-run", action="store_true", help="count and check what would be enqueued; do nothing"
+    )
+    enqueue.add_argument(
+        "--yes", action="store_true", help="enqueue without asking (needed when not on a terminal)"
+    )
     add_settings(enqueue, keys_of(ENQUEUE_GROUPS))
 
     consume = sub.add_parser(

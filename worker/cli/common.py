@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import NoReturn, TextIO
 
 import structlog
 
+from worker.domain.errors import ConfigError
 from worker.domain.models import Outcome
 from worker.runtime.logs import configure, silence
 from worker.settings import FILES_READ, Settings, load_settings
@@ -95,3 +97,26 @@ def warn_secret_flags(argv: Sequence[str]) -> None:
             "the environment (MOUVONE_CLIENT_SECRET, MOUVONE_API_KEY, MOUVONE_ACCESS_TOKEN) or "
             "a file only you can read (--client-secret-file, --api-key-file)",
         )
+
+
+def terminal() -> TextIO | None:
+    """Where a person can answer: standard input when it is the terminal, else the terminal
+    itself (the orders may come on standard input); None without one."""
+    if sys.stdin.isatty():
+        return open(os.dup(sys.stdin.fileno()), encoding="utf-8")  # noqa: PTH123
+    try:
+        return open("/dev/tty", encoding="utf-8")  # noqa: PTH123 - closed by the caller
+    except OSError:
+        return None
+
+
+def confirm(prompt: str) -> None:
+    """Ask a person for "yes" (on the terminal, even when the orders come on standard input);
+    ConfigError (exit 2, nothing done) when nobody can be asked or the answer is not yes."""
+    answer_from = terminal()
+    if answer_from is None:
+        raise ConfigError("not on a terminal, so nobody can confirm: pass --yes to go on")
+    say(sys.stderr, prompt)
+    with answer_from:
+        if answer_from.readline().strip().lower() != "yes":
+            raise ConfigError("not confirmed: nothing was sent")

@@ -12,7 +12,7 @@ from typing import TextIO
 
 import structlog
 
-from worker.cli.common import settings_from
+from worker.cli.common import confirm, settings_from
 from worker.cli.flags import CONSUME_GROUPS, ENQUEUE_GROUPS, keys_of
 from worker.cli.inputs import cap, source_from
 from worker.domain.models import Result, RunReport
@@ -152,11 +152,22 @@ def run_enqueue(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         source = source_from(args, settings, stack)
         source.scan()
-        if settings.max_orders is not None:
-            valid: set[str] = set()
-            for batch in source.batches(1000):
-                valid.update(order_id for order_id, bad in batch if bad is None)
-            cap(len(valid), settings)
+        valid: set[str] = set()
+        invalid = 0
+        for batch in source.batches(1000):
+            valid.update(order_id for order_id, bad in batch if bad is None)
+            invalid += sum(bad is not None for _, bad in batch)
+        cap(len(valid), settings)
+        where = f"{settings.stream} on {safe_url(settings.redis_url or '')}"
+        if args.dry_run:
+            print(f"Would enqueue {len(valid)} orders to {where}; invalid: {invalid}; nothing sent")
+            return 1 if invalid else 0
+        if not args.yes and valid:
+            confirm(
+                f"About to enqueue {len(valid)} orders to {where} (invalid, not enqueued: "
+                f"{invalid}); the consumers of the group will cancel them.\n"
+                "A cancellation cannot be undone. Type 'yes' to go on: "
+            )
         return cmd_enqueue(settings, source)
 
 

@@ -4,17 +4,15 @@ pool over the input and the ledger, then the summary, the metrics and the exit s
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 import structlog
 
-from worker.cli.common import SECRET_FLAGS, say, settings_from
+from worker.cli.common import SECRET_FLAGS, say, settings_from, terminal
 from worker.cli.flags import RUN_GROUPS, keys_of
 from worker.cli.inputs import cap, last_run, source_from
 from worker.domain.errors import ConfigError, WorkerError
@@ -140,7 +138,7 @@ def _confirm(source: OrderSource, settings: Settings, plan: _Counts, total: int)
     standard input; nothing to send: nothing to ask. Refuse when nobody can be asked."""
     if plan.to_send == 0:
         return  # nothing will be sent: the run only records what is invalid
-    answer_from = _terminal()
+    answer_from = terminal()
     if answer_from is None:
         raise ConfigError("not on a terminal, so nobody can confirm: pass --yes to send")
     minutes = plan.to_send / settings.rate / 60
@@ -163,7 +161,7 @@ def _confirm(source: OrderSource, settings: Settings, plan: _Counts, total: int)
 
 def _ask_after_canary(results: list[Result]) -> bool:
     """--canary without --yes: show the canary's outcomes and ask whether to send the rest."""
-    answer_from = _terminal()
+    answer_from = terminal()
     if answer_from is None:
         return False
     shown = "\n".join(
@@ -176,17 +174,6 @@ def _ask_after_canary(results: list[Result]) -> bool:
     )
     with answer_from:
         return answer_from.readline().strip().lower() == "yes"
-
-
-def _terminal() -> TextIO | None:
-    """Where a person can answer: standard input when it is the terminal, else the terminal
-    itself (the orders may come on standard input); None without one."""
-    if sys.stdin.isatty():
-        return open(os.dup(sys.stdin.fileno()), encoding="utf-8")  # noqa: PTH123
-    try:
-        return open("/dev/tty", encoding="utf-8")  # noqa: PTH123 - closed by the caller
-    except OSError:
-        return None
 
 
 @dataclass
