@@ -194,3 +194,20 @@ async def run_ids(
 def ids(prefix: str, n: int, start: int = 1) -> list[str]:
     """n order IDs with a behaviour prefix (the simulator answers by the first three letters)."""
     return [f"{prefix}{k:010d}" for k in range(start, start + n)]
+
+
+MOCKED_API = "https://api.example.test/v1"  # for aioresponses: never reached
+
+
+def mocked_api_settings(tmp_path: Path, **flags: Any) -> Settings:
+    """Settings for a client whose answers aioresponses gives: a static token (a refresh of
+    it is fatal), nothing from the environment."""
+    given = {
+        "base_url": MOCKED_API,
+        "token_url": "https://api.example.test/token",
+        "access_token": "tok",
+        "api_key": "key",
+        "ledger": tmp_path / "l.sqlite",
+        **flags,
+    }
+    return load_settings(given, env_file=None, environment=False)

@@ -11,6 +11,7 @@ from aioresponses import aioresponses
 from yarl import URL
 
 from tests.fakes import InstantClock
+from tests.support import MOCKED_API, mocked_api_settings
 from worker.api.connection import Api, Reader, RetriesExhaustedError, connect
 from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import FatalApiError
@@ -18,29 +19,15 @@ from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.control import RunControl
 from worker.pipeline.dispatcher import Dispatcher
 from worker.pipeline.order import OrderState, RetryPolicy
-from worker.settings import load_settings
 
-BASE = "https://api.example.test/v1"
+BASE = MOCKED_API
 ORDER = URL(f"{BASE}/customer-orders/ABC0000000001")
 
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
     """A connection with a static token (a refresh of it is fatal)."""
-    settings = load_settings(
-        {
-            "base_url": BASE,
-            "token_url": "https://api.example.test/token",
-            "access_token": "tok",
-            "api_key": "key",
-            "ledger": tmp_path / "l.sqlite",
-            "rate": 1000,
-            "backoff_base": 0.01,
-            "backoff_cap": 0.02,
-        },
-        env_file=None,
-        environment=False,
-    )
+    settings = mocked_api_settings(tmp_path, rate=1000, backoff_base=0.01, backoff_cap=0.02)
     connected = connect(settings, InstantClock())
     yield connected
     await connected.close()

@@ -14,6 +14,7 @@ from aioresponses import aioresponses
 from yarl import URL
 
 from tests.fakes import FakeClock
+from tests.support import MOCKED_API, mocked_api_settings
 from worker.api.connection import Api, connect
 from worker.domain.classifier import OutcomeTable
 from worker.domain.models import Outcome, Result
@@ -21,9 +22,8 @@ from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.control import RunControl
 from worker.pipeline.dispatcher import Dispatcher
 from worker.pipeline.order import OrderState, RetryPolicy
-from worker.settings import load_settings
 
-BASE = "https://api.example.test/v1"
+BASE = MOCKED_API
 RATE = 100.0
 
 
@@ -41,20 +41,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def api(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Api]:
     """A connection with a static token, its limiter on the virtual clock."""
-    settings = load_settings(
-        {
-            "base_url": BASE,
-            "token_url": "https://api.example.test/token",
-            "access_token": "tok",
-            "api_key": "key",
-            "ledger": tmp_path / "l.sqlite",
-            "rate": RATE,
-            "backoff_base": 0.5,
-            "backoff_cap": 4,
-        },
-        env_file=None,
-        environment=False,
-    )
+    settings = mocked_api_settings(tmp_path, rate=RATE, backoff_base=0.5, backoff_cap=4)
     connected = connect(settings, clock)
     yield connected
     await connected.close()
