@@ -65,6 +65,7 @@ class Measure:
     wall_s: float
     deletes: int
     max_per_s: int  # the busiest sliding second at the server
+    requests: int = 0  # every API request the server answered (GETs included)
 
     @property
     def cpu_per_order_ms(self) -> float:
@@ -131,6 +132,7 @@ class Simulator:
             wall,
             deletes,
             int(str(stats["max_per_second"])),
+            sum(int(n) for n in dict(stats["statuses"]).values()),
         )
 
     def close(self) -> None:
@@ -369,6 +371,34 @@ def scenario_limiter(bench: Bench, _sims: dict[float, Simulator], _orders: int) 
     )
 
 
+def scenario_guardrails(bench: Bench, sims: dict[float, Simulator], orders: int) -> None:
+    """--require-status at zero latency: a GET before each DELETE, and nothing more (the same
+    CPU per request); the other guardrails, off, are the throughput scenario's run."""
+    n = min(orders, 10_000)
+    sim = sims[0.0]
+    flags = ("--rate", "1000000", "--concurrency", "64")
+    plain = min(
+        (sim.measure(bench.tool(bench.ids(n), *flags)) for _ in range(bench.rounds)),
+        key=lambda m: m.cpu_s,
+    )
+    checked = min(
+        (
+            sim.measure(bench.tool(bench.ids(n), *flags, "--require-status", "Draft,Valid"))
+            for _ in range(bench.rounds)
+        ),
+        key=lambda m: m.cpu_s,
+    )
+    per_request = (checked.cpu_s / checked.requests) / (plain.cpu_s / plain.requests)
+    doubled = checked.requests / plain.requests
+    met = 1.9 <= doubled <= 2.1 and per_request <= 1.15
+    bench.add(
+        f"guardrails, --require-status, 0 ms, 64 in flight, {n} orders",
+        f"requests {plain.requests} -> {checked.requests} (x{doubled:.2f}); CPU per request "
+        f"x{per_request:.2f}; {plain.per_s:,.0f} -> {checked.per_s:,.0f} DELETEs/s",
+        "target x2 requests, CPU per request <= 1.15x: " + ("met" if met else "not met"),
+    )
+
+
 SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "throughput": scenario_throughput,
     "latency": scenario_latency,
@@ -377,6 +407,7 @@ SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "resume": scenario_resume,
     "scaling": scenario_scaling,
     "limiter": scenario_limiter,
+    "guardrails": scenario_guardrails,
 }
 
 
