@@ -213,6 +213,7 @@ async def test_retry_and_report(cli: Cli, sim: RunningSimulator, tmp_path: Path)
         "not_found",
         "rejected",
         "invalid",
+        "skipped",
         "retryable_failed",
         "pending",
     }
