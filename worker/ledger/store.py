@@ -16,7 +16,7 @@ import orjson
 
 from worker.domain.errors import LedgerError
 from worker.domain.models import FINAL, Outcome, Result
-from worker.ledger import control
+from worker.ledger.control import commands_of, publish
 from worker.ledger.plan import Plan
 from worker.ledger.schema import CLAIM_BATCH, CSV_COLUMNS, SCHEMA, SCHEMA_VERSION, UPSERT_BATCH
 from worker.ledger.sqlite import Transaction, connect_readonly, lock
@@ -275,11 +275,11 @@ class Ledger:
 
     def steering(self, run_id: str) -> dict[str, str]:
         """The standing `control` commands of this run."""
-        return control.commands_of(self._db, run_id)
+        return commands_of(self._db, run_id)
 
     def publish(self, run_id: str, status: dict[str, object]) -> None:
         """This run's status, for `control status`."""
-        control.publish(self._db, run_id, status)
+        publish(self._db, run_id, status)
 
     # -- plumbing -----------------------------------------------------------------------------
 
