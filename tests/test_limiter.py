@@ -138,3 +138,28 @@ async def test_a_lowered_pace_spaces_requests_wider() -> None:
     await clock.run(*(asyncio.ensure_future(take()) for _ in range(3)))
     gaps = [round(b - a, 3) for a, b in itertools.pairwise(starts)]
     assert gaps == [round(1 / (5 * 0.98), 3)] * 2
+
+
+async def test_callers_that_missed_their_slots_in_a_stall_go_evenly_spaced() -> None:
+    """Sixteen callers wait for their slots at rate 10; the process stalls for 3 s (frozen,
+    swapped out) and they all wake at once: they take new slots from then on, evenly spaced,
+    instead of leaving together."""
+    clock = FakeClock()
+    limiter = RateLimiter(10, clock, margin=1.0, hard_cap=False)
+    admitted: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire()
+        admitted.append(clock.monotonic())
+
+    tasks = [asyncio.create_task(one()) for _ in range(16)]
+    for _ in range(5):
+        await asyncio.sleep(0)  # every caller has its slot and sleeps for it
+    first = list(admitted)
+    clock.now += 3.0  # the stall: every slot but the first is now in the past
+    await clock.run(*tasks)
+    woken = sorted(admitted[len(first) :])
+    assert len(first) == 1
+    assert woken[0] >= 1003.0
+    assert min(b - a for a, b in itertools.pairwise(woken)) >= 0.1 - 1e-9
+    assert _max_in_window([*first, *woken]) <= 10

@@ -39,6 +39,7 @@ DEFAULT_MARGIN = 0.98  # pace a little under the limit: the gateway's window is 
 CAP_PERIOD_S = 1.02  # the hard cap's window: floor(rate) requests in any 1.02 s, so no second
 # carries more than the rate even when the requests catching up after a stall arrive 20 ms apart
 # from the ones before it
+STALL_S = 0.2  # a slot reached this late belongs to a stall (see acquire)
 MIN_SLEEP_S = 0.001  # a slot closer than this is taken at once: an event-loop timer costs more
 DECREASE_FACTOR = 0.5  # a 429 halves the pace
 INCREASE_PER_S = 0.02  # successes raise the pace by this share of the rate per second of them
@@ -110,7 +111,12 @@ class RateLimiter:
             await self._resumed.wait()
 
     async def acquire(self) -> float:
-        """Wait for this caller's slot, then take it; the (monotonic) time it was due."""
+        """Wait for this caller's slot, then take it; the (monotonic) time it was due.
+
+        A slot reached more than STALL_S late (the process was frozen or swapped out, and every
+        waiting caller wakes at once) is given up once for a new one from now: the callers that
+        missed their slots go evenly spaced again instead of in one burst up to the hard cap."""
+        retaken = False
         while True:
             if self.held:
                 await self.until_resumed()
@@ -121,9 +127,13 @@ class RateLimiter:
                 break  # slots stay on their schedule, so starting early never adds up
             self.on_wait(slot - now)
             await self._clock.sleep(slot - now)
-            if self._clock.monotonic() >= self._paused_until and not self.held:
-                break
-            # A pause or a hold began while this caller waited: queue again behind it.
+            now = self._clock.monotonic()
+            if now < self._paused_until or self.held:
+                continue  # a pause or a hold began while this caller waited: queue behind it
+            if now - slot > STALL_S and not retaken:
+                retaken = True
+                continue
+            break
         if self._throttler is not None:
             await self._throttler.acquire()  # type: ignore[no-untyped-call]
         return slot
