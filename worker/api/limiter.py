@@ -4,7 +4,8 @@ asyncio-throttle's ``Throttler`` keeps a sliding log of start times and so never
 ``floor(rate)`` requests start within any window of CAP_PERIOD_S (a little over a second, so
 that a request arriving a few milliseconds late cannot push a second over): it is the hard cap,
 and it holds whatever happens to the schedule, a stall of the event loop included (a frozen or
-swapped process wakes with every slot it missed due at once). On its own
+swapped process wakes with every slot it missed due at once; ``acquire`` then spaces those
+callers again). On its own
 it admits a whole second's quota in a burst at the start of the window, which Azure API
 Management's sliding window answers with 429s, and its waiters poll every ``retry_interval``.
 So requests are first paced onto evenly spaced slots (``1 / (rate * margin)`` apart, first come
