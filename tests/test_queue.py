@@ -86,6 +86,7 @@ async def test_two_consumers_one_killed(
     victim = await cli.start(*args, "--consumer", "victim", env=env)
     survivor = await cli.start(*args, "--consumer", "survivor", env=env)
     await asyncio.wait_for(running.sim.wait_for_deletes(150), 30)
+    await asyncio.wait_for(_until_recorded_by(queue, "victim"), 30)  # it works, then it dies
     victim.kill()
     await victim.wait()
     _, err = await asyncio.wait_for(survivor.communicate(), 90)
@@ -471,3 +472,9 @@ async def test_enqueue_dry_run_and_confirmation(
     assert unconfirmed.code == 2
     assert "pass --yes" in unconfirmed.stderr.strip().splitlines()[-1]
     assert await queue.redis.exists(queue.names.stream) == 0
+
+
+async def _until_recorded_by(queue: Queue, consumer: str) -> None:
+    """Return once the results stream holds a result this consumer wrote."""
+    while not any(r["consumer"] == consumer for r in await queue.results()):
+        await asyncio.sleep(0.05)
