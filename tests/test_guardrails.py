@@ -108,7 +108,7 @@ async def test_control_pauses_rerates_and_stops_a_running_run(
     resume brings them back, `rate 5` holds the run at 5 a second, stop ends it with exit 4,
     and the same command afterwards finishes the rest."""
     ledger = tmp_path / "l.sqlite"
-    src = write_ids(tmp_path / "o.csv", ids("CDE", 300))
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 120))
     env = sim_env(sim, ledger, MOUVONE_RATE="20", MOUVONE_CONCURRENCY="4")
     proc = await cli.start("run", str(src), "--yes", env=env)
     await asyncio.wait_for(sim.sim.wait_for_deletes(10), 30)
@@ -130,9 +130,9 @@ async def test_control_pauses_rerates_and_stops_a_running_run(
     assert "control stop" in err.decode().strip().splitlines()[-1]
     rows = ledger_rows(ledger)
     assert "pending" in {r["outcome"] for r in rows.values()}
-    again = await cli.run("run", str(src), "--yes", env=env)
+    again = await cli.run("run", str(src), "--yes", "--rate", "500", env=env)
     assert again.code == 0, again.stderr[-2000:]
-    assert len(sim.sim.stats.deletes) == 300
+    assert len(sim.sim.stats.deletes) == 120
     gone = await cli.run("control", "--ledger", str(ledger), "status")
     assert gone.code == 2
     assert "no run is running" in gone.stderr
@@ -145,7 +145,7 @@ async def test_control_stops_and_resumes_a_consumer_group(
     stopped (a consumer started meanwhile exits 4 at once, nothing sent) until `control resume`;
     then the group finishes every order once."""
     running = await make_sim(latency_ms=5)
-    wanted = ids("CDE", 300)
+    wanted = ids("CDE", 150)
     env = queue.env(running, tmp_path, MOUVONE_RATE="50")
     assert (
         await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
@@ -164,7 +164,8 @@ async def test_control_stops_and_resumes_a_consumer_group(
     assert sum(running.sim.stats.deletes.values()) == sent
     assert (await cli.run("control", "resume", env=env)).code == 0
     # "one" again: what it held when it stopped is its own, taken back at once
-    done = await cli.run("consume", "--consumer", "one", "--exit-when-empty", env=env, timeout=25)
+    finish = ["consume", "--consumer", "one", "--exit-when-empty", "--rate", "500"]
+    done = await cli.run(*finish, env=env, timeout=25)
     assert done.code == 0, done.stderr[-2000:]
     per_order = Counter(r["order_id"] for r in await queue.results())
     assert set(per_order) == set(wanted)
