@@ -33,6 +33,11 @@ class Canary:
         if size <= 0:
             self._open.set()
 
+    @property
+    def passed(self) -> bool:
+        """Off, or its orders ended well (or a person let the run go on)."""
+        return self._open.is_set()
+
     async def admit(self) -> bool:
         """Before a worker takes an order: True when its order is one of the canary's; the
         others wait here for the canary's verdict (a stop cancels them)."""

@@ -199,7 +199,8 @@ class Pool:
             # once for the lot instead of once for each (at zero latency on loopback, a wake-up
             # for every request cost about 6 microseconds of kernel time per request).
             await asyncio.sleep(0)
-            canary = await self.canary.admit()  # after the first N, wait for their verdict
+            # the first N go alone, the others wait for their verdict (no call once it passed)
+            canary = not self.canary.passed and await self.canary.admit()
             state = await source.take()
             if state is None or control.stopping:
                 if canary:
