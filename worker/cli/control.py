@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 from worker.cli import CONTROL_KEYS
@@ -23,7 +24,7 @@ def commands_for(action: str, value: str | None) -> dict[str, str]:
             rate = float(value or "")
         except ValueError:
             rate = 0.0
-        if rate <= 0:
+        if not math.isfinite(rate) or rate <= 0:
             raise ConfigError(
                 f"control rate: give a rate above 0 (requests per second), not {value}"
             )
