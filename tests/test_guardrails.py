@@ -235,3 +235,24 @@ async def test_apply_refuses_a_plan_edited_expired_or_for_another_target(
         assert str(plan_file) in last
         assert fault in last
     assert sim.sim.stats.arrivals == other.sim.stats.arrivals == []
+
+
+async def test_consume_requires_the_status_too(
+    queue: Queue, cli: Cli, make_sim: Any, tmp_path: Path
+) -> None:
+    """`consume --require-status Draft,Valid`: the same look-up right before each DELETE; a
+    Submitted or Cancelled order gets a `skipped` result (PRECONDITION_STATUS), never a DELETE."""
+    running = await make_sim()
+    fine = ids("CDE", 3)
+    env = queue.env(running, tmp_path)
+    src = write_ids(tmp_path / "o.csv", [*fine, "SUB0000000001", "ALR0000000001"])
+    assert (await cli.run("enqueue", "--yes", str(src), env=env)).code == 0
+    args = ["consume", "--exit-when-empty", "--require-status", "Draft,Valid"]
+    done = await cli.run(*args, env=env)
+    assert done.code == 1, done.stderr[-2000:]
+    assert set(running.sim.stats.deletes) == set(fine)
+    results = {r["order_id"]: r for r in await queue.results()}
+    for order in ("SUB0000000001", "ALR0000000001"):
+        assert results[order]["outcome"] == "skipped"
+        assert results[order]["error_code"] == "PRECONDITION_STATUS"
+    assert {results[o]["outcome"] for o in fine} == {"cancelled"}
