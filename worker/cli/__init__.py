@@ -47,6 +47,17 @@ RUN_SETTINGS = keys_of(RUN_GROUPS)
 CONTROL_KEYS = ("ledger", "redis_url", "namespace", "stream", "group", "log_format", "log_level")
 
 
+def _add_input(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """INPUT and --column (INPUT optional where --select can stand in for it)."""
+    parser.add_argument(
+        "input",
+        metavar="INPUT",
+        nargs="?" if optional else None,
+        help="CSV or text file, or - for standard input",
+    )
+    parser.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
@@ -62,8 +73,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_queue_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     enqueue = sub.add_parser("enqueue", help="append order IDs to the Redis requests stream")
-    enqueue.add_argument("input", metavar="INPUT", help="CSV or text file, or - for standard input")
-    enqueue.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
+    _add_input(enqueue)
     enqueue.add_argument(
         "--dry-run", action="store_true", help="count and check what would be enqueued; do nothing"
     )
@@ -93,10 +103,7 @@ def _add_plan_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     plan = sub.add_parser(
         "plan", help="write the orders a run would send to a plan file to review; send nothing"
     )
-    plan.add_argument(
-        "input", metavar="INPUT", nargs="?", help="CSV or text file, or - for standard input"
-    )
-    plan.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
+    _add_input(plan, optional=True)
     plan.add_argument("--select", action="store_true", help="plan the selection's orders")
     plan.add_argument("--output", metavar="PLAN", type=Path, required=True, help="the plan file")
     plan.add_argument("--check", action="store_true", help="add each order's predicted outcome")
@@ -139,10 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument(
-        "input", metavar="INPUT", nargs="?", help="CSV or text file, or - for standard input"
-    )
-    run.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
+    _add_input(run, optional=True)
     run.add_argument(
         "--force", action="store_true", help="send again orders that already have a final outcome"
     )
@@ -165,8 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check", help="predict each order's outcome with GET requests; cancel nothing"
     )
-    check.add_argument("input", metavar="INPUT", help="CSV or text file, or - for standard input")
-    check.add_argument("--column", metavar="NAME", help="the column holding the order IDs")
+    _add_input(check)
     add_report_format(check)
     add_settings(check, RUN_SETTINGS)
 
