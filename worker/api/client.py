@@ -6,14 +6,14 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Coroutine
+import uuid
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
-from multidict import CIMultiDict
 from yarl import URL
 
 from worker.domain.answer import Answer
@@ -22,6 +22,8 @@ from worker.domain.retry import parse_retry_after
 MAX_ERROR_BODY = 64 * 1024  # error bodies are small JSON; never read more than this
 MAX_READ_BODY = 8 * 1024 * 1024  # a GET's JSON answer (a page of 50 orders with details)
 MAX_MESSAGE = 500
+# Where a gateway or an API puts its own id of a request (Azure API Management, then others).
+RESPONSE_ID_HEADERS = ("x-ms-request-id", "apim-request-id", "request-id", "x-request-id")
 
 
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-]+")  # what quote() would leave as it is
@@ -96,7 +98,7 @@ class MouvoneClient:
         self._api_key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._token = ""
-        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._headers: dict[str, str] = {}
 
     def cancel(self, order_id: str, token: str) -> Coroutine[Any, Any, Answer]:
         """One DELETE; the answer, or the transport failure, as an Answer. (A plain method
@@ -118,7 +120,17 @@ class MouvoneClient:
         return self._order_url(order_id)
 
     async def _call(self, method: str, url: URL, token: str) -> Answer:
-        headers = self._headers if token == self._token else self._credentials(token)
+        """One request with its own X-Request-ID; the answer says which, and when it left."""
+        base = self._headers if token == self._token else self._credentials(token)
+        request_id = str(uuid.uuid4())
+        headers = {**base, "X-Request-ID": request_id}
+        sent_at = time.time()
+        answer = await self._exchange(method, url, headers)
+        answer.request_id = request_id
+        answer.sent_at = sent_at
+        return answer
+
+    async def _exchange(self, method: str, url: URL, headers: Mapping[str, str]) -> Answer:
         started = time.perf_counter()
         limit = MAX_ERROR_BODY if method == "DELETE" else MAX_READ_BODY
         try:
@@ -133,6 +145,7 @@ class MouvoneClient:
                 proxy=self._proxy,
             ) as resp:
                 status = resp.status
+                answered_as = _response_id(resp.headers)
                 if status == 200 and method == "DELETE":  # the common case: the body is not used
                     length = resp.content_length
                     await (
@@ -140,7 +153,7 @@ class MouvoneClient:
                         if length is not None and length <= limit
                         else _read_body(resp, limit)
                     )
-                    return Answer(200, latency_ms=_ms(started))
+                    return Answer(200, latency_ms=_ms(started), response_id=answered_as)
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 body = await _read_body(resp, limit)
         except TimeoutError:
@@ -157,18 +170,31 @@ class MouvoneClient:
             return Answer(None, failure="connection", latency_ms=_ms(started))
         if method == "GET" and status == 200:
             try:
-                return Answer(200, latency_ms=_ms(started), body=json.loads(body))
+                answer = Answer(200, latency_ms=_ms(started), body=json.loads(body))
             except (ValueError, RecursionError):  # a hostile nesting is unreadable too
-                return Answer(200, failure="unreadable", latency_ms=_ms(started))
-        return _parse(status, body, retry_after, _ms(started))
+                answer = Answer(200, failure="unreadable", latency_ms=_ms(started))
+        else:
+            answer = _parse(status, body, retry_after, _ms(started))
+        answer.response_id = answered_as
+        return answer
 
-    def _credentials(self, token: str) -> CIMultiDict[str]:
+    def _credentials(self, token: str) -> dict[str, str]:
         """The two credential headers for this token (kept until the token changes)."""
         self._token = token
-        self._headers = CIMultiDict(
-            {"Authorization": f"Bearer {token}", "Ocp-Apim-Subscription-Key": self._api_key}
-        )
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Ocp-Apim-Subscription-Key": self._api_key,
+        }
         return self._headers
+
+
+def _response_id(headers: Mapping[str, str]) -> str | None:
+    """The answer's own request id, from the first of RESPONSE_ID_HEADERS it carries."""
+    for name in RESPONSE_ID_HEADERS:
+        found = headers.get(name)
+        if found:
+            return found[:200]
+    return None
 
 
 async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:

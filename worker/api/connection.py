@@ -140,9 +140,12 @@ class Reader:
         self._metrics = metrics
         self.requests = 0
 
-    async def get(self, url: URL) -> tuple[Answer, object]:
+    async def get(
+        self, url: URL, noted: Callable[[Answer], None] | None = None
+    ) -> tuple[Answer, object]:
         """A 200 with its JSON body, or the API's final refusal (a 400 or a 404 with its error
-        object; body None) for the caller to read."""
+        object; body None) for the caller to read; ``noted`` is told of every answer (the
+        attempt log)."""
         failures = 0
         refresh_generation: int | None = None
         quota_since: float | None = None
@@ -150,6 +153,8 @@ class Reader:
         what = f"GET {url.path}"
         while True:
             token, generation, answer, body = await self._send(url, what)
+            if noted is not None:
+                noted(answer)
             verdict = self._table.classify(answer.status, answer.code, answer.failure)
             now = self._clock.monotonic()
             if verdict.action is Action.QUOTA and quota_since is None:

@@ -110,7 +110,6 @@ def _add_plan_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     plan.add_argument(
         "--expires-in", metavar="DURATION", default="24h", help="how long it may be applied (24h)"
     )
-    plan.add_argument("--reason", metavar="TEXT", help="why, recorded in the plan")
     plan.add_argument("--no-progress", action="store_true", help="no progress display")
     add_filter_arguments(plan)
     add_settings(plan, RUN_SETTINGS)

@@ -34,6 +34,7 @@ class Parser(argparse.ArgumentParser):
 
 def settings_from(args: argparse.Namespace, keys: Sequence[str]) -> Settings:
     flags = {key: getattr(args, key, None) for key in keys}
+    flags = {k: ",".join(v) if isinstance(v, list) else v for k, v in flags.items()}
     settings = load_settings(flags, args.config)
     configure(settings.log_format, settings.log_level, settings.secrets())
     if FILES_READ:

@@ -39,15 +39,17 @@ GROUPS = {  # name -> title in --help, in the order shown
     "serve": "metrics endpoint",
     "export": "metrics at the end",
     "logs": "logs",
+    "audit": "audit and notifications",
 }
 RUN = ("target", "auth", "network", "rate", "retry", "input", "ledger", "failures", "cap")
-RUN_GROUPS = (*RUN, "preconditions", "canary", "stops", "progress", "export", "logs")
+RUN_GROUPS = (*RUN, "preconditions", "canary", "stops", "progress", "export", "logs", "audit")
 CONSUME_GROUPS = (
-    *(g for g in RUN_GROUPS if g not in ("ledger", "cap", "canary", "export")),
+    *(g for g in RUN_GROUPS if g not in ("ledger", "cap", "canary", "export", "audit")),
     "queue",
     "serve",
 )
 ENQUEUE_GROUPS = ("queue", "serve", "input", "cap", "logs")
+REPEATABLE = ("notify_url",)  # flags that may be given more than once
 REPORT_KEYS = ("ledger", "redis_url", "results_stream", "log_format", "log_level")
 
 
@@ -76,6 +78,14 @@ def add_settings(parser: argparse.ArgumentParser, keys: Sequence[str]) -> None:
         if kind is bool:  # None when absent, so lower-precedence sources still count
             groups[name].add_argument(
                 flag(key), dest=key, action="store_const", const=True, help=_help(key, field)
+            )
+        elif key in REPEATABLE:  # each one given is kept; the setting joins them with commas
+            groups[name].add_argument(
+                flag(key),
+                dest=key,
+                action="append",
+                metavar=_extra(field)["metavar"],
+                help=_help(key, field),
             )
         else:
             groups[name].add_argument(

@@ -49,7 +49,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         target=settings.api_url,
         origin=origin,
         expires_in_s=expires_in_s,
-        reason=args.reason,
+        reason=settings.reason,
+        operator=settings.operator,
         predictions=predicted,
     )
     with replaced(args.output) as out:

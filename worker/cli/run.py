@@ -15,6 +15,7 @@ import structlog
 from worker.cli.common import SECRET_FLAGS, say, settings_from, terminal
 from worker.cli.flags import RUN_GROUPS, keys_of
 from worker.cli.inputs import cap, last_run, source_from
+from worker.cli.who import who_from
 from worker.domain.errors import ConfigError, WorkerError
 from worker.domain.models import Result, RunOptions, RunReport, new_run_id
 from worker.ledger import check_target, open_ledger
@@ -70,6 +71,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             total=total,
             resume=_resume_command(args),
             plan=getattr(source, "digest", ""),
+            who=None if args.dry_run else who_from(args, settings, source, _resume_command(args)),
         )
         ask = None if args.yes else _ask_after_canary
         runner = Runner(settings, source, ledger, options, ask=ask)

@@ -17,3 +17,6 @@ class Answer:
     latency_ms: float = 0.0
     body: object = None  # a GET's 200: its JSON
     unreachable: str | None = None  # no connection could be made: host, port and why
+    request_id: str = ""  # the X-Request-ID the tool sent with the request
+    response_id: str | None = None  # the gateway's or the API's own request id, when it sent one
+    sent_at: float = 0.0  # when the request left (seconds since the epoch)

@@ -93,6 +93,17 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
+class RunRecord:
+    """Who started a run, why, and from what (recorded when it begins)."""
+
+    operator: str | None = None
+    host: str | None = None
+    reason: str | None = None
+    ticket: str | None = None
+    details: dict[str, object] = field(default_factory=dict)  # command line, input, limits...
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """How this run treats its input."""
 
@@ -103,6 +114,7 @@ class RunOptions:
     total: int | None = None  # orders in the input, when known beforehand
     resume: str = ""  # the command line that resumes this run (secrets removed)
     plan: str = ""  # `apply`: the digest of the plan it sends
+    who: RunRecord | None = None  # who started it and why, recorded with the run
 
 
 @dataclass

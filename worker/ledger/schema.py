@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from worker.domain.models import FINAL
 
-SCHEMA_VERSION = 2  # 2: the control table
+SCHEMA_VERSION = 3  # 2: the control table; 3: the attempt log, who ran each run and why
 FINAL_SQL = ", ".join(f"'{o.value}'" for o in sorted(FINAL))
 
 SCHEMA = f"""
@@ -27,8 +27,27 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at  TEXT NOT NULL,
     finished_at TEXT,
     exit_code   INTEGER,
-    summary     TEXT
+    summary     TEXT,
+    operator    TEXT,
+    host        TEXT,
+    reason      TEXT,
+    ticket      TEXT,
+    details     TEXT
 );
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id      TEXT NOT NULL,
+    order_id    TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    method      TEXT NOT NULL,
+    sent_at     TEXT NOT NULL,
+    latency_ms  REAL,
+    http_status INTEGER,
+    error_code  TEXT,
+    message     TEXT,
+    request_id  TEXT NOT NULL,
+    response_id TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_by_order ON attempts(order_id);
 CREATE TABLE IF NOT EXISTS control (
     run_id      TEXT NOT NULL,
     key         TEXT NOT NULL,
@@ -62,6 +81,35 @@ ON CONFLICT (order_id) DO UPDATE SET
     error_code = excluded.error_code, message = excluded.message, attempts = excluded.attempts,
     run_id = excluded.run_id, updated_at = excluded.updated_at
 WHERE excluded.outcome != 'pending' OR orders.outcome NOT IN ({FINAL_SQL})
+"""
+
+# Columns a ledger of an earlier schema lacks, added in place (ALTER TABLE) on first open.
+RUN_COLUMNS_ADDED = ("operator", "host", "reason", "ticket", "details")
+
+ATTEMPT_COLUMNS = (
+    "run_id",
+    "order_id",
+    "attempt",
+    "method",
+    "sent_at",
+    "latency_ms",
+    "http_status",
+    "error_code",
+    "message",
+    "request_id",
+    "response_id",
+)
+
+# ?1: JSON array of attempt rows, each an array of ATTEMPT_COLUMNS after run_id, its sent_at in
+# seconds since the epoch; ?2: run id. The time is formatted by SQLite, as the orders' are.
+INSERT_ATTEMPTS = """
+INSERT INTO attempts (run_id, order_id, attempt, method, sent_at, latency_ms, http_status,
+                      error_code, message, request_id, response_id)
+SELECT ?2, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+       strftime('%Y-%m-%dT%H:%M:%fZ', json_extract(value, '$[3]'), 'unixepoch'),
+       json_extract(value, '$[4]'), json_extract(value, '$[5]'), json_extract(value, '$[6]'),
+       json_extract(value, '$[7]'), json_extract(value, '$[8]'), json_extract(value, '$[9]')
+FROM json_each(?1)
 """
 
 CSV_COLUMNS = (

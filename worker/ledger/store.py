@@ -9,22 +9,28 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import orjson
 
 from worker.domain.errors import LedgerError
-from worker.domain.models import FINAL, Outcome, Result
+from worker.domain.models import FINAL, Outcome, Result, RunRecord
+from worker.ledger.audit import AuditLog, upgrade, upgrade_file
 from worker.ledger.control import commands_of, publish
 from worker.ledger.plan import Plan
-from worker.ledger.schema import CLAIM_BATCH, CSV_COLUMNS, SCHEMA, SCHEMA_VERSION, UPSERT_BATCH
+from worker.ledger.reading import LedgerReads
+from worker.ledger.schema import (
+    CLAIM_BATCH,
+    INSERT_ATTEMPTS,
+    SCHEMA_VERSION,
+    UPSERT_BATCH,
+)
 from worker.ledger.sqlite import Transaction, connect_readonly, lock
 from worker.runtime.clock import now_iso
-from worker.runtime.redaction import redact
 
 
-class Ledger:
+class Ledger(LedgerReads):
     """The SQLite ledger. Not thread-safe: use it from one thread at a time."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
@@ -60,7 +66,11 @@ class Ledger:
                 "ledger): try again in a moment"
             )
         if version < SCHEMA_VERSION and not self.readonly:
-            self._db.executescript(SCHEMA)
+            upgrade(self._db)
+        elif version < SCHEMA_VERSION:
+            self._db.close()  # upgraded in place when no run holds it, then read
+            upgrade_file(self.path)
+            self._db = connect_readonly(self.path)
 
     def close(self) -> None:
         """Close the connection and release the lock."""
@@ -73,12 +83,32 @@ class Ledger:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def begin_run(self, run_id: str, command: str, base_url: str) -> None:
-        """Note the start of a run."""
+    def begin_run(
+        self, run_id: str, command: str, base_url: str, who: RunRecord | None = None
+    ) -> None:
+        """Note the start of a run: who started it, why, from what, with which limits."""
+        who = who or RunRecord()
         self._write(
-            "INSERT INTO runs (run_id, command, base_url, started_at) VALUES (?,?,?,?)",
-            [(run_id, command, base_url, now_iso())],
+            "INSERT INTO runs (run_id, command, base_url, started_at, operator, host, reason, "
+            "ticket, details) VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    run_id,
+                    command,
+                    base_url,
+                    now_iso(),
+                    who.operator,
+                    who.host,
+                    who.reason,
+                    who.ticket,
+                    json.dumps(who.details),
+                )
+            ],
         )
+
+    def audit(self) -> AuditLog:
+        """The runs and the attempt log, for `runs`, `history`, `audit`, `prune`."""
+        return AuditLog(self._db, self.path)
 
     def target(self) -> str | None:
         """The base URL this ledger belongs to: its first recorded run's that may have sent
@@ -188,90 +218,17 @@ class Ledger:
 
     # -- results ------------------------------------------------------------------------------
 
-    def record(self, results: Sequence[Result], run_id: str) -> None:
-        """Upsert a batch of results in one transaction (one statement: the rows go to SQLite as
-        one JSON parameter, serialised in C)."""
-        if results:
+    def record(
+        self, results: Sequence[Result], run_id: str, attempts: Sequence[object] = ()
+    ) -> None:
+        """Upsert a batch of results and append their attempts in one transaction (a statement
+        each: the rows go to SQLite as one JSON parameter, serialised in C)."""
+        if results or attempts:
             with self._transaction():
-                self._db.execute(UPSERT_BATCH, (_json(results), run_id, now_iso()))
-
-    # -- reading ------------------------------------------------------------------------------
-
-    def counts(self, outcome: str | None = None) -> tuple[dict[str, int], dict[str, int]]:
-        """(outcome -> count, error_code -> count), optionally for one outcome."""
-        where, args = ("WHERE outcome = ?", (outcome,)) if outcome else ("", ())
-        outcomes = dict(
-            self._db.execute(f"SELECT outcome, COUNT(*) FROM orders {where} GROUP BY outcome", args)
-        )
-        codes = dict(
-            self._db.execute(
-                f"SELECT error_code, COUNT(*) FROM orders {where} "
-                f"{'AND' if where else 'WHERE'} error_code IS NOT NULL GROUP BY error_code",
-                args,
-            )
-        )
-        return outcomes, codes
-
-    def run_counts(self, run_id: str) -> tuple[dict[str, int], dict[str, int]]:
-        """(outcome -> count, error_code -> count) of the orders one run holds: what it
-        answered, what it found invalid, and what it claimed and left `pending`."""
-        outcomes = dict(
-            self._db.execute(
-                "SELECT outcome, COUNT(*) FROM orders WHERE run_id = ? GROUP BY outcome", (run_id,)
-            )
-        )
-        codes = dict(
-            self._db.execute(
-                "SELECT error_code, COUNT(*) FROM orders WHERE run_id = ? AND error_code IS NOT "
-                "NULL GROUP BY error_code",
-                (run_id,),
-            )
-        )
-        return outcomes, codes
-
-    def rows(self, outcome: str | None = None) -> Iterator[tuple[object, ...]]:
-        """Every order row in the CSV column order, by order ID; the message redacted of every
-        known secret (every output path reads the orders here)."""
-        cols = ", ".join(CSV_COLUMNS)
-        if outcome:
-            found = self._db.execute(
-                f"SELECT {cols} FROM orders WHERE outcome = ? ORDER BY order_id",
-                (outcome,),
-            )
-        else:
-            found = self._db.execute(f"SELECT {cols} FROM orders ORDER BY order_id")
-        message = CSV_COLUMNS.index("message")
-        for row in found:
-            if row[message] is not None:
-                row = (*row[:message], redact.clean(row[message]), *row[message + 1 :])  # noqa: PLW2901
-            yield row
-
-    def timeline(self) -> list[tuple[str, str, int]]:
-        """(second as YYYY-MM-DDTHH:MM:SS, outcome, orders) for every answered order."""
-        rows = self._db.execute(
-            "SELECT substr(updated_at, 1, 19), outcome, COUNT(*) FROM orders "
-            "WHERE outcome != 'pending' GROUP BY 1, 2 ORDER BY 1"
-        )
-        return [(str(second), str(outcome), int(n)) for second, outcome, n in rows]
-
-    def last_run(self) -> dict[str, object] | None:
-        """The most recent run's row."""
-        row = self._db.execute(
-            "SELECT run_id, command, base_url, started_at, finished_at, exit_code, summary "
-            "FROM runs ORDER BY started_at DESC LIMIT 1"
-        ).fetchone()
-        if row is None:
-            return None
-        keys = (
-            "run_id",
-            "command",
-            "base_url",
-            "started_at",
-            "finished_at",
-            "exit_code",
-            "summary",
-        )
-        return dict(zip(keys, row, strict=True))
+                if attempts:
+                    self._db.execute(INSERT_ATTEMPTS, (_json(attempts), run_id))
+                if results:
+                    self._db.execute(UPSERT_BATCH, (_json(results), run_id, now_iso()))
 
     def steering(self, run_id: str) -> dict[str, str]:
         """The standing `control` commands of this run."""

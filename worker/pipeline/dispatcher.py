@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 
@@ -71,6 +72,9 @@ class Dispatcher:
         self._still_mine = still_mine  # checked after the limiter, right before sending
         self._required = required  # --require-status: the statuses an order may be sent in
         self._metrics = metrics or Metrics()
+        # told of every answered request: the order, the method, the request's number for the
+        # order in this run, the answer (the attempt log; the pool sets it to its sink's)
+        self.on_attempt: Callable[[OrderState, str, int, Answer], None] | None = None
         self._reader = Reader(
             _Channel(client, tokens, limiter, policy.backoff),
             table,
@@ -246,6 +250,8 @@ class Dispatcher:
                 )
         else:
             self._api_answered = True
+        if self.on_attempt is not None:
+            self.on_attempt(state, "DELETE", state.attempts, answer)
         state.last = answer
         self._breaker.record(answer, probe=probe, order=state.order_id)
         if answer.status is not None and answer.status not in (401, 403):
@@ -258,7 +264,9 @@ class Dispatcher:
         settles it, None to send it."""
         url = self._client.order_url(state.order_id)
         try:
-            settled = await before_sending(self._reader, state, url, self._required)
+            settled = await before_sending(
+                self._reader, state, url, self._required, partial(self._looked_up, state)
+            )
         except StoppingError:
             return state.pending()
         except FatalApiError as exc:
@@ -266,6 +274,12 @@ class Dispatcher:
         if settled is not None:
             log.info("order_settled_by_get", order_id=state.order_id, outcome=settled.outcome.value)
         return settled
+
+    def _looked_up(self, state: OrderState, answer: Answer) -> None:
+        """A GET before the DELETE was answered: the attempt log has it too."""
+        state.lookups += 1
+        if self.on_attempt is not None:
+            self.on_attempt(state, "GET", state.lookups, answer)
 
     async def _backoff(self, delay: float) -> bool:
         """Sleep before the next attempt; False when the run is stopping instead."""

@@ -9,9 +9,12 @@ seen in the message), and one whose status cannot be read is not sent either.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from yarl import URL
 
 from worker.api.connection import Reader, RetriesExhaustedError
+from worker.domain.answer import Answer
 from worker.domain.models import Outcome, Result
 from worker.pipeline.order import OrderState
 
@@ -21,12 +24,16 @@ LOOKED_UP = "found so by GET before sending (--require-status)"
 
 
 async def before_sending(
-    reader: Reader, state: OrderState, url: URL, required: frozenset[str] | None
+    reader: Reader,
+    state: OrderState,
+    url: URL,
+    required: frozenset[str] | None,
+    noted: Callable[[Answer], None] | None = None,
 ) -> Result | None:
     """The order's result without a DELETE, or None to send it. Raises what the reader raises
     (StoppingError, FatalApiError) but for a look-up that failed on every attempt."""
     try:
-        answer, body = await reader.get(url)
+        answer, body = await reader.get(url, noted)
     except RetriesExhaustedError as exc:
         if required is None:
             return None  # the DELETE's answer is the authority

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import structlog
 
 from worker.api.connection import Api
+from worker.domain.answer import Answer
 from worker.domain.classifier import OutcomeTable
 from worker.domain.models import SUCCESS, Outcome, Result, RunSummary
 from worker.pipeline.breaker import CircuitBreaker
@@ -56,6 +57,10 @@ class Sink(Protocol):
     def interrupted(self, state: OrderState, result: Result) -> None:
         """A worker stopped before its order's answer (cancelled, or a bug): its `pending`
         result, which says why; never awaits."""
+
+    def attempt(self, state: OrderState, method: str, number: int, answer: Answer) -> None:
+        """One answered request for this order (the attempt log); never awaits, and comes
+        before the order's result."""
 
 
 @dataclass
@@ -124,6 +129,7 @@ class Pool:
         fresh) run until the requests in flight are drained; ``channel`` steers the run
         (`cancel-orders control`)."""
         control = self.control
+        self.dispatcher.on_attempt = sink.attempt
         steering = None
         if channel is not None:
             steering = Steering(channel, self.limiter, control, partial(self._status, progress))

@@ -100,7 +100,11 @@ class Runner:
         ledger = self._ledger.ledger
         if not self._options.dry_run:
             await self._ledger.call(
-                ledger.begin_run, self.run_id, self._options.command, self._settings.api_url
+                ledger.begin_run,
+                self.run_id,
+                self._options.command,
+                self._settings.api_url,
+                self._options.who,
             )
         log.info(
             "run_started",

@@ -8,17 +8,20 @@ limiter, whose slots the whole group shares through Redis) the entry is checked 
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import UTC, datetime
 from functools import partial
 
 import structlog
 
 from worker.api.connection import connect
+from worker.domain.answer import Answer
 from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import ConfigError
 from worker.domain.models import FINAL, Outcome, Result, RunReport, RunSummary, new_run_id
 from worker.pipeline.control import RunControl
-from worker.pipeline.order import OrderState
+from worker.pipeline.order import ATTEMPT_KEYS, OrderState, attempt_row
 from worker.pipeline.pool import Pool
 from worker.pipeline.progress import ProgressReporter
 from worker.queue import streams as streams_module
@@ -127,10 +130,16 @@ class Consumer:
                 self._entries.release(state.entry_id)
             return  # stopping or lost: the entry stays for another consumer
         dead = "attempts exhausted" if result.outcome is Outcome.RETRYABLE_FAILED else ""
-        await self._finish(state.entry_id, state.order_id, result, dead)
+        await self._finish(state.entry_id, state.order_id, result, dead, state.tried)
 
     def interrupted(self, state: OrderState, result: Result) -> None:
         """A worker stopped before the answer: the entry stays pending, for a claim."""
+
+    def attempt(self, state: OrderState, method: str, number: int, answer: Answer) -> None:
+        """One answered request: kept with the order, written in its result entry."""
+        if state.tried is None:
+            state.tried = []
+        state.tried.append(attempt_row(state.order_id, method, number, answer))
 
     async def _still_mine(self, state: OrderState) -> bool:
         entry_id = state.entry_id
@@ -144,7 +153,12 @@ class Consumer:
         return checked is not None and checked[0]
 
     async def _finish(
-        self, entry_id: str, order_id: str, result: Result | None, dead_reason: str = ""
+        self,
+        entry_id: str,
+        order_id: str,
+        result: Result | None,
+        dead_reason: str = "",
+        tried: list[list[object]] | None = None,
     ) -> None:
         """Write the result (None: none), maybe a dead letter, and acknowledge, atomically."""
         fields: list[str] = []
@@ -161,6 +175,7 @@ class Consumer:
                     "attempts": result.attempts,
                     "consumer": self._names.consumer,
                     "finished_at": now_iso(),
+                    "attempt_log": attempt_log(self.run_id, tried or []),
                 }
             )
         written_id = order_id if result is None else result.order_id  # an invalid ID: cut
@@ -194,3 +209,16 @@ class Consumer:
         log.info("consumer_summary", consumer=self._names.consumer, **report.as_dict())
         flush_logs()
         return report
+
+
+def attempt_log(run_id: str, tried: list[list[object]]) -> str:
+    """A result entry's attempts, as JSON objects (the ledger's attempt columns)."""
+    rows = []
+    for row in tried:
+        item: dict[str, object] = {"run_id": run_id, **dict(zip(ATTEMPT_KEYS, row, strict=True))}
+        sent = item["sent_at"]
+        if isinstance(sent, float):
+            moment = datetime.fromtimestamp(sent, UTC).isoformat(timespec="milliseconds")
+            item["sent_at"] = moment.replace("+00:00", "Z")
+        rows.append(item)
+    return json.dumps(rows, separators=(",", ":"))

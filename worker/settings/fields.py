@@ -172,3 +172,18 @@ class SettingsFields(BaseSettings):
         "serve", "PORT", "consume: serve /metrics and /healthz", ge=0, le=65535
     )
     metrics_host: str = _f("serve", "HOST", "consume: the metrics address", "127.0.0.1")
+    log_file: Path | None = _f(
+        "logs", "PATH", "write the JSON events there too; on a terminal, the per-order ones only"
+    )
+    operator: str | None = _f("audit", "NAME", "who runs this, recorded with the run (the OS user)")
+    reason: str | None = _f("audit", "TEXT", "why, recorded with the run and in the notification")
+    ticket: str | None = _f("audit", "ID", "the change or incident ticket, recorded with the run")
+    notify_url: str | None = _f(
+        "audit",
+        "URL",
+        "POST the run's outcome there when it ends (Slack, Teams or any JSON webhook; repeat "
+        "the flag, or separate URLs with commas): https, or http to a loopback host",
+    )
+    on_finish: str | None = _f(
+        "audit", "CMD", "run CMD when the run ends, the notification's JSON on its stdin"
+    )

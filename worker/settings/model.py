@@ -153,6 +153,26 @@ class Settings(SettingsFields):
             raise ValueError("name at least one status, e.g. Draft or Draft,Valid")
         return value
 
+    @field_validator("notify_url")
+    @classmethod
+    def _notify_urls(cls, value: str | None) -> str | None:
+        for url in (u.strip() for u in (value or "").split(",")):
+            parts = urlsplit(url)
+            if url and not (
+                parts.scheme == "https"
+                or (parts.scheme == "http" and is_loopback(parts.hostname or ""))
+            ):
+                raise ValueError(
+                    f"{safe_url(url)}: a notification goes over https (or http to a loopback "
+                    "host only)"
+                )
+        return value
+
+    @property
+    def notify_urls(self) -> list[str]:
+        """--notify-url, every URL given."""
+        return [u.strip() for u in (self.notify_url or "").split(",") if u.strip()]
+
     @property
     def required_statuses(self) -> frozenset[str] | None:
         """--require-status as a set (None: no precondition)."""

@@ -9,6 +9,7 @@ import time
 from collections import Counter, deque
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from worker.simulator.config import SimConfig
 from worker.simulator.controls import SimControls
@@ -47,7 +48,7 @@ class Simulator(SimControls):
 
     def app(self) -> web.Application:
         """The aiohttp application."""
-        app = web.Application()
+        app = web.Application(middlewares=[self._journal])
         c = self.config
         app.router.add_post(c.token_path, self.token)
         app.router.add_route("DELETE", c.base_path + "/customer-orders/{tail:.*}", self.delete)
@@ -58,6 +59,21 @@ class Simulator(SimControls):
         app.router.add_post("/_sim/outage", self.outage_handler)
         app.router.add_route("*", "/{tail:.*}", self.unknown_path)
         return app
+
+    @web.middleware
+    async def _journal(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every request to the API in the journal (method, order, its X-Request-ID, the
+        simulator's own id), that id answered in x-ms-request-id as Azure API Management does."""
+        if "/customer-orders" not in request.path:
+            return await handler(request)
+        own = f"sim-{len(self.stats.journal) + 1}"
+        order_id = order_id_of(request, self.config.base_path) or ""
+        self.stats.journal.append(
+            (request.method, order_id, request.headers.get("X-Request-ID", ""), own)
+        )
+        response = await handler(request)
+        response.headers["x-ms-request-id"] = own
+        return response
 
     async def unknown_path(self, _request: web.Request) -> web.Response:
         """Any other path, as Azure API Management answers it (a wrong base URL)."""

@@ -20,9 +20,11 @@ from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
+from worker.domain.answer import Answer
 from worker.domain.errors import LedgerError
 from worker.domain.models import Result, RunSummary
 from worker.ledger import Ledger
+from worker.pipeline.order import OrderState, attempt_row
 from worker.runtime.logs import info_event
 from worker.runtime.metrics import Metrics
 
@@ -53,6 +55,12 @@ class LedgerThread:
             future.add_done_callback(_consume)  # its error, if any, is the caller's no more
             raise
 
+    def submit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+        """Start ``fn(*args, **kwargs)`` on the ledger thread; its future (which a cancelled
+        waiter does not cancel when shielded)."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
     def close(self) -> None:
         """Finish queued calls and stop the thread."""
         self._executor.shutdown(wait=True)
@@ -79,6 +87,9 @@ class ResultSink:
         self._run_id = run_id
         self.summary = summary
         self._buffer: list[Result] = []
+        self._attempts: list[list[object]] = []  # the attempt log's rows not yet written
+        # a write whose flush was cancelled: its future, its results and its attempts
+        self._writing: tuple[asyncio.Future[None], list[Result], list[list[object]]] | None = None
         self._waiting = asyncio.Event()  # something is buffered
         self._full = asyncio.Event()  # FLUSH_EVERY are buffered
         self._flush_lock = asyncio.Lock()
@@ -95,6 +106,13 @@ class ResultSink:
         self._metrics.finished(result)
         info_event("order", result.log_fields())
 
+    def attempt(self, state: OrderState, method: str, number: int, answer: Answer) -> None:
+        """Buffer one answered request for the attempt log: written in the same transaction
+        as the results that arrived with it, never after its order's result."""
+        if self._ledger is not None:
+            self._attempts.append(attempt_row(state.order_id, method, number, answer))
+            self._waiting.set()
+
     async def record(self, _order: object, result: Result) -> None:
         """The pool's sink: buffer the result."""
         self.add(result)
@@ -104,20 +122,42 @@ class ResultSink:
         self.add(result)
 
     async def flush(self) -> None:
-        """Write what is buffered; on failure the results stay buffered and LedgerError rises."""
+        """Write what is buffered; on failure the results stay buffered and LedgerError rises.
+
+        A flush cancelled while its transaction runs leaves that transaction to finish on the
+        ledger thread; the next flush waits for it and writes its rows again only if it failed
+        (the attempt log is appended to, so a committed batch must not be written twice)."""
         async with self._flush_lock:
-            if self._ledger is None or not self._buffer:
+            if self._ledger is None:
+                return
+            if self._writing is not None:
+                await self._settle_interrupted_write()
+            if not (self._buffer or self._attempts):
                 return
             batch, self._buffer = self._buffer, []
+            tried, self._attempts = self._attempts, []
             self._waiting.clear()
             self._full.clear()
+            write = self._ledger.submit(self._ledger.ledger.record, batch, self._run_id, tried)
+            self._writing = (write, batch, tried)
             try:
-                await self._ledger.call(self._ledger.ledger.record, batch, self._run_id)
-            except (LedgerError, asyncio.CancelledError):
-                # Kept for the final flush. After a cancellation the write may still complete
-                # on the ledger thread: writing the batch again is harmless (upserts).
-                self._buffer[:0] = batch
+                await asyncio.shield(write)
+            except LedgerError:
+                self._writing = None
+                self._buffer[:0] = batch  # kept for the final flush
+                self._attempts[:0] = tried
                 raise
+            self._writing = None
+
+    async def _settle_interrupted_write(self) -> None:
+        assert self._writing is not None
+        write, batch, tried = self._writing
+        self._writing = None
+        try:
+            await write
+        except LedgerError:
+            self._buffer[:0] = batch
+            self._attempts[:0] = tried
 
     async def run(self, on_error: Callable[[str], None]) -> None:
         """Flush FLUSH_DELAY_S after something is buffered (at once when FLUSH_EVERY are),

@@ -37,7 +37,7 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def operator() -> str:
+def os_user() -> str:
     """Who runs this: the OS user."""
     try:
         return getpass.getuser()
@@ -52,6 +52,7 @@ def make(
     origin: dict[str, Any],
     expires_in_s: float,
     reason: str | None,
+    operator: str | None = None,
     predictions: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A plan's content."""
@@ -60,7 +61,7 @@ def make(
         "format": FORMAT,
         "created_at": _iso(now),
         "expires_at": _iso(now + timedelta(seconds=expires_in_s)),
-        "operator": operator(),
+        "operator": operator or os_user(),
         "reason": reason,
         "target": target,
         **origin,

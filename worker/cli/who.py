@@ -1,0 +1,70 @@
+"""Who runs a command and why, from what input, with which limits: recorded with the run
+(`runs`, `history`, the report and the notification show it)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import socket
+from pathlib import Path
+
+from worker import __version__
+from worker.cli.inputs import FILTER_DESTS
+from worker.domain.models import RunRecord
+from worker.settings import Settings
+from worker.sources import OrderSource
+from worker.sources.plan import os_user
+
+LIMITS = ("rate", "concurrency", "max_attempts", "max_orders", "canary", "require_status")
+
+
+def who_from(
+    args: argparse.Namespace, settings: Settings, source: OrderSource, command_line: str
+) -> RunRecord:
+    """The run's record: operator, host, reason, ticket, and in ``details`` the command line
+    (secrets masked), the version, the input, the target and the limits in force."""
+    details: dict[str, object] = {
+        "command_line": command_line,
+        "version": __version__,
+        "input": input_facts(args, source),
+        "target": settings.target_label if settings.base_url else None,
+        "token_host": settings.token_host if settings.base_url else None,
+        "limits": {key: getattr(settings, key) for key in LIMITS},
+    }
+    return RunRecord(
+        operator=settings.operator or os_user(),
+        host=socket.gethostname(),
+        reason=settings.reason,
+        ticket=settings.ticket,
+        details=details,
+    )
+
+
+def input_facts(args: argparse.Namespace, source: OrderSource) -> dict[str, object]:
+    """What the run read: a file's name, sha256 and line count; a selection's filters; a
+    plan's digest; for `retry`, the ledger's unfinished orders."""
+    if args.command == "apply":
+        return {"name": str(args.plan), "plan": getattr(source, "digest", "")}
+    if args.command == "retry":
+        return {"name": "the ledger's retryable_failed and pending orders"}
+    if getattr(args, "select", False):
+        given = {k: getattr(args, k) for k in FILTER_DESTS if getattr(args, k, None) is not None}
+        return {"name": "<selection>", "selection": given}
+    path = getattr(source, "path", None)
+    facts: dict[str, object] = {"name": source.name}
+    if isinstance(path, Path):
+        facts["sha256"], facts["lines"] = file_facts(path)
+    return facts
+
+
+def file_facts(path: Path) -> tuple[str, int]:
+    """sha256 of a file's bytes and its line count (a last line without a newline counts)."""
+    digest = hashlib.sha256()
+    lines = 0
+    last = b"\n"
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return digest.hexdigest(), lines + (last != b"\n")
