@@ -4,10 +4,18 @@ request the API saw, runs record who ran them and why, `runs`, `history`, `audit
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import io
 import json
+import signal
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import pytest
+from aiohttp import web
 
 from tests.support import Cli, ids, sim_env, write_ids
 from worker.simulator import RunningSimulator
@@ -72,3 +80,167 @@ async def test_the_attempt_log_is_the_requests_the_api_saw(
     # the order rows and the attempt log agree
     for order, count in attempts.items():
         assert count == sum(1 for r in rows if r["order_id"] == order and r["method"] == "DELETE")
+
+
+async def test_history_runs_audit_and_prune_read_it_back(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """An order retried across three runs by three people: `history` shows every attempt in
+    order with each run's operator and reason; `runs` lists the three, newest first;
+    `report --run` the first run's orders; `audit` exports the log as JSON lines and CSV,
+    for one run or from a date; `prune` deletes old attempt rows and keeps the orders."""
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "o.csv", ["TMP0000000002", *ids("CDE", 3)])
+    env = sim_env(sim, ledger, MOUVONE_MAX_ATTEMPTS="1")
+    steps = [("run", str(src)), ("retry",), ("retry",)]
+    for n, (step, who) in enumerate(zip(steps, ("ann", "bob", "cy"), strict=True)):
+        done = await cli.run(*step, "--yes", "--operator", who, "--reason", f"try {n + 1}", env=env)
+        assert done.code == (0 if n == 2 else 1), done.stderr[-2000:]
+    shown = await cli.run("history", "TMP0000000002", "--format", "json", env=env)
+    assert shown.code == 0, shown.stderr
+    history = json.loads(shown.stdout)
+    assert history["current"]["outcome"] == "cancelled"
+    tries = [
+        (a["operator"], a["reason"], a["method"], a["http_status"]) for a in history["attempts"]
+    ]
+    # a retry looks up first an order an earlier request may have reached (its GET is logged)
+    assert tries == [
+        ("ann", "try 1", "DELETE", 503),
+        ("bob", "try 2", "GET", 200),
+        ("bob", "try 2", "DELETE", 503),
+        ("cy", "try 3", "GET", 200),
+        ("cy", "try 3", "DELETE", 200),
+    ]
+    table = await cli.run("history", "TMP0000000002", env=env)
+    assert "by bob, reason: try 2" in table.stdout
+    assert (await cli.run("history", "CDE0000000009", env=env)).code == 1  # never seen
+
+    runs = json.loads((await cli.run("runs", "--format", "json", env=env)).stdout)
+    assert [r["operator"] for r in runs] == ["cy", "bob", "ann"]
+    assert [r["command"] for r in runs] == ["retry", "retry", "run"]
+    assert runs[2]["outcomes"] == {"cancelled": 3, "retryable_failed": 1}
+    assert runs[0]["exit_code"] == 0
+    listed = await cli.run("runs", env=env)
+    assert "by ann" in listed.stdout
+    assert "reason: try 1" in listed.stdout
+
+    first = runs[2]["run_id"]
+    report = await cli.run("report", "--run", first, "--format", "csv", env=env)
+    assert report.code == 0, report.stderr
+    assert len(report.stdout.strip().splitlines()) == 5  # header and the 4 orders it sent
+    refused = await cli.run("report", "--run", "nope", env=env)
+    assert refused.code == 2
+    assert "no run 'nope'" in refused.stderr
+
+    exported = await cli.run("audit", env=env)
+    lines = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert len(lines) == 8
+    assert sorted(a["method"] for a in lines).count("GET") == 2
+    one = await cli.run("audit", "--run", first, "--format", "csv", env=env)
+    assert len(list(csv.DictReader(io.StringIO(one.stdout)))) == 4
+    later = await cli.run("audit", "--since", "2999-01-01", env=env)
+    assert later.code == 0
+    assert later.stdout == ""
+    bad = await cli.run("audit", "--since", "yesterday", env=env)
+    assert bad.code == 2
+    assert "--since" in bad.stderr
+
+    kept = await cli.run("prune", "--older-than", "1h", env=env)
+    assert kept.code == 0
+    assert kept.stdout.startswith("0 attempt rows")
+    pruned = await cli.run("prune", "--older-than", "0s", env=env)
+    assert pruned.stdout.startswith("8 attempt rows"), pruned.stdout
+    assert attempt_rows(ledger) == []
+    after = json.loads(
+        (await cli.run("history", "TMP0000000002", "--format", "json", env=env)).stdout
+    )
+    assert after["current"]["outcome"] == "cancelled"
+    assert after["attempts"] == []
+
+
+class Receiver:
+    """A webhook on loopback: every POSTed JSON body, in order."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.arrived = asyncio.Event()
+        self.fail_first = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.fail_first:
+            self.fail_first -= 1
+            return web.Response(status=503)
+        self.bodies.append(await request.json())
+        self.arrived.set()
+        return web.Response(text="ok")
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    hook = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook/T0KEN", hook.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield hook, f"http://127.0.0.1:{port}/hook/T0KEN"
+    await runner.cleanup()
+
+
+async def test_one_notification_per_run_whatever_its_end(
+    cli: Cli, make_sim: Any, tmp_path: Path, receiver: tuple[Receiver, str]
+) -> None:
+    """--notify-url: exactly one POST per run, with the run's counts, its who and why and a
+    human text, after exit 1 (retried past a 503 of the webhook), exit 3 (a fatal answer) and
+    exit 130 (SIGINT); --on-finish gets the same JSON on its stdin, without the secrets in its
+    environment; none of it changes the exit status."""
+    hook, url = receiver
+    running = await make_sim()
+    ledger = tmp_path / "l.sqlite"
+    hook.fail_first = 1
+    finish = tmp_path / "finish.json"
+    env = sim_env(
+        running,
+        ledger,
+        MOUVONE_NOTIFY_URL=url,
+        MOUVONE_REASON="closed terminal",
+        MOUVONE_ON_FINISH=f"cat > {finish}; env | grep -c ^MOUVONE_CLIENT_SECRET= >> {finish}.env",
+    )
+    src = write_ids(tmp_path / "a.csv", [*ids("CDE", 5), "SUB0000000001"])
+    done = await cli.run("run", str(src), "--yes", "--ticket", "INC-7", env=env)
+    assert done.code == 1, done.stderr[-2000:]
+    assert len(hook.bodies) == 1
+    sent = hook.bodies[0]
+    assert sent["exit_code"] == 1 and sent["command"] == "run"
+    assert sent["outcomes"] == {"cancelled": 5, "rejected": 1}
+    assert sent["error_codes"] == {"R0008": 1}
+    assert (sent["reason"], sent["ticket"]) == ("closed terminal", "INC-7")
+    assert sent["needing_a_person"][0]["order_id"] == "SUB0000000001"
+    assert "exit 1" in sent["text"] and "5 cancelled" in sent["text"]
+    assert running.sim.config.client_secret not in json.dumps(sent)
+    assert json.loads(finish.read_text())["run_id"] == sent["run_id"]
+    assert (tmp_path / "finish.json.env").read_text().strip() == "0"
+
+    fatal = write_ids(tmp_path / "b.csv", ["USR0000000001", *ids("CDE", 3, start=10)])
+    done = await cli.run("run", str(fatal), "--yes", env={**env, "MOUVONE_ON_FINISH": "exit 9"})
+    assert done.code == 3
+    assert len(hook.bodies) == 2 and hook.bodies[1]["exit_code"] == 3
+
+    running.sim.config.latency_ms = 200
+    many = write_ids(tmp_path / "c.csv", ids("CDE", 200, start=100))
+    proc = await cli.start("run", str(many), "--yes", "--concurrency", "4", env=env)
+    await asyncio.wait_for(running.sim.wait_for_deletes(12), 30)
+    proc.send_signal(signal.SIGINT)
+    await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130
+    assert len(hook.bodies) == 3
+    interrupted = hook.bodies[2]
+    assert interrupted["exit_code"] == 130 and interrupted["outcomes"]["pending"] > 100
+
+    bad = await cli.run(
+        "run", str(src), "--yes", env={**env, "MOUVONE_NOTIFY_URL": "http://example.com/x"}
+    )
+    assert bad.code == 2 and "https" in bad.stderr
+    assert len(hook.bodies) == 3

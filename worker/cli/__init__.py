@@ -42,6 +42,10 @@ COMMANDS = {  # command -> module of worker.cli : function
     "control": "control:cmd_control",
     "plan": "plan:cmd_plan",
     "apply": "run:cmd_run",
+    "runs": "history:cmd_runs",
+    "history": "history:cmd_history",
+    "audit": "history:cmd_audit",
+    "prune": "history:cmd_prune",
 }
 RUN_SETTINGS = keys_of(RUN_GROUPS)
 CONTROL_KEYS = ("ledger", "redis_url", "namespace", "stream", "group", "log_format", "log_level")
@@ -126,6 +130,36 @@ def _add_plan_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     add_settings(control, CONTROL_KEYS)
 
 
+def _add_history_commands(sub: argparse._SubParsersAction[Parser]) -> None:
+    """runs, history, audit and prune: who ran what and why, every request."""
+    runs = sub.add_parser("runs", help="the ledger's runs, newest first: who, why, what, how")
+    runs.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    _add_output(runs)
+    add_settings(runs, REPORT_KEYS)
+    history = sub.add_parser("history", help="every request ever sent for one order")
+    history.add_argument("order_id", metavar="ORDER_ID", help="the order")
+    history.add_argument("--format", choices=("table", "json"), default="table")
+    _add_output(history)
+    add_settings(history, REPORT_KEYS)
+    audit = sub.add_parser("audit", help="export the attempt log (JSON lines or CSV)")
+    audit.add_argument(
+        "--since", metavar="DATE", help="from this date or time, or this long ago (24h, 7d)"
+    )
+    audit.add_argument("--run", metavar="ID", help="only this run's requests")
+    audit.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    _add_output(audit)
+    add_settings(audit, REPORT_KEYS)
+    prune = sub.add_parser("prune", help="delete old attempt rows (orders and runs are kept)")
+    prune.add_argument("--older-than", metavar="DURATION", required=True, help="e.g. 90d, 2160h")
+    add_settings(prune, ("ledger", "log_format", "log_level"))
+
+
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output", metavar="FILE", type=Path, help="write there (owner-only) instead of stdout"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = Parser(
@@ -184,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="show or export the outcomes recorded in a ledger")
     add_report_format(report, html=True)
+    report.add_argument("--run", metavar="ID", help="only the orders this run dealt with")
     add_settings(report, REPORT_KEYS)
+    _add_history_commands(sub)
 
     _add_queue_commands(sub)
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import ExitStack
+from typing import TextIO
 
 from worker.cli.common import settings_from
 from worker.cli.flags import REPORT_KEYS, RUN_GROUPS, keys_of
 from worker.cli.inputs import source_from
+from worker.domain.errors import ConfigError
 from worker.ledger import Ledger
 from worker.reports.report import open_output, write_report
 
@@ -25,10 +27,26 @@ def cmd_report(args: argparse.Namespace) -> int:
             return cmd_report_stream(settings, args.format, args.outcome, out)
         ledger = Ledger(settings.ledger, readonly=True)
         stack.callback(ledger.close)
-        write_report(ledger, out, args.format, args.outcome)
+        if args.run:
+            _run_report(ledger, args, out)
+        else:
+            write_report(ledger, out, args.format, args.outcome)
     if args.output is not None:
         print(f"Report written to {args.output}", file=sys.stderr)
     return 0
+
+
+def _run_report(ledger: Ledger, args: argparse.Namespace, out: TextIO) -> None:
+    """`report --run ID`: that run and the orders it dealt with."""
+    from worker.reports.history import write_run_report  # noqa: PLC0415
+
+    audit = ledger.audit()
+    run = audit.run(args.run)
+    if run is None:
+        raise ConfigError(f"{ledger.path}: no run {args.run!r} (cancel-orders runs lists them)")
+    if args.format == "html":
+        raise ConfigError("report --run: table, json or csv (the HTML report covers the ledger)")
+    write_run_report(audit, run, out, args.format, args.outcome)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

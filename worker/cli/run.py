@@ -17,7 +17,7 @@ from worker.cli.flags import RUN_GROUPS, keys_of
 from worker.cli.inputs import cap, last_run, source_from
 from worker.cli.who import who_from
 from worker.domain.errors import ConfigError, WorkerError
-from worker.domain.models import Result, RunOptions, RunReport, new_run_id
+from worker.domain.models import Result, RunOptions, RunRecord, RunReport, new_run_id
 from worker.ledger import check_target, open_ledger
 from worker.pipeline.control import with_signals
 from worker.pipeline.runner import RECORDED_LIMITS, Runner
@@ -27,6 +27,7 @@ from worker.runtime.metrics import Metrics
 from worker.runtime.redaction import redact
 from worker.settings import Settings, given_elsewhere
 from worker.sources import OrderSource
+from worker.sources.plan import os_user
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             refused = Metrics()
             refused.ended(exc.exit_code)
             _write_metrics(refused, settings, args.command)
+            ended = {"exit_code": exc.exit_code, "reason": redact.clean(str(exc))}
+            _announce(settings, args, ended, None)
         raise
 
 
@@ -77,6 +80,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         runner = Runner(settings, source, ledger, options, ask=ask)
         report = event_loop.run(_execute(runner))
         _export_metrics(runner, settings, report.exit_code)
+        if not args.dry_run:
+            _announce(settings, args, report.as_dict(), options.who)
         # The run's exit status is its own: a closed stdout or stderr (`| head`) loses only text.
         say(sys.stdout, render_run(report.as_dict()))
         if report.exit_code in (3, 130, 143) and report.reason:
@@ -116,6 +121,24 @@ def _resume_command(args: argparse.Namespace) -> str:
         if "=" in word and word.split("=", 1)[0] in SECRET_FLAGS:
             words[-1] = word.split("=", 1)[0] + "=***"
     return "cancel-orders " + shlex.join(words)
+
+
+def _announce(
+    settings: Settings, args: argparse.Namespace, ended: dict[str, object], who: RunRecord | None
+) -> None:
+    """--notify-url and --on-finish, when the run ends (a refusal too)."""
+    if not (settings.notify_urls or settings.on_finish):
+        return
+    from worker.reports.notify import announce, payload  # noqa: PLC0415 - only when asked
+
+    if "target" not in ended and settings.base_url:
+        ended["target"] = settings.target_label
+    people = {
+        "operator": who.operator if who else settings.operator or os_user(),
+        "reason": settings.reason,
+        "ticket": settings.ticket,
+    }
+    announce(payload(ended, args.command, people, settings.ledger), settings)
 
 
 def _export_metrics(runner: Runner, settings: Settings, exit_code: int) -> None:

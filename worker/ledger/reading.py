@@ -63,6 +63,19 @@ class LedgerReads:
                 row = (*row[:message], redact.clean(row[message]), *row[message + 1 :])  # noqa: PLW2901
             yield row
 
+    def rows_of(self, order_ids: list[str]) -> Iterator[tuple[object, ...]]:
+        """The rows of these orders (those in the ledger), as ``rows`` gives them."""
+        cols = ", ".join(CSV_COLUMNS)
+        marks = ",".join("?" * len(order_ids))
+        found = self._db.execute(
+            f"SELECT {cols} FROM orders WHERE order_id IN ({marks}) ORDER BY order_id", order_ids
+        )
+        message = CSV_COLUMNS.index("message")
+        for row in found:
+            if row[message] is not None:
+                row = (*row[:message], redact.clean(row[message]), *row[message + 1 :])  # noqa: PLW2901
+            yield row
+
     def timeline(self) -> list[tuple[str, str, int]]:
         """(second as YYYY-MM-DDTHH:MM:SS, outcome, orders) for every answered order."""
         rows = self._db.execute(

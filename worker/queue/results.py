@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,3 +43,24 @@ def _result(fields: dict[str, str]) -> Result:
 def _count(text: str | None) -> int:
     """A count field of the results stream; 0 when it is missing or malformed."""
     return int(text) if text and text.isdigit() and len(text) < 10 else 0
+
+
+async def read_attempts(streams: Streams) -> AsyncIterator[dict[str, Any]]:
+    """Every attempt the result entries carry (their ``attempt_log``), oldest first."""
+    start = "-"
+    while True:
+        chunk: Any = await streams.redis.xrange(streams.names.results, start, "+", count=READ_CHUNK)
+        for _entry_id, fields in chunk:
+            for attempt in _attempts(fields.get("attempt_log")):
+                yield attempt
+        if len(chunk) < READ_CHUNK:
+            return
+        start = "(" + chunk[-1][0]
+
+
+def _attempts(text: str | None) -> list[dict[str, Any]]:
+    try:
+        found = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [a for a in found if isinstance(a, dict)] if isinstance(found, list) else []

@@ -13,15 +13,17 @@ def _env_proxies() -> list[str]:
     return [v for k, v in os.environ.items() if k.lower() in ("https_proxy", "http_proxy") and v]
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 
 
 def duration_s(text: str) -> float:
-    """``90s``, ``45m``, ``2h`` in seconds; ValueError otherwise."""
+    """``90s``, ``45m``, ``2h``, ``30d`` in seconds; ValueError otherwise."""
     found = _DURATION.match(text)
     if found is None:
-        raise ValueError(f"{text!r} is not a duration: a number and s, m or h (90s, 45m, 2h)")
-    return float(found.group(1)) * {"s": 1, "m": 60, "h": 3600}[found.group(2)]
+        raise ValueError(
+            f"{text!r} is not a duration: a number and s, m, h or d (90s, 45m, 2h, 30d)"
+        )
+    return float(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
 
 
 def deadline_after(text: str, now: datetime) -> datetime:
