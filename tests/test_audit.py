@@ -213,12 +213,14 @@ async def test_one_notification_per_run_whatever_its_end(
     assert done.code == 1, done.stderr[-2000:]
     assert len(hook.bodies) == 1
     sent = hook.bodies[0]
-    assert sent["exit_code"] == 1 and sent["command"] == "run"
+    assert sent["exit_code"] == 1
+    assert sent["command"] == "run"
     assert sent["outcomes"] == {"cancelled": 5, "rejected": 1}
     assert sent["error_codes"] == {"R0008": 1}
     assert (sent["reason"], sent["ticket"]) == ("closed terminal", "INC-7")
     assert sent["needing_a_person"][0]["order_id"] == "SUB0000000001"
-    assert "exit 1" in sent["text"] and "5 cancelled" in sent["text"]
+    assert "exit 1" in sent["text"]
+    assert "5 cancelled" in sent["text"]
     assert running.sim.config.client_secret not in json.dumps(sent)
     assert json.loads(finish.read_text())["run_id"] == sent["run_id"]
     assert (tmp_path / "finish.json.env").read_text().strip() == "0"
@@ -226,7 +228,8 @@ async def test_one_notification_per_run_whatever_its_end(
     fatal = write_ids(tmp_path / "b.csv", ["USR0000000001", *ids("CDE", 3, start=10)])
     done = await cli.run("run", str(fatal), "--yes", env={**env, "MOUVONE_ON_FINISH": "exit 9"})
     assert done.code == 3
-    assert len(hook.bodies) == 2 and hook.bodies[1]["exit_code"] == 3
+    assert len(hook.bodies) == 2
+    assert hook.bodies[1]["exit_code"] == 3
 
     running.sim.config.latency_ms = 200
     many = write_ids(tmp_path / "c.csv", ids("CDE", 200, start=100))
@@ -237,10 +240,12 @@ async def test_one_notification_per_run_whatever_its_end(
     assert proc.returncode == 130
     assert len(hook.bodies) == 3
     interrupted = hook.bodies[2]
-    assert interrupted["exit_code"] == 130 and interrupted["outcomes"]["pending"] > 100
+    assert interrupted["exit_code"] == 130
+    assert interrupted["outcomes"]["pending"] > 100
 
     bad = await cli.run(
         "run", str(src), "--yes", env={**env, "MOUVONE_NOTIFY_URL": "http://example.com/x"}
     )
-    assert bad.code == 2 and "https" in bad.stderr
+    assert bad.code == 2
+    assert "https" in bad.stderr
     assert len(hook.bodies) == 3
