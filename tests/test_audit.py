@@ -8,6 +8,8 @@ import asyncio
 import csv
 import io
 import json
+import os
+import pty
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
@@ -249,3 +251,60 @@ async def test_one_notification_per_run_whatever_its_end(
     assert bad.code == 2
     assert "https" in bad.stderr
     assert len(hook.bodies) == 3
+
+
+def _read_all(fd: int) -> bytes:
+    """Everything written to a pseudo-terminal until its last writer closed it."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: no writer left
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_log_file_keeps_the_terminal_for_people(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """--log-file on a terminal: every event goes to the file as JSON; the terminal shows the
+    progress line, the orders that need a person and the summary table once (no key=value dump
+    of it), not a line per cancelled order. Off a terminal, the JSON events stay on stderr."""
+    ledger = tmp_path / "l.sqlite"
+    log_file = tmp_path / "run.log"
+    wanted = [*ids("CDE", 40), "SUB0000000001"]
+    src = write_ids(tmp_path / "o.csv", wanted)
+    env = {**sim_env(sim, ledger), "MOUVONE_LOG_FORMAT": "", "TERM": "xterm", "COLUMNS": "160"}
+    del env["MOUVONE_LOG_FORMAT"]
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        *cli.program, "run", str(src), "--yes", "--log-file", str(log_file),
+        cwd=cli.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=slave,
+    )  # fmt: skip
+    os.close(slave)
+    reading = asyncio.create_task(asyncio.to_thread(_read_all, master))
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    terminal = (await asyncio.wait_for(reading, 30)).decode(errors="replace")
+    os.close(master)
+    assert proc.returncode == 1
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    orders = [e for e in events if e["event"] == "order"]
+    assert sorted(e["order_id"] for e in orders) == sorted(wanted)
+    assert any(e["event"] == "run_summary" for e in events)
+    assert "SUB0000000001" in terminal  # needs a person: shown
+    assert "CDE0000000001" not in terminal  # went well: in the file only
+    assert "run_summary" not in terminal
+    assert out.decode().count("cancelled") >= 1
+    assert out.decode().count("Run ") == 1
+
+    plain = await cli.run("run", str(src), "--yes", "--force", "--log-file", str(log_file),
+                          env=sim_env(sim, ledger))  # fmt: skip
+    on_stderr = [json.loads(line) for line in plain.stderr.splitlines() if line.startswith("{")]
+    assert sum(e["event"] == "order" for e in on_stderr) == len(wanted)
+    assert sum(
+        json.loads(line)["event"] == "order" for line in log_file.read_text().splitlines()
+    ) == 2 * len(wanted)

@@ -36,7 +36,7 @@ def settings_from(args: argparse.Namespace, keys: Sequence[str]) -> Settings:
     flags = {key: getattr(args, key, None) for key in keys}
     flags = {k: ",".join(v) if isinstance(v, list) else v for k, v in flags.items()}
     settings = load_settings(flags, args.config)
-    configure(settings.log_format, settings.log_level, settings.secrets())
+    configure(settings.log_format, settings.log_level, settings.secrets(), settings.log_file)
     if FILES_READ:
         log.info("settings_files", files=list(FILES_READ))
     if settings.core_dumps:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,17 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 TICK_S = 0.2
+RATE_WINDOW_S = 5.0  # the rate shown is the requests of the last few seconds
+SHORT = {  # how the progress line names the outcomes
+    "cancelled": "cancelled",
+    "already_cancelled": "already",
+    "not_found": "not found",
+    "rejected": "rejected",
+    "invalid": "invalid",
+    "skipped": "skipped",
+    "retryable_failed": "failed",
+    "pending": "pending",
+}
 
 
 class ProgressReporter:
@@ -35,6 +47,7 @@ class ProgressReporter:
         self._started = time.monotonic()
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._recent: deque[tuple[float, int]] = deque()  # (time, requests) for the rate
 
     def done(self) -> int:
         """Orders dealt with so far (answered, invalid, skipped or duplicate)."""
@@ -63,7 +76,7 @@ class ProgressReporter:
         """Redraw the bar, or log one progress event."""
         done = self.done()
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=done, total=self.total)
+            self._progress.update(self._task, completed=done, total=self.total, counts=self.line())
             return
         elapsed = time.monotonic() - self._started
         log.info(
@@ -74,6 +87,20 @@ class ProgressReporter:
             elapsed_s=round(elapsed, 1),
             outcomes=dict(self._summary.outcomes),
         )
+
+    def line(self) -> str:
+        """Counts by outcome and the current rate, for the progress line."""
+        now = time.monotonic()
+        requests = self._requests()
+        recent = self._recent
+        recent.append((now, requests))
+        while len(recent) > 2 and now - recent[0][0] > RATE_WINDOW_S:
+            recent.popleft()
+        span = now - recent[0][0]
+        rate = (requests - recent[0][1]) / span if span > 0 else 0.0
+        counts = self._summary.outcomes
+        shown = " ".join(f"{SHORT.get(o, o)} {n}" for o, n in counts.items() if n)
+        return f"{shown or 'starting'} | {rate:.1f} req/s"
 
     def _start_bar(self) -> None:
         from rich.console import Console  # noqa: PLC0415 - only on a terminal
@@ -88,15 +115,17 @@ class ProgressReporter:
 
         self._progress = Progress(
             TextColumn("cancelling"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
             TimeRemainingColumn(),
             console=Console(file=sys.stderr),
             transient=True,
         )
         self._progress.start()
-        self._task = self._progress.add_task("orders", total=self.total)
+        self._task = self._progress.add_task("orders", total=self.total, counts="starting")
 
     def stop(self) -> None:
         """Remove the bar (idempotent)."""

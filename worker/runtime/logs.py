@@ -10,11 +10,13 @@ import os
 import sys
 import time
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
 import structlog
 
+from worker.runtime.logfile import LOG_FILE, ConsoleGate, JsonTee
 from worker.runtime.redaction import escape_controls, redact
 
 
@@ -131,13 +133,14 @@ def silence(stream: TextIO) -> None:
 
 
 def lost_lines() -> int:
-    """Log lines that could not be written (standard error failed)."""
-    return LOST_LINES
+    """Log lines that could not be written (standard error or the log file failed)."""
+    return LOST_LINES + LOG_FILE.lost
 
 
 LOST_LINES = 0
 _LOGGER = _StderrLogger()
 atexit.register(_LOGGER.flush)
+atexit.register(LOG_FILE.close)
 
 
 def _stderr_logger(*_args: Any) -> _StderrLogger:
@@ -147,6 +150,7 @@ def _stderr_logger(*_args: Any) -> _StderrLogger:
 def flush_logs() -> None:
     """Write any gathered log lines now (called periodically and at the end of a run)."""
     _LOGGER.flush()
+    LOG_FILE.flush()
 
 
 def _json_line(event: Any, **_kw: Any) -> bytes:
@@ -196,18 +200,31 @@ def info_event(event: str, fields: dict[str, Any]) -> None:
     _LOGGER.info(render(None, "info", fields))
 
 
-def configure(log_format: str | None, level: str, secrets: list[str] | None = None) -> str:
-    """Configure structlog once for the process; returns the format chosen."""
+def configure(
+    log_format: str | None,
+    level: str,
+    secrets: list[str] | None = None,
+    log_file: Path | None = None,
+) -> str:
+    """Configure structlog once for the process; returns the format chosen. With ``log_file``
+    every event is written there as JSON too (``worker.runtime.logfile``)."""
     for secret in secrets or []:
         redact.add(secret)
     global BUFFERED, _FAST  # noqa: PLW0603 - one logger for the process, configured once
-    fmt = log_format or ("console" if sys.stderr.isatty() else "json")
-    BUFFERED = fmt == "json" and not sys.stderr.isatty()
+    terminal = sys.stderr.isatty()
+    fmt = log_format or ("console" if terminal else "json")
+    BUFFERED = fmt == "json" and not terminal
     threshold = logging.getLevelNamesMapping()[level.upper()]
-    processors: list[Any] = [JsonLine()]
-    _FAST = processors[0] if fmt == "json" and threshold <= logging.INFO else None
+    json_line = JsonLine()
+    processors: list[Any] = [json_line]
+    _FAST = json_line if fmt == "json" and threshold <= logging.INFO else None
+    if log_file is not None:
+        LOG_FILE.open(log_file)
+        processors = [JsonTee(json_line, terminal=terminal)]
+        _FAST = None  # every line goes through the tee
     if fmt == "console":
         processors = [
+            ConsoleGate(json_line if log_file is not None else None),
             structlog.processors.add_log_level,
             UtcTimestamp(),
             structlog.processors.format_exc_info,
