@@ -159,6 +159,9 @@ class _Dom(HTMLParser):
         self.rows: dict[str, int] = {}
         self._table: str | None = None
         self.text: list[str] = []
+        self.groups: dict[str, int] = {}  # error code -> orders, of the groups needing a person
+        self.ticks: list[str] = []  # the time axes' labels
+        self._tick = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
@@ -168,6 +171,9 @@ class _Dom(HTMLParser):
             self._table = a.get("id")
         if tag == "tr" and self._table:
             self.rows[self._table] = self.rows.get(self._table, 0) + 1
+        if tag == "details" and a.get("data-code"):
+            self.groups[str(a["data-code"])] = int(str(a["data-count"]))
+        self._tick = tag == "text" and a.get("class") == "tick"
         if tag == "g" and a.get("data-outcome"):
             self.bars[str(a["data-outcome"])] = int(str(a["data-count"]))
         if tag == "polyline":
@@ -182,6 +188,9 @@ class _Dom(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
+        if self._tick:
+            self.ticks.append(data)
+            self._tick = False
 
 
 async def test_html_report_in_headless_chromium(
@@ -214,9 +223,26 @@ async def test_html_report_in_headless_chromium(
     for row in rows.values():
         expected[row["outcome"]] = expected.get(row["outcome"], 0) + 1
     assert {k: v for k, v in dom.bars.items() if v} == expected
-    assert {"summary", "total", "outcomes", "error-codes", "timeline", "attention"} <= dom.ids
+    assert {
+        "summary",
+        "total",
+        "outcomes",
+        "error-codes",
+        "timeline",
+        "attention",
+        "run",
+    } <= dom.ids
     assert dom.rows["error-codes"] == 1 + 3  # header, NOT_FOUND, CONTAINER, WRONG_FORMAT
-    assert dom.rows["attention"] == 1 + 3  # header, the not_found, rejected and invalid orders
+    # the not_found, rejected and invalid orders: one group each, header and one row
+    assert dom.groups == {
+        "CUSTOMER_ORDER_NOT_FOUND": 1,
+        "CANNOT_CANCEL_ORDER_WITH_ASSOCIATED_CONTAINER": 1,
+        "WRONG_FORMAT": 1,
+    }
+    assert sum(n for t, n in dom.rows.items() if t.startswith("attention-")) == 3 * (1 + 1)
+    assert "Release the container from its booking" in " ".join(dom.text)  # what to do next
+    assert len(dom.ticks) >= 4  # both charts: clock times along the time axis
+    assert all(len(t) == 8 and t[2] == ":" for t in dom.ticks)
     assert dom.polylines == 2  # throughput and error rate
     assert dom.external == []
     text = " ".join(dom.text)

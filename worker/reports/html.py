@@ -1,6 +1,8 @@
-"""`report --format html`: one self-contained page (inline CSS and SVG, no script, nothing
-fetched) with the outcome counts as a chart, the error codes, throughput and error rate over
-time, and the orders that need a person."""
+"""`report --format html`: the page an operator acts on. One self-contained file (inline CSS
+and SVG, no script, nothing fetched): the last run's who, why, input and limits; the outcome
+counts as a chart and the error codes; the orders that need a person grouped by error code, each
+with what the code means and what to do next; throughput and error rate over clock time; and
+the ledger's runs."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ from datetime import datetime
 from html import escape
 from typing import TextIO
 
+from worker.domain.errors import LedgerError
 from worker.domain.models import SUCCESS, Outcome
 from worker.ledger import Ledger
+from worker.reports.html_parts import attention_groups, clock_axis, run_header, runs_table
 from worker.reports.summary import summary
 
 ATTENTION = ("rejected", "not_found", "invalid", "skipped", "retryable_failed", "pending")
@@ -30,7 +34,11 @@ body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse}td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #eee}
 td.n{text-align:right;font-variant-numeric:tabular-nums}.muted{color:#777}
-svg text{font:12px system-ui,sans-serif}
+svg text{font:12px system-ui,sans-serif}svg text.tick{fill:#555;font-size:11px}
+#run th{font-weight:normal;color:#555;width:6em}details.group{margin:1em 0;padding:.3em .8em;
+border:1px solid #ddd;border-radius:4px}details.group>summary{cursor:pointer;font-size:1.05em}
+p.meaning{margin:.4em 0;color:#333}p.next{margin:.4em 0;background:#fff8e1;padding:.3em .5em}
+details details>summary{color:#1565c0;cursor:pointer;margin:.3em 0}
 """
 
 
@@ -45,6 +53,7 @@ def write_html(
     assert isinstance(codes, dict)
     total = int(str(data["total"]))
     ok = sum(n for name, n in outcomes.items() if Outcome(name) in SUCCESS)
+    runs = _runs(ledger) if label is None else []
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -54,17 +63,26 @@ def write_html(
         f'<p id="summary">Ledger <code>{escape(str(data["ledger"]))}</code>: '
         f'<strong id="total">{total}</strong> orders, <strong id="succeeded">{ok}</strong> '
         f"cancelled or already cancelled.{_last_run(data.get('last_run'))}</p>",
+        run_header(runs[0] if runs else None),
         '<h2>Outcomes</h2><div id="outcomes">',
         _bars(outcomes),
         "</div>",
         '<h2>Error codes</h2><table id="error-codes"><tr><th>error code</th><th>orders</th></tr>',
         *(f'<tr><td>{escape(c)}</td><td class="n">{n}</td></tr>' for c, n in codes.items()),
         "</table>" + ("" if codes else '<p class="muted">None.</p>'),
-        _timeline(ledger.timeline()),
         _attention(ledger),
+        _timeline(ledger.timeline()),
+        runs_table(runs),
         "</body></html>",
     ]
     out.write("\n".join(parts) + "\n")
+
+
+def _runs(ledger: Ledger) -> list[dict[str, object]]:
+    try:
+        return ledger.audit().runs()
+    except LedgerError:  # a ledger of an earlier version, read where it cannot be upgraded
+        return []
 
 
 def _last_run(last: object) -> str:
@@ -118,15 +136,23 @@ def _timeline(points: list[tuple[str, str, int]]) -> str:
     errors = [100.0 * f / d if d else 0.0 for f, d in zip(failed, done, strict=True)]
     return (
         f'<h2>Over time</h2><div id="timeline" data-buckets="{buckets}" data-step-s="{step}">'
-        f"<p>From {escape(seconds[0])}Z, {span} s, one point per {step} s.</p>"
-        + _line("throughput", "orders answered per second", rates, "#1565c0")
-        + _line("error-rate", "share not cancelled (%)", errors, "#c62828", top=100.0)
+        f"<p>From {escape(seconds[0])}Z, {span} s, one point per {step} s (times in UTC).</p>"
+        + _line("throughput", "orders answered per second", rates, "#1565c0", start, span)
+        + _line("error-rate", "share not cancelled (%)", errors, "#c62828", start, span, 100.0)
         + "</div>"
     )
 
 
-def _line(ident: str, title: str, values: list[float], colour: str, top: float = 0.0) -> str:
-    width, height, pad = 640, 160, 40
+def _line(
+    ident: str,
+    title: str,
+    values: list[float],
+    colour: str,
+    start: datetime,
+    span_s: int,
+    top: float = 0.0,
+) -> str:
+    width, height, pad = 640, 175, 40
     peak = max([*values, top, 1e-9])
     n = max(len(values) - 1, 1)
     points = " ".join(
@@ -140,32 +166,11 @@ def _line(ident: str, title: str, values: list[float], colour: str, top: float =
         f'<line x1="{pad}" y1="{height - 20}" x2="{width - 10}" y2="{height - 20}" stroke="#999"/>'
         f'<text x="0" y="24">{peak:.0f}</text><text x="0" y="{height - 20}">0</text>'
         f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>'
-        "</svg></figure>"
+        f"{clock_axis(start, span_s, width, pad, height - 3)}</svg></figure>"
     )
 
 
 def _attention(ledger: Ledger) -> str:
-    """The orders a person has to look at, with the API's code and message."""
-    rows = []
-    shown = 0
-    more = 0
-    for outcome in ATTENTION:
-        for row in ledger.rows(outcome):
-            if shown >= ATTENTION_LIMIT:
-                more += 1
-                continue
-            shown += 1
-            order_id, name, status, code, message, attempts, updated = row
-            cells = [order_id, name, status or "", code or "", message or "", attempts, updated]
-            rows.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
-    head = (
-        "<tr><th>order</th><th>outcome</th><th>HTTP</th><th>error code</th><th>message</th>"
-        "<th>attempts</th><th>updated</th></tr>"
-    )
-    note = f'<p class="muted">... and {more} more: use --format csv.</p>' if more else ""
-    if not rows:
-        return '<h2>Orders that need a person</h2><p id="attention" class="muted">None.</p>'
-    return (
-        f"<h2>Orders that need a person ({shown + more})</h2>"
-        f'<table id="attention">{head}{"".join(rows)}</table>{note}'
-    )
+    """The orders a person has to look at, grouped by error code."""
+    rows = (row for outcome in ATTENTION for row in ledger.rows(outcome))
+    return attention_groups(rows, ATTENTION_LIMIT)
