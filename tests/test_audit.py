@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.support import Cli, ids, sim_env, write_ids
+from tests.support import Cli, Queue, ids, sim_env, write_ids
 from worker.simulator import RunningSimulator
 
 
@@ -308,3 +308,26 @@ async def test_log_file_keeps_the_terminal_for_people(
     assert sum(
         json.loads(line)["event"] == "order" for line in log_file.read_text().splitlines()
     ) == 2 * len(wanted)
+
+
+async def test_queue_mode_results_carry_their_attempts(
+    queue: Queue, cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """consume: each result entry carries its attempts as JSON, so `history` and `audit` over
+    --redis-url answer for consumed orders as they do from a ledger: one attempt per request the
+    simulator saw, by request id."""
+    env = queue.env(sim, tmp_path)
+    wanted = [*ids("CDE", 5), "TMP0000000002", "SUB0000000001"]
+    enqueued = await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
+    assert enqueued.code == 0, enqueued.stderr
+    done = await cli.run("consume", "--exit-when-empty", env=env)
+    assert done.code == 1, done.stderr[-2000:]
+    shown = await cli.run("history", "TMP0000000002", "--format", "json", env=env)
+    assert shown.code == 0, shown.stderr
+    tries = [(a["method"], a["attempt"], a["http_status"]) for a in json.loads(shown.stdout)["attempts"]]
+    assert tries == [("DELETE", 1, 503), ("DELETE", 2, 503), ("DELETE", 3, 200)]
+    exported = await cli.run("audit", env=env)
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    journal = {request_id: own for _method, _order, request_id, own in sim.sim.stats.journal}
+    assert len(rows) == len(journal) == 9
+    assert {r["request_id"]: r["response_id"] for r in rows} == journal

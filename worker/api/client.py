@@ -122,7 +122,7 @@ class MouvoneClient:
     async def _call(self, method: str, url: URL, token: str) -> Answer:
         """One request with its own X-Request-ID; the answer says which, and when it left."""
         base = self._headers if token == self._token else self._credentials(token)
-        request_id = str(uuid.uuid4())
+        request_id = _request_ids()
         headers = {**base, "X-Request-ID": request_id}
         sent_at = time.time()
         answer = await self._exchange(method, url, headers)
@@ -186,6 +186,24 @@ class MouvoneClient:
             "Ocp-Apim-Subscription-Key": self._api_key,
         }
         return self._headers
+
+
+class _RequestIds:
+    """A new UUID for every request, cheaply: 74 random bits drawn once per process (in the
+    shape of a version 4 UUID) and a counter in its last 48 bits, unique within the process and
+    across processes (uuid4() for every request costs more than the rest of building it)."""
+
+    def __init__(self) -> None:
+        base = uuid.uuid4().hex
+        self._prefix = f"{base[:8]}-{base[8:12]}-{base[12:16]}-{base[16:20]}-"
+        self._counter = int(base[20:], 16)
+
+    def __call__(self) -> str:
+        self._counter = (self._counter + 1) & 0xFFFFFFFFFFFF
+        return "%s%012x" % (self._prefix, self._counter)  # noqa: UP031 - faster
+
+
+_request_ids = _RequestIds()
 
 
 def _response_id(headers: Mapping[str, str]) -> str | None:

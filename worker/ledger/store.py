@@ -219,14 +219,17 @@ class Ledger(LedgerReads):
     # -- results ------------------------------------------------------------------------------
 
     def record(
-        self, results: Sequence[Result], run_id: str, attempts: Sequence[object] = ()
+        self,
+        results: Sequence[Result],
+        run_id: str,
+        attempts: Sequence[Sequence[object]] = (),
     ) -> None:
         """Upsert a batch of results and append their attempts in one transaction (a statement
         each: the rows go to SQLite as one JSON parameter, serialised in C)."""
         if results or attempts:
             with self._transaction():
                 if attempts:
-                    self._db.execute(INSERT_ATTEMPTS, (_json(attempts), run_id))
+                    self._db.executemany(INSERT_ATTEMPTS, attempts)
                 if results:
                     self._db.execute(UPSERT_BATCH, (_json(results), run_id, now_iso()))
 

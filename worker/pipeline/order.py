@@ -29,7 +29,9 @@ class OrderState:
     entry_id: str = ""  # queue mode: the stream entry it came from
     verify: bool = False  # an earlier request may have reached the API: GET before sending
     last: Answer | None = field(default=None)
-    tried: list[list[object]] | None = None  # queue mode: its attempt log, for the result entry
+    tried: list[tuple[object, ...]] | None = (
+        None  # queue mode: its attempt log, for the result entry
+    )
 
     @property
     def what(self) -> str:
@@ -54,39 +56,6 @@ class OrderState:
             self.attempts,
             round(last.latency_ms, 1),
         )
-
-
-ATTEMPT_KEYS = (
-    "order_id",
-    "attempt",
-    "method",
-    "sent_at",
-    "latency_ms",
-    "http_status",
-    "error_code",
-    "message",
-    "request_id",
-    "response_id",
-)
-
-
-def attempt_row(order_id: str, method: str, number: int, answer: Answer) -> list[object]:
-    """One request in the attempt log, its columns after run_id (ledger.schema.ATTEMPT_COLUMNS):
-    order_id, attempt, method, sent_at (epoch seconds), latency_ms, http_status, error_code,
-    message (redacted), request_id, response_id."""
-    message = answer.message
-    return [
-        order_id,
-        number,
-        method,
-        round(answer.sent_at, 3),
-        round(answer.latency_ms, 1),
-        answer.status,
-        error_code_for(answer.status, answer.code, answer.failure),
-        redact.clean(message) if message else None,
-        answer.request_id,
-        answer.response_id,
-    ]
 
 
 @dataclass(frozen=True)

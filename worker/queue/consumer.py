@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 from functools import partial
 
 import structlog
@@ -20,8 +19,10 @@ from worker.domain.answer import Answer
 from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import ConfigError
 from worker.domain.models import FINAL, Outcome, Result, RunReport, RunSummary, new_run_id
+from worker.ledger.audit import attempt_row
+from worker.ledger.schema import ATTEMPT_COLUMNS
 from worker.pipeline.control import RunControl
-from worker.pipeline.order import ATTEMPT_KEYS, OrderState, attempt_row
+from worker.pipeline.order import OrderState
 from worker.pipeline.pool import Pool
 from worker.pipeline.progress import ProgressReporter
 from worker.queue import streams as streams_module
@@ -139,7 +140,7 @@ class Consumer:
         """One answered request: kept with the order, written in its result entry."""
         if state.tried is None:
             state.tried = []
-        state.tried.append(attempt_row(state.order_id, method, number, answer))
+        state.tried.append(attempt_row(self.run_id, state.order_id, method, number, answer))
 
     async def _still_mine(self, state: OrderState) -> bool:
         entry_id = state.entry_id
@@ -158,7 +159,7 @@ class Consumer:
         order_id: str,
         result: Result | None,
         dead_reason: str = "",
-        tried: list[list[object]] | None = None,
+        tried: list[tuple[object, ...]] | None = None,
     ) -> None:
         """Write the result (None: none), maybe a dead letter, and acknowledge, atomically."""
         fields: list[str] = []
@@ -175,7 +176,7 @@ class Consumer:
                     "attempts": result.attempts,
                     "consumer": self._names.consumer,
                     "finished_at": now_iso(),
-                    "attempt_log": attempt_log(self.run_id, tried or []),
+                    "attempt_log": attempt_log(tried or []),
                 }
             )
         written_id = order_id if result is None else result.order_id  # an invalid ID: cut
@@ -211,14 +212,7 @@ class Consumer:
         return report
 
 
-def attempt_log(run_id: str, tried: list[list[object]]) -> str:
+def attempt_log(tried: list[tuple[object, ...]]) -> str:
     """A result entry's attempts, as JSON objects (the ledger's attempt columns)."""
-    rows = []
-    for row in tried:
-        item: dict[str, object] = {"run_id": run_id, **dict(zip(ATTEMPT_KEYS, row, strict=True))}
-        sent = item["sent_at"]
-        if isinstance(sent, float):
-            moment = datetime.fromtimestamp(sent, UTC).isoformat(timespec="milliseconds")
-            item["sent_at"] = moment.replace("+00:00", "Z")
-        rows.append(item)
+    rows = [dict(zip(ATTEMPT_COLUMNS, row, strict=True)) for row in tried]
     return json.dumps(rows, separators=(",", ":"))

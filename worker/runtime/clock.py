@@ -35,3 +35,22 @@ class SystemClock:
 def now_iso() -> str:
     """UTC now, ISO-8601 with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _EpochIso:
+    """Seconds since the epoch as ISO-8601 UTC with milliseconds (``now_iso``'s format), the
+    date and time formatted once per second: it runs for every request (the attempt log)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, moment: float) -> str:
+        second = int(moment)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return "%s.%03dZ" % (self._prefix, int((moment - second) * 1000))  # noqa: UP031 - faster
+
+
+iso_from_epoch = _EpochIso()

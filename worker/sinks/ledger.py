@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import structlog
 
@@ -24,7 +24,7 @@ from worker.domain.answer import Answer
 from worker.domain.errors import LedgerError
 from worker.domain.models import Result, RunSummary
 from worker.ledger import Ledger
-from worker.pipeline.order import OrderState, attempt_row
+from worker.ledger.audit import attempt_row
 from worker.runtime.logs import info_event
 from worker.runtime.metrics import Metrics
 
@@ -72,6 +72,10 @@ def _consume(future: asyncio.Future[Any]) -> None:
         log.debug("ledger_call_failed_after_cancel", error=str(error))
 
 
+class _Order(Protocol):
+    order_id: str
+
+
 class ResultSink:
     """Receives results from every worker."""
 
@@ -87,9 +91,11 @@ class ResultSink:
         self._run_id = run_id
         self.summary = summary
         self._buffer: list[Result] = []
-        self._attempts: list[list[object]] = []  # the attempt log's rows not yet written
+        self._attempts: list[tuple[object, ...]] = []  # the attempt log's rows not yet written
         # a write whose flush was cancelled: its future, its results and its attempts
-        self._writing: tuple[asyncio.Future[None], list[Result], list[list[object]]] | None = None
+        self._writing: (
+            tuple[asyncio.Future[None], list[Result], list[tuple[object, ...]]] | None
+        ) = None
         self._waiting = asyncio.Event()  # something is buffered
         self._full = asyncio.Event()  # FLUSH_EVERY are buffered
         self._flush_lock = asyncio.Lock()
@@ -106,11 +112,11 @@ class ResultSink:
         self._metrics.finished(result)
         info_event("order", result.log_fields())
 
-    def attempt(self, state: OrderState, method: str, number: int, answer: Answer) -> None:
+    def attempt(self, state: _Order, method: str, number: int, answer: Answer) -> None:
         """Buffer one answered request for the attempt log: written in the same transaction
         as the results that arrived with it, never after its order's result."""
         if self._ledger is not None:
-            self._attempts.append(attempt_row(state.order_id, method, number, answer))
+            self._attempts.append(attempt_row(self._run_id, state.order_id, method, number, answer))
             self._waiting.set()
 
     async def record(self, _order: object, result: Result) -> None:
