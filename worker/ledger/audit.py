@@ -3,10 +3,11 @@ request to the API); upgrading a ledger of an earlier schema in place."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from worker.domain.answer import Answer
@@ -88,6 +89,27 @@ def attempt_row(
         answer.request_id,
         answer.response_id,
     )
+
+
+ROWS_PER_INSERT = 200  # attempt rows in one INSERT statement (2,200 parameters)
+_ONE_ROW = "(" + ",".join("?" * len(ATTEMPT_COLUMNS)) + ")"
+_INSERT = f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES "
+_FULL_INSERT = _INSERT + ",".join([_ONE_ROW] * ROWS_PER_INSERT)
+
+
+def insert_attempts(
+    rows: Sequence[Sequence[object]],
+) -> Iterator[tuple[str, list[object]]]:
+    """(SQL, parameters) appending these attempt rows, ROWS_PER_INSERT rows a statement
+    (fewer statements to step through than one per row)."""
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start : start + ROWS_PER_INSERT]
+        sql = (
+            _FULL_INSERT
+            if len(chunk) == ROWS_PER_INSERT
+            else _INSERT + ",".join([_ONE_ROW] * len(chunk))
+        )
+        yield sql, list(itertools.chain.from_iterable(chunk))
 
 
 class AuditLog:

@@ -100,13 +100,6 @@ ATTEMPT_COLUMNS = (
     "response_id",
 )
 
-# One row per request, its values in ATTEMPT_COLUMNS order (executemany: cheaper per row than
-# a JSON parameter for this narrow append-only table).
-INSERT_ATTEMPTS = (
-    f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(ATTEMPT_COLUMNS))})"
-)
-
 CSV_COLUMNS = (
     "order_id",
     "outcome",

@@ -16,13 +16,12 @@ import orjson
 
 from worker.domain.errors import LedgerError
 from worker.domain.models import FINAL, Outcome, Result, RunRecord
-from worker.ledger.audit import AuditLog, upgrade, upgrade_file
+from worker.ledger.audit import AuditLog, insert_attempts, upgrade, upgrade_file
 from worker.ledger.control import commands_of, publish
 from worker.ledger.plan import Plan
 from worker.ledger.reading import LedgerReads
 from worker.ledger.schema import (
     CLAIM_BATCH,
-    INSERT_ATTEMPTS,
     SCHEMA_VERSION,
     UPSERT_BATCH,
 )
@@ -228,8 +227,8 @@ class Ledger(LedgerReads):
         each: the rows go to SQLite as one JSON parameter, serialised in C)."""
         if results or attempts:
             with self._transaction():
-                if attempts:
-                    self._db.executemany(INSERT_ATTEMPTS, attempts)
+                for sql, values in insert_attempts(attempts):
+                    self._db.execute(sql, values)
                 if results:
                     self._db.execute(UPSERT_BATCH, (_json(results), run_id, now_iso()))
 
