@@ -8,7 +8,9 @@ Scenarios: ``throughput`` (zero latency, 64 in flight), ``latency`` (50 ms, 64 i
 ``rate`` (--rate 300 for 20 s), ``memory`` (dry runs of 100,000 and 1,000,000 lines, a real
 run of 100,000 orders), ``resume`` (100,000 orders all final, against a dry run),
 ``scaling`` (1, 8, 64 and 256 in flight at 50 ms), ``limiter`` (asyncio-throttle alone
-against the paced limiter, 64 waiters at 300/s).
+against the paced limiter, 64 waiters at 300/s), ``guardrails`` (--require-status), ``limit``
+(a 50/s gateway limit the operator does not know, --rate at 1.2x, 2x and 5x of it),
+``retries`` (30% of orders answering 503 twice, --rate 100, 16 in flight).
 
 The simulator runs in its own process on loopback. Throughput is read at the server (first to
 last DELETE arrival) so that both clients are measured the same way; CPU time and peak memory
@@ -66,6 +68,7 @@ class Measure:
     deletes: int
     max_per_s: int  # the busiest sliding second at the server
     requests: int = 0  # every API request the server answered (GETs included)
+    stats: dict[str, object] | None = None  # everything the simulator counted
 
     @property
     def cpu_per_order_ms(self) -> float:
@@ -76,7 +79,7 @@ class Measure:
 class Simulator:
     """A simulator process with a given latency."""
 
-    def __init__(self, latency_ms: float) -> None:
+    def __init__(self, latency_ms: float, *flags: str) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -87,6 +90,7 @@ class Simulator:
                 "0",
                 "--latency-ms",
                 str(latency_ms),
+                *flags,
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -132,7 +136,8 @@ class Simulator:
             wall,
             deletes,
             int(str(stats["max_per_second"])),
-            sum(int(n) for n in dict(stats["statuses"]).values()),
+            sum(int(n) for n in dict(stats["statuses"]).values()),  # type: ignore[call-overload]
+            stats,
         )
 
     def close(self) -> None:
@@ -399,6 +404,52 @@ def scenario_guardrails(bench: Bench, sims: dict[float, Simulator], orders: int)
     )
 
 
+def scenario_limit(bench: Bench, _sims: dict[float, Simulator], _orders: int) -> None:
+    """A gateway limit the operator does not know: 50 requests in any sliding second, 50 ms
+    latency, --rate at 1.2x, 2x and 5x of it; 1,500 orders each."""
+    sim = Simulator(50.0, "--rate-limit", "50", "--retry-after", "1")
+    try:
+        for factor in (1.2, 2.0, 5.0):
+            rate = 50 * factor
+            m = sim.measure(bench.tool(bench.ids(1500), "--rate", f"{rate:g}"))
+            stats = m.stats or {}
+            statuses = {int(k): int(v) for k, v in dict(stats["statuses"]).items()}  # type: ignore[call-overload]
+            throttled = statuses.get(429, 0) / max(m.deletes, 1)
+            share = float(str(stats["cancelled_per_s"])) / 50
+            after = int(str(stats["max_per_second_after_429"]))
+            met = share >= 0.95 and throttled < 0.02 and after <= 50
+            bench.add(
+                f"limit, 50/s sliding, --rate {rate:g} ({factor:g}x), 50 ms, 1500 orders",
+                f"{share:.2f} of the limit ({stats['cancelled_per_s']}/s); {throttled:.1%} of"
+                f" DELETEs answered 429; busiest second after the first 429: {after}",
+                "target >= 0.95, < 2%, <= 50: " + ("met" if met else "not met"),
+            )
+    finally:
+        sim.close()
+
+
+def scenario_retries(bench: Bench, sims: dict[float, Simulator], _orders: int) -> None:
+    """2,000 orders at 50 ms, 30% of them answering 503 twice before they cancel, --rate 100,
+    --concurrency 16: 3,200 DELETEs, 32 s at the rate if no worker waits out a backoff."""
+    bench.retries_round = getattr(bench, "retries_round", 0) + 1  # type: ignore[attr-defined]
+    lap = bench.retries_round  # type: ignore[attr-defined]
+    path = bench.work / f"retries-{lap}.csv"
+    with path.open("w") as out:  # TMP...2: 503 twice, then 200 (the simulator's script)
+        out.write("orderId\n")
+        for i in range(2000):
+            out.write(f"TMP{lap:02d}{i:07d}2\n" if i % 10 < 3 else f"ZRT{lap:02d}{i:08d}\n")
+    m = sims[50.0].measure(bench.tool(path, "--rate", "100", "--concurrency", "16"))
+    needed = m.requests / 100
+    span = float(str((m.stats or {})["span_s"]))
+    ratio = span / needed
+    bench.add(
+        "retries, 2000 orders, 30% 503 twice, --rate 100, 16 in flight, 50 ms",
+        f"{m.requests} DELETEs in {span:.1f} s (first to last at the server; {m.wall_s:.1f} s"
+        f" wall), {needed:.1f} s at the rate: {ratio:.2f}x",
+        "target <= 1.05x: " + ("met" if ratio <= 1.05 else "not met"),
+    )
+
+
 SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "throughput": scenario_throughput,
     "latency": scenario_latency,
@@ -408,6 +459,8 @@ SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "scaling": scenario_scaling,
     "limiter": scenario_limiter,
     "guardrails": scenario_guardrails,
+    "limit": scenario_limit,
+    "retries": scenario_retries,
 }
 
 

@@ -318,13 +318,17 @@ async def test_queue_mode_results_carry_their_attempts(
     simulator saw, by request id."""
     env = queue.env(sim, tmp_path)
     wanted = [*ids("CDE", 5), "TMP0000000002", "SUB0000000001"]
-    enqueued = await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
+    enqueued = await cli.run(
+        "enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env
+    )
     assert enqueued.code == 0, enqueued.stderr
     done = await cli.run("consume", "--exit-when-empty", env=env)
     assert done.code == 1, done.stderr[-2000:]
     shown = await cli.run("history", "TMP0000000002", "--format", "json", env=env)
     assert shown.code == 0, shown.stderr
-    tries = [(a["method"], a["attempt"], a["http_status"]) for a in json.loads(shown.stdout)["attempts"]]
+    tries = [
+        (a["method"], a["attempt"], a["http_status"]) for a in json.loads(shown.stdout)["attempts"]
+    ]
     assert tries == [("DELETE", 1, 503), ("DELETE", 2, 503), ("DELETE", 3, 200)]
     exported = await cli.run("audit", env=env)
     rows = [json.loads(line) for line in exported.stdout.splitlines()]

@@ -280,7 +280,7 @@ async def test_ledger_failure_stops_the_run_without_silent_loss(
     """When the ledger stops taking writes the run stops (exit 3) and every result it could not
     record is logged as `unrecorded_result`, so none is lost silently."""
 
-    def broken(self: Ledger, results: Any, run_id: str) -> None:
+    def broken(self: Ledger, results: Any, run_id: str, attempts: Any = ()) -> None:
         raise LedgerError(f"{self.path}: cannot write the ledger: disk I/O error")
 
     monkeypatch.setattr(Ledger, "record", broken)

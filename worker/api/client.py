@@ -6,7 +6,6 @@ import json
 import re
 import ssl
 import time
-import uuid
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,13 @@ from urllib.request import getproxies_environment, proxy_bypass_environment  # t
 import aiohttp
 from yarl import URL
 
+from worker.api.headers import limit_per_s, request_ids, response_id
 from worker.domain.answer import Answer
 from worker.domain.retry import parse_retry_after
 
 MAX_ERROR_BODY = 64 * 1024  # error bodies are small JSON; never read more than this
 MAX_READ_BODY = 8 * 1024 * 1024  # a GET's JSON answer (a page of 50 orders with details)
 MAX_MESSAGE = 500
-# Where a gateway or an API puts its own id of a request (Azure API Management, then others).
-RESPONSE_ID_HEADERS = ("x-ms-request-id", "apim-request-id", "request-id", "x-request-id")
 
 
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-]+")  # what quote() would leave as it is
@@ -122,7 +120,7 @@ class MouvoneClient:
     async def _call(self, method: str, url: URL, token: str) -> Answer:
         """One request with its own X-Request-ID; the answer says which, and when it left."""
         base = self._headers if token == self._token else self._credentials(token)
-        request_id = _request_ids()
+        request_id = request_ids()
         headers = {**base, "X-Request-ID": request_id}
         sent_at = time.time()
         answer = await self._exchange(method, url, headers)
@@ -145,7 +143,7 @@ class MouvoneClient:
                 proxy=self._proxy,
             ) as resp:
                 status = resp.status
-                answered_as = _response_id(resp.headers)
+                answered_as = response_id(resp.headers)
                 if status == 200 and method == "DELETE":  # the common case: the body is not used
                     length = resp.content_length
                     await (
@@ -175,6 +173,8 @@ class MouvoneClient:
                 answer = Answer(200, failure="unreadable", latency_ms=_ms(started))
         else:
             answer = _parse(status, body, retry_after, _ms(started))
+            if status == 429:
+                answer.limit_per_s = limit_per_s(resp.headers)
         answer.response_id = answered_as
         return answer
 
@@ -186,33 +186,6 @@ class MouvoneClient:
             "Ocp-Apim-Subscription-Key": self._api_key,
         }
         return self._headers
-
-
-class _RequestIds:
-    """A new UUID for every request, cheaply: 74 random bits drawn once per process (in the
-    shape of a version 4 UUID) and a counter in its last 48 bits, unique within the process and
-    across processes (uuid4() for every request costs more than the rest of building it)."""
-
-    def __init__(self) -> None:
-        base = uuid.uuid4().hex
-        self._prefix = f"{base[:8]}-{base[8:12]}-{base[12:16]}-{base[16:20]}-"
-        self._counter = int(base[20:], 16)
-
-    def __call__(self) -> str:
-        self._counter = (self._counter + 1) & 0xFFFFFFFFFFFF
-        return "%s%012x" % (self._prefix, self._counter)  # noqa: UP031 - faster
-
-
-_request_ids = _RequestIds()
-
-
-def _response_id(headers: Mapping[str, str]) -> str | None:
-    """The answer's own request id, from the first of RESPONSE_ID_HEADERS it carries."""
-    for name in RESPONSE_ID_HEADERS:
-        found = headers.get(name)
-        if found:
-            return found[:200]
-    return None
 
 
 async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -112,6 +112,16 @@ class Channel(Protocol):
     backoff: Backoff
 
 
+@dataclass
+class Parts:
+    """A Channel made of the parts a caller holds (the dispatcher's own)."""
+
+    client: MouvoneClient
+    tokens: TokenProvider
+    limiter: RateLimiter
+    backoff: Backoff
+
+
 class Reader:
     """GETs through the limiter, each answer decided as the cancellations' are
     (``worker.decision``): a 401 refreshes the token (fatal when the refreshed one is refused

@@ -12,16 +12,21 @@ So requests are first paced onto evenly spaced slots (``1 / (rate * margin)`` ap
 first served, no polling), and then pass the throttler, which in steady state never has to wait.
 
 A 429 or a quota answer pauses every caller: no slot is handed out before the pause ends. A 429
-also halves the pace (at most once a second: the answers of one burst are one signal), and every
-success raises it again by a small step, so that the pace settles under a gateway limit lower
-than the configured rate (additive increase, multiplicative decrease). The pace never goes
-above the configured rate, and the hard cap never moves.
+also lowers the pace (at most once a second: the answers of one burst are one signal) to the
+gateway's limit, learned where the 429s begin: the gateway's own figure when the answer carries
+one (``RateLimit-Policy``, ``X-RateLimit-Limit``), else the requests this process sent in the
+second before the refused one, less those refused. The pace is then set just under that limit
+and stays there (a second 429 soon after means the limit was not the cause: the pace is halved,
+as it is when nothing can be learned); only after QUIET_S without a 429 does it climb again by
+small steps, to find a limit that was raised. The pace never goes above the configured rate,
+and the hard cap never moves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import Callable
 
 import structlog
@@ -42,7 +47,11 @@ CAP_PERIOD_S = 1.02  # the hard cap's window: floor(rate) requests in any 1.02 s
 # from the ones before it
 STALL_S = 0.2  # a slot reached this late belongs to a stall (see acquire)
 MIN_SLEEP_S = 0.001  # a slot closer than this is taken at once: an event-loop timer costs more
-DECREASE_FACTOR = 0.5  # a 429 halves the pace
+DECREASE_FACTOR = 0.5  # a 429 that teaches nothing halves the pace
+LEARNED_SHARE = 1.0  # the pace once a limit is learned: the limit, which the margin keeps 2% under
+RELEARN_S = 10.0  # a 429 this soon after a limit was learned: halve instead
+QUIET_S = 60.0  # after a limit is learned, the pace climbs again only after this long without 429
+WINDOW_S = 1.0  # the gateway's window the limit is counted in
 INCREASE_PER_S = 0.02  # successes raise the pace by this share of the rate per second of them
 MIN_SHARE = 0.01  # the pace never falls under this share of the rate
 
@@ -75,6 +84,11 @@ class RateLimiter:
         self._hard_cap = hard_cap
         self.held = False  # `control pause`: no slot is handed out until resumed
         self._resumed = asyncio.Event()
+        self.learns = True  # learns the gateway's limit from its 429s (one process's requests)
+        self.learned_per_s: float | None = None  # the gateway limit learned, if any
+        self._learned_at: float | None = None
+        self._granted: deque[float] = deque()  # the slots of the last seconds (monotonic)
+        self._refused: deque[float] = deque()  # the slots of requests answered 429
         self._make_cap()
 
     def _make_cap(self) -> None:
@@ -137,6 +151,10 @@ class RateLimiter:
             break
         if self._throttler is not None:
             await self._throttler.acquire()  # type: ignore[no-untyped-call]
+        granted = self._granted
+        granted.append(slot)
+        if granted[0] < slot - 2 * WINDOW_S:
+            granted.popleft()
         return slot
 
     def late(self, due: float) -> bool:  # noqa: ARG002 - the group limiter's signature
@@ -152,20 +170,56 @@ class RateLimiter:
             self._paused_until = until
         self._next_slot = max(self._next_slot, self._paused_until)
 
-    def slow_down(self) -> None:
-        """A 429: halve the pace, unless it was already lowered within the last second."""
+    def slow_down(self, slot: float | None = None, hint_per_s: float | None = None) -> None:
+        """A 429 to the request sent in ``slot`` (its limiter slot), the gateway's own limit in
+        ``hint_per_s`` when it said: set the pace under the limit learned, or halve it when
+        nothing can be learned; once a second at most."""
         now = self._clock.monotonic()
+        if slot is not None:
+            self._refused.append(slot)
+            while self._refused[0] < now - 2 * WINDOW_S:
+                self._refused.popleft()
         if self._lowered_at is not None and now - self._lowered_at < 1.0:
             return
         self._lowered_at = now
-        floor = self.rate_per_s * MIN_SHARE
-        self._set_pace(max(floor, self.pace_per_s * DECREASE_FACTOR))
+        learned = self._learn(slot, hint_per_s, now)
+        if learned is not None:
+            self.learned_per_s = learned
+            self._learned_at = now
+            self._set_pace(min(self.rate_per_s, learned * LEARNED_SHARE))
+            log.warning("rate_limit_learned", limit_per_s=round(learned, 2), rate=self.rate_per_s)
+        else:
+            floor = self.rate_per_s * MIN_SHARE
+            self._set_pace(max(floor, self.pace_per_s * DECREASE_FACTOR))
+            log.warning("rate_lowered", pace_per_s=round(self.pace_per_s, 2), rate=self.rate_per_s)
         self.lowest_pace_per_s = min(self.lowest_pace_per_s, self.pace_per_s)
-        log.warning("rate_lowered", pace_per_s=round(self.pace_per_s, 2), rate=self.rate_per_s)
+
+    def _learn(self, slot: float | None, hint_per_s: float | None, now: float) -> float | None:
+        """The gateway's limit per second: its own word, else counted where the 429s began;
+        None when that cannot be told (no slot, too few requests, or a 429 again soon after a
+        limit was learned: the limit was not the cause)."""
+        if not self.learns:
+            return None
+        if self._learned_at is not None and now - self._learned_at < RELEARN_S:
+            return None
+        if hint_per_s is not None and hint_per_s > 0:
+            return hint_per_s
+        if slot is None:
+            return None
+        start = slot - WINDOW_S
+        sent = sum(1 for t in self._granted if start < t <= slot)
+        refused = sum(1 for t in self._refused if start < t <= slot)
+        accepted = sent - refused
+        if accepted < 2 or accepted * LEARNED_SHARE >= self.pace_per_s:
+            return None  # sent no faster than the pace already: not the limit
+        return float(accepted) / WINDOW_S
 
     def speed_up(self) -> None:
-        """A success: raise the pace by a small step, never above the configured rate."""
+        """A success: raise the pace by a small step, never above the configured rate (after
+        a limit was learned, only once QUIET_S passed without a 429)."""
         if self.pace_per_s >= self.rate_per_s:
+            return
+        if self._learned_at is not None and self._clock.monotonic() - self._learned_at < QUIET_S:
             return
         step = self.rate_per_s * INCREASE_PER_S / self.pace_per_s
         self._set_pace(min(self.rate_per_s, self.pace_per_s + step))

@@ -20,3 +20,4 @@ class Answer:
     request_id: str = ""  # the X-Request-ID the tool sent with the request
     response_id: str | None = None  # the gateway's or the API's own request id, when it sent one
     sent_at: float = 0.0  # when the request left (seconds since the epoch)
+    limit_per_s: float | None = None  # a 429: the gateway's limit, when its headers say it

@@ -173,3 +173,14 @@ def _fatal(answer: Answer, what: str) -> str:
         )
     detail = answer.code or f"HTTP {answer.status}"
     return f"fatal API answer {detail} ({what})" + _m(answer)
+
+
+def retry_reason(status: int | None, outage: bool) -> str:
+    """Why an order is sent again, for the metrics: reauth, throttle, quota, outage, retry."""
+    if status == 401:
+        return "reauth"
+    if status == 429:
+        return "throttle"
+    if status == 403:
+        return "quota"
+    return "outage" if outage else "retry"

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 
 import structlog
 
 from worker.api.auth import TokenProvider
 from worker.api.client import MouvoneClient
-from worker.api.connection import Reader, StoppingError
+from worker.api.connection import Parts, Reader, StoppingError
 from worker.api.limiter import RateLimiter
 from worker.domain.answer import Answer
 from worker.domain.classifier import Action, OutcomeTable
-from worker.domain.decision import Decision, Situation, Step, decide
+from worker.domain.decision import Decision, Situation, Step, decide, retry_reason
 from worker.domain.errors import ApiConfigError, FatalApiError
 from worker.domain.models import Outcome, Result
-from worker.domain.retry import Backoff
 from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.control import RunControl
 from worker.pipeline.lookup import before_sending
@@ -27,16 +25,6 @@ from worker.runtime.clock import Clock
 from worker.runtime.metrics import Metrics
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass
-class _Channel:
-    """What the look-ups before a resend go through: the dispatcher's own parts."""
-
-    client: MouvoneClient
-    tokens: TokenProvider
-    limiter: RateLimiter
-    backoff: Backoff
 
 
 class Dispatcher:
@@ -75,8 +63,11 @@ class Dispatcher:
         # told of every answered request: the order, the method, the request's number for the
         # order in this run, the answer (the attempt log; the pool sets it to its sink's)
         self.on_attempt: Callable[[OrderState, str, int, Answer], None] | None = None
+        # when it says so, an order waits for its backoff on the pool's shelf (a timer) instead
+        # of in its worker: ``process`` returns None with ``state.due_in`` set
+        self.later: Callable[[], bool] | None = None
         self._reader = Reader(
-            _Channel(client, tokens, limiter, policy.backoff),
+            Parts(client, tokens, limiter, policy.backoff),
             table,
             clock,
             max_attempts=policy.max_attempts,
@@ -90,8 +81,10 @@ class Dispatcher:
         self._credentials_accepted = asyncio.Event()
         self._quota_since: float | None = None  # first quota answer of the current streak
 
-    async def process(self, state: OrderState) -> Result:
-        """Take one order to an outcome; `pending` when the run stops first. Never raises.
+    async def process(self, state: OrderState) -> Result | None:
+        """Take one order to an outcome; `pending` when the run stops first; None when it is to
+        wait ``state.due_in`` seconds for its next attempt on the pool's shelf (``later``), to
+        be processed again then. Never raises.
 
         Until one answer has shown that the credentials are accepted, orders go one at a time
         (the first is a probe, holding the probe lock until an answer other than 401/403), so
@@ -99,13 +92,9 @@ class Dispatcher:
         ``concurrency`` refusals.
         """
         if not self._credentials_accepted.is_set():
-            await self._probe.acquire()
-            if self._credentials_accepted.is_set():
-                self._probe.release()
-            else:
-                state.probing = True
+            await self._enter_probe(state)
         try:
-            if state.verify or self._required is not None:
+            if (state.verify or self._required is not None) and not state.resumed:
                 settled = await self._look_up(state)
                 if settled is not None:
                     return settled
@@ -123,9 +112,19 @@ class Dispatcher:
                     return self._stop(state, str(exc), exc.exit_code)
                 if done is not None:
                     return done
-                self._metrics.retries[_retry_reason(sent[0], self._breaker.is_open)] += 1
+                self._metrics.retries[retry_reason(sent[0].status, self._breaker.is_open)] += 1
+                if state.due_in is not None:
+                    return None  # shelved: a timer, not this worker, waits for its backoff
         finally:
             self._end_probe(state)
+
+    async def _enter_probe(self, state: OrderState) -> None:
+        """Credentials not proven yet: one order at a time (the first is the probe)."""
+        await self._probe.acquire()
+        if self._credentials_accepted.is_set():
+            self._probe.release()
+        else:
+            state.probing = True
 
     def _end_probe(self, state: OrderState) -> None:
         if state.probing:
@@ -161,7 +160,8 @@ class Dispatcher:
         if decision.counted:
             state.failures += 1
         if decision.slow_down:
-            self._limiter.slow_down()
+            last = state.last
+            self._limiter.slow_down(state.slot, last.limit_per_s if last is not None else None)
         if decision.pause_s is not None:
             self._limiter.pause(decision.pause_s)
             self._metrics.waited("retry_after", decision.pause_s)
@@ -175,7 +175,14 @@ class Dispatcher:
             await self._tokens.refresh(state.token)
             state.refresh_generation = self._tokens.generation
             return None
-        return None if await self._backoff(decision.delay_s) else state.pending()
+        delay = decision.delay_s
+        if self.later is not None and delay > 0 and not state.probing and self.later():
+            if self._control.stopping:
+                return state.pending()
+            self._metrics.waited("backoff", delay)
+            state.due_in = delay
+            return None
+        return None if await self._backoff(delay) else state.pending()
 
     def _quota_streak_s(self, action: Action) -> float:
         if action is not Action.QUOTA:
@@ -221,6 +228,7 @@ class Dispatcher:
                 elif not limiter.late(due):  # a slot reached late (a frozen process) is retaken
                     break
             state.token = token
+            state.slot = due
             generation = tokens.generation
             state.attempts += 1
             self._control.requests += 1
@@ -289,13 +297,3 @@ class Dispatcher:
             self._metrics.waited("backoff", delay)
             await self._clock.sleep(delay)
         return not self._control.stopping
-
-
-def _retry_reason(answer: Answer, outage: bool) -> str:
-    if answer.status == 401:
-        return "reauth"
-    if answer.status == 429:
-        return "throttle"
-    if answer.status == 403:
-        return "quota"
-    return "outage" if outage else "retry"

@@ -29,9 +29,10 @@ class OrderState:
     entry_id: str = ""  # queue mode: the stream entry it came from
     verify: bool = False  # an earlier request may have reached the API: GET before sending
     last: Answer | None = field(default=None)
-    tried: list[tuple[object, ...]] | None = (
-        None  # queue mode: its attempt log, for the result entry
-    )
+    tried: list[tuple[object, ...]] | None = None  # queue mode: its attempts, for the result
+    due_in: float | None = None  # shelved: seconds until its next attempt (a timer, no worker)
+    resumed: bool = False  # taken again from the shelf: its look-up, if any, is done
+    slot: float = 0.0  # the limiter slot its last request went in (monotonic)
 
     @property
     def what(self) -> str:

@@ -30,6 +30,7 @@ from worker.pipeline.control import RunControl, limits_watcher
 from worker.pipeline.dispatcher import Dispatcher
 from worker.pipeline.order import OrderState, RetryPolicy
 from worker.pipeline.progress import ProgressReporter
+from worker.pipeline.shelf import NextOrder, Shelf
 from worker.pipeline.steering import Channel, Steering
 from worker.runtime.clock import Clock, now_iso
 from worker.runtime.metrics import Metrics
@@ -116,6 +117,7 @@ class Pool:
             metrics=metrics,
             required=s.required_statuses,
         )
+        self.orders = NextOrder(Shelf(), lambda: control.stopping)
 
     async def run(
         self,
@@ -130,6 +132,7 @@ class Pool:
         (`cancel-orders control`)."""
         control = self.control
         self.dispatcher.on_attempt = sink.attempt
+        self.dispatcher.later = lambda: self.canary.passed  # a canary order waits in its worker
         steering = None
         if channel is not None:
             steering = Steering(channel, self.limiter, control, partial(self._status, progress))
@@ -161,6 +164,7 @@ class Pool:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(everything, stop, *helpers, return_exceptions=True)
+            self._unshelve(sink)
             for task in kept:
                 task.cancel()
             await asyncio.gather(*kept, return_exceptions=True)
@@ -177,6 +181,12 @@ class Pool:
         if watcher is not None:
             helpers.append(self._spawn(watcher))
         return helpers
+
+    def _unshelve(self, sink: Sink) -> None:
+        """The run is over: what waits on the shelf (or was taken and not started) stays
+        `pending`, recorded as an order stopped before its answer is."""
+        for state, why in self.orders.leftovers():
+            sink.interrupted(state, state.result(Outcome.PENDING, why))
 
     def _status(self, progress: ProgressReporter) -> dict[str, Any]:
         """What `control status` shows of this run."""
@@ -207,7 +217,7 @@ class Pool:
             await asyncio.sleep(0)
             # the first N go alone, the others wait for their verdict (no call once it passed)
             canary = not self.canary.passed and await self.canary.admit()
-            state = await source.take()
+            state = await self.orders.next(source)
             if state is None or control.stopping:
                 if canary:
                     await self.canary.not_taken()
@@ -215,6 +225,11 @@ class Pool:
             lane.state = state
             try:
                 result = await self.dispatcher.process(state)
+                if result is None:  # its backoff: a timer on the shelf, not this worker
+                    self.orders.shelf.put(state, state.due_in or 0.0)
+                    state.due_in = None
+                    state.resumed = True
+                    continue
             except asyncio.CancelledError:
                 sink.interrupted(
                     state, state.result(Outcome.PENDING, "interrupted before an answer")

@@ -35,6 +35,7 @@ class GroupRateLimiter(RateLimiter):
 
     def __init__(self, rate_per_s: float, clock: Clock, streams: Streams) -> None:
         super().__init__(rate_per_s, clock, margin=GROUP_MARGIN)
+        self.learns = False  # this replica's requests are not the group's: halve on a 429
         self._streams = streams
         self._pauses: set[asyncio.Task[None]] = set()
         self.stopping = lambda: False

@@ -79,10 +79,22 @@ class SimStats:
             best = max(best, end - start + 1)
         return best
 
+    def after_throttling(self) -> tuple[int, float]:
+        """(the most requests that arrived within any sliding second after the first 429, the
+        rate of 200 answers over their span): how well a client keeps under a gateway limit."""
+        throttled = [t for t, _, status in self.answers if status == 429]
+        ok = sorted(t for t, _, status in self.answers if status == 200)
+        rate = (len(ok) - 1) / (ok[-1] - ok[0]) if len(ok) > 1 and ok[-1] > ok[0] else 0.0
+        if not throttled:
+            return 0, rate
+        later = SimStats(arrivals=[t for t in self.arrivals if t > min(throttled)])
+        return later.max_in_window(1.0), rate
+
     def as_dict(self) -> dict[str, object]:
         """JSON-ready view."""
         times = self.arrivals
         span = (max(times) - min(times)) if len(times) > 1 else 0.0
+        after, ok_rate = self.after_throttling()
         return {
             "deletes": sum(self.deletes.values()),
             "orders": len(self.deletes),
@@ -93,6 +105,8 @@ class SimStats:
             "span_s": round(span, 3),
             "token_requests": self.token_requests,
             "max_in_flight": self.max_in_flight,
+            "max_per_second_after_429": after,
+            "cancelled_per_s": round(ok_rate, 2),
             "per_order": dict(self.deletes),
         }
 
