@@ -10,7 +10,8 @@ run of 100,000 orders), ``resume`` (100,000 orders all final, against a dry run)
 ``scaling`` (1, 8, 64 and 256 in flight at 50 ms), ``limiter`` (asyncio-throttle alone
 against the paced limiter, 64 waiters at 300/s), ``guardrails`` (--require-status), ``limit``
 (a 50/s gateway limit the operator does not know, --rate at 1.2x, 2x and 5x of it),
-``retries`` (30% of orders answering 503 twice, --rate 100, 16 in flight).
+``retries`` (30% of orders answering 503 twice, --rate 100, 16 in flight), ``scale`` (dry run
+and resume of 10,000,000 lines; not in the default set: it takes several minutes).
 
 The simulator runs in its own process on loopback. Throughput is read at the server (first to
 last DELETE arrival) so that both clients are measured the same way; CPU time and peak memory
@@ -450,6 +451,69 @@ def scenario_retries(bench: Bench, sims: dict[float, Simulator], _orders: int) -
     )
 
 
+def _final_ledger(bench: Bench, ids: Path, n: int, base_url: str) -> Path:
+    """A ledger in which every order of ``ids`` is final (cancelled, one attempt each), made
+    directly in SQLite: what a finished run of them leaves, without sending them."""
+    import sqlite3  # noqa: PLC0415
+
+    from worker.ledger import Ledger  # noqa: PLC0415
+
+    path = ids.with_suffix(".final.sqlite")
+    Ledger(path).close()  # the schema
+    db = sqlite3.connect(path)
+    stamp = "2026-11-29T02:00:00.000Z"
+    db.execute(
+        "INSERT INTO runs (run_id, command, base_url, started_at, finished_at, exit_code, summary)"
+        " VALUES ('bench', 'run', ?, ?, ?, 0, '{\"requests\": 1}')",
+        (base_url, stamp, stamp),
+    )
+    prefix = ids.stem
+    rows = ((f"{prefix}{i:010d}", stamp) for i in range(n))
+    db.executemany(
+        "INSERT INTO orders (order_id, outcome, http_status, attempts, run_id, created_at,"
+        " updated_at) VALUES (?, 'cancelled', 200, 1, 'bench', ?2, ?2)",
+        rows,
+    )
+    attempts = (
+        ("bench", f"{prefix}{i:010d}", 1, "DELETE", stamp, 1.0, 200, None, None,
+         f"00000000-0000-4000-8000-{i:012x}", f"sim-{i}")
+        for i in range(n)
+    )  # fmt: skip
+    db.executemany("INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?)", attempts)
+    db.commit()
+    db.execute("VACUUM")
+    db.close()
+    return path
+
+
+def scenario_scale(bench: Bench, sims: dict[float, Simulator], _orders: int) -> None:
+    """10,000,000 lines: a dry run, and a resume of a ledger where all are final, beside the
+    same at 100,000 lines (peak memory, time), and the ledger's bytes per order."""
+    sim = sims[0.0]
+    base = sim.root + "/customer-orders/v1"
+    figures = {}
+    for n in (100_000, 10_000_000):
+        ids = bench.ids(n)
+        dry = sim.measure(bench.tool(ids, "--dry-run", ledger=bench.work / f"none-{n}.sqlite"))
+        ledger = _final_ledger(bench, ids, n, base)
+        again = sim.measure(bench.tool(ids, ledger=ledger))
+        figures[n] = (dry, again, ledger.stat().st_size / n)
+        ids.unlink()
+    small, big = figures[100_000], figures[10_000_000]
+    growth = max(big[0].rss_mib / small[0].rss_mib, big[1].rss_mib / small[1].rss_mib) - 1
+    ratio = big[1].wall_s / big[0].wall_s
+    met = growth <= 0.10 and ratio <= 1.5
+    bench.add(
+        "scale, 10,000,000 lines: dry run and resume of an all-final ledger",
+        f"dry run {big[0].wall_s:.0f} s, peak {big[0].rss_mib:.0f} MiB (100,000 lines: "
+        f"{small[0].rss_mib:.0f} MiB); resume {big[1].wall_s:.0f} s ({ratio:.2f}x the dry run), "
+        f"peak {big[1].rss_mib:.0f} MiB (100,000: {small[1].rss_mib:.0f} MiB), {big[1].deletes}"
+        f" DELETEs; ledger {big[2]:.0f} bytes per order with its attempt "
+        f"({big[2] * 1e6 / MIB:.0f} MiB per million)",
+        "target peak +10% at most, resume <= 1.5x: " + ("met" if met else "not met"),
+    )
+
+
 SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "throughput": scenario_throughput,
     "latency": scenario_latency,
@@ -461,6 +525,7 @@ SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "guardrails": scenario_guardrails,
     "limit": scenario_limit,
     "retries": scenario_retries,
+    "scale": scenario_scale,
 }
 
 
@@ -471,7 +536,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of tool and bare (3)")
     parser.add_argument("--orders", type=int, default=30000, help="orders at zero latency")
     args = parser.parse_args()
-    chosen = args.scenarios or list(SCENARIOS)
+    chosen = args.scenarios or [name for name in SCENARIOS if name != "scale"]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario {', '.join(sorted(unknown))}: {', '.join(SCENARIOS)}")

@@ -189,6 +189,7 @@ async def _behind_a_gateway(rate: float, limit: int, orders: int) -> tuple[list,
                     admitted.append(now)
                 await clock.sleep(0.025)
                 if ok:
+                    limiter.admitted(slot)
                     limiter.speed_up()
                     break
                 limiter.slow_down(slot)
@@ -211,11 +212,13 @@ async def test_an_unknown_gateway_limit_is_learned_where_the_429s_begin(factor: 
     assert refused / len(arrivals) < 0.02
     done = [t for t, ok in arrivals if ok]
     assert (len(done) - 1) / (done[-1] - done[0]) >= 0.95 * 50
-    assert limiter.learned_per_s == 50
+    assert limiter.learned_per_s is not None
+    assert 47 <= limiter.learned_per_s <= 50
 
 
 def test_the_gateway_s_own_limit_is_taken_when_it_says_it() -> None:
-    """A 429 carrying the gateway's limit sets the pace just under it at once."""
+    """A 429 carrying the gateway's limit sets the pace just under it at once; one soon after
+    lowers it a little (not by half); after a quiet minute it climbs again."""
     clock = FakeClock()
     limiter = RateLimiter(100, clock)
     limiter.slow_down(clock.now, 20.0)
@@ -225,11 +228,11 @@ def test_the_gateway_s_own_limit_is_taken_when_it_says_it() -> None:
         limiter.speed_up()  # no climbing back while the limit holds
     assert limiter.pace_per_s == pytest.approx(20)
     clock.now += 5
-    limiter.slow_down(clock.now)  # a 429 soon after: the limit was not the cause
-    assert limiter.pace_per_s == pytest.approx(10)
+    limiter.slow_down(clock.now)  # a 429 soon after: the limit is a little lower
+    assert limiter.pace_per_s == pytest.approx(20 * 0.97)
     clock.now += 61
     limiter.speed_up()  # a quiet minute: it climbs again, to find a limit raised
-    assert limiter.pace_per_s > 10
+    assert limiter.pace_per_s > 20 * 0.97
 
 
 def test_rate_limit_headers() -> None:

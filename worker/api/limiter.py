@@ -48,8 +48,9 @@ CAP_PERIOD_S = 1.02  # the hard cap's window: floor(rate) requests in any 1.02 s
 STALL_S = 0.2  # a slot reached this late belongs to a stall (see acquire)
 MIN_SLEEP_S = 0.001  # a slot closer than this is taken at once: an event-loop timer costs more
 DECREASE_FACTOR = 0.5  # a 429 that teaches nothing halves the pace
-LEARNED_SHARE = 1.0  # the pace once a limit is learned: the limit, which the margin keeps 2% under
-RELEARN_S = 10.0  # a 429 this soon after a limit was learned: halve instead
+LEARNED_SHARE = 1.0  # the pace once a limit is learned: the limit, less the margin's 2%
+RELEARN_S = 10.0  # a 429 this soon after a limit was learned: the limit is a little lower
+STEP_DOWN = 0.97  # ... by this much
 QUIET_S = 60.0  # after a limit is learned, the pace climbs again only after this long without 429
 WINDOW_S = 1.0  # the gateway's window the limit is counted in
 INCREASE_PER_S = 0.02  # successes raise the pace by this share of the rate per second of them
@@ -87,8 +88,7 @@ class RateLimiter:
         self.learns = True  # learns the gateway's limit from its 429s (one process's requests)
         self.learned_per_s: float | None = None  # the gateway limit learned, if any
         self._learned_at: float | None = None
-        self._granted: deque[float] = deque()  # the slots of the last seconds (monotonic)
-        self._refused: deque[float] = deque()  # the slots of requests answered 429
+        self._admitted: deque[float] = deque()  # slots of the last seconds' admitted requests
         self._make_cap()
 
     def _make_cap(self) -> None:
@@ -151,10 +151,6 @@ class RateLimiter:
             break
         if self._throttler is not None:
             await self._throttler.acquire()  # type: ignore[no-untyped-call]
-        granted = self._granted
-        granted.append(slot)
-        if granted[0] < slot - 2 * WINDOW_S:
-            granted.popleft()
         return slot
 
     def late(self, due: float) -> bool:  # noqa: ARG002 - the group limiter's signature
@@ -172,13 +168,9 @@ class RateLimiter:
 
     def slow_down(self, slot: float | None = None, hint_per_s: float | None = None) -> None:
         """A 429 to the request sent in ``slot`` (its limiter slot), the gateway's own limit in
-        ``hint_per_s`` when it said: set the pace under the limit learned, or halve it when
-        nothing can be learned; once a second at most."""
+        ``hint_per_s`` when it said: set the pace under the limit learned (a little lower at a
+        429 soon after), or halve it when nothing can be learned; once a second at most."""
         now = self._clock.monotonic()
-        if slot is not None:
-            self._refused.append(slot)
-            while self._refused[0] < now - 2 * WINDOW_S:
-                self._refused.popleft()
         if self._lowered_at is not None and now - self._lowered_at < 1.0:
             return
         self._lowered_at = now
@@ -194,22 +186,27 @@ class RateLimiter:
             log.warning("rate_lowered", pace_per_s=round(self.pace_per_s, 2), rate=self.rate_per_s)
         self.lowest_pace_per_s = min(self.lowest_pace_per_s, self.pace_per_s)
 
+    def admitted(self, slot: float) -> None:
+        """A request sent in ``slot`` was admitted by the gateway (any answer but 429)."""
+        kept = self._admitted
+        kept.append(slot)
+        if kept[0] < slot - 2 * WINDOW_S:
+            kept.popleft()
+
     def _learn(self, slot: float | None, hint_per_s: float | None, now: float) -> float | None:
-        """The gateway's limit per second: its own word, else counted where the 429s began;
-        None when that cannot be told (no slot, too few requests, or a 429 again soon after a
-        limit was learned: the limit was not the cause)."""
+        """The gateway's limit per second: its own word, else the requests it admitted in the
+        second before the one it refused; a little lower than the last one learned when it
+        refuses again soon after; None when it cannot be told (then the pace is halved)."""
         if not self.learns:
-            return None
-        if self._learned_at is not None and now - self._learned_at < RELEARN_S:
             return None
         if hint_per_s is not None and hint_per_s > 0:
             return hint_per_s
+        last = self.learned_per_s
+        if last is not None and self._learned_at is not None and now - self._learned_at < RELEARN_S:
+            return last * STEP_DOWN
         if slot is None:
             return None
-        start = slot - WINDOW_S
-        sent = sum(1 for t in self._granted if start < t <= slot)
-        refused = sum(1 for t in self._refused if start < t <= slot)
-        accepted = sent - refused
+        accepted = sum(1 for t in self._admitted if slot - WINDOW_S < t < slot)
         if accepted < 2 or accepted * LEARNED_SHARE >= self.pace_per_s:
             return None  # sent no faster than the pace already: not the limit
         return float(accepted) / WINDOW_S

@@ -60,8 +60,7 @@ class Dispatcher:
         self._still_mine = still_mine  # checked after the limiter, right before sending
         self._required = required  # --require-status: the statuses an order may be sent in
         self._metrics = metrics or Metrics()
-        # told of every answered request: the order, the method, the request's number for the
-        # order in this run, the answer (the attempt log; the pool sets it to its sink's)
+        # every answered request (order, method, its number, answer): the sink's attempt log
         self.on_attempt: Callable[[OrderState, str, int, Answer], None] | None = None
         # when it says so, an order waits for its backoff on the pool's shelf (a timer) instead
         # of in its worker: ``process`` returns None with ``state.due_in`` set
@@ -134,6 +133,8 @@ class Dispatcher:
     async def _handle(self, state: OrderState, answer: Answer, generation: int) -> Result | None:
         """The order's result, or None to send it again."""
         verdict = self._table.classify(answer.status, answer.code, answer.failure)
+        if answer.status != 429:
+            self._limiter.admitted(state.slot)
         if verdict.action is Action.FINAL:  # the common case, without the rest
             self._limiter.speed_up()
             return state.result(verdict.outcome)  # type: ignore[arg-type]
