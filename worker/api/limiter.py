@@ -172,6 +172,7 @@ class RateLimiter:
         429 soon after), or halve it when nothing can be learned; once a second at most."""
         now = self._clock.monotonic()
         if self._lowered_at is not None and now - self._lowered_at < 1.0:
+            self._recount(slot)
             return
         self._lowered_at = now
         learned = self._learn(slot, hint_per_s, now)
@@ -185,6 +186,21 @@ class RateLimiter:
             self._set_pace(max(floor, self.pace_per_s * DECREASE_FACTOR))
             log.warning("rate_lowered", pace_per_s=round(self.pace_per_s, 2), rate=self.rate_per_s)
         self.lowest_pace_per_s = min(self.lowest_pace_per_s, self.pace_per_s)
+
+    def _recount(self, slot: float | None) -> None:
+        """Another 429 of the burst that taught a limit: the requests admitted before it are
+        counted again (answers of the first ones may have come after the first 429's), and the
+        limit raised to the higher count."""
+        if slot is None or self._learned_at != self._lowered_at or self.learned_per_s is None:
+            return
+        counted = self._admitted_before(slot)
+        if counted > self.learned_per_s:
+            self.learned_per_s = counted
+            self._set_pace(min(self.rate_per_s, counted * LEARNED_SHARE))
+
+    def _admitted_before(self, slot: float) -> float:
+        """Requests admitted in the second before ``slot``, per second."""
+        return float(sum(1 for t in self._admitted if slot - WINDOW_S < t < slot)) / WINDOW_S
 
     def admitted(self, slot: float) -> None:
         """A request sent in ``slot`` was admitted by the gateway (any answer but 429)."""
@@ -206,10 +222,10 @@ class RateLimiter:
             return last * STEP_DOWN
         if slot is None:
             return None
-        accepted = sum(1 for t in self._admitted if slot - WINDOW_S < t < slot)
+        accepted = self._admitted_before(slot)
         if accepted < 2 or accepted * LEARNED_SHARE >= self.pace_per_s:
             return None  # sent no faster than the pace already: not the limit
-        return float(accepted) / WINDOW_S
+        return accepted
 
     def speed_up(self) -> None:
         """A success: raise the pace by a small step, never above the configured rate (after
