@@ -89,6 +89,7 @@ class RateLimiter:
         self.learned_per_s: float | None = None  # the gateway limit learned, if any
         self._learned_at: float | None = None
         self._admitted: deque[float] = deque()  # slots of the last seconds' admitted requests
+        self._teacher: float | None = None  # the slot of the 429 that taught the limit
         self._make_cap()
 
     def _make_cap(self) -> None:
@@ -176,6 +177,7 @@ class RateLimiter:
             return
         self._lowered_at = now
         learned = self._learn(slot, hint_per_s, now)
+        self._teacher = slot if learned is not None and hint_per_s is None else None
         if learned is not None:
             self.learned_per_s = learned
             self._learned_at = now
@@ -193,6 +195,9 @@ class RateLimiter:
         limit raised to the higher count."""
         if slot is None or self._learned_at != self._lowered_at or self.learned_per_s is None:
             return
+        if self._learned_at is not None and self._clock.monotonic() - self._learned_at >= 1.0:
+            self._teacher = None  # the burst is over: the limit stands
+            return
         counted = self._admitted_before(slot)
         if counted > self.learned_per_s:
             self.learned_per_s = counted
@@ -203,11 +208,16 @@ class RateLimiter:
         return float(sum(1 for t in self._admitted if slot - WINDOW_S < t < slot)) / WINDOW_S
 
     def admitted(self, slot: float) -> None:
-        """A request sent in ``slot`` was admitted by the gateway (any answer but 429)."""
+        """A request sent in ``slot`` was admitted by the gateway (any answer but 429). One
+        sent in the second before the 429 that taught the limit, answered after it, counts
+        into that limit too."""
         kept = self._admitted
         kept.append(slot)
         if kept[0] < slot - 2 * WINDOW_S:
             kept.popleft()
+        teacher = self._teacher
+        if teacher is not None and teacher - WINDOW_S < slot < teacher:
+            self._recount(teacher)
 
     def _learn(self, slot: float | None, hint_per_s: float | None, now: float) -> float | None:
         """The gateway's limit per second: its own word, else the requests it admitted in the
