@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from worker.api.headers import limit_per_s, request_ids, response_id
@@ -96,7 +97,7 @@ class MouvoneClient:
         self._api_key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._token = ""
-        self._headers: dict[str, str] = {}
+        self._headers: CIMultiDict[str] = CIMultiDict()
 
     def cancel(self, order_id: str, token: str) -> Coroutine[Any, Any, Answer]:
         """One DELETE; the answer, or the transport failure, as an Answer. (A plain method
@@ -121,7 +122,8 @@ class MouvoneClient:
         """One request with its own X-Request-ID; the answer says which, and when it left."""
         base = self._headers if token == self._token else self._credentials(token)
         request_id = request_ids()
-        headers = {**base, "X-Request-ID": request_id}
+        headers = base.copy()  # a CIMultiDict: aiohttp takes it as it is (a dict is converted)
+        headers.add("X-Request-ID", request_id)
         sent_at = time.time()
         answer = await self._exchange(method, url, headers)
         answer.request_id = request_id
@@ -178,13 +180,12 @@ class MouvoneClient:
         answer.response_id = answered_as
         return answer
 
-    def _credentials(self, token: str) -> dict[str, str]:
+    def _credentials(self, token: str) -> CIMultiDict[str]:
         """The two credential headers for this token (kept until the token changes)."""
         self._token = token
-        self._headers = {
-            "Authorization": f"Bearer {token}",
-            "Ocp-Apim-Subscription-Key": self._api_key,
-        }
+        self._headers = CIMultiDict(
+            {"Authorization": f"Bearer {token}", "Ocp-Apim-Subscription-Key": self._api_key}
+        )
         return self._headers
 
 

@@ -92,6 +92,15 @@ class NextOrder:
         self._taking: asyncio.Future[OrderState | None] | None = None
         self._dry = False  # the source has no more orders
 
+    @property
+    def quiet(self) -> bool:
+        """Nothing on the shelf, no take shared, the source not dry: take from the source."""
+        return not self._dry and self._taking is None and not len(self.shelf)
+
+    def dried(self) -> None:
+        """The source said it has no more orders."""
+        self._dry = True
+
     async def next(self, source: _Source) -> OrderState | None:
         """The next order; None when the source is dry and nothing waits on the shelf (or
         the run is stopping)."""
