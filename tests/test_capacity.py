@@ -3,9 +3,13 @@ the CLI against the simulator (the learned gateway limit is in tests/test_limite
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+from tests.fakes import FakeClock
 from tests.support import Cli, ids, ledger_rows, sim_env, write_ids
+from worker.pipeline.order import OrderState
+from worker.pipeline.shelf import NextOrder, Shelf
 from worker.simulator import RunningSimulator
 
 
@@ -47,3 +51,43 @@ async def test_a_stop_leaves_orders_waiting_for_a_retry_pending(
     assert {rows[o]["outcome"] for o in waiting} == {"pending"}
     assert all(rows[o]["attempts"] >= 1 for o in waiting)
     assert all(rows[o]["outcome"] == "cancelled" for o in ids("CDE", 20))
+
+
+class _Source:
+    """Orders from a list, then none; a take can be made to wait."""
+
+    def __init__(self, orders: list[str]) -> None:
+        self.orders = orders
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def take(self) -> OrderState | None:
+        await self.gate.wait()
+        return OrderState(self.orders.pop(0)) if self.orders else None
+
+
+async def test_a_due_retry_goes_before_the_source_and_a_stop_keeps_what_waits() -> None:
+    """On the virtual clock: an order shelved for 2 s comes back before the source's next one
+    once its time is over, even while the source has nothing to give; a stop hands back what
+    still waits, with why."""
+    clock = FakeClock()
+    stopping = [False]
+    orders = NextOrder(Shelf(clock), lambda: stopping[0])
+    source = _Source(["CDE0000000001", "CDE0000000002"])
+    first = await orders.next(source)
+    assert first is not None
+    orders.shelf.put(first, 2.0)
+    source.gate.clear()  # the source is slow: nothing to give for now
+    waiting = asyncio.ensure_future(orders.next(source))
+    await clock.run(waiting)
+    assert waiting.result() is first
+    assert clock.now == 1002.0
+    source.gate.set()
+    second = await orders.next(source)
+    assert second is not None
+    assert second.order_id == "CDE0000000002"
+    orders.shelf.put(second, 30.0)
+    stopping[0] = True
+    left = list(orders.leftovers())
+    assert [(s.order_id, "retry" in why) for s, why in left] == [("CDE0000000002", True)]
+    assert await orders.next(source) is None

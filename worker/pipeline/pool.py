@@ -117,7 +117,7 @@ class Pool:
             metrics=metrics,
             required=s.required_statuses,
         )
-        self.orders = NextOrder(Shelf(), lambda: control.stopping)
+        self.orders = NextOrder(Shelf(clock), lambda: control.stopping)
 
     async def run(
         self,

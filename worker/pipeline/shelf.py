@@ -15,14 +15,17 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from worker.pipeline.order import OrderState
+from worker.runtime.clock import Clock
 
 
 class Shelf:
-    """Orders waiting for their retry (each on a loop timer) and orders whose time has come."""
+    """Orders waiting for their retry (each a timer on the run's clock) and orders whose time
+    has come."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
         self._ready: deque[OrderState] = deque()
-        self._waiting: dict[int, tuple[OrderState, asyncio.TimerHandle]] = {}
+        self._waiting: dict[int, tuple[OrderState, asyncio.Future[None]]] = {}
         self._changed = asyncio.Event()  # an order became ready, or the shelf emptied
 
     @property
@@ -35,12 +38,11 @@ class Shelf:
 
     def put(self, state: OrderState, delay_s: float) -> None:
         """Shelve an order for ``delay_s`` seconds."""
-        loop = asyncio.get_running_loop()
         key = id(state)
-        handle = loop.call_later(max(0.0, delay_s), self._due, key)
-        self._waiting[key] = (state, handle)
+        self._waiting[key] = (state, asyncio.ensure_future(self._due(key, delay_s)))
 
-    def _due(self, key: int) -> None:
+    async def _due(self, key: int, delay_s: float) -> None:
+        await self._clock.sleep(delay_s)
         found = self._waiting.pop(key, None)
         if found is not None:
             self._ready.append(found[0])
@@ -66,8 +68,8 @@ class Shelf:
 
     def clear(self) -> Iterator[OrderState]:
         """Every order still on the shelf, its timer cancelled (the run stopped)."""
-        for state, handle in self._waiting.values():
-            handle.cancel()
+        for state, timer in self._waiting.values():
+            timer.cancel()
             yield state
         self._waiting.clear()
         while self._ready:
