@@ -48,11 +48,13 @@ CAP_PERIOD_S = 1.02  # the hard cap's window: floor(rate) requests in any 1.02 s
 STALL_S = 0.2  # a slot reached this late belongs to a stall (see acquire)
 MIN_SLEEP_S = 0.001  # a slot closer than this is taken at once: an event-loop timer costs more
 DECREASE_FACTOR = 0.5  # a 429 that teaches nothing halves the pace
-LEARNED_SHARE = 1.0  # the pace once a limit is learned: the limit, less the margin's 2%
+LEARNED_SHARE = 0.99  # the pace once a limit is learned: 3% under it with the margin (jitter room)
 RELEARN_S = 10.0  # a 429 this soon after a limit was learned: the limit is a little lower
 STEP_DOWN = 0.97  # ... by this much
-QUIET_S = 60.0  # after a limit is learned, the pace climbs again only after this long without 429
+QUIET_S = 600.0  # a limit learned holds this long without a 429; then the pace climbs to re-probe
 WINDOW_S = 1.0  # the gateway's window the limit is counted in
+ADMITTED_KEPT = 65_536  # admitted slots kept: the limit is counted among the last second's
+RECOUNT_AFTER_S = 0.5  # the answers admitted before the teaching 429 have all come by then
 INCREASE_PER_S = 0.02  # successes raise the pace by this share of the rate per second of them
 MIN_SHARE = 0.01  # the pace never falls under this share of the rate
 
@@ -88,7 +90,9 @@ class RateLimiter:
         self.learns = True  # learns the gateway's limit from its 429s (one process's requests)
         self.learned_per_s: float | None = None  # the gateway limit learned, if any
         self._learned_at: float | None = None
-        self._admitted: deque[float] = deque()  # slots of the last seconds' admitted requests
+        # the slots of the latest admitted requests (any answer but 429), appended by the caller
+        # without a method call: it happens for every request
+        self.admitted: deque[float] = deque(maxlen=ADMITTED_KEPT)
         self._teacher: float | None = None  # the slot of the 429 that taught the limit
         self._make_cap()
 
@@ -152,7 +156,17 @@ class RateLimiter:
             break
         if self._throttler is not None:
             await self._throttler.acquire()  # type: ignore[no-untyped-call]
+        if self._teacher is not None:
+            self._recount_late(slot)
         return slot
+
+    def _recount_late(self, now: float) -> None:
+        """Once the answers sent before the 429 that taught the limit have all come (some
+        arrive after it), count them again: the limit is the higher count."""
+        teacher = self._teacher
+        if teacher is not None and now - teacher >= RECOUNT_AFTER_S:
+            self._recount(teacher)
+            self._teacher = None
 
     def late(self, due: float) -> bool:  # noqa: ARG002 - the group limiter's signature
         """True when a slot due at ``due`` must be taken again before sending. Never here: the
@@ -195,9 +209,6 @@ class RateLimiter:
         limit raised to the higher count."""
         if slot is None or self._learned_at != self._lowered_at or self.learned_per_s is None:
             return
-        if self._learned_at is not None and self._clock.monotonic() - self._learned_at >= 1.0:
-            self._teacher = None  # the burst is over: the limit stands
-            return
         counted = self._admitted_before(slot)
         if counted > self.learned_per_s:
             self.learned_per_s = counted
@@ -205,19 +216,7 @@ class RateLimiter:
 
     def _admitted_before(self, slot: float) -> float:
         """Requests admitted in the second before ``slot``, per second."""
-        return float(sum(1 for t in self._admitted if slot - WINDOW_S < t < slot)) / WINDOW_S
-
-    def admitted(self, slot: float) -> None:
-        """A request sent in ``slot`` was admitted by the gateway (any answer but 429). One
-        sent in the second before the 429 that taught the limit, answered after it, counts
-        into that limit too."""
-        kept = self._admitted
-        kept.append(slot)
-        if kept[0] < slot - 2 * WINDOW_S:
-            kept.popleft()
-        teacher = self._teacher
-        if teacher is not None and teacher - WINDOW_S < slot < teacher:
-            self._recount(teacher)
+        return float(sum(1 for t in self.admitted if slot - WINDOW_S < t < slot)) / WINDOW_S
 
     def _learn(self, slot: float | None, hint_per_s: float | None, now: float) -> float | None:
         """The gateway's limit per second: its own word, else the requests it admitted in the

@@ -13,25 +13,17 @@ from pathlib import Path
 from worker.domain.answer import Answer
 from worker.domain.classifier import error_code_for
 from worker.domain.errors import LedgerError
-from worker.ledger.schema import ATTEMPT_COLUMNS, CSV_COLUMNS, RUN_COLUMNS_ADDED, SCHEMA
+from worker.ledger.reading import redacted
+from worker.ledger.schema import (
+    ATTEMPT_COLUMNS,
+    CSV_COLUMNS,
+    RUN_COLUMNS,
+    RUN_COLUMNS_ADDED,
+    SCHEMA,
+)
 from worker.ledger.sqlite import lock
 from worker.runtime.clock import iso_from_epoch
 from worker.runtime.redaction import redact
-
-RUN_COLUMNS = (
-    "run_id",
-    "command",
-    "base_url",
-    "started_at",
-    "finished_at",
-    "exit_code",
-    "summary",
-    "operator",
-    "host",
-    "reason",
-    "ticket",
-    "details",
-)
 
 
 def upgrade(db: sqlite3.Connection) -> None:
@@ -194,11 +186,7 @@ class AuditLog:
             "(SELECT order_id FROM attempts WHERE run_id = ?1) ORDER BY order_id",
             run_id,
         )
-        message = CSV_COLUMNS.index("message")
-        for row in rows:
-            if row[message] is not None:
-                row = (*row[:message], redact.clean(row[message]), *row[message + 1 :])  # noqa: PLW2901
-            yield row
+        yield from redacted(rows)
 
     def prune(self, before: str) -> int:
         """Delete the attempt rows sent before ``before`` (ISO time); how many went."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from worker.ledger.schema import CSV_COLUMNS
+from worker.ledger.schema import CSV_COLUMNS, RUN_COLUMNS
 from worker.runtime.redaction import redact
 
 
@@ -57,11 +57,7 @@ class LedgerReads:
             )
         else:
             found = self._db.execute(f"SELECT {cols} FROM orders ORDER BY order_id")
-        message = CSV_COLUMNS.index("message")
-        for row in found:
-            if row[message] is not None:
-                row = (*row[:message], redact.clean(row[message]), *row[message + 1 :])  # noqa: PLW2901
-            yield row
+        yield from redacted(found)
 
     def rows_of(self, order_ids: list[str]) -> Iterator[tuple[object, ...]]:
         """The rows of these orders (those in the ledger), as ``rows`` gives them."""
@@ -70,11 +66,7 @@ class LedgerReads:
         found = self._db.execute(
             f"SELECT {cols} FROM orders WHERE order_id IN ({marks}) ORDER BY order_id", order_ids
         )
-        message = CSV_COLUMNS.index("message")
-        for row in found:
-            if row[message] is not None:
-                row = (*row[:message], redact.clean(row[message]), *row[message + 1 :])  # noqa: PLW2901
-            yield row
+        yield from redacted(found)
 
     def timeline(self) -> list[tuple[str, str, int]]:
         """(second as YYYY-MM-DDTHH:MM:SS, outcome, orders) for every answered order."""
@@ -92,13 +84,18 @@ class LedgerReads:
         ).fetchone()
         if row is None:
             return None
-        keys = (
-            "run_id",
-            "command",
-            "base_url",
-            "started_at",
-            "finished_at",
-            "exit_code",
-            "summary",
-        )
-        return dict(zip(keys, row, strict=True))
+        return dict(zip(RUN_COLUMNS[:7], row, strict=True))
+
+
+_MESSAGE = CSV_COLUMNS.index("message")
+
+
+def redacted(rows: Iterable[tuple[object, ...]]) -> Iterator[tuple[object, ...]]:
+    """Order rows in the CSV column order, the message redacted of every known secret (every
+    output path reads the orders through here)."""
+    for row in rows:
+        message = row[_MESSAGE]
+        if isinstance(message, str):
+            yield (*row[:_MESSAGE], redact.clean(message), *row[_MESSAGE + 1 :])
+        else:
+            yield row

@@ -83,6 +83,21 @@ ON CONFLICT (order_id) DO UPDATE SET
 WHERE excluded.outcome != 'pending' OR orders.outcome NOT IN ({FINAL_SQL})
 """
 
+RUN_COLUMNS = (  # the runs table; the first seven were there from the start
+    "run_id",
+    "command",
+    "base_url",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "summary",
+    "operator",
+    "host",
+    "reason",
+    "ticket",
+    "details",
+)
+
 # Columns a ledger of an earlier schema lacks, added in place (ALTER TABLE) on first open.
 RUN_COLUMNS_ADDED = ("operator", "host", "reason", "ticket", "details")
 

@@ -52,6 +52,7 @@ class Dispatcher:
         self._client = client
         self._tokens = tokens
         self._limiter = limiter
+        self._admitted = limiter.admitted.append
         self._table = table
         self._policy = policy
         self._control = control
@@ -134,7 +135,7 @@ class Dispatcher:
         """The order's result, or None to send it again."""
         verdict = self._table.classify(answer.status, answer.code, answer.failure)
         if answer.status != 429:
-            self._limiter.admitted(state.slot)
+            self._admitted(state.slot)  # the limiter learns a gateway limit from these
         if verdict.action is Action.FINAL:  # the common case, without the rest
             self._limiter.speed_up()
             return state.result(verdict.outcome)  # type: ignore[arg-type]

@@ -18,6 +18,10 @@ from worker.pipeline.order import OrderState
 from worker.runtime.clock import Clock
 
 
+def _nothing() -> None:
+    """Nobody is told."""
+
+
 class Shelf:
     """Orders waiting for their retry (each a timer on the run's clock) and orders whose time
     has come."""
@@ -27,6 +31,7 @@ class Shelf:
         self._ready: deque[OrderState] = deque()
         self._waiting: dict[int, tuple[OrderState, asyncio.Future[None]]] = {}
         self._changed = asyncio.Event()  # an order became ready, or the shelf emptied
+        self.on_change: Callable[[], None] = _nothing  # told when orders come or go
 
     @property
     def waiting(self) -> int:
@@ -40,6 +45,7 @@ class Shelf:
         """Shelve an order for ``delay_s`` seconds."""
         key = id(state)
         self._waiting[key] = (state, asyncio.ensure_future(self._due(key, delay_s)))
+        self.on_change()
 
     async def _due(self, key: int, delay_s: float) -> None:
         await self._clock.sleep(delay_s)
@@ -51,7 +57,9 @@ class Shelf:
     def pop(self) -> OrderState | None:
         """An order whose delay is over (the oldest first), or None."""
         if self._ready:
-            return self._ready.popleft()
+            state = self._ready.popleft()
+            self.on_change()
+            return state
         return None
 
     async def changed(self) -> None:
@@ -75,6 +83,7 @@ class Shelf:
         while self._ready:
             yield self._ready.popleft()
         self._changed.set()
+        self.on_change()
 
 
 class _Source(Protocol):
@@ -93,15 +102,18 @@ class NextOrder:
         self._stopping = stopping
         self._taking: asyncio.Future[OrderState | None] | None = None
         self._dry = False  # the source has no more orders
-
-    @property
-    def quiet(self) -> bool:
-        """Nothing on the shelf, no take shared, the source not dry: take from the source."""
-        return not self._dry and self._taking is None and not len(self.shelf)
+        # nothing on the shelf, no take shared, the source not dry: a worker takes straight
+        # from the source (an attribute: it is read for every order)
+        self.quiet = True
+        shelf.on_change = self._look
 
     def dried(self) -> None:
         """The source said it has no more orders."""
         self._dry = True
+        self.quiet = False
+
+    def _look(self) -> None:
+        self.quiet = not self._dry and self._taking is None and not len(self.shelf)
 
     async def next(self, source: _Source) -> OrderState | None:
         """The next order; None when the source is dry and nothing waits on the shelf (or
@@ -119,11 +131,12 @@ class NextOrder:
             if not shelf.waiting and self._taking is None:
                 state = await source.take()  # the common case: nothing on the shelf
                 if state is None:
-                    self._dry = True
+                    self.dried()
                     continue
                 return state
             if self._taking is None:
                 self._taking = asyncio.ensure_future(source.take())
+                self.quiet = False
             taking = self._taking
             woken = asyncio.ensure_future(shelf.changed())
             either: set[asyncio.Future[Any]] = {taking, woken}
@@ -131,9 +144,10 @@ class NextOrder:
             woken.cancel()
             if taking.done() and self._taking is taking:
                 self._taking = None
+                self._look()
                 state = taking.result()
                 if state is None:
-                    self._dry = True
+                    self.dried()
                     continue
                 return state
         return None

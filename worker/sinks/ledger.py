@@ -116,8 +116,9 @@ class ResultSink:
         """Buffer one answered request for the attempt log: written in the same transaction
         as the results that arrived with it, never after its order's result."""
         if self._ledger is not None:
+            if not self._attempts:
+                self._waiting.set()  # once a batch: the flusher looks at both buffers
             self._attempts.append(attempt_row(self._run_id, state.order_id, method, number, answer))
-            self._waiting.set()
 
     async def record(self, _order: object, result: Result) -> None:
         """The pool's sink: buffer the result."""
