@@ -6,7 +6,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -119,18 +119,14 @@ class MouvoneClient:
         return self._order_url(order_id)
 
     async def _call(self, method: str, url: URL, token: str) -> Answer:
-        """One request with its own X-Request-ID; the answer says which, and when it left."""
+        """One request with its own X-Request-ID; the answer says which, and when it left.
+        (One coroutine: every frame between the worker and aiohttp is resumed again at each
+        suspension of the request.)"""
         base = self._headers if token == self._token else self._credentials(token)
         request_id = request_ids()
         headers = base.copy()  # a CIMultiDict: aiohttp takes it as it is (a dict is converted)
         headers.add("X-Request-ID", request_id)
         sent_at = time.time()
-        answer = await self._exchange(method, url, headers)
-        answer.request_id = request_id
-        answer.sent_at = sent_at
-        return answer
-
-    async def _exchange(self, method: str, url: URL, headers: Mapping[str, str]) -> Answer:
         started = time.perf_counter()
         limit = MAX_ERROR_BODY if method == "DELETE" else MAX_READ_BODY
         try:
@@ -153,31 +149,24 @@ class MouvoneClient:
                         if length is not None and length <= limit
                         else _read_body(resp, limit)
                     )
-                    return Answer(200, latency_ms=_ms(started), response_id=answered_as)
+                    return Answer(
+                        200,
+                        latency_ms=_ms(started),
+                        request_id=request_id,
+                        response_id=answered_as,
+                        sent_at=sent_at,
+                    )
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                hint = limit_per_s(resp.headers) if status == 429 else None
                 body = await _read_body(resp, limit)
-        except TimeoutError:
-            return Answer(None, failure="timeout", latency_ms=_ms(started))
-        except aiohttp.ClientPayloadError:
-            return Answer(None, failure="unreadable", latency_ms=_ms(started))
-        except aiohttp.ClientResponseError as exc:  # malformed status line or headers
-            return Answer(exc.status or None, failure="unreadable", latency_ms=_ms(started))
-        except aiohttp.ClientConnectorError as exc:  # refused, no such host, a TLS failure
-            answer = Answer(None, failure="connection", latency_ms=_ms(started))
-            answer.unreachable = unreachable(exc)
-            return answer
-        except (aiohttp.ClientError, OSError):
-            return Answer(None, failure="connection", latency_ms=_ms(started))
-        if method == "GET" and status == 200:
-            try:
-                answer = Answer(200, latency_ms=_ms(started), body=json.loads(body))
-            except (ValueError, RecursionError):  # a hostile nesting is unreadable too
-                answer = Answer(200, failure="unreadable", latency_ms=_ms(started))
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            answer = _failure(exc, _ms(started))
         else:
-            answer = _parse(status, body, retry_after, _ms(started))
-            if status == 429:
-                answer.limit_per_s = limit_per_s(resp.headers)
-        answer.response_id = answered_as
+            answer = _answered(method, status, body, retry_after, _ms(started))
+            answer.response_id = answered_as
+            answer.limit_per_s = hint
+        answer.request_id = request_id
+        answer.sent_at = sent_at
         return answer
 
     def _credentials(self, token: str) -> CIMultiDict[str]:
@@ -187,6 +176,32 @@ class MouvoneClient:
             {"Authorization": f"Bearer {token}", "Ocp-Apim-Subscription-Key": self._api_key}
         )
         return self._headers
+
+
+def _failure(exc: BaseException, latency_ms: float) -> Answer:
+    """What a request that got no readable answer produced."""
+    if isinstance(exc, TimeoutError):
+        return Answer(None, failure="timeout", latency_ms=latency_ms)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return Answer(None, failure="unreadable", latency_ms=latency_ms)
+    if isinstance(exc, aiohttp.ClientResponseError):  # malformed status line or headers
+        return Answer(exc.status or None, failure="unreadable", latency_ms=latency_ms)
+    answer = Answer(None, failure="connection", latency_ms=latency_ms)
+    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, no such host, a TLS failure
+        answer.unreachable = unreachable(exc)
+    return answer
+
+
+def _answered(
+    method: str, status: int, body: bytes, retry_after: float | None, latency_ms: float
+) -> Answer:
+    """An answer other than a DELETE's 200: a GET's JSON, or the refusal read."""
+    if method == "GET" and status == 200:
+        try:
+            return Answer(200, latency_ms=latency_ms, body=json.loads(body))
+        except (ValueError, RecursionError):  # a hostile nesting is unreadable too
+            return Answer(200, failure="unreadable", latency_ms=latency_ms)
+    return _parse(status, body, retry_after, latency_ms)
 
 
 async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
