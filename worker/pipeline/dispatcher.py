@@ -52,7 +52,7 @@ class Dispatcher:
         self._client = client
         self._tokens = tokens
         self._limiter = limiter
-        self._admitted = limiter.admitted.append
+        self._admitted = limiter.admitted.append  # the slots the gateway admitted: it learns
         self._table = table
         self._policy = policy
         self._control = control
@@ -135,7 +135,7 @@ class Dispatcher:
         """The order's result, or None to send it again."""
         verdict = self._table.classify(answer.status, answer.code, answer.failure)
         if answer.status != 429:
-            self._admitted(state.slot)  # the limiter learns a gateway limit from these
+            self._admitted(state.slot)
         if verdict.action is Action.FINAL:  # the common case, without the rest
             self._limiter.speed_up()
             return state.result(verdict.outcome)  # type: ignore[arg-type]
@@ -272,11 +272,9 @@ class Dispatcher:
     async def _look_up(self, state: OrderState) -> Result | None:
         """The GET before the DELETE (worker.pipeline.lookup): the order's result when that
         settles it, None to send it."""
-        url = self._client.order_url(state.order_id)
+        url, noted = self._client.order_url(state.order_id), partial(self._looked_up, state)
         try:
-            settled = await before_sending(
-                self._reader, state, url, self._required, partial(self._looked_up, state)
-            )
+            settled = await before_sending(self._reader, state, url, self._required, noted)
         except StoppingError:
             return state.pending()
         except FatalApiError as exc:
