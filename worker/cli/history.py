@@ -17,6 +17,7 @@ from worker.ledger import Ledger
 from worker.reports.history import write_attempts, write_history, write_runs
 from worker.reports.report import open_output
 from worker.runtime import loop as event_loop
+from worker.runtime.clock import iso_utc
 from worker.settings import Settings
 from worker.settings.values import duration_s
 
@@ -76,7 +77,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigError(f"--older-than: {exc}") from None
     if not settings.ledger.is_file():
         raise ConfigError(f"{settings.ledger}: no ledger at this path")
-    before = _iso(datetime.now(UTC) - timedelta(seconds=age))
+    before = iso_utc(datetime.now(UTC) - timedelta(seconds=age))
     ledger = Ledger(settings.ledger)
     try:
         gone = ledger.audit().prune(before)
@@ -89,7 +90,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def _since(text: str) -> str:
     """--since: an ISO date or time (local without a zone), or a duration back from now."""
     try:
-        return _iso(datetime.now(UTC) - timedelta(seconds=duration_s(text)))
+        return iso_utc(datetime.now(UTC) - timedelta(seconds=duration_s(text)))
     except ValueError:
         pass
     try:
@@ -99,12 +100,7 @@ def _since(text: str) -> str:
             f"--since: {text!r} is not a date (2026-11-01), a time (2026-11-01T06:00) or a "
             "duration back from now (24h, 7d)"
         ) from None
-    return _iso(when if when.tzinfo is not None else when.astimezone())
-
-
-def _iso(when: datetime) -> str:
-    """The attempt log's time format (UTC, milliseconds, Z)."""
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(when if when.tzinfo is not None else when.astimezone())
 
 
 def _matching(

@@ -80,8 +80,6 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         runner = Runner(settings, source, ledger, options, ask=ask)
         report = event_loop.run(_execute(runner))
         _export_metrics(runner, settings, report.exit_code)
-        if not args.dry_run:
-            _announce(settings, args, report.as_dict(), options.who)
         # The run's exit status is its own: a closed stdout or stderr (`| head`) loses only text.
         say(sys.stdout, render_run(report.as_dict()))
         if report.exit_code in (3, 130, 143) and report.reason:
@@ -90,6 +88,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 f"cancel-orders: {redact.clean(report.reason)}; unanswered orders stay pending: "
                 "resume with the same command\n",
             )
+        if not args.dry_run:  # after the summary: a slow webhook never delays what people read
+            _announce(settings, args, report.as_dict(), options.who)
         return report.exit_code
 
 

@@ -22,7 +22,6 @@ from worker.ledger.schema import (
     SCHEMA,
 )
 from worker.ledger.sqlite import lock
-from worker.runtime.clock import iso_from_epoch
 from worker.runtime.redaction import redact
 
 
@@ -73,7 +72,7 @@ def attempt_row(
         order_id,
         number,
         method,
-        iso_from_epoch(answer.sent_at),
+        answer.sent_at,  # seconds since the epoch: SQLite formats it (in C) as it inserts
         round(answer.latency_ms, 1),
         status,
         code,
@@ -84,7 +83,15 @@ def attempt_row(
 
 
 ROWS_PER_INSERT = 200  # attempt rows in one INSERT statement (2,200 parameters)
-_ONE_ROW = "(" + ",".join("?" * len(ATTEMPT_COLUMNS)) + ")"
+_SENT_AT = ATTEMPT_COLUMNS.index("sent_at")
+_ONE_ROW = (
+    "("
+    + ",".join(
+        "strftime('%Y-%m-%dT%H:%M:%fZ', ?, 'unixepoch')" if k == _SENT_AT else "?"
+        for k in range(len(ATTEMPT_COLUMNS))
+    )
+    + ")"
+)
 _INSERT = f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES "
 _FULL_INSERT = _INSERT + ",".join([_ONE_ROW] * ROWS_PER_INSERT)
 

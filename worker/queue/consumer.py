@@ -30,7 +30,7 @@ from worker.queue.entries import Entries
 from worker.queue.limiter import GroupRateLimiter
 from worker.queue.steering import GroupChannel
 from worker.queue.streams import Streams, patiently, result_fields
-from worker.runtime.clock import Clock, SystemClock, now_iso
+from worker.runtime.clock import Clock, SystemClock, iso_from_epoch, now_iso
 from worker.runtime.logs import flush_logs, info_event
 from worker.runtime.loop import settle_gc
 from worker.runtime.metrics import Metrics, serve
@@ -215,4 +215,8 @@ class Consumer:
 def attempt_log(tried: list[tuple[object, ...]]) -> str:
     """A result entry's attempts, as JSON objects (the ledger's attempt columns)."""
     rows = [dict(zip(ATTEMPT_COLUMNS, row, strict=True)) for row in tried]
+    for row in rows:
+        sent = row["sent_at"]
+        if isinstance(sent, float):
+            row["sent_at"] = iso_from_epoch(sent)
     return json.dumps(rows, separators=(",", ":"))

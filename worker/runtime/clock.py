@@ -34,7 +34,12 @@ class SystemClock:
 
 def now_iso() -> str:
     """UTC now, ISO-8601 with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(datetime.now(UTC))
+
+
+def iso_utc(moment: datetime) -> str:
+    """An aware time as the ledger writes times: UTC, ISO-8601 with milliseconds, ``Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class _EpochIso:
