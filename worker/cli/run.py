@@ -72,9 +72,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             dry_run=args.dry_run,
             progress_bar=sys.stderr.isatty() and not args.no_progress,
             total=total,
-            resume=_resume_command(args),
+            resume=(resume := _resume_command(args)),
             plan=getattr(source, "digest", ""),
-            who=None if args.dry_run else who_from(args, settings, source, _resume_command(args)),
+            who=None if args.dry_run else who_from(args, settings, source, resume),
         )
         ask = None if args.yes else _ask_after_canary
         runner = Runner(settings, source, ledger, options, ask=ask)

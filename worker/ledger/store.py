@@ -223,8 +223,9 @@ class Ledger(LedgerReads):
         run_id: str,
         attempts: Sequence[Sequence[object]] = (),
     ) -> None:
-        """Upsert a batch of results and append their attempts in one transaction (a statement
-        each: the rows go to SQLite as one JSON parameter, serialised in C)."""
+        """Upsert a batch of results and append their attempts in one transaction (the results
+        in one statement, their rows one JSON parameter serialised in C; the attempts 200 rows a
+        statement)."""
         if results or attempts:
             with self._transaction():
                 for sql, values in insert_attempts(attempts):
