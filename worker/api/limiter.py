@@ -14,12 +14,12 @@ first served, no polling), and then pass the throttler, which in steady state ne
 A 429 or a quota answer pauses every caller: no slot is handed out before the pause ends. A 429
 also lowers the pace (at most once a second: the answers of one burst are one signal) to the
 gateway's limit, learned where the 429s begin: the gateway's own figure when the answer carries
-one (``RateLimit-Policy``, ``X-RateLimit-Limit``), else the requests this process sent in the
-second before the refused one, less those refused. The pace is then set just under that limit
-and stays there (a second 429 soon after means the limit was not the cause: the pace is halved,
-as it is when nothing can be learned); only after QUIET_S without a 429 does it climb again by
-small steps, to find a limit that was raised. The pace never goes above the configured rate,
-and the hard cap never moves.
+one (``RateLimit-Policy``, ``X-RateLimit-Limit``), else the requests the gateway admitted in
+the second before the refused one (counted again with the burst's later answers). The pace is
+then set just under that limit and stays there (a 429 within RELEARN_S lowers the limit by 3%;
+with nothing to learn from, the pace is halved); only after QUIET_S without a 429 does it climb
+again by small steps, to find a limit that was raised. The pace never goes above the configured
+rate, and the hard cap never moves.
 """
 
 from __future__ import annotations

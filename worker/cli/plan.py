@@ -96,4 +96,4 @@ def _origin(args: argparse.Namespace) -> dict[str, object]:
         }
     if args.input == "-":
         return {"input": {"name": "<stdin>"}}
-    return {"input": {"name": args.input, "sha256": plans.file_sha256(Path(args.input))}}
+    return {"input": {"name": args.input, "sha256": plans.file_facts(Path(args.input))[0]}}

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import socket
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from worker.cli.inputs import FILTER_DESTS
 from worker.domain.models import RunRecord
 from worker.settings import Settings
 from worker.sources import OrderSource
-from worker.sources.plan import os_user
+from worker.sources.plan import file_facts, os_user
 
 LIMITS = ("rate", "concurrency", "max_attempts", "max_orders", "canary", "require_status")
 
@@ -55,16 +54,3 @@ def input_facts(args: argparse.Namespace, source: OrderSource) -> dict[str, obje
     if isinstance(path, Path):
         facts["sha256"], facts["lines"] = file_facts(path)
     return facts
-
-
-def file_facts(path: Path) -> tuple[str, int]:
-    """sha256 of a file's bytes and its line count (a last line without a newline counts)."""
-    digest = hashlib.sha256()
-    lines = 0
-    last = b"\n"
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    return digest.hexdigest(), lines + (last != b"\n")

@@ -63,16 +63,12 @@ class Shelf:
         return None
 
     async def changed(self) -> None:
-        """Wait until an order is ready, nothing waits any more, or ``wake`` (at once when one
-        of these holds already); the caller looks again."""
+        """Wait until an order is ready or nothing waits any more (at once when either holds
+        already); the caller looks again."""
         if self._ready or not self._waiting:
             return
         self._changed.clear()
         await self._changed.wait()
-
-    def wake(self) -> None:
-        """Wake the workers waiting on the shelf (the run is stopping)."""
-        self._changed.set()
 
     def clear(self) -> Iterator[OrderState]:
         """Every order still on the shelf, its timer cancelled (the run stopped)."""

@@ -46,9 +46,8 @@ class LedgerThread:
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` on the ledger thread."""
-        loop = asyncio.get_running_loop()
         # Shielded: once submitted, a ledger write completes even if the caller is cancelled.
-        future = loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        future = self.submit(fn, *args, **kwargs)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:

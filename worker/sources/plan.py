@@ -28,13 +28,18 @@ def digest(order_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(order_ids)).encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (the input a plan was made from)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def file_facts(path: Path) -> tuple[str, int]:
+    """sha256 of a file's bytes and its line count (a last line without a newline counts):
+    the input a plan or a run was made from."""
+    digest = hashlib.sha256()
+    lines = 0
+    last = b"\n"
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return digest.hexdigest(), lines + (last != b"\n")
 
 
 def os_user() -> str:
