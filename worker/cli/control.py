@@ -12,6 +12,7 @@ from typing import Any
 from worker.cli import CONTROL_KEYS
 from worker.cli.common import settings_from
 from worker.domain.errors import ConfigError
+from worker.domain.location import PostgresUrl
 from worker.ledger import control as ledger_control
 from worker.runtime import loop as event_loop
 from worker.settings import Settings
@@ -43,6 +44,8 @@ def cmd_control(args: argparse.Namespace) -> int:
     if args.ledger is None and settings.redis_url:
         return _group(settings, args.action, args.value)
     path = settings.ledger
+    if isinstance(path, PostgresUrl):
+        return _shared(path, settings.claim_idle, args)
     run_id = ledger_control.running_run(path)
     if args.action == "status":
         found = ledger_control.status(path, run_id)
@@ -50,6 +53,19 @@ def cmd_control(args: argparse.Namespace) -> int:
         return 0
     ledger_control.command(path, run_id, commands_for(args.action, args.value))
     print(f"Run {run_id} on {path}: {_said(args)} (taken within a second)")
+    return 0
+
+
+def _shared(url: PostgresUrl, claim_idle: float, args: argparse.Namespace) -> int:
+    """Every run living on a shared PostgreSQL ledger, steered at once."""
+    from worker.ledger import pg_control  # noqa: PLC0415 - psycopg only here
+
+    run_ids = pg_control.live_runs(url, claim_idle)
+    if args.action == "status":
+        print(render_status(f"{len(run_ids)} runs on {url}", pg_control.statuses(url, run_ids)))
+        return 0
+    pg_control.command(url, run_ids, commands_for(args.action, args.value))
+    print(f"{len(run_ids)} runs on {url}: {_said(args)} (taken within a second)")
     return 0
 
 

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from worker.domain.models import RunOptions
-from worker.ledger import Ledger
+from worker.ledger import Ledger, ledger_at
 from worker.pipeline.runner import Runner
 from worker.reports.report import render_run, write_table
 from worker.runtime import loop as event_loop
@@ -96,7 +96,7 @@ async def _demo(workdir: Path) -> int:
         for title in ("First run", "Same command again: resumes, sends nothing already final"):
             print(f"== {title}: cancel-orders run orders.csv --yes")
             source = CsvSource(batch, IdValidator(settings.id_pattern))
-            ledger = Ledger(settings.ledger)
+            ledger = ledger_at(settings.ledger)
             options = RunOptions(total=source.scan())
             try:
                 report = await Runner(settings, source, ledger, options).execute()
@@ -106,7 +106,7 @@ async def _demo(workdir: Path) -> int:
             if report.exit_code not in (0, 1):
                 return report.exit_code  # the demo itself went wrong
         print("== cancel-orders report")
-        ledger = Ledger(settings.ledger, readonly=True)
+        ledger = ledger_at(settings.ledger, readonly=True)
         try:
             write_table(ledger, sys.stdout)
             print("\nLeft for `cancel-orders retry`:")

@@ -13,7 +13,7 @@ from typing import Any
 from worker.cli.common import say, settings_from
 from worker.cli.flags import REPORT_KEYS
 from worker.domain.errors import ConfigError
-from worker.ledger import Ledger
+from worker.ledger import ledger_at, require_ledger
 from worker.reports.history import write_attempts, write_history, write_runs
 from worker.reports.report import open_output
 from worker.runtime import loop as event_loop
@@ -26,7 +26,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """`runs`: the ledger's runs, newest first."""
     settings = settings_from(args, REPORT_KEYS)
     with ExitStack() as stack:
-        ledger = Ledger(settings.ledger, readonly=True)
+        ledger = ledger_at(settings.ledger, readonly=True)
         stack.callback(ledger.close)
         write_runs(ledger.audit().runs(), open_output(args.output, stack), args.format)
     return 0
@@ -42,7 +42,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             attempts = [a for a in _stream_attempts(settings) if a.get("order_id") == order_id]
             write_history(order_id, None, attempts, out, args.format)
             return 0 if attempts else 1
-        ledger = Ledger(settings.ledger, readonly=True)
+        ledger = ledger_at(settings.ledger, readonly=True)
         stack.callback(ledger.close)
         current = next((r for r in ledger.rows_of([order_id])), None)
         rows = ledger.audit().history(order_id)
@@ -59,7 +59,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if settings.redis_url:
             rows: Iterable[dict[str, Any]] = _matching(_stream_attempts(settings), since, args.run)
         else:
-            ledger = Ledger(settings.ledger, readonly=True)
+            ledger = ledger_at(settings.ledger, readonly=True)
             stack.callback(ledger.close)
             rows = ledger.audit().attempts(since, args.run)
         count = write_attempts(rows, out, args.format)
@@ -75,10 +75,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         age = duration_s(args.older_than)
     except ValueError as exc:
         raise ConfigError(f"--older-than: {exc}") from None
-    if not settings.ledger.is_file():
-        raise ConfigError(f"{settings.ledger}: no ledger at this path")
+    require_ledger(settings.ledger)
     before = iso_utc(datetime.now(UTC) - timedelta(seconds=age))
-    ledger = Ledger(settings.ledger)
+    ledger = ledger_at(settings.ledger)
     try:
         gone = ledger.audit().prune(before)
     finally:

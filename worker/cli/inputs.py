@@ -12,7 +12,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from worker.domain.errors import ConfigError
-from worker.ledger import Ledger
+from worker.domain.location import Location
+from worker.ledger import ledger_at, require_ledger
 from worker.runtime import loop as event_loop
 from worker.settings import Settings
 from worker.sources import IdValidator, OrderSource
@@ -38,8 +39,7 @@ def source_from(args: argparse.Namespace, settings: Settings, stack: ExitStack) 
         settings.require_target()
         return PlanSource.of(load_plan(Path(args.plan), settings.api_url))
     if args.command == "retry":
-        if not settings.ledger.is_file():
-            raise ConfigError(f"{settings.ledger}: no ledger at this path")
+        require_ledger(settings.ledger)
         if not args.force:
             _refuse_retry_of_unfinished_input(settings.ledger)
         return LedgerSource(settings.ledger)
@@ -83,9 +83,9 @@ def _selected(
     return CsvSource(path, validator, None, name="<selection>")
 
 
-def last_run(path: Path) -> tuple[dict[str, object] | None, dict[str, object]]:
+def last_run(path: Location) -> tuple[dict[str, object] | None, dict[str, object]]:
     """The ledger's last run, and its summary as recorded ({} when none)."""
-    ledger = Ledger(path, readonly=True)
+    ledger = ledger_at(path, readonly=True)
     try:
         last = ledger.last_run()
     finally:
@@ -94,7 +94,7 @@ def last_run(path: Path) -> tuple[dict[str, object] | None, dict[str, object]]:
     return last, summary if isinstance(summary, dict) else {}
 
 
-def _refuse_retry_of_unfinished_input(path: Path) -> None:
+def _refuse_retry_of_unfinished_input(path: Location) -> None:
     """`retry` sends only what the ledger holds: after a run that stopped before reading all of
     its input, it would leave the rest unsent while the report showed nothing pending."""
     last, summary = last_run(path)

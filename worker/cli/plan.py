@@ -14,6 +14,7 @@ from worker.cli.common import say, settings_from
 from worker.cli.flags import RUN_GROUPS, keys_of
 from worker.cli.inputs import source_from
 from worker.domain.errors import ConfigError
+from worker.domain.location import Location
 from worker.domain.models import new_run_id
 from worker.ledger import check_target, open_ledger
 from worker.runtime.files import replaced
@@ -66,7 +67,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if invalid else 0
 
 
-def _to_send(source: OrderSource, ledger_path: Path) -> tuple[list[str], int, int]:
+def _to_send(source: OrderSource, ledger_path: Location) -> tuple[list[str], int, int]:
     """The valid, distinct IDs not final in the ledger, in input order; (IDs, invalid, final)."""
     seen: set[str] = set()
     order_ids: list[str] = []

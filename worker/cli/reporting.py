@@ -12,7 +12,7 @@ from worker.cli.common import settings_from
 from worker.cli.flags import REPORT_KEYS, RUN_GROUPS, keys_of
 from worker.cli.inputs import source_from
 from worker.domain.errors import ConfigError
-from worker.ledger import Ledger
+from worker.ledger import Ledger, ledger_at
 from worker.reports.report import open_output, write_report
 
 
@@ -25,7 +25,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             from worker.cli.queue import cmd_report_stream  # noqa: PLC0415
 
             return cmd_report_stream(settings, args.format, args.outcome, out)
-        ledger = Ledger(settings.ledger, readonly=True)
+        ledger = ledger_at(settings.ledger, readonly=True)
         stack.callback(ledger.close)
         if args.run:
             _run_report(ledger, args, out)

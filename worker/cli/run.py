@@ -8,7 +8,6 @@ import shlex
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 
@@ -17,8 +16,9 @@ from worker.cli.flags import RUN_GROUPS, keys_of
 from worker.cli.inputs import cap, last_run, source_from
 from worker.cli.who import who_from
 from worker.domain.errors import ConfigError, WorkerError
+from worker.domain.location import Location
 from worker.domain.models import Result, RunOptions, RunRecord, RunReport, new_run_id
-from worker.ledger import check_target, open_ledger
+from worker.ledger import check_target, ledger_exists, open_ledger
 from worker.pipeline.control import with_signals
 from worker.pipeline.runner import RECORDED_LIMITS, Runner
 from worker.reports.report import render_run
@@ -60,7 +60,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         total = source.scan()
         if total == 0:
             log.warning("empty_input", input=source.name, detail="no order ID to send")
-        ledger = open_ledger(settings.ledger, dry=args.dry_run, stack=stack)
+        ledger = open_ledger(
+            settings.ledger, dry=args.dry_run, stack=stack, claim_idle=settings.claim_idle
+        )
         if not args.dry_run and (not args.yes or settings.max_orders is not None):
             plan = _plan(source, settings.ledger, force=getattr(args, "force", False))
             cap(plan.to_send, settings)
@@ -96,7 +98,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Settings:
     """`retry` keeps the limits its ledger's last run was given (--rate, --concurrency, ...)
     unless this command gives them itself (a flag, the environment, .env, --config)."""
-    if not settings.ledger.is_file():
+    if not ledger_exists(settings.ledger):
         return settings
     last, summary = last_run(settings.ledger)
     limits = summary.get("limits")
@@ -209,7 +211,7 @@ class _Counts:
     duplicates: int = 0
 
 
-def _plan(source: OrderSource, ledger_path: Path, *, force: bool) -> _Counts:
+def _plan(source: OrderSource, ledger_path: Location, *, force: bool) -> _Counts:
     counts = _Counts()
     with ExitStack() as stack:
         ledger = open_ledger(ledger_path, dry=True, stack=stack)

@@ -1,6 +1,13 @@
-"""The results ledger: one row per order in SQLite, the source of truth of every run."""
+"""The results ledger: one row per order in SQLite or PostgreSQL, the source of truth of every
+run."""
 
-from worker.ledger.opening import check_target, open_ledger
+from worker.ledger.opening import (
+    check_target,
+    ledger_at,
+    ledger_exists,
+    open_ledger,
+    require_ledger,
+)
 from worker.ledger.plan import Plan
 from worker.ledger.schema import CSV_COLUMNS, SCHEMA_VERSION
 from worker.ledger.store import Ledger
@@ -12,6 +19,9 @@ __all__ = [
     "Ledger",
     "Plan",
     "check_target",
+    "ledger_at",
+    "ledger_exists",
     "now_iso",
     "open_ledger",
+    "require_ledger",
 ]

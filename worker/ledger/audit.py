@@ -114,6 +114,8 @@ def insert_attempts(
 class AuditLog:
     """Reads and prunes a ledger's runs and attempt log."""
 
+    ORDER = "rowid"  # the attempt log's order of writing
+
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
         self._path = path
@@ -160,7 +162,7 @@ class AuditLog:
         rows = self._query(
             f"SELECT {cols}, r.command, r.operator, r.reason, r.ticket FROM attempts a "
             "LEFT JOIN runs r ON r.run_id = a.run_id WHERE a.order_id = ? "
-            "ORDER BY a.sent_at, a.rowid",
+            f"ORDER BY a.sent_at, a.{self.ORDER}",
             order_id,
         )
         keys = (*ATTEMPT_COLUMNS, "command", "operator", "reason", "ticket")
@@ -179,7 +181,8 @@ class AuditLog:
             args.append(run_id)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._query(
-            f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts {clause} ORDER BY rowid", *args
+            f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts {clause} ORDER BY {self.ORDER}",
+            *args,
         )
         for row in rows:
             yield _clean(dict(zip(ATTEMPT_COLUMNS, row, strict=True)))
@@ -189,8 +192,9 @@ class AuditLog:
         the report's CSV rows, with their current outcome."""
         cols = ", ".join(CSV_COLUMNS)
         rows = self._query(
-            f"SELECT {cols} FROM orders WHERE run_id = ?1 OR order_id IN "
-            "(SELECT order_id FROM attempts WHERE run_id = ?1) ORDER BY order_id",
+            f"SELECT {cols} FROM orders WHERE run_id = ? OR order_id IN "
+            "(SELECT order_id FROM attempts WHERE run_id = ?) ORDER BY order_id",
+            run_id,
             run_id,
         )
         yield from redacted(rows)

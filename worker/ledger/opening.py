@@ -1,4 +1,5 @@
-"""Opening a run's ledger: bound to one target, and never created or changed by a dry run."""
+"""Opening a ledger, a SQLite file or a PostgreSQL database: a run's is bound to one target,
+and never created or changed by a dry run."""
 
 from __future__ import annotations
 
@@ -7,36 +8,68 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from worker.domain.errors import ConfigError
+from worker.domain.location import Location, PostgresUrl
 from worker.ledger.store import Ledger
 
 
-def check_target(path: Path, base_url: str) -> None:
-    """ConfigError unless the ledger at ``path`` is new or belongs to ``base_url``: outcomes
-    recorded against another target (a simulator, a staging gateway) must never make a run
-    against this one skip orders. Checked before anything is sent, selections included."""
-    if not path.is_file() or path.stat().st_size == 0:  # new, or left empty by a refused run
+def ledger_at(location: Location, *, readonly: bool = False, claim_idle: float = 60.0) -> Ledger:
+    """The ledger at a path or a ``postgresql://`` URL (created on first use unless read)."""
+    if isinstance(location, PostgresUrl):
+        from worker.ledger.pg_store import PgLedger  # noqa: PLC0415 - psycopg only when used
+
+        return PgLedger(location, readonly=readonly, claim_idle=claim_idle)
+    return Ledger(location, readonly=readonly)
+
+
+def ledger_exists(location: Location) -> bool:
+    """True when there is a ledger there (a file with content, or a database holding one)."""
+    if isinstance(location, PostgresUrl):
+        from worker.ledger.postgres import PgDb  # noqa: PLC0415
+
+        db = PgDb(location, size=1)
+        try:
+            return db.version() is not None
+        finally:
+            db.close()
+    return location.is_file() and location.stat().st_size > 0
+
+
+def require_ledger(location: Location) -> None:
+    """ConfigError when there is no ledger there (for the commands that only read one)."""
+    if not ledger_exists(location):
+        where = "in this database" if isinstance(location, PostgresUrl) else "at this path"
+        raise ConfigError(f"{location}: no ledger {where}")
+
+
+def check_target(location: Location, base_url: str) -> None:
+    """ConfigError unless the ledger at ``location`` is new or belongs to ``base_url``:
+    outcomes recorded against another target (a simulator, a staging gateway) must never make
+    a run against this one skip orders. Checked before anything is sent, selections included."""
+    if not ledger_exists(location):  # new, or left empty by a refused run
         return
-    ledger = Ledger(path, readonly=True)
+    ledger = ledger_at(location, readonly=True)
     try:
         bound = ledger.target()
     finally:
         ledger.close()
     if bound is not None and bound.rstrip("/") != base_url.rstrip("/"):
         raise ConfigError(
-            f"{path}: this ledger belongs to {bound}, not to {base_url}: outcomes recorded "
+            f"{location}: this ledger belongs to {bound}, not to {base_url}: outcomes recorded "
             "there would make this run skip orders; use another --ledger for another target"
         )
 
 
-def open_ledger(path: Path, *, dry: bool, stack: ExitStack) -> Ledger:
+def open_ledger(
+    location: Location, *, dry: bool, stack: ExitStack, claim_idle: float = 60.0
+) -> Ledger:
     """A run's ledger, closed with ``stack``. A dry run only reads: the existing ledger, or an
-    empty throwaway one when there is none yet, so that it never creates or changes the file."""
+    empty throwaway one when there is none yet, so that it never creates or changes it."""
     if dry:
-        if not path.is_file():
-            path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dry.sqlite"
-            Ledger(path).close()
-        ledger = Ledger(path, readonly=True)
+        if not ledger_exists(location):
+            location = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dry.sqlite"
+            Ledger(location).close()
+        ledger = ledger_at(location, readonly=True)
     else:
-        ledger = Ledger(path)
+        ledger = ledger_at(location, claim_idle=claim_idle)
     stack.callback(ledger.close)
     return ledger

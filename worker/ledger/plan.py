@@ -17,3 +17,5 @@ class Plan:
     duplicates: int = 0
     # to send, but an earlier run may have sent them already (left pending or retryable)
     uncertain: set[str] = field(default_factory=set)
+    # pending under another run that lives (a shared ledger): asked for again later
+    held: list[str] = field(default_factory=list)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from worker.ledger.schema import CSV_COLUMNS, RUN_COLUMNS
 from worker.runtime.redaction import redact
@@ -51,13 +51,16 @@ class LedgerReads:
         known secret (every output path reads the orders here)."""
         cols = ", ".join(CSV_COLUMNS)
         if outcome:
-            found = self._db.execute(
-                f"SELECT {cols} FROM orders WHERE outcome = ? ORDER BY order_id",
-                (outcome,),
+            found = self._stream(
+                f"SELECT {cols} FROM orders WHERE outcome = ? ORDER BY order_id", (outcome,)
             )
         else:
-            found = self._db.execute(f"SELECT {cols} FROM orders ORDER BY order_id")
+            found = self._stream(f"SELECT {cols} FROM orders ORDER BY order_id")
         yield from redacted(found)
+
+    def _stream(self, sql: str, args: Sequence[object] = ()) -> Iterator[tuple[object, ...]]:
+        """A query's rows as they are read (a large report holds no list of them)."""
+        return iter(self._db.execute(sql, args))
 
     def rows_of(self, order_ids: list[str]) -> Iterator[tuple[object, ...]]:
         """The rows of these orders (those in the ledger), as ``rows`` gives them."""

@@ -71,6 +71,14 @@ class Ledger(LedgerReads):
             upgrade_file(self.path)
             self._db = connect_readonly(self.path)
 
+    @property
+    def lease_every_s(self) -> float | None:
+        """How often a run renews its lease: never, a file is one run's at a time."""
+        return None
+
+    def renew(self, run_id: str) -> None:
+        """Renew a run's lease (a shared ledger's; a file's lock needs none)."""
+
     def close(self) -> None:
         """Close the connection and release the lock."""
         db = getattr(self, "_db", None)

@@ -28,6 +28,7 @@ from worker.domain.models import (
 from worker.ledger import Ledger
 from worker.pipeline.control import RunControl
 from worker.pipeline.feed import Feed
+from worker.pipeline.lease import Held, keep_lease
 from worker.pipeline.order import OrderState
 from worker.pipeline.pool import Pool, check_failure_rate
 from worker.pipeline.progress import ProgressReporter
@@ -36,7 +37,7 @@ from worker.runtime.logs import flush_logs, lost_lines
 from worker.runtime.loop import settle_gc
 from worker.runtime.metrics import Metrics
 from worker.settings import Settings
-from worker.sinks.ledger import LedgerThread, ResultSink
+from worker.sinks.ledger import LedgerChannel, LedgerThread, ResultSink
 from worker.sources import Batch, OrderSource
 
 log = structlog.get_logger(__name__)
@@ -80,6 +81,7 @@ class Runner:
         self._pool: Pool | None = None
         self._ask = ask  # a person's word on a canary that was not clean (None: stop, exit 4)
         self._feed = Feed(low=settings.concurrency)
+        self._held = Held(min(max(settings.claim_idle / 4, 0.2), 5.0), BATCH)
         self._progress = ProgressReporter(
             self.summary,
             lambda: self.control.requests,
@@ -152,12 +154,15 @@ class Runner:
             ask=self._ask,
         )
         flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
+        lease = asyncio.create_task(keep_lease(self._ledger.ledger, self.run_id))
         try:
-            channel = _LedgerChannel(self._ledger, self.run_id)
+            channel = LedgerChannel(self._ledger, self.run_id)
             await pool.run(self, self._sink, self._progress, channel=channel)
         finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
+            lease.cancel()  # renewed up to the end: its last rows are written below
+            await asyncio.gather(lease, return_exceptions=True)
             await self._final_flush()
             await api.close()
 
@@ -192,30 +197,42 @@ class Runner:
 
     async def _read_input(self, feed: Feed | None) -> None:
         batches = self._source.batches(BATCH)
-        dry = self._options.dry_run
         while not self.control.stopping:
             batch = await asyncio.to_thread(_next_batch, batches)
             if batch is None:
-                return
+                break
             self.summary.read += len(batch)
-            plan = await self._ledger.call(
-                self._ledger.ledger.claim, batch, self.run_id, force=self._options.force, dry=dry
-            )
-            self.summary.duplicates += plan.duplicates
-            self.summary.skipped_final += len(plan.skipped)
-            for outcome in plan.skipped:
-                self._skipped[outcome] = self._skipped.get(outcome, 0) + 1
-            self._uncertain |= plan.uncertain
-            for result in plan.invalid:
-                self._sink.add(result)
-                if len(self.summary.first_invalid) < FIRST_INVALID and result.message:
-                    self.summary.first_invalid.append(result.message.split(": ", 1)[0])
-            if plan.invalid:
-                check_failure_rate(self._settings, self.summary, self.control)
-            if feed is None:
-                self.summary.sent_requests += len(plan.to_send)
-                continue
-            await feed.put(plan.to_send)
+            await self._claim(batch, feed)
+        await self._held.settle(
+            lambda ids: self._claim([(order_id, None) for order_id in ids], feed),
+            lambda: self.control.stopping,
+        )
+
+    async def _claim(self, batch: Batch, feed: Feed | None) -> None:
+        """Claim a batch in the ledger; feed what is to be sent."""
+        plan = await self._ledger.call(
+            self._ledger.ledger.claim,
+            batch,
+            self.run_id,
+            force=self._options.force,
+            dry=self._options.dry_run,
+        )
+        self._held.ids += plan.held
+        self.summary.duplicates += plan.duplicates
+        self.summary.skipped_final += len(plan.skipped)
+        for outcome in plan.skipped:
+            self._skipped[outcome] = self._skipped.get(outcome, 0) + 1
+        self._uncertain |= plan.uncertain
+        for result in plan.invalid:
+            self._sink.add(result)
+            if len(self.summary.first_invalid) < FIRST_INVALID and result.message:
+                self.summary.first_invalid.append(result.message.split(": ", 1)[0])
+        if plan.invalid:
+            check_failure_rate(self._settings, self.summary, self.control)
+        if feed is None:
+            self.summary.sent_requests += len(plan.to_send)
+            return
+        await feed.put(plan.to_send)
 
     def _ledger_failed(self, message: str) -> None:
         self.control.abort(f"ledger write failed: {message}")
@@ -276,20 +293,6 @@ class Runner:
             resume=self._options.resume if stopped else "",
             plan=self._options.plan,
         )
-
-
-class _LedgerChannel:
-    """`cancel-orders control` through the ledger (on the ledger's thread)."""
-
-    def __init__(self, ledger: LedgerThread, run_id: str) -> None:
-        self._ledger = ledger
-        self._run_id = run_id
-
-    async def commands(self) -> dict[str, str]:
-        return await self._ledger.call(self._ledger.ledger.steering, self._run_id)
-
-    async def publish(self, status: dict[str, Any]) -> None:
-        await self._ledger.call(self._ledger.ledger.publish, self._run_id, status)
 
 
 def _next_batch(batches: Iterator[Batch]) -> Batch | None:

@@ -19,8 +19,9 @@ import aiohttp
 import structlog
 
 from worker.api.client import new_session, proxy_for
+from worker.domain.location import Location
 from worker.domain.models import SUCCESS, Outcome
-from worker.ledger import Ledger
+from worker.ledger import ledger_at
 from worker.runtime import loop as event_loop
 from worker.runtime.redaction import redact
 from worker.settings import Settings
@@ -46,7 +47,7 @@ def payload(
     report: Mapping[str, object],
     command: str,
     who: Mapping[str, object],
-    ledger_path: Path | None,
+    ledger_path: Location | None,
 ) -> dict[str, object]:
     """The JSON a notification carries (and --on-finish reads), from the run's summary."""
     outcomes = {k: v for k, v in dict(_mapping(report.get("outcomes"))).items() if v}
@@ -94,13 +95,17 @@ def text(data: Mapping[str, object]) -> str:
     )
 
 
-def needing_a_person(ledger_path: Path | None, run_id: object) -> list[dict[str, object]]:
+def needing_a_person(ledger_path: Location | None, run_id: object) -> list[dict[str, object]]:
     """Up to NEEDING_A_PERSON orders of this run that ended in neither success nor pending."""
-    if ledger_path is None or not isinstance(run_id, str) or not ledger_path.is_file():
+    if (
+        ledger_path is None
+        or not isinstance(run_id, str)
+        or (isinstance(ledger_path, Path) and not ledger_path.is_file())
+    ):
         return []
     keep = {o.value for o in Outcome} - {o.value for o in SUCCESS} - {Outcome.PENDING.value}
     try:
-        ledger = Ledger(ledger_path, readonly=True)
+        ledger = ledger_at(ledger_path, readonly=True)
     except Exception:  # noqa: BLE001 - a notification goes out even when the ledger fails
         return []
     found: list[dict[str, object]] = []

@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.domain.location import PostgresUrl
+
 ENV_PREFIX = "MOUVONE_"
 INTEGRATION_BASE_URL = "https://soget-api-integration.azure-api.net/customer-orders/v1"
 DEFAULT_NAMESPACE = "cancel-orders"
@@ -61,7 +63,13 @@ class SettingsFields(BaseSettings):
     core_dumps: bool = _f(
         "auth", "", "allow core dumps of this process (they hold the secrets)", default=False
     )
-    ledger: Path = _f("ledger", "PATH", "ledger path", default=...)
+    ledger: PostgresUrl | Path = _f(
+        "ledger",
+        "PATH|URL",
+        "ledger: a SQLite file, or postgresql://USER@HOST/DB shared by several runs",
+        default=...,
+        union_mode="left_to_right",
+    )
     rate: float = _f("rate", "R", "requests per second, all requests together", gt=0, default=...)
     concurrency: int = _f("rate", "C", "requests in flight at most", ge=1, le=1024, default=...)
     max_attempts: int = _f(

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, TomlConf
 
 from worker.domain.defaults import defaults_file
 from worker.domain.errors import ConfigError
+from worker.domain.location import PostgresUrl
 from worker.settings.fields import (
     DEFAULT_NAMESPACE,
     ENV_PREFIX,
@@ -239,6 +240,8 @@ class Settings(SettingsFields):
         passwords = [
             urlsplit(url).password for url in (self.redis_url, self.proxy, *_env_proxies()) if url
         ]
+        if isinstance(self.ledger, PostgresUrl):
+            passwords.append(self.ledger.password)
         return values + [p for p in passwords if p]
 
     def require_target(self) -> None:

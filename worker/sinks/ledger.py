@@ -181,3 +181,17 @@ class ResultSink:
     def unrecorded(self) -> list[Result]:
         """Results that could not be written (after a final flush failed)."""
         return list(self._buffer)
+
+
+class LedgerChannel:
+    """`cancel-orders control` through the ledger (on the ledger's thread)."""
+
+    def __init__(self, ledger: LedgerThread, run_id: str) -> None:
+        self._ledger = ledger
+        self._run_id = run_id
+
+    async def commands(self) -> dict[str, str]:
+        return await self._ledger.call(self._ledger.ledger.steering, self._run_id)
+
+    async def publish(self, status: dict[str, Any]) -> None:
+        await self._ledger.call(self._ledger.ledger.publish, self._run_id, status)

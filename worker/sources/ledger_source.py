@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
+from worker.domain.location import Location
 from worker.domain.models import RETRYABLE
-from worker.ledger import Ledger
+from worker.ledger import ledger_at
 from worker.sources import Batch
 
 
 class LedgerSource:
     """The orders whose outcome is `retryable_failed` or `pending`, in ID order."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Location) -> None:
         self.path = path
         self.name = f"{path} (retryable_failed and pending orders)"
 
     def scan(self) -> int:
         """How many orders there are to retry now."""
-        ledger = Ledger(self.path, readonly=True)
+        ledger = ledger_at(self.path, readonly=True)
         try:
             outcomes, _ = ledger.counts()
         finally:
@@ -28,7 +28,7 @@ class LedgerSource:
 
     def batches(self, size: int) -> Iterator[Batch]:
         """Keyset pages over a read-only connection of its own."""
-        ledger = Ledger(self.path, readonly=True)
+        ledger = ledger_at(self.path, readonly=True)
         try:
             last = ""
             while page := ledger.candidates(RETRYABLE, last, size):

@@ -1,0 +1,75 @@
+"""Where a ledger lives: a SQLite file (a path) or a PostgreSQL database (a ``postgresql://``
+URL). The URL prints with its password masked, wherever it is shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic_core import core_schema
+
+SCHEMES = ("postgresql", "postgres")
+
+
+class PostgresUrl:
+    """A ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?...]`` ledger."""
+
+    __slots__ = ("dsn",)
+
+    def __init__(self, dsn: str) -> None:
+        parts = urlsplit(dsn)
+        if parts.scheme not in SCHEMES or not parts.hostname:
+            raise ValueError(f"{mask(dsn)}: a PostgreSQL ledger is postgresql://USER@HOST/DB")
+        self.dsn = dsn
+
+    @property
+    def password(self) -> str | None:
+        """The password in the URL (redacted from every output), if any."""
+        return urlsplit(self.dsn).password
+
+    def __str__(self) -> str:
+        return mask(self.dsn)
+
+    def __repr__(self) -> str:
+        return f"PostgresUrl({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PostgresUrl) and other.dsn == self.dsn
+
+    def __hash__(self) -> int:
+        return hash(self.dsn)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source: Any, _handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            _validate, serialization=core_schema.to_string_ser_schema()
+        )
+
+
+def _validate(value: object) -> PostgresUrl:
+    if isinstance(value, PostgresUrl):
+        return value
+    if isinstance(value, str) and is_postgres(value):
+        return PostgresUrl(value)
+    raise ValueError("not a postgresql:// URL")
+
+
+def is_postgres(value: object) -> bool:
+    """True for a PostgreSQL ledger (a URL, or its text)."""
+    if isinstance(value, PostgresUrl):
+        return True
+    return isinstance(value, str) and value.split("://", 1)[0] in SCHEMES and "://" in value
+
+
+def mask(dsn: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+Location = PostgresUrl | Path

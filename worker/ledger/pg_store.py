@@ -1,0 +1,270 @@
+"""The PostgreSQL ledger: the SQLite ledger's tables and behaviour in a database that several
+runs share at once, on several hosts.
+
+Each run holds a lease: its ``runs.heartbeat_at``, renewed every third of ``claim_idle`` while
+it lives. An order `pending` under a run whose lease is fresh is that run's: another run given
+it leaves it (``Plan.held``) and asks again later; once the lease is older than ``claim_idle``
+(the run died), the next claim takes the order and looks it up before sending it again. A claim
+is one transaction that locks the rows it decides (``FOR UPDATE SKIP LOCKED``: a row another
+claim is deciding is left as held, never waited for)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+
+from worker.domain.location import PostgresUrl
+from worker.domain.models import Result, RunRecord
+from worker.ledger.audit import AuditLog
+from worker.ledger.pg_sql import ATTEMPTS, INSERT_NEW, LOCK_HELD, OUTCOMES, UPSERT
+from worker.ledger.plan import Plan
+from worker.ledger.postgres import PgDb
+from worker.ledger.store import _FINAL_VALUES, Ledger, _json
+from worker.runtime.clock import now_iso
+
+
+class PgLedger(Ledger):
+    """The ledger in PostgreSQL (thread-safe: each call takes a connection of the pool)."""
+
+    def __init__(self, url: PostgresUrl, *, readonly: bool = False, claim_idle: float = 60.0):
+        self.path = url  # type: ignore[assignment]  # shown where a file's path would be
+        self.readonly = readonly
+        self.claim_idle = claim_idle
+        self._lock_fd = None
+        self._seen: sqlite3.Connection | None = None
+        self._pg = PgDb(url)
+        self._db = self._pg  # type: ignore[assignment]  # the shared reads run on it
+        try:
+            self._pg.prepare(readonly=readonly)
+        except BaseException:
+            self._pg.close()
+            raise
+
+    @property
+    def lease_every_s(self) -> float | None:
+        """How often a run renews its lease."""
+        return max(self.claim_idle / 3, 0.1)
+
+    def _stream(self, sql: str, args: Sequence[object] = ()) -> Iterator[tuple[object, ...]]:
+        return self._pg.stream(sql, args)
+
+    def close(self) -> None:
+        """Close the pool."""
+        self._pg.close()
+        if self._seen is not None:
+            self._seen.close()
+            self._seen = None
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def begin_run(
+        self, run_id: str, command: str, base_url: str, who: RunRecord | None = None
+    ) -> None:
+        """Note the start of a run, its lease taken."""
+        who = who or RunRecord()
+        values = (run_id, command, base_url, now_iso(), who.operator, who.host, who.reason)
+        self._pg.run(
+            lambda conn: conn.execute(
+                "INSERT INTO runs (run_id, command, base_url, started_at, operator, host, "
+                "reason, ticket, details, heartbeat_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,now())",
+                (*values, who.ticket, json.dumps(who.details)),
+            )
+        )
+
+    def renew(self, run_id: str) -> None:
+        """Renew this run's lease on the orders it holds."""
+        self._pg.run(
+            lambda conn: conn.execute(
+                "UPDATE runs SET heartbeat_at = now() WHERE run_id = %s", (run_id,)
+            )
+        )
+
+    def audit(self) -> AuditLog:
+        """The runs and the attempt log."""
+        return PgAuditLog(self._db, self.path)
+
+    def target(self) -> str | None:
+        """The base URL this ledger belongs to (as the SQLite ledger's ``target``)."""
+        row = self._pg.execute(
+            "SELECT base_url FROM runs WHERE base_url IS NOT NULL AND (finished_at IS NULL "
+            "OR coalesce((summary::jsonb ->> 'requests')::bigint, 1) > 0) "
+            "ORDER BY started_at LIMIT 1"
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    # -- input --------------------------------------------------------------------------------
+
+    def existing(self, ids: Sequence[str]) -> dict[str, tuple[str, str, bool]]:
+        """As the SQLite ledger's ``existing``."""
+        rows = self._pg.execute(
+            "SELECT o.order_id, o.outcome, o.run_id, o.outcome = 'retryable_failed' OR "
+            "(o.outcome = 'pending' AND (o.attempts > 0 OR r.finished_at IS NULL)) "
+            "FROM orders o LEFT JOIN runs r ON r.run_id = o.run_id WHERE o.order_id = ANY(?)",
+            (list(ids),),
+        )
+        return {order_id: (outcome, run_id, bool(sent)) for order_id, outcome, run_id, sent in rows}
+
+    def claim(
+        self,
+        batch: Sequence[tuple[str, Result | None]],
+        run_id: str,
+        *,
+        force: bool = False,
+        dry: bool = False,
+    ) -> Plan:
+        """As the SQLite ledger's ``claim``, in one transaction; an order another live run
+        holds is left to it (``held``)."""
+        if dry:
+            return super().claim(batch, run_id, force=force, dry=True)
+        stamp = now_iso()  # a claim tried again knows its own rows by it
+        return self._pg.run(lambda conn: self._claim(conn, batch, run_id, force, stamp))
+
+    def _claim(
+        self,
+        conn: psycopg.Connection[Any],
+        batch: Sequence[tuple[str, Result | None]],
+        run_id: str,
+        force: bool,
+        stamp: str,
+    ) -> Plan:
+        valid = sorted({order_id for order_id, invalid in batch if invalid is None})
+        fresh = {row[0] for row in conn.execute(INSERT_NEW, (run_id, stamp, stamp, valid))}
+        rest = [order_id for order_id, _ in batch if order_id not in fresh]
+        args = {"ids": rest, "run": run_id, "force": force, "idle": self.claim_idle}
+        locked = {row[0]: row[1:] for row in conn.execute(LOCK_HELD, args)} if rest else {}
+        missing = [order_id for order_id in rest if order_id not in locked]
+        final: dict[str, str] = {
+            order_id: outcome
+            for order_id, outcome in (conn.execute(OUTCOMES, (missing,)) if missing else ())
+            if outcome in _FINAL_VALUES
+        }
+        plan = Plan()
+        seen: set[str] = set()
+        for order_id, invalid in batch:
+            if order_id in seen:
+                plan.duplicates += 1
+            elif order_id in fresh:
+                plan.to_send.append(order_id)
+            else:
+                _decide(plan, order_id, invalid, locked.get(order_id), final, run_id, stamp, force)
+            seen.add(order_id)
+        taken = [order_id for order_id in plan.to_send if order_id not in fresh]
+        if taken:
+            conn.execute(
+                "UPDATE orders SET run_id = %s, updated_at = %s WHERE order_id = ANY(%s)",
+                (run_id, stamp, taken),
+            )
+        if plan.invalid:
+            conn.execute(UPSERT, {"rows": _json(plan.invalid), "run": run_id, "at": stamp})
+        return plan
+
+    def _first_sightings(self, ids: Sequence[str]) -> set[str]:
+        """A dry run's memory of the IDs it saw: a private temporary SQLite file (it writes
+        nothing to the shared ledger)."""
+        if self._seen is None:
+            self._seen = sqlite3.connect("", check_same_thread=False, isolation_level=None)
+            self._seen.execute("CREATE TABLE dry_seen (order_id TEXT PRIMARY KEY)")
+        rows = self._seen.execute(
+            "INSERT INTO dry_seen SELECT value FROM json_each(?) WHERE true "
+            "ON CONFLICT DO NOTHING RETURNING order_id",
+            (_json(list(ids)),),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    # -- results ------------------------------------------------------------------------------
+
+    def record(
+        self,
+        results: Sequence[Result],
+        run_id: str,
+        attempts: Sequence[Sequence[object]] = (),
+    ) -> None:
+        """Upsert a batch of results and append their attempts in one transaction."""
+        if not (results or attempts):
+            return
+        columns = [list(c) for c in zip(*attempts, strict=True)] if attempts else []
+        rows = _json(results) if results else None
+
+        def write(conn: psycopg.Connection[Any]) -> None:
+            if columns:
+                conn.execute(ATTEMPTS, columns)
+            if rows is not None:
+                conn.execute(UPSERT, {"rows": rows, "run": run_id, "at": now_iso()})
+
+        self._pg.run(write)
+
+    def publish(self, run_id: str, status: dict[str, object]) -> None:
+        """This run's status, for `control status`."""
+        self._pg.run(
+            lambda conn: conn.execute(
+                "INSERT INTO control (run_id, key, value, updated_at) VALUES (%s, 'status', %s, "
+                "%s) ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (run_id, json.dumps(status), now_iso()),
+            )
+        )
+
+    def _write(self, sql: str, rows: Any) -> None:
+        text = sql.replace("?", "%s")
+        self._pg.run(lambda conn: conn.cursor().executemany(text, list(rows)))
+
+
+def _decide(
+    plan: Plan,
+    order_id: str,
+    invalid: Result | None,
+    row: tuple[Any, ...] | None,
+    final: dict[str, str],
+    run_id: str,
+    stamp: str,
+    force: bool,
+) -> None:
+    """One known order of a claim: row = (outcome, holder, updated_at, uncertain, held) when
+    this claim locked it; None when it is final (``final``) or another claim is deciding it."""
+    if row is None:
+        if order_id in final:
+            plan.skipped.append(final[order_id])
+        elif invalid is not None:
+            plan.invalid.append(invalid)
+        else:
+            plan.held.append(order_id)
+        return
+    outcome, holder, updated_at, uncertain, held = row
+    mine = holder == run_id
+    if mine and updated_at != stamp:  # claimed by this run from an earlier line
+        plan.duplicates += 1
+    elif held and not mine:  # pending under another run that lives
+        plan.held.append(order_id)
+    elif outcome in _FINAL_VALUES and not force:
+        plan.skipped.append(outcome)
+    elif invalid is not None:
+        plan.invalid.append(invalid)
+    else:
+        plan.to_send.append(order_id)
+        if uncertain and not mine:
+            plan.uncertain.add(order_id)
+
+
+class PgAuditLog(AuditLog):
+    """The attempt log in PostgreSQL: written in ``seq`` order."""
+
+    ORDER = "seq"
+
+    def _query(self, sql: str, *args: object) -> Iterator[tuple[object, ...]]:
+        pg: PgDb = self._db  # type: ignore[assignment]
+        return pg.stream(sql, args)
+
+    def prune(self, before: str) -> int:
+        """Delete the attempt rows sent before ``before``; how many went."""
+        pg: PgDb = self._db  # type: ignore[assignment]
+        return int(
+            pg.run(
+                lambda conn: (
+                    conn.execute("DELETE FROM attempts WHERE sent_at < %s", (before,)).rowcount
+                )
+            )
+        )

@@ -1,0 +1,53 @@
+"""Sharing a ledger with other runs (PostgreSQL): this run's lease on the orders it claimed,
+renewed while it lives, and the orders another live run holds, asked for again until that run
+finishes them (skipped) or dies and its lease lapses (taken, looked up first)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from worker.domain.errors import LedgerError
+from worker.ledger import Ledger
+
+log = structlog.get_logger(__name__)
+
+
+async def keep_lease(ledger: Ledger, run_id: str) -> None:
+    """Renew the run's lease until cancelled, on a thread and a connection of its own (a slow
+    write of results never delays it); at once when the ledger has no leases (a file)."""
+    every_s = ledger.lease_every_s
+    while every_s is not None:
+        try:
+            await asyncio.to_thread(ledger.renew, run_id)
+        except LedgerError as exc:  # tried again at the next turn; the writes will tell
+            log.warning("lease_not_renewed", error=str(exc))
+        await asyncio.sleep(every_s)
+
+
+class Held:
+    """Orders of the input that another live run holds."""
+
+    def __init__(self, every_s: float, batch: int) -> None:
+        self.ids: list[str] = []
+        self._every_s = every_s
+        self._batch = batch
+
+    async def settle(
+        self,
+        claim: Callable[[list[str]], Awaitable[None]],
+        stopping: Callable[[], bool],
+    ) -> None:
+        """Ask for the held orders again every ``every_s`` until none is held (``claim``
+        applies each plan: what it holds still comes back into ``ids``)."""
+        if self.ids:
+            log.info("orders_held_by_other_runs", orders=len(self.ids))
+        while self.ids and not stopping():
+            await asyncio.sleep(self._every_s)
+            ids, self.ids = self.ids, []
+            for start in range(0, len(ids), self._batch):
+                if stopping():
+                    return
+                await claim(ids[start : start + self._batch])
