@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.support import REDIS_URL, Cli, Queue, unavailable
+from tests.support import PG_URL, REDIS_URL, Cli, Queue, unavailable
 from worker.queue.streams import Names
 from worker.simulator import RunningSimulator, SimConfig, start
 
@@ -113,3 +113,33 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[str]:
         await client.aclose()
         proc.terminate()
         await proc.wait()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL ledger of the test's own: a fresh schema on the real server (its URL names
+    the schema and an application name, the test's handle on its connections); skipped
+    (failed under CI) when PostgreSQL is unreachable."""
+    import psycopg  # noqa: PLC0415
+
+    schema = f"test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_URL, connect_timeout=5, autocommit=True)
+    except psycopg.Error as exc:
+        unavailable(f"PostgreSQL at {PG_URL} is unreachable: {exc}")
+    with admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}&application_name={schema}"
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (schema,),
+        )
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each ledger in turn: a SQLite file, then a PostgreSQL schema of the test's own."""
+    if request.param == "sqlite":
+        return str(tmp_path / "l.sqlite")
+    return str(request.getfixturevalue("pg_url"))

@@ -36,6 +36,7 @@ def unavailable(reason: str) -> NoReturn:
 
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Queue:
         return [fields for _, fields in await self.redis.xrange(self.names.results)]
 
 
-def sim_env(running: RunningSimulator, ledger: Path, **extra: str) -> dict[str, str]:
+def sim_env(running: RunningSimulator, ledger: Path | str, **extra: str) -> dict[str, str]:
     """Environment for the CLI to talk to this simulator with its demo credentials."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
     c = running.sim.config
@@ -163,12 +164,25 @@ def write_ids(path: Path, ids: Iterable[str], header: str | None = "orderId") ->
     return path
 
 
-def ledger_rows(path: Path) -> dict[str, dict[str, Any]]:
-    """order_id -> row, read straight from the SQLite file."""
-    db = sqlite3.connect(path)
+def ledger_rows(path: Path | str) -> dict[str, dict[str, Any]]:
+    """order_id -> row, read straight from the SQLite file or the PostgreSQL schema."""
+    return {r["order_id"]: r for r in table_rows(path, "SELECT * FROM orders")}
+
+
+def table_rows(location: Path | str, sql: str) -> list[dict[str, Any]]:
+    """Rows of a query, read straight from a SQLite ledger file or a PostgreSQL ledger (its
+    URL); ``ORDER BY written`` is the attempt log's order of writing in either."""
+    if str(location).startswith("postgresql://"):
+        import psycopg  # noqa: PLC0415
+        from psycopg.rows import dict_row  # noqa: PLC0415
+
+        with psycopg.connect(str(location), row_factory=dict_row) as conn:
+            rows = conn.execute(sql.replace("ORDER BY written", "ORDER BY seq")).fetchall()
+        return [{k: v for k, v in r.items() if k not in ("seq", "heartbeat_at")} for r in rows]
+    db = sqlite3.connect(location)
     db.row_factory = sqlite3.Row
     try:
-        return {r["order_id"]: dict(r) for r in db.execute("SELECT * FROM orders")}
+        return [dict(r) for r in db.execute(sql.replace("ORDER BY written", "ORDER BY rowid"))]
     finally:
         db.close()
 

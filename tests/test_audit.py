@@ -11,7 +11,6 @@ import json
 import os
 import pty
 import signal
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,27 +18,22 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.support import Cli, Queue, ids, sim_env, write_ids
+from tests.support import Cli, Queue, ids, sim_env, table_rows, write_ids
 from worker.simulator import RunningSimulator
 
 
-def attempt_rows(ledger: Path) -> list[dict[str, Any]]:
-    db = sqlite3.connect(ledger)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM attempts ORDER BY rowid")]
-    finally:
-        db.close()
+def attempt_rows(ledger: Path | str) -> list[dict[str, Any]]:
+    return table_rows(ledger, "SELECT * FROM attempts ORDER BY written")
 
 
 async def test_the_attempt_log_is_the_requests_the_api_saw(
-    cli: Cli, sim: RunningSimulator, tmp_path: Path
+    cli: Cli, sim: RunningSimulator, tmp_path: Path, ledger_location: str
 ) -> None:
     """A mixed batch (cancelled, refused, 503 twice then cancelled, a reset connection, a
     conflict, looked up before sending): one attempt row per request the simulator received,
     matched one for one by the X-Request-ID sent, with the simulator's own id and the run's
     who and why."""
-    ledger = tmp_path / "l.sqlite"
+    ledger = ledger_location
     wanted = [*ids("CDE", 4), "ALR0000000001", "NFD0000000001", "SUB0000000001"]
     wanted += ["TMP0000000002", "RST0000000001", "CFL0000000001"]
     src = write_ids(tmp_path / "o.csv", wanted)
@@ -66,15 +60,11 @@ async def test_the_attempt_log_is_the_requests_the_api_saw(
     assert reset[0]["error_code"] == "CONNECTION_ERROR"
     sub = next(r for r in rows if r["order_id"] == "SUB0000000001")
     assert (sub["http_status"], sub["error_code"]) == (400, "R0008")
-    db = sqlite3.connect(ledger)
-    try:
-        run = db.execute("SELECT operator, reason, ticket, details, host FROM runs").fetchone()
-        attempts = dict(db.execute("SELECT order_id, attempts FROM orders"))
-    finally:
-        db.close()
-    assert run[:3] == ("alice", "bad import", "CHG-42")
-    assert run[4]
-    details = json.loads(run[3])
+    (run,) = table_rows(ledger, "SELECT operator, reason, ticket, details, host FROM runs")
+    attempts = {r["order_id"]: r["attempts"] for r in table_rows(ledger, "SELECT * FROM orders")}
+    assert (run["operator"], run["reason"], run["ticket"]) == ("alice", "bad import", "CHG-42")
+    assert run["host"]
+    details = json.loads(run["details"])
     assert details["input"]["lines"] == len(wanted) + 1
     assert len(details["input"]["sha256"]) == 64
     assert details["limits"]["rate"] == 200
@@ -85,13 +75,13 @@ async def test_the_attempt_log_is_the_requests_the_api_saw(
 
 
 async def test_history_runs_audit_and_prune_read_it_back(
-    cli: Cli, sim: RunningSimulator, tmp_path: Path
+    cli: Cli, sim: RunningSimulator, tmp_path: Path, ledger_location: str
 ) -> None:
     """An order retried across three runs by three people: `history` shows every attempt in
     order with each run's operator and reason; `runs` lists the three, newest first;
     `report --run` the first run's orders; `audit` exports the log as JSON lines and CSV,
     for one run or from a date; `prune` deletes old attempt rows and keeps the orders."""
-    ledger = tmp_path / "l.sqlite"
+    ledger = ledger_location
     src = write_ids(tmp_path / "o.csv", ["TMP0000000002", *ids("CDE", 3)])
     env = sim_env(sim, ledger, MOUVONE_MAX_ATTEMPTS="1")
     steps = [("run", str(src)), ("retry",), ("retry",)]

@@ -44,7 +44,7 @@ GROUPS = {  # name -> title in --help, in the order shown
 RUN = ("target", "auth", "network", "rate", "retry", "input", "ledger", "failures", "cap")
 RUN_GROUPS = (*RUN, "preconditions", "canary", "stops", "progress", "export", "logs", "audit")
 CONSUME_GROUPS = (
-    *(g for g in RUN_GROUPS if g not in ("ledger", "cap", "canary", "export", "audit")),
+    *(g for g in RUN_GROUPS if g not in ("cap", "canary", "export", "audit")),
     "queue",
     "serve",
 )

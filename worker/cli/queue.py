@@ -21,6 +21,7 @@ from worker.pipeline.control import with_signals
 from worker.queue.connection import names, open_redis_problem, streams_for
 from worker.queue.consumer import Consumer
 from worker.queue.enqueue import enqueue, redrive
+from worker.queue.recording import check_ledger
 from worker.queue.results import read_results
 from worker.reports.report import write_report
 from worker.runtime import loop as event_loop
@@ -57,6 +58,7 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     """`consume`: until SIGTERM/SIGINT (143/130), a fatal answer (3), or empty (0/1)."""
     settings.require_target()
     settings.require_credentials()
+    check_ledger(settings, getattr(args, "ledger", None) is not None)
     if settings.redis_url and (problem := open_redis_problem(settings.redis_url)):
         log.warning("redis_open_to_others", url=safe_url(settings.redis_url), detail=problem)
 

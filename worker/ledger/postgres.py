@@ -102,7 +102,10 @@ class PgDb:
             max_size=size,
             open=False,
             check=ConnectionPool.check_connection,
-            kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "cancel-orders"},
+            kwargs={
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "fallback_application_name": "cancel-orders",
+            },
             timeout=CONNECT_TIMEOUT_S * 2,
             name="ledger",
         )

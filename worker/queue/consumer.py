@@ -18,6 +18,7 @@ from worker.api.connection import connect
 from worker.domain.answer import Answer
 from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import ConfigError
+from worker.domain.location import PostgresUrl
 from worker.domain.models import FINAL, Outcome, Result, RunReport, RunSummary, new_run_id
 from worker.ledger.audit import attempt_row
 from worker.ledger.schema import ATTEMPT_COLUMNS
@@ -28,6 +29,7 @@ from worker.pipeline.progress import ProgressReporter
 from worker.queue import streams as streams_module
 from worker.queue.entries import Entries
 from worker.queue.limiter import GroupRateLimiter
+from worker.queue.recording import LedgerCopy
 from worker.queue.steering import GroupChannel
 from worker.queue.streams import Streams, patiently, result_fields
 from worker.runtime.clock import Clock, SystemClock, iso_from_epoch, now_iso
@@ -63,6 +65,7 @@ class Consumer:
         self._entries = Entries(
             settings, streams, self.control, self._finish, exit_when_empty=exit_when_empty
         )
+        self._copy: LedgerCopy | None = None  # --ledger postgresql://: results recorded there
 
     async def run(self) -> RunReport:
         """Consume until a signal, a fatal answer or (with exit_when_empty) an empty group."""
@@ -103,6 +106,9 @@ class Consumer:
         progress = ProgressReporter(
             self.summary, lambda: self.control.requests, bar=False, interval_s=s.progress_interval
         )
+        if isinstance(s.ledger, PostgresUrl):
+            self._copy = LedgerCopy(s, self.run_id, self.control)
+            await self._copy.start()
         try:
             await pool.run(
                 self._entries,
@@ -115,7 +121,10 @@ class Consumer:
             await api.close()
             if server is not None:
                 await server.cleanup()
-        return self._report(time.monotonic() - started)
+        report = self._report(time.monotonic() - started)
+        if self._copy is not None:
+            await self._copy.close(report)
+        return report
 
     def healthy(self) -> bool:
         """For /healthz: running, and Redis answering."""
@@ -186,6 +195,8 @@ class Consumer:
             "finish",
         )
         if result is not None and done:
+            if self._copy is not None:
+                self._copy.add(result, tried)
             self.summary.add(result)
             self.metrics.finished(result)
             info_event("order", {**result.log_fields(), "consumer": self._names.consumer})

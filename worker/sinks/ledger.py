@@ -84,8 +84,11 @@ class ResultSink:
         run_id: str,
         summary: RunSummary,
         metrics: Metrics | None = None,
+        *,
+        counted: bool = True,
     ) -> None:
         self._ledger = ledger  # None in a dry run: nothing is written
+        self._counted = counted  # False: a copy of results counted and logged elsewhere
         self._metrics = metrics or Metrics()
         self._run_id = run_id
         self.summary = summary
@@ -107,6 +110,8 @@ class ResultSink:
             self._waiting.set()
             if len(self._buffer) >= FLUSH_EVERY:
                 self._full.set()
+        if not self._counted:
+            return
         self.summary.add(result)
         self._metrics.finished(result)
         info_event("order", result.log_fields())
@@ -118,6 +123,12 @@ class ResultSink:
             if not self._attempts:
                 self._waiting.set()  # once a batch: the flusher looks at both buffers
             self._attempts.append(attempt_row(self._run_id, state.order_id, method, number, answer))
+
+    def attempts(self, rows: list[tuple[object, ...]]) -> None:
+        """Buffer attempt rows already made (a consumer's, kept with its order)."""
+        if self._ledger is not None and rows:
+            self._attempts += rows
+            self._waiting.set()
 
     async def record(self, _order: object, result: Result) -> None:
         """The pool's sink: buffer the result."""

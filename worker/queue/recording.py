@@ -1,0 +1,74 @@
+"""`consume --ledger postgresql://...`: each result the consumer writes to the results stream
+is recorded in the shared ledger too, with its attempts, in group-committed batches; the
+consumer's run is in its ``runs``. `report`, `runs`, `history` and `audit` then cover queue mode
+from one place."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import structlog
+
+from worker.domain.errors import ConfigError, LedgerError
+from worker.domain.models import Result, RunReport, RunSummary
+from worker.ledger import ledger_at
+from worker.pipeline.control import RunControl
+from worker.settings import Settings
+from worker.sinks.ledger import LedgerThread, ResultSink
+
+log = structlog.get_logger(__name__)
+
+
+def check_ledger(settings: Settings, given: bool) -> None:
+    """A consumer records to a PostgreSQL ledger only: the replicas of a group share it, where a
+    file is one process's."""
+    if given and isinstance(settings.ledger, Path):
+        raise ConfigError(
+            f"consume --ledger {settings.ledger}: the replicas of a group share their ledger; "
+            "give a postgresql:// URL (results are in the results stream either way)"
+        )
+
+
+class LedgerCopy:
+    """The results and attempts of one consumer, copied into the shared ledger."""
+
+    def __init__(self, settings: Settings, run_id: str, control: RunControl) -> None:
+        self._settings = settings
+        self._run_id = run_id
+        self._control = control
+        ledger = ledger_at(settings.ledger, claim_idle=settings.claim_idle)
+        self._thread = LedgerThread(ledger)
+        self._sink = ResultSink(self._thread, run_id, RunSummary(), counted=False)
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Note the consumer's run; start writing."""
+        ledger = self._thread.ledger
+        await self._thread.call(ledger.begin_run, self._run_id, "consume", self._settings.api_url)
+        self._flusher = asyncio.create_task(self._sink.run(self._failed))
+
+    def add(self, result: Result, tried: list[tuple[object, ...]] | None) -> None:
+        """Buffer one result (already in the results stream) and its attempts."""
+        self._sink.attempts(tried or [])
+        self._sink.add(result)
+
+    async def close(self, report: RunReport) -> None:
+        """Write what is left, note how the consumer ended, close."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        try:
+            await self._sink.flush()
+            ledger = self._thread.ledger
+            await self._thread.call(
+                ledger.end_run, self._run_id, report.exit_code, report.as_dict()
+            )
+        except LedgerError as exc:  # the results stream has them all
+            log.error("ledger_copy_failed", error=str(exc), unrecorded=len(self._sink.unrecorded()))  # noqa: TRY400
+        finally:
+            self._thread.close()
+            self._thread.ledger.close()
+
+    def _failed(self, message: str) -> None:
+        self._control.abort(f"ledger write failed: {message}")
