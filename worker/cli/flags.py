@@ -108,11 +108,13 @@ def _extra(field: FieldInfo) -> dict[str, str]:
 
 
 def _kind(field: FieldInfo) -> Any:
-    """The argparse type of a field: its annotation without None; a secret or a choice is
-    read as text (the model checks it)."""
+    """The argparse type of a field: its annotation without None; a secret, a choice or a
+    union (the ledger: a path or a URL) is read as text (the model checks it)."""
     kind = field.annotation
     if get_origin(kind) in (Union, types.UnionType):
-        kind = next(arg for arg in get_args(kind) if arg is not type(None))
+        kinds = [arg for arg in get_args(kind) if arg is not type(None)]
+        kind = kinds[0] if len(kinds) == 1 else str  # a path or a URL: the model tells
+
     if kind is SecretStr or get_origin(kind) is Literal:
         return str
     return kind

@@ -7,6 +7,7 @@ here as it is."""
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -20,6 +21,9 @@ from worker.domain.location import PostgresUrl
 from worker.ledger.schema import SCHEMA_VERSION
 
 T = TypeVar("T")
+
+# The pool logs each failed connection attempt; the ledger's own error says it once.
+logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
 CONNECT_TIMEOUT_S = 10
 TRIES = 4  # one call: the first try and three more on a fresh connection

@@ -11,6 +11,7 @@ import structlog
 
 from worker.domain.errors import LedgerError
 from worker.ledger import Ledger
+from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -30,10 +31,10 @@ async def keep_lease(ledger: Ledger, run_id: str) -> None:
 class Held:
     """Orders of the input that another live run holds."""
 
-    def __init__(self, every_s: float, batch: int) -> None:
+    def __init__(self, settings: Settings, batch: int) -> None:
         self.ids: list[str] = []
-        self._every_s = every_s
-        self._batch = batch
+        self._every_s = min(max(settings.claim_idle / 4, 0.2), 5.0)
+        self.batch = batch  # IDs claimed at a time
 
     async def settle(
         self,
@@ -47,7 +48,7 @@ class Held:
         while self.ids and not stopping():
             await asyncio.sleep(self._every_s)
             ids, self.ids = self.ids, []
-            for start in range(0, len(ids), self._batch):
+            for start in range(0, len(ids), self.batch):
                 if stopping():
                     return
-                await claim(ids[start : start + self._batch])
+                await claim(ids[start : start + self.batch])

@@ -1,0 +1,251 @@
+"""The PostgreSQL ledger, through the CLI against the simulator and the machine's real
+PostgreSQL (each test in a schema of its own): every command answers as it does on a SQLite
+file; several runs share one ledger, a killed one's orders go to the others after its lease; a
+connection cut mid-run loses nothing; consumers record there; the schema is versioned."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.support import Cli, Queue, ids, ledger_rows, sim_env, table_rows, write_ids
+from worker.simulator import RunningSimulator
+
+MIXED = [*ids("CDE", 3), "NFD0000000001", "SUB0000000001", "TMP0000000002", "bad id!"]
+MIXED.append("CDE0000000001")  # a duplicate
+
+
+def _normal(text: str, sim: RunningSimulator, ledger: str, tmp: Path) -> list[str]:
+    """Output with what differs between two runs by nature (times, ids, ports, the ledger's
+    name, durations) replaced; its lines sorted."""
+    text = text.replace(sim.base_url, "<base>").replace(sim.token_url, "<token>")
+    text = text.replace(ledger, "<ledger>").replace(str(tmp), "<tmp>")
+    for pattern, token in (
+        (r"postgresql://[^\s\"',<]+", "<ledger>"),
+        (r"[^\s\"',]*l\.sqlite", "<ledger>"),
+        (r"\d{8}T\d{6}Z-[0-9a-f]{6}", "<run>"),
+        (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?", "<time>"),
+        (r"\d\d:\d\d:\d\d", "<clock>"),
+        (r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "<uuid>"),
+        (r"\d+\.\d+", "<n>"),
+        (r"127\.0\.0\.1:\d+", "<host>"),
+        (r'"(host|operator)": "[^"]*"', r'"\1": "<who>"'),
+        (r"sha256[^,}]*", "<sha>"),
+    ):
+        text = re.sub(pattern, token, text)
+    return sorted(text.splitlines())
+
+
+async def _session(cli: Cli, sim: RunningSimulator, tmp: Path, ledger: str) -> dict[str, Any]:
+    """Every command that takes a ledger, in turn; each one's exit status and output."""
+    tmp.mkdir()
+    src = write_ids(tmp / "in.csv", MIXED)
+    env = sim_env(sim, ledger, MOUVONE_CONCURRENCY="1", MOUVONE_MAX_ATTEMPTS="1")
+    seen: dict[str, Any] = {}
+
+    async def step(name: str, *args: str) -> None:
+        done = await cli.run(*args, env=env)
+        seen[name] = (done.code, _normal(done.stdout + done.stderr, sim, ledger, tmp))
+
+    await step("run", "run", str(src), "--yes", "--operator", "ops", "--reason", "r")
+    await step("dry", "run", str(src), "--dry-run")
+    for fmt in ("table", "json", "csv", "html"):
+        await step(f"report {fmt}", "report", "--format", fmt)
+    await step("runs", "runs", "--format", "json")
+    await step("runs table", "runs")
+    await step("history", "history", "TMP0000000002", "--format", "json")
+    await step("audit", "audit", "--format", "csv")
+    await step("retry", "retry", "--yes")
+    await step("check", "check", str(src))
+    await step("plan", "plan", str(src), "--output", str(tmp / "plan.json"))
+    await step("apply", "apply", str(tmp / "plan.json"), "--yes")
+    await step("after", "report", "--format", "json")
+    await step("prune", "prune", "--older-than", "0s")
+    await step("control", "control", "status")
+    return seen
+
+
+async def test_every_command_answers_as_on_a_file(
+    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str
+) -> None:
+    """The same commands on the same orders (one request at a time, so that both simulators
+    see the same sequence), on a SQLite file and on PostgreSQL: the same exit statuses and
+    the same outputs, once times, ids and names are set aside."""
+    on_file = await _session(cli, await make_sim(), tmp_path / "a", str(tmp_path / "l.sqlite"))
+    on_pg = await _session(cli, await make_sim(), tmp_path / "b", pg_url)
+    assert on_file["run"][0] == 1
+    assert on_file["retry"][0] == 1
+    assert '  "outcomes": {' in on_file["report json"][1]  # the normal form still says things
+    for name, (code, lines) in on_file.items():
+        assert on_pg[name][0] == code, name
+        assert on_pg[name][1] == lines, name
+
+
+def _deletes(sim: RunningSimulator) -> Counter[str]:
+    return Counter(order for method, order, _, _ in sim.sim.stats.journal if method == "DELETE")
+
+
+async def _progress(pg_url: str, at_least: int) -> None:
+    """Until the ledger holds ``at_least`` answered orders (polled on the ledger's state)."""
+    for _ in range(600):
+        try:
+            rows = table_rows(pg_url, "SELECT count(*) AS n FROM orders WHERE outcome <> 'pending'")
+        except psycopg.errors.UndefinedTable:  # the run has not created the ledger yet
+            rows = []
+        if rows and rows[0]["n"] >= at_least:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} orders answered")
+
+
+async def test_two_hosts_share_one_input_and_ledger(
+    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str
+) -> None:
+    """Two `run` processes on the same input and ledger at once: every order sent exactly once
+    (the simulator's journal), both contribute, both exit 0; `control` pauses and shows both."""
+    sim = await make_sim(latency_ms=5)
+    wanted = ids("CDE", 600)
+    src = write_ids(tmp_path / "in.csv", wanted)
+    env = sim_env(sim, pg_url, MOUVONE_RATE="150")
+    first = await cli.start("run", str(src), "--yes", env=env)
+    await _progress(pg_url, 10)
+    second = await cli.start("run", str(src), "--yes", env=env)
+    status = ""
+    while not status.startswith("2 runs on"):  # until the second has begun
+        status = (await cli.run("control", "status", env=env)).stdout
+    paused = await cli.run("control", "pause", env=env)
+    assert paused.code == 0, paused.stderr
+    status = ""
+    for _ in range(200):  # until both have taken the pause and published it
+        status = (await cli.run("control", "status", env=env)).stdout
+        if status.count("paused,") == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert status.startswith("2 runs on"), status
+    assert status.count("paused,") == 2, status
+    assert (await cli.run("control", "resume", env=env)).code == 0
+    outs = [await asyncio.wait_for(p.communicate(), 60) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], [o[1][-1500:] for o in outs]
+    deletes = _deletes(sim)
+    assert set(deletes) == set(wanted)
+    assert set(deletes.values()) == {1}
+    rows = ledger_rows(pg_url)
+    assert {r["outcome"] for r in rows.values()} == {"cancelled"}
+    runs = table_rows(pg_url, "SELECT summary FROM runs")
+    sent = [json.loads(r["summary"])["requests"] for r in runs]
+    assert sum(sent) == len(wanted)
+    assert min(sent) > 0, sent
+
+
+async def test_a_killed_host_leaves_its_orders_after_the_lease(
+    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str
+) -> None:
+    """kill -9 of one of two runs mid-run: the other takes its orders once its lease is older
+    than --claim-idle, looks up those it may have sent, and finishes the input; no order gets
+    two DELETEs."""
+    sim = await make_sim(latency_ms=5)
+    wanted = ids("CDE", 500)
+    src = write_ids(tmp_path / "in.csv", wanted)
+    env = sim_env(sim, pg_url, MOUVONE_RATE="100", MOUVONE_CLAIM_IDLE="1.5")
+    doomed = await cli.start("run", str(src), "--yes", env=env)
+    await _progress(pg_url, 20)
+    other = await cli.start("run", str(src), "--yes", env=env)
+    await _progress(pg_url, 60)
+    os.kill(doomed.pid, signal.SIGKILL)
+    await doomed.wait()
+    _, err = await asyncio.wait_for(other.communicate(), 60)
+    assert other.returncode == 0, err.decode()[-2000:]
+    rows = ledger_rows(pg_url)
+    # those the killed run had sent unanswered are looked up: found already cancelled
+    assert {r["outcome"] for r in rows.values()} <= {"cancelled", "already_cancelled"}
+    assert len(rows) == len(wanted)
+    deletes = _deletes(sim)
+    assert set(deletes) == set(wanted)
+    assert set(deletes.values()) == {1}
+    assert b"orders_held_by_other_runs" in err
+
+
+async def test_a_cut_connection_loses_nothing(
+    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str
+) -> None:
+    """The server ends the run's connections twice mid-run (pg_terminate_backend): the run
+    reconnects and goes on; every order and every attempt is recorded, exit 0."""
+    sim = await make_sim(latency_ms=5)
+    wanted = ids("CDE", 400)
+    src = write_ids(tmp_path / "in.csv", wanted)
+    env = sim_env(sim, pg_url, MOUVONE_RATE="150")
+    proc = await cli.start("run", str(src), "--yes", env=env)
+    app = pg_url.rsplit("application_name=", 1)[1]
+    for at in (50, 200):
+        await _progress(pg_url, at)
+        with psycopg.connect(pg_url.split("?", maxsplit=1)[0], autocommit=True) as admin:
+            cut = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (app,),
+            ).fetchone()
+        assert cut is not None
+        assert cut[0] >= 1
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    rows = ledger_rows(pg_url)
+    assert len(rows) == len(wanted)
+    assert {r["outcome"] for r in rows.values()} == {"cancelled"}
+    attempts = table_rows(pg_url, "SELECT order_id FROM attempts ORDER BY written")
+    assert sorted(a["order_id"] for a in attempts) == sorted(wanted)
+    assert set(_deletes(sim).values()) == {1}
+
+
+async def test_consumers_record_in_the_shared_ledger(
+    cli: Cli, sim: RunningSimulator, queue: Queue, tmp_path: Path, pg_url: str
+) -> None:
+    """`consume --ledger postgresql://`: each result in the results stream and in the ledger,
+    with its attempts; `report`, `history` and `runs` read queue mode from there; a file is
+    refused for a consumer (its replicas could not share it)."""
+    wanted = [*ids("CDE", 5), "NFD0000000001"]
+    src = write_ids(tmp_path / "in.csv", wanted)
+    env = queue.env(sim, tmp_path)
+    assert (await cli.run("enqueue", str(src), "--yes", env=env)).code == 0
+    done = await cli.run("consume", "--exit-when-empty", "--ledger", pg_url, env=env)
+    assert done.code == 1, done.stderr[-2000:]
+    assert len(await queue.results()) == len(wanted)
+    report = await cli.run("report", "--format", "json", "--ledger", pg_url, env=env)
+    found = json.loads(report.stdout)
+    assert {k: v for k, v in found["outcomes"].items() if v} == {"cancelled": 5, "not_found": 1}
+    history = await cli.run("history", "CDE0000000001", "--format", "json", "--ledger", pg_url)
+    assert [a["method"] for a in json.loads(history.stdout)["attempts"]] == ["DELETE"]
+    runs = json.loads((await cli.run("runs", "--format", "json", "--ledger", pg_url)).stdout)
+    assert [r["command"] for r in runs] == ["consume"]
+    refused = await cli.run("consume", "--ledger", str(tmp_path / "x.sqlite"), env=env)
+    assert refused.code == 2
+    assert "postgresql://" in refused.stderr
+
+
+async def test_the_schema_is_versioned_and_a_dead_server_named(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path, pg_url: str
+) -> None:
+    """A ledger is created on first use with its version; one of a newer version is refused by
+    every command; an unreachable server is one line naming it, exit 2."""
+    src = write_ids(tmp_path / "in.csv", ids("CDE", 2))
+    env = sim_env(sim, pg_url)
+    assert (await cli.run("run", str(src), "--yes", env=env)).code == 0
+    assert table_rows(pg_url, "SELECT version FROM ledger_schema") == [{"version": 3}]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("UPDATE ledger_schema SET version = 99")
+    for args in (("report",), ("run", str(src), "--yes")):
+        refused = await cli.run(*args, env=env)
+        assert refused.code == 2
+        assert "ledger schema 99 is newer than this tool (3)" in refused.stderr
+    dead = "postgresql://postgres@127.0.0.1:1/postgres"
+    gone = await cli.run("report", "--ledger", dead, env=env)
+    assert gone.code == 2
+    assert "127.0.0.1" in gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1, gone.stderr
