@@ -173,6 +173,35 @@ async def test_a_killed_host_leaves_its_orders_after_the_lease(
     assert b"orders_held_by_other_runs" in err
 
 
+async def test_a_frozen_host_wakes_to_find_its_orders_taken(
+    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str
+) -> None:
+    """A run frozen (SIGSTOP) longer than --claim-idle: another run takes its orders and
+    finishes the input; woken, the first finds its lease lapsed and drops the orders it had
+    queued that are no longer its own; only the requests its workers already held go out
+    twice (at most one per worker, here 2, and one each waiting for the rate limiter)."""
+    sim = await make_sim(latency_ms=5)
+    wanted = ids("CDE", 400)
+    src = write_ids(tmp_path / "in.csv", wanted)
+    env = sim_env(sim, pg_url, MOUVONE_RATE="50", MOUVONE_CLAIM_IDLE="1.5")
+    frozen = await cli.start("run", str(src), "--yes", "--concurrency", "2", env=env)
+    await _progress(pg_url, 20)
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        other = await cli.start("run", str(src), "--yes", "--rate", "200", env=env)
+        _, err = await asyncio.wait_for(other.communicate(), 60)
+        assert other.returncode == 0, err.decode()[-2000:]
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    _, woke = await asyncio.wait_for(frozen.communicate(), 60)
+    assert frozen.returncode in (0, 1), woke.decode()[-2000:]
+    assert b"lease_lapsed" in woke
+    deletes = _deletes(sim)
+    assert set(deletes) == set(wanted)
+    twice = [order for order, n in deletes.items() if n > 1]
+    assert len(twice) <= 4, twice
+
+
 async def test_a_cut_connection_loses_nothing(
     cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str
 ) -> None:

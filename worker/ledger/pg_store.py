@@ -83,6 +83,16 @@ class PgLedger(Ledger):
             )
         )
 
+    def still_mine(self, order_ids: list[str], run_id: str) -> list[str]:
+        """Of these orders, those still `pending` under this run, in the same order."""
+        rows = self._pg.execute(
+            "SELECT order_id FROM orders WHERE run_id = ? AND outcome = 'pending' AND "
+            "order_id = ANY(?)",
+            (run_id, order_ids),
+        )
+        held = {row[0] for row in rows}
+        return [order_id for order_id in order_ids if order_id in held]
+
     def audit(self) -> AuditLog:
         """The runs and the attempt log."""
         return PgAuditLog(self._db, self.path)

@@ -79,6 +79,18 @@ class Ledger(LedgerReads):
     def renew(self, run_id: str) -> None:
         """Renew a run's lease (a shared ledger's; a file's lock needs none)."""
 
+    def still_mine(self, order_ids: list[str], run_id: str) -> list[str]:
+        """Of these orders, those still `pending` under this run, in the same order."""
+        held = {
+            row[0]
+            for row in self._db.execute(
+                "SELECT order_id FROM orders WHERE run_id = ? AND outcome = 'pending' AND "
+                "order_id IN (SELECT value FROM json_each(?))",
+                (run_id, _json(order_ids)),
+            )
+        }
+        return [order_id for order_id in order_ids if order_id in held]
+
     def close(self) -> None:
         """Close the connection and release the lock."""
         db = getattr(self, "_db", None)

@@ -18,15 +18,30 @@ class Feed:
         self._available = asyncio.Event()  # an ID is waiting, or the feed is closed
         self._wanted = asyncio.Event()  # fewer than ``low`` are waiting
         self._wanted.set()
+        self.epoch = 0  # counts the run's lapsed leases (a shared ledger)
+        self.suspect: list[str] = []  # IDs claimed before the last lapse, not yet checked
 
-    async def put(self, ids: Iterable[str]) -> None:
-        """Add these IDs once the workers are running low."""
+    async def put(self, ids: Iterable[str], epoch: int | None = None) -> None:
+        """Add these IDs once the workers are running low; IDs claimed in an ``epoch`` before
+        the current one (the lease lapsed since) are set aside to be checked first."""
         await self._wanted.wait()
+        if epoch is not None and epoch != self.epoch:
+            self.suspect.extend(ids)
+            return
         self._ids.extend(ids)
         if len(self._ids) >= self._low:
             self._wanted.clear()
         if self._ids:
             self._available.set()
+
+    def lapse(self) -> list[str]:
+        """The lease lapsed: a new epoch; every waiting ID taken out (to be checked)."""
+        self.epoch += 1
+        ids = [*self.suspect, *self._ids]
+        self._ids.clear()
+        self.suspect = []
+        self._wanted.set()
+        return ids
 
     def close(self) -> None:
         """No more IDs: ``get`` returns None once the waiting ones are taken."""

@@ -5,26 +5,46 @@ finishes them (skipped) or dies and its lease lapses (taken, looked up first).""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 
 from worker.domain.errors import LedgerError
-from worker.ledger import Ledger
+from worker.pipeline.feed import Feed
 from worker.settings import Settings
+from worker.sinks.ledger import LedgerThread
 
 log = structlog.get_logger(__name__)
 
+LAPSE = 3  # renewal periods without one: the lease (``claim_idle``) may have been lost
 
-async def keep_lease(ledger: Ledger, run_id: str) -> None:
+
+async def keep_lease(ledger: LedgerThread, run_id: str, feed: Feed) -> None:
     """Renew the run's lease until cancelled, on a thread and a connection of its own (a slow
-    write of results never delays it); at once when the ledger has no leases (a file)."""
-    every_s = ledger.lease_every_s
+    write of results never delays it); at once when the ledger has no leases (a file).
+
+    A lease that lapsed (the process was frozen, or the database unreachable, for longer than
+    ``claim_idle``) may have let another run take orders this one has queued: the queue is
+    then checked against the ledger and keeps only the orders still this run's."""
+    every_s = ledger.ledger.lease_every_s
+    renewed = time.monotonic()
     while every_s is not None:
         try:
-            await asyncio.to_thread(ledger.renew, run_id)
+            await asyncio.to_thread(ledger.ledger.renew, run_id)
         except LedgerError as exc:  # tried again at the next turn; the writes will tell
             log.warning("lease_not_renewed", error=str(exc))
+        else:
+            now = time.monotonic()
+            lapsed = now - renewed > every_s * LAPSE
+            renewed = now
+            queued = feed.lapse() if lapsed else feed.suspect
+            if queued:  # what may have been taken is checked against the ledger
+                feed.suspect = []
+                mine = await ledger.call(ledger.ledger.still_mine, queued, run_id)
+                taken = len(queued) - len(mine)
+                log.warning("lease_lapsed", queued=len(queued), taken_by_others=taken)
+                await feed.put(mine)
         await asyncio.sleep(every_s)
 
 

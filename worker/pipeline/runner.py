@@ -92,8 +92,7 @@ class Runner:
         self._progress.total = options.total
 
     @property
-    def options(self) -> RunOptions:
-        """How this run treats its input."""
+    def options(self) -> RunOptions:  # how this run treats its input
         return self._options
 
     async def execute(self) -> RunReport:
@@ -155,7 +154,7 @@ class Runner:
             ask=self._ask,
         )
         flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
-        lease = asyncio.create_task(keep_lease(self._ledger.ledger, self.run_id))
+        lease = asyncio.create_task(keep_lease(self._ledger, self.run_id, self._feed))
         try:
             channel = LedgerChannel(self._ledger, self.run_id)
             await pool.run(self, self._sink, self._progress, channel=channel)
@@ -211,6 +210,7 @@ class Runner:
 
     async def _claim(self, batch: Batch, feed: Feed | None) -> None:
         """Claim a batch in the ledger; feed what is to be sent."""
+        epoch = self._feed.epoch  # a lease lapsing meanwhile sets the claimed ones aside
         plan = await self._ledger.call(
             self._ledger.ledger.claim,
             batch,
@@ -233,7 +233,7 @@ class Runner:
         if feed is None:
             self.summary.sent_requests += len(plan.to_send)
             return
-        await feed.put(plan.to_send)
+        await feed.put(plan.to_send, epoch)
 
     def _ledger_failed(self, message: str) -> None:
         self.control.abort(f"ledger write failed: {message}")
