@@ -10,8 +10,10 @@ run of 100,000 orders), ``resume`` (100,000 orders all final, against a dry run)
 ``scaling`` (1, 8, 64 and 256 in flight at 50 ms), ``limiter`` (asyncio-throttle alone
 against the paced limiter, 64 waiters at 300/s), ``guardrails`` (--require-status), ``limit``
 (a 50/s gateway limit the operator does not know, --rate at 1.2x, 2x and 5x of it),
-``retries`` (30% of orders answering 503 twice, --rate 100, 16 in flight), ``scale`` (dry run
-and resume of 10,000,000 lines; not in the default set: it takes several minutes).
+``retries`` (30% of orders answering 503 twice, --rate 100, 16 in flight), ``postgresql``
+(the PostgreSQL ledger beside SQLite's at 0 and 50 ms; $BENCH_POSTGRES_URL, default the local
+server), ``scale`` (dry run and resume of 10,000,000 lines; not in the default set: it takes
+several minutes).
 
 The simulator runs in its own process on loopback. Throughput is read at the server (first to
 last DELETE arrival) so that both clients are measured the same way; CPU time and peak memory
@@ -172,7 +174,7 @@ class Bench:
                 out.write("".join(f"{prefix}{i:010d}\n" for i in range(k, min(n, k + 10000))))
         return path
 
-    def tool(self, ids: Path, *flags: str, ledger: Path | None = None) -> list[str]:
+    def tool(self, ids: Path, *flags: str, ledger: Path | str | None = None) -> list[str]:
         """The tool's command line."""
         ledger = ledger or ids.with_suffix(".sqlite")
         command = [sys.executable, "-m", "worker", "run", str(ids), "--yes"]
@@ -429,6 +431,67 @@ def scenario_limit(bench: Bench, _sims: dict[float, Simulator], _orders: int) ->
         sim.close()
 
 
+PG_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_schema(created: list[str]) -> str:
+    """A PostgreSQL ledger in a fresh schema (dropped at the end of the scenario)."""
+    import psycopg  # noqa: PLC0415
+
+    name = f"bench_{len(created)}_{os.getpid()}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        admin.execute(f"CREATE SCHEMA {name}")
+    created.append(name)
+    return f"{PG_URL}?options=-csearch_path%3D{name}"
+
+
+def scenario_postgresql(bench: Bench, sims: dict[float, Simulator], orders: int) -> None:
+    """The PostgreSQL ledger beside the SQLite one and the bare loop, at zero and at 50 ms
+    latency, 64 in flight (rounds alternate the three; the best of each counts)."""
+    import psycopg  # noqa: PLC0415
+
+    created: list[str] = []
+    try:
+        for latency, n in ((0.0, orders), (50.0, min(orders, 6400))):
+            sim = sims[latency]
+            best: dict[str, Measure] = {}
+            kinds = ["bare", "sqlite", "postgresql"]
+            for round_ in range(bench.rounds):
+                for kind in kinds[round_ % 3 :] + kinds[: round_ % 3]:
+                    if kind == "bare":
+                        command = bench.bare(sim.root, n, 64, bench.prefix("Y"))
+                    else:
+                        ids = bench.ids(n)
+                        ledger = (
+                            ids.with_suffix(".sqlite") if kind == "sqlite" else _pg_schema(created)
+                        )
+                        command = bench.tool(
+                            ids, "--rate", "1000000", "--concurrency", "64", ledger=ledger
+                        )
+                    m = sim.measure(command)
+                    print(f"  round {round_ + 1} {latency:2.0f} ms {kind:10} {m.per_s:8.0f}/s  "
+                          f"cpu {m.cpu_s:5.2f}s  rss {m.rss_mib:5.1f} MiB", flush=True)  # fmt: skip
+                    if kind not in best or m.per_s > best[kind].per_s:
+                        best[kind] = m
+            bare, lite, pg = best["bare"].per_s, best["sqlite"].per_s, best["postgresql"].per_s
+            verdict = (
+                f"PostgreSQL within 3% of SQLite: {'met' if pg >= 0.97 * lite else 'not met'}"
+                if latency
+                else "stated"
+            )
+            bench.add(
+                f"postgresql, {latency:.0f} ms, 64 in flight, {n} orders",
+                f"PostgreSQL ledger {pg:,.0f}/s (ratio {pg / bare:.2f}), SQLite {lite:,.0f}/s "
+                f"(ratio {lite / bare:.2f}), bare {bare:,.0f}/s; PostgreSQL/SQLite {pg / lite:.2f}",
+                verdict,
+            )
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            for name in created:
+                admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
 def scenario_retries(bench: Bench, sims: dict[float, Simulator], _orders: int) -> None:
     """2,000 orders at 50 ms, 30% of them answering 503 twice before they cancel, --rate 100,
     --concurrency 16: 3,200 DELETEs, 32 s at the rate if no worker waits out a backoff."""
@@ -526,6 +589,7 @@ SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "limit": scenario_limit,
     "retries": scenario_retries,
     "scale": scenario_scale,
+    "postgresql": scenario_postgresql,
 }
 
 

@@ -11,10 +11,12 @@ import os
 import re
 import signal
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.support import Cli, Queue, ids, ledger_rows, sim_env, table_rows, write_ids
 from worker.simulator import RunningSimulator
@@ -89,6 +91,18 @@ async def test_every_command_answers_as_on_a_file(
         assert on_pg[name][1] == lines, name
 
 
+@pytest.fixture
+async def spawned() -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    """Processes a test starts: killed at its end if still running (a failed assertion
+    must not leave a paused run behind)."""
+    procs: list[asyncio.subprocess.Process] = []
+    yield procs
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 def _deletes(sim: RunningSimulator) -> Counter[str]:
     return Counter(order for method, order, _, _ in sim.sim.stats.journal if method == "DELETE")
 
@@ -107,7 +121,7 @@ async def _progress(pg_url: str, at_least: int) -> None:
 
 
 async def test_two_hosts_share_one_input_and_ledger(
-    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str
+    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str, spawned: list[Any]
 ) -> None:
     """Two `run` processes on the same input and ledger at once: every order sent exactly once
     (the simulator's journal), both contribute, both exit 0; `control` pauses and shows both."""
@@ -116,8 +130,10 @@ async def test_two_hosts_share_one_input_and_ledger(
     src = write_ids(tmp_path / "in.csv", wanted)
     env = sim_env(sim, pg_url, MOUVONE_RATE="150")
     first = await cli.start("run", str(src), "--yes", env=env)
+    spawned.append(first)
     await _progress(pg_url, 10)
     second = await cli.start("run", str(src), "--yes", env=env)
+    spawned.append(second)
     status = ""
     while not status.startswith("2 runs on"):  # until the second has begun
         status = (await cli.run("control", "status", env=env)).stdout
@@ -146,7 +162,7 @@ async def test_two_hosts_share_one_input_and_ledger(
 
 
 async def test_a_killed_host_leaves_its_orders_after_the_lease(
-    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str
+    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str, spawned: list[Any]
 ) -> None:
     """kill -9 of one of two runs mid-run: the other takes its orders once its lease is older
     than --claim-idle, looks up those it may have sent, and finishes the input; no order gets
@@ -156,8 +172,10 @@ async def test_a_killed_host_leaves_its_orders_after_the_lease(
     src = write_ids(tmp_path / "in.csv", wanted)
     env = sim_env(sim, pg_url, MOUVONE_RATE="100", MOUVONE_CLAIM_IDLE="1.5")
     doomed = await cli.start("run", str(src), "--yes", env=env)
+    spawned.append(doomed)
     await _progress(pg_url, 20)
     other = await cli.start("run", str(src), "--yes", env=env)
+    spawned.append(other)
     await _progress(pg_url, 60)
     os.kill(doomed.pid, signal.SIGKILL)
     await doomed.wait()
@@ -174,7 +192,7 @@ async def test_a_killed_host_leaves_its_orders_after_the_lease(
 
 
 async def test_a_frozen_host_wakes_to_find_its_orders_taken(
-    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str
+    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str, spawned: list[Any]
 ) -> None:
     """A run frozen (SIGSTOP) longer than --claim-idle: another run takes its orders and
     finishes the input; woken, the first finds its lease lapsed and drops the orders it had
@@ -185,10 +203,12 @@ async def test_a_frozen_host_wakes_to_find_its_orders_taken(
     src = write_ids(tmp_path / "in.csv", wanted)
     env = sim_env(sim, pg_url, MOUVONE_RATE="50", MOUVONE_CLAIM_IDLE="1.5")
     frozen = await cli.start("run", str(src), "--yes", "--concurrency", "2", env=env)
+    spawned.append(frozen)
     await _progress(pg_url, 20)
     os.kill(frozen.pid, signal.SIGSTOP)
     try:
         other = await cli.start("run", str(src), "--yes", "--rate", "200", env=env)
+        spawned.append(other)
         _, err = await asyncio.wait_for(other.communicate(), 60)
         assert other.returncode == 0, err.decode()[-2000:]
     finally:
@@ -203,7 +223,7 @@ async def test_a_frozen_host_wakes_to_find_its_orders_taken(
 
 
 async def test_a_cut_connection_loses_nothing(
-    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str
+    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str, spawned: list[Any]
 ) -> None:
     """The server ends the run's connections twice mid-run (pg_terminate_backend): the run
     reconnects and goes on; every order and every attempt is recorded, exit 0."""
@@ -212,6 +232,7 @@ async def test_a_cut_connection_loses_nothing(
     src = write_ids(tmp_path / "in.csv", wanted)
     env = sim_env(sim, pg_url, MOUVONE_RATE="150")
     proc = await cli.start("run", str(src), "--yes", env=env)
+    spawned.append(proc)
     app = pg_url.rsplit("application_name=", 1)[1]
     for at in (50, 200):
         await _progress(pg_url, at)
@@ -261,11 +282,18 @@ async def test_consumers_record_in_the_shared_ledger(
 async def test_the_schema_is_versioned_and_a_dead_server_named(
     cli: Cli, sim: RunningSimulator, tmp_path: Path, pg_url: str
 ) -> None:
-    """A ledger is created on first use with its version; one of a newer version is refused by
-    every command; an unreachable server is one line naming it, exit 2."""
+    """A ledger is created on first use with its version (its URL's password masked in every
+    output and record); one of a newer version is refused by every command; an unreachable
+    server is one line naming it, exit 2."""
     src = write_ids(tmp_path / "in.csv", ids("CDE", 2))
     env = sim_env(sim, pg_url)
-    assert (await cli.run("run", str(src), "--yes", env=env)).code == 0
+    with_password = pg_url.replace("postgres@", "postgres:s3cretpw@", 1)  # trust: any will do
+    done = await cli.run("run", str(src), "--yes", "--ledger", with_password, env=env)
+    assert done.code == 0, done.stderr[-2000:]
+    assert "s3cretpw" not in done.stdout + done.stderr
+    recorded = json.dumps(table_rows(pg_url, "SELECT * FROM runs"))
+    assert "postgres:***@" in recorded  # the command line, as a resume would give it
+    assert "s3cretpw" not in recorded
     assert table_rows(pg_url, "SELECT version FROM ledger_schema") == [{"version": 3}]
     with psycopg.connect(pg_url, autocommit=True) as admin:
         admin.execute("UPDATE ledger_schema SET version = 99")

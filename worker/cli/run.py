@@ -16,7 +16,7 @@ from worker.cli.flags import RUN_GROUPS, keys_of
 from worker.cli.inputs import cap, last_run, source_from
 from worker.cli.who import who_from
 from worker.domain.errors import ConfigError, WorkerError
-from worker.domain.location import Location
+from worker.domain.location import Location, mask_urls
 from worker.domain.models import Result, RunOptions, RunRecord, RunReport, new_run_id
 from worker.ledger import check_target, ledger_exists, open_ledger
 from worker.pipeline.control import with_signals
@@ -118,7 +118,7 @@ def _resume_command(args: argparse.Namespace) -> str:
     words: list[str] = []
     masked = False
     for word in getattr(args, "argv", []):
-        words.append("***" if masked else word)
+        words.append("***" if masked else mask_urls(word))  # a ledger URL's password too
         masked = word in SECRET_FLAGS
         if "=" in word and word.split("=", 1)[0] in SECRET_FLAGS:
             words[-1] = word.split("=", 1)[0] + "=***"

@@ -3,6 +3,7 @@ URL). The URL prints with its password masked, wherever it is shown."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -72,4 +73,10 @@ def mask(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def mask_urls(text: str) -> str:
+    """``text`` with the password of every PostgreSQL URL in it masked."""
+    return _URL.sub(lambda m: mask(m.group(0)), text)
+
+
+_URL = re.compile(r"postgres(?:ql)?://\S+")
 Location = PostgresUrl | Path

@@ -70,7 +70,8 @@ class PgLedger(Ledger):
         self._pg.run(
             lambda conn: conn.execute(
                 "INSERT INTO runs (run_id, command, base_url, started_at, operator, host, "
-                "reason, ticket, details, heartbeat_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,now())",
+                "reason, ticket, details, heartbeat_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,now()) "
+                "ON CONFLICT (run_id) DO NOTHING",  # tried again after a lost COMMIT
                 (*values, who.ticket, json.dumps(who.details)),
             )
         )

@@ -113,11 +113,13 @@ class PgDb:
             timeout=CONNECT_TIMEOUT_S * 2,
             name="ledger",
         )
-        try:
+        try:  # one connection first: a server that refuses is named at once, not after retries
+            psycopg.connect(url.dsn, connect_timeout=CONNECT_TIMEOUT_S).close()
             self.pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
-        except PoolTimeout:
+        except (psycopg.Error, PoolTimeout) as exc:
             self.pool.close()
-            raise LedgerError(f"{url}: cannot connect to PostgreSQL: {_why(url)}") from None
+            why = _first_line(exc) if isinstance(exc, psycopg.Error) else "timed out"
+            raise LedgerError(f"{url}: cannot connect to PostgreSQL: {why}") from None
 
     def close(self) -> None:
         """Close every connection."""
@@ -215,15 +217,6 @@ def _version(conn: psycopg.Connection[Any]) -> int | None:
         return None
     row = conn.execute("SELECT max(version) FROM ledger_schema").fetchone()
     return None if row is None or row[0] is None else int(row[0])
-
-
-def _why(url: PostgresUrl) -> str:
-    """The connection error itself (the pool only says it timed out)."""
-    try:
-        psycopg.connect(url.dsn, connect_timeout=CONNECT_TIMEOUT_S).close()
-    except psycopg.Error as exc:
-        return _first_line(exc)
-    return "timed out"
 
 
 def _first_line(exc: BaseException) -> str:
