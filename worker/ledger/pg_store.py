@@ -11,6 +11,7 @@ claim is deciding is left as held, never waited for)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ import psycopg
 from worker.domain.location import PostgresUrl
 from worker.domain.models import Result, RunRecord
 from worker.ledger.audit import AuditLog
+from worker.ledger.leases import alive, decide, process_prefix
 from worker.ledger.pg_sql import ATTEMPTS, INSERT_NEW, LOCK_HELD, OUTCOMES, UPSERT
 from worker.ledger.plan import Plan
 from worker.ledger.postgres import PgDb
@@ -64,17 +66,32 @@ class PgLedger(Ledger):
     def begin_run(
         self, run_id: str, command: str, base_url: str, who: RunRecord | None = None
     ) -> None:
-        """Note the start of a run, its lease taken."""
+        """Note the start of a run, its lease taken; end the leases of the runs of this
+        machine whose process is gone (a `kill -9`: the same command again resumes at once)."""
         who = who or RunRecord()
         values = (run_id, command, base_url, now_iso(), who.operator, who.host, who.reason)
-        self._pg.run(
-            lambda conn: conn.execute(
+        here = process_prefix()
+
+        def begin(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
                 "INSERT INTO runs (run_id, command, base_url, started_at, operator, host, "
-                "reason, ticket, details, heartbeat_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,now()) "
-                "ON CONFLICT (run_id) DO NOTHING",  # tried again after a lost COMMIT
-                (*values, who.ticket, json.dumps(who.details)),
+                "reason, ticket, details, heartbeat_at, process) VALUES "
+                "(%s,%s,%s,%s,%s,%s,%s,%s,%s,now(),%s) ON CONFLICT (run_id) DO NOTHING",
+                (*values, who.ticket, json.dumps(who.details), f"{here}{os.getpid()}"),
             )
-        )
+            gone = [
+                other
+                for other, process in conn.execute(
+                    "SELECT run_id, process FROM runs WHERE finished_at IS NULL AND "
+                    "heartbeat_at IS NOT NULL AND starts_with(process, %s) AND run_id <> %s",
+                    (here, run_id),
+                )
+                if not alive(int(process[len(here) :]))
+            ]
+            if gone:
+                conn.execute("UPDATE runs SET heartbeat_at = NULL WHERE run_id = ANY(%s)", (gone,))
+
+        self._pg.run(begin)
 
     def renew(self, run_id: str) -> None:
         """Renew this run's lease on the orders it holds."""
@@ -161,7 +178,7 @@ class PgLedger(Ledger):
             elif order_id in fresh:
                 plan.to_send.append(order_id)
             else:
-                _decide(plan, order_id, invalid, locked.get(order_id), final, run_id, stamp, force)
+                decide(plan, order_id, invalid, locked.get(order_id), final, run_id, stamp, force)
             seen.add(order_id)
         taken = [order_id for order_id in plan.to_send if order_id not in fresh]
         if taken:
@@ -222,42 +239,6 @@ class PgLedger(Ledger):
     def _write(self, sql: str, rows: Any) -> None:
         text = sql.replace("?", "%s")
         self._pg.run(lambda conn: conn.cursor().executemany(text, list(rows)))
-
-
-def _decide(
-    plan: Plan,
-    order_id: str,
-    invalid: Result | None,
-    row: tuple[Any, ...] | None,
-    final: dict[str, str],
-    run_id: str,
-    stamp: str,
-    force: bool,
-) -> None:
-    """One known order of a claim: row = (outcome, holder, updated_at, uncertain, held) when
-    this claim locked it; None when it is final (``final``) or another claim is deciding it."""
-    if row is None:
-        if order_id in final:
-            plan.skipped.append(final[order_id])
-        elif invalid is not None:
-            plan.invalid.append(invalid)
-        else:
-            plan.held.append(order_id)
-        return
-    outcome, holder, updated_at, uncertain, held = row
-    mine = holder == run_id
-    if mine and updated_at != stamp:  # claimed by this run from an earlier line
-        plan.duplicates += 1
-    elif held and not mine:  # pending under another run that lives
-        plan.held.append(order_id)
-    elif outcome in _FINAL_VALUES and not force:
-        plan.skipped.append(outcome)
-    elif invalid is not None:
-        plan.invalid.append(invalid)
-    else:
-        plan.to_send.append(order_id)
-        if uncertain and not mine:
-            plan.uncertain.add(order_id)
 
 
 class PgAuditLog(AuditLog):

@@ -31,7 +31,8 @@ _RETRIED = (psycopg.OperationalError, psycopg.errors.DeadlockDetected)
 _names = itertools.count(1)
 
 # Every table of the SQLite ledger, with the same columns, plus what sharing needs: a run's
-# lease (``heartbeat_at``, renewed while it lives), the attempt log's order (``seq``) and its
+# lease (``heartbeat_at``, renewed while it lives) and its process (boot, PID namespace, PID:
+# a run on the same machine can tell it died), the attempt log's order (``seq``) and its
 # request ids unique (a transaction retried after a lost COMMIT writes nothing twice).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_schema (version integer NOT NULL);
@@ -60,8 +61,10 @@ CREATE TABLE IF NOT EXISTS runs (
     reason       text,
     ticket       text,
     details      text,
-    heartbeat_at timestamptz
+    heartbeat_at timestamptz,
+    process      text
 );
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS process text;
 CREATE TABLE IF NOT EXISTS attempts (
     seq         bigserial PRIMARY KEY,
     run_id      text NOT NULL,
