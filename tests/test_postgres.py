@@ -103,6 +103,13 @@ async def spawned() -> AsyncIterator[list[asyncio.subprocess.Process]]:
             await proc.wait()
 
 
+async def _run(cli: Cli, spawned: list[Any], src: Path, env: dict[str, str], *flags: str) -> Any:
+    """`run SRC --yes` started (killed at the test's end if still running)."""
+    proc = await cli.start("run", str(src), "--yes", *flags, env=env)
+    spawned.append(proc)
+    return proc
+
+
 def _deletes(sim: RunningSimulator) -> Counter[str]:
     return Counter(order for method, order, _, _ in sim.sim.stats.journal if method == "DELETE")
 
@@ -129,11 +136,9 @@ async def test_two_hosts_share_one_input_and_ledger(
     wanted = ids("CDE", 600)
     src = write_ids(tmp_path / "in.csv", wanted)
     env = sim_env(sim, pg_url, MOUVONE_RATE="150")
-    first = await cli.start("run", str(src), "--yes", env=env)
-    spawned.append(first)
+    first = await _run(cli, spawned, src, env)
     await _progress(pg_url, 10)
-    second = await cli.start("run", str(src), "--yes", env=env)
-    spawned.append(second)
+    second = await _run(cli, spawned, src, env)
     status = ""
     while not status.startswith("2 runs on"):  # until the second has begun
         status = (await cli.run("control", "status", env=env)).stdout
@@ -171,11 +176,9 @@ async def test_a_killed_host_leaves_its_orders_after_the_lease(
     wanted = ids("CDE", 500)
     src = write_ids(tmp_path / "in.csv", wanted)
     env = sim_env(sim, pg_url, MOUVONE_RATE="100", MOUVONE_CLAIM_IDLE="1.5")
-    doomed = await cli.start("run", str(src), "--yes", env=env)
-    spawned.append(doomed)
+    doomed = await _run(cli, spawned, src, env)
     await _progress(pg_url, 20)
-    other = await cli.start("run", str(src), "--yes", env=env)
-    spawned.append(other)
+    other = await _run(cli, spawned, src, env)
     await _progress(pg_url, 60)
     os.kill(doomed.pid, signal.SIGKILL)
     await doomed.wait()
@@ -202,13 +205,11 @@ async def test_a_frozen_host_wakes_to_find_its_orders_taken(
     wanted = ids("CDE", 400)
     src = write_ids(tmp_path / "in.csv", wanted)
     env = sim_env(sim, pg_url, MOUVONE_RATE="50", MOUVONE_CLAIM_IDLE="1.5")
-    frozen = await cli.start("run", str(src), "--yes", "--concurrency", "2", env=env)
-    spawned.append(frozen)
+    frozen = await _run(cli, spawned, src, env, "--concurrency", "2")
     await _progress(pg_url, 20)
     os.kill(frozen.pid, signal.SIGSTOP)
     try:
-        other = await cli.start("run", str(src), "--yes", "--rate", "200", env=env)
-        spawned.append(other)
+        other = await _run(cli, spawned, src, env, "--rate", "200")
         _, err = await asyncio.wait_for(other.communicate(), 60)
         assert other.returncode == 0, err.decode()[-2000:]
     finally:
@@ -231,8 +232,7 @@ async def test_a_cut_connection_loses_nothing(
     wanted = ids("CDE", 400)
     src = write_ids(tmp_path / "in.csv", wanted)
     env = sim_env(sim, pg_url, MOUVONE_RATE="150")
-    proc = await cli.start("run", str(src), "--yes", env=env)
-    spawned.append(proc)
+    proc = await _run(cli, spawned, src, env)
     app = pg_url.rsplit("application_name=", 1)[1]
     for at in (50, 200):
         await _progress(pg_url, at)

@@ -46,6 +46,11 @@ class PgLedger(Ledger):
             self._pg.close()
             raise
 
+    _IN = "= ANY(?)"
+
+    def _ids(self, ids: Sequence[str]) -> object:
+        return list(ids)
+
     @property
     def lease_every_s(self) -> float | None:
         """How often a run renews its lease."""
@@ -101,16 +106,6 @@ class PgLedger(Ledger):
             )
         )
 
-    def still_mine(self, order_ids: list[str], run_id: str) -> list[str]:
-        """Of these orders, those still `pending` under this run, in the same order."""
-        rows = self._pg.execute(
-            "SELECT order_id FROM orders WHERE run_id = ? AND outcome = 'pending' AND "
-            "order_id = ANY(?)",
-            (run_id, order_ids),
-        )
-        held = {row[0] for row in rows}
-        return [order_id for order_id in order_ids if order_id in held]
-
     def audit(self) -> AuditLog:
         """The runs and the attempt log."""
         return PgAuditLog(self._db, self.path)
@@ -126,28 +121,10 @@ class PgLedger(Ledger):
 
     # -- input --------------------------------------------------------------------------------
 
-    def existing(self, ids: Sequence[str]) -> dict[str, tuple[str, str, bool]]:
-        """As the SQLite ledger's ``existing``."""
-        rows = self._pg.execute(
-            "SELECT o.order_id, o.outcome, o.run_id, o.outcome = 'retryable_failed' OR "
-            "(o.outcome = 'pending' AND (o.attempts > 0 OR r.finished_at IS NULL)) "
-            "FROM orders o LEFT JOIN runs r ON r.run_id = o.run_id WHERE o.order_id = ANY(?)",
-            (list(ids),),
-        )
-        return {order_id: (outcome, run_id, bool(sent)) for order_id, outcome, run_id, sent in rows}
-
-    def claim(
-        self,
-        batch: Sequence[tuple[str, Result | None]],
-        run_id: str,
-        *,
-        force: bool = False,
-        dry: bool = False,
+    def _claim_shared(
+        self, batch: Sequence[tuple[str, Result | None]], run_id: str, force: bool
     ) -> Plan:
-        """As the SQLite ledger's ``claim``, in one transaction; an order another live run
-        holds is left to it (``held``)."""
-        if dry:
-            return super().claim(batch, run_id, force=force, dry=True)
+        """A claim in one transaction; an order another live run holds is left to it."""
         stamp = now_iso()  # a claim tried again knows its own rows by it
         return self._pg.run(lambda conn: self._claim(conn, batch, run_id, force, stamp))
 
@@ -190,18 +167,13 @@ class PgLedger(Ledger):
             conn.execute(UPSERT, {"rows": _json(plan.invalid), "run": run_id, "at": stamp})
         return plan
 
-    def _first_sightings(self, ids: Sequence[str]) -> set[str]:
+    def _scratch(self) -> sqlite3.Connection:
         """A dry run's memory of the IDs it saw: a private temporary SQLite file (it writes
         nothing to the shared ledger)."""
         if self._seen is None:
             self._seen = sqlite3.connect("", check_same_thread=False, isolation_level=None)
-            self._seen.execute("CREATE TABLE dry_seen (order_id TEXT PRIMARY KEY)")
-        rows = self._seen.execute(
-            "INSERT INTO dry_seen SELECT value FROM json_each(?) WHERE true "
-            "ON CONFLICT DO NOTHING RETURNING order_id",
-            (_json(list(ids)),),
-        ).fetchall()
-        return {r[0] for r in rows}
+            self._seen.execute("PRAGMA temp_store=FILE")
+        return self._seen
 
     # -- results ------------------------------------------------------------------------------
 

@@ -71,6 +71,12 @@ class Ledger(LedgerReads):
             upgrade_file(self.path)
             self._db = connect_readonly(self.path)
 
+    _IN = "IN (SELECT value FROM json_each(?))"  # a list of IDs as one parameter
+
+    def _ids(self, ids: Sequence[str]) -> object:
+        """A list of IDs as the parameter of ``_IN``."""
+        return _json(list(ids))
+
     @property
     def lease_every_s(self) -> float | None:
         """How often a run renews its lease: never, a file is one run's at a time."""
@@ -85,8 +91,8 @@ class Ledger(LedgerReads):
             row[0]
             for row in self._db.execute(
                 "SELECT order_id FROM orders WHERE run_id = ? AND outcome = 'pending' AND "
-                "order_id IN (SELECT value FROM json_each(?))",
-                (run_id, _json(order_ids)),
+                f"order_id {self._IN}",
+                (run_id, self._ids(order_ids)),
             )
         }
         return [order_id for order_id in order_ids if order_id in held]
@@ -158,9 +164,8 @@ class Ledger(LedgerReads):
         rows = self._db.execute(
             "SELECT o.order_id, o.outcome, o.run_id, o.outcome = 'retryable_failed' OR "
             "(o.outcome = 'pending' AND (o.attempts > 0 OR r.finished_at IS NULL)) "
-            "FROM orders o LEFT JOIN runs r ON r.run_id = o.run_id "
-            "WHERE o.order_id IN (SELECT value FROM json_each(?))",
-            (_json(list(ids)),),
+            f"FROM orders o LEFT JOIN runs r ON r.run_id = o.run_id WHERE o.order_id {self._IN}",
+            (self._ids(ids),),
         )
         return {order_id: (outcome, run_id, bool(sent)) for order_id, outcome, run_id, sent in rows}
 
@@ -179,13 +184,9 @@ class Ledger(LedgerReads):
         A ``dry`` claim writes nothing to the ledger: it remembers what it saw in a temporary
         table, so that memory does not grow with the input.
         """
-        ids = [order_id for order_id, _ in batch]
-        known = self.existing(ids)
-        if dry:
-            fresh = self._first_sightings(ids)
-            for order_id in ids:
-                if order_id not in fresh:
-                    known[order_id] = ("", run_id, False)
+        if not dry and self.lease_every_s is not None:  # a ledger several runs share
+            return self._claim_shared(batch, run_id, force)
+        known = self._known([order_id for order_id, _ in batch], run_id, dry)
         plan = Plan()
         for order_id, invalid in batch:
             seen = known.get(order_id)
@@ -205,6 +206,11 @@ class Ledger(LedgerReads):
             self._write_plan(plan, run_id)
         return plan
 
+    def _claim_shared(
+        self, batch: Sequence[tuple[str, Result | None]], run_id: str, force: bool
+    ) -> Plan:
+        raise NotImplementedError  # a file is one run's: its claims need no lease
+
     def _write_plan(self, plan: Plan, run_id: str) -> None:
         """Mark the orders to send `pending` under this run; record the invalid ones."""
         stamp = now_iso()
@@ -214,10 +220,25 @@ class Ledger(LedgerReads):
             if plan.invalid:
                 self._db.execute(UPSERT_BATCH, (_json(plan.invalid), run_id, stamp))
 
+    def _known(self, ids: list[str], run_id: str, dry: bool) -> dict[str, tuple[str, str, bool]]:
+        """``existing``; in a dry run, the IDs it saw before count as this run's."""
+        known = self.existing(ids)
+        if dry:
+            fresh = self._first_sightings(ids)
+            for order_id in ids:
+                if order_id not in fresh:
+                    known[order_id] = ("", run_id, False)
+        return known
+
+    def _scratch(self) -> sqlite3.Connection:
+        """Where a dry run remembers the IDs it saw: a temporary table of this connection."""
+        return self._db
+
     def _first_sightings(self, ids: Sequence[str]) -> set[str]:
-        """The IDs not seen before in this connection's dry run (a temporary table on disk)."""
-        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS dry_seen (order_id TEXT PRIMARY KEY)")
-        rows = self._db.execute(
+        """The IDs not seen before in this dry run (a temporary table, on disk)."""
+        scratch = self._scratch()
+        scratch.execute("CREATE TEMP TABLE IF NOT EXISTS dry_seen (order_id TEXT PRIMARY KEY)")
+        rows = scratch.execute(
             "INSERT INTO temp.dry_seen SELECT value FROM json_each(?) WHERE true "
             "ON CONFLICT DO NOTHING RETURNING order_id",
             (_json(list(ids)),),
