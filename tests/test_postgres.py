@@ -110,6 +110,16 @@ async def _run(cli: Cli, spawned: list[Any], src: Path, env: dict[str, str], *fl
     return proc
 
 
+async def _both_begun(cli: Cli, env: dict[str, str]) -> None:
+    """Until `control status` lists two runs living on the ledger."""
+    status = ""
+    for _ in range(400):
+        status = (await cli.run("control", "status", env=env)).stdout
+        if status.startswith("2 runs on"):
+            return
+    raise AssertionError(status)
+
+
 def _deletes(sim: RunningSimulator) -> Counter[str]:
     return Counter(order for method, order, _, _ in sim.sim.stats.journal if method == "DELETE")
 
@@ -139,9 +149,7 @@ async def test_two_hosts_share_one_input_and_ledger(
     first = await _run(cli, spawned, src, env)
     await _progress(pg_url, 10)
     second = await _run(cli, spawned, src, env)
-    status = ""
-    while not status.startswith("2 runs on"):  # until the second has begun
-        status = (await cli.run("control", "status", env=env)).stdout
+    await _both_begun(cli, env)
     paused = await cli.run("control", "pause", env=env)
     assert paused.code == 0, paused.stderr
     status = ""
@@ -179,6 +187,7 @@ async def test_a_killed_host_leaves_its_orders_after_the_lease(
     doomed = await _run(cli, spawned, src, env)
     await _progress(pg_url, 20)
     other = await _run(cli, spawned, src, env)
+    await _both_begun(cli, env)  # else it would find the killed one gone from this machine
     await _progress(pg_url, 60)
     os.kill(doomed.pid, signal.SIGKILL)
     await doomed.wait()
