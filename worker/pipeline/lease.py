@@ -17,6 +17,8 @@ from worker.sinks.ledger import LedgerThread
 
 log = structlog.get_logger(__name__)
 
+BATCH = 1000  # IDs read, checked and claimed (marked pending) at a time
+SHARED_BATCH = 100  # on a shared ledger: the most of 100 and half a second's worth at --rate
 LAPSE = 3  # renewal periods without one: the lease (``claim_idle``) may have been lost
 
 
@@ -51,10 +53,11 @@ async def keep_lease(ledger: LedgerThread, run_id: str, feed: Feed) -> None:
 class Held:
     """Orders of the input that another live run holds."""
 
-    def __init__(self, settings: Settings, batch: int) -> None:
+    def __init__(self, settings: Settings, *, shared: bool) -> None:
         self.ids: list[str] = []
         self._every_s = min(max(settings.claim_idle / 4, 0.2), 5.0)
-        self.batch = batch  # IDs claimed at a time
+        # IDs claimed at a time: on a shared ledger few are held ahead of the workers
+        self.batch = min(BATCH, max(SHARED_BATCH, int(settings.rate / 2))) if shared else BATCH
 
     async def settle(
         self,

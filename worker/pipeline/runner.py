@@ -42,8 +42,6 @@ from worker.sources import Batch, OrderSource
 
 log = structlog.get_logger(__name__)
 
-BATCH = 1000  # IDs read, checked and claimed (marked pending) at a time
-SHARED_BATCH = 100  # the same on a shared ledger: a run holds few orders ahead of its workers
 RECORDED_LIMITS = ("rate", "concurrency", "max_attempts", "timeout", "max_wait")  # retry reuses
 FIRST_INVALID = 5  # where the first invalid IDs are, for the dry run's summary
 
@@ -82,7 +80,7 @@ class Runner:
         self._pool: Pool | None = None
         self._ask = ask  # a person's word on a canary that was not clean (None: stop, exit 4)
         self._feed = Feed(low=settings.concurrency)
-        self._held = Held(settings, BATCH if ledger.lease_every_s is None else SHARED_BATCH)
+        self._held = Held(settings, shared=ledger.lease_every_s is not None)
         self._progress = ProgressReporter(
             self.summary,
             lambda: self.control.requests,
