@@ -272,7 +272,7 @@ async def test_signal_mid_run(
     assert b"exit " + str(code).encode() in out
     rows = ledger_rows(ledger)
     assert sum(running.sim.stats.deletes.values()) <= 24 + 2 * 8  # nothing new after the signal
-    claimed = 200 if ledger.endswith(".sqlite") else 100  # a shared ledger claims 100 at a time
+    claimed = 200 if ledger.endswith(".sqlite") else 100  # a shared ledger claims fewer ahead
     assert sum(r["outcome"] == "pending" for r in rows.values()) > claimed
     for order_id in running.sim.cancelled:  # every answer received was recorded
         assert rows[order_id]["outcome"] == "cancelled"
