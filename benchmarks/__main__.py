@@ -410,9 +410,11 @@ def scenario_guardrails(bench: Bench, sims: dict[float, Simulator], orders: int)
 def scenario_limit(bench: Bench, _sims: dict[float, Simulator], _orders: int) -> None:
     """A gateway limit the operator does not know: 50 requests in any sliding second, 50 ms
     latency, --rate at 1.2x, 2x and 5x of it; 1,500 orders each."""
-    sim = Simulator(50.0, "--rate-limit", "50", "--retry-after", "1")
-    try:
-        for factor in (1.2, 2.0, 5.0):
+    for factor in (1.2, 2.0, 5.0):
+        # A gateway of its own for each: a window still holding the previous run's last
+        # second would leave this one less of the limit than it counts (and teach it less).
+        sim = Simulator(50.0, "--rate-limit", "50", "--retry-after", "1")
+        try:
             rate = 50 * factor
             m = sim.measure(bench.tool(bench.ids(1500), "--rate", f"{rate:g}"))
             stats = m.stats or {}
@@ -427,8 +429,8 @@ def scenario_limit(bench: Bench, _sims: dict[float, Simulator], _orders: int) ->
                 f" DELETEs answered 429; busiest second after the first 429: {after}",
                 "target >= 0.95, < 2%, <= 50: " + ("met" if met else "not met"),
             )
-    finally:
-        sim.close()
+        finally:
+            sim.close()
 
 
 PG_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
