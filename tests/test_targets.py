@@ -70,7 +70,7 @@ async def test_the_api_own_404_is_not_found(cli: Cli, sim: RunningSimulator, tmp
 async def test_short_outage_exhausts_no_order(
     cli: Cli, sim: RunningSimulator, tmp_path: Any
 ) -> None:
-    """503 to everything for 12 s from the middle of a 600-order run at --max-attempts 3
+    """503 to everything for 12 s from the middle of a 300-order run at --max-attempts 3
     --rate 30 --concurrency 8: exit 0, no order retryable_failed."""
     ledger = tmp_path / "l.sqlite"
     env = sim_env(
@@ -82,15 +82,15 @@ async def test_short_outage_exhausts_no_order(
         MOUVONE_BACKOFF_BASE="0.5",
         MOUVONE_BACKOFF_CAP="30",
     )
-    src = write_ids(tmp_path / "o.csv", ids("CDE", 600))
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 300))
     run = asyncio.create_task(cli.run("run", str(src), "--yes", env=env, timeout=120))
-    await sim.sim.wait_for_deletes(300)
+    await sim.sim.wait_for_deletes(150)
     sim.sim.outage(12, "503")
     done = await run
     assert done.code == 0, done.stderr[-3000:]
     rows = ledger_rows(ledger)
     assert {r["outcome"] for r in rows.values()} == {"cancelled"}
-    assert len(rows) == 600
+    assert len(rows) == 300
     assert sim.sim.stats.outage_answers > 0
 
 
