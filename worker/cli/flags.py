@@ -114,7 +114,6 @@ def _kind(field: FieldInfo) -> Any:
     if get_origin(kind) in (Union, types.UnionType):
         kinds = [arg for arg in get_args(kind) if arg is not type(None)]
         kind = kinds[0] if len(kinds) == 1 else str  # a path or a URL: the model tells
-
     if kind is SecretStr or get_origin(kind) is Literal:
         return str
     return kind
