@@ -23,15 +23,32 @@ def ledger_at(location: Location, *, readonly: bool = False, claim_idle: float =
 
 def ledger_exists(location: Location) -> bool:
     """True when there is a ledger there (a file with content, or a database holding one)."""
+    ledger = existing_ledger(location)
+    if ledger is None:
+        return False
+    ledger.close()
+    return True
+
+
+def existing_ledger(location: Location) -> Ledger | None:
+    """The ledger there, opened to read; None when there is none yet (no file, an empty one,
+    or a database without the tables). One connection pool for both questions."""
     if isinstance(location, PostgresUrl):
+        from worker.ledger.pg_store import PgLedger  # noqa: PLC0415
         from worker.ledger.postgres import PgDb  # noqa: PLC0415
 
-        db = PgDb(location, size=1)
+        db = PgDb(location)
         try:
-            return db.version() is not None
-        finally:
+            if db.version() is None:
+                db.close()
+                return None
+        except BaseException:
             db.close()
-    return location.is_file() and location.stat().st_size > 0
+            raise
+        return PgLedger(location, readonly=True, db=db)
+    if not location.is_file() or location.stat().st_size == 0:
+        return None
+    return Ledger(location, readonly=True)
 
 
 def require_ledger(location: Location) -> None:
@@ -45,9 +62,9 @@ def check_target(location: Location, base_url: str) -> None:
     """ConfigError unless the ledger at ``location`` is new or belongs to ``base_url``:
     outcomes recorded against another target (a simulator, a staging gateway) must never make
     a run against this one skip orders. Checked before anything is sent, selections included."""
-    if not ledger_exists(location):  # new, or left empty by a refused run
+    ledger = existing_ledger(location)
+    if ledger is None:  # new, or left empty by a refused run
         return
-    ledger = ledger_at(location, readonly=True)
     try:
         bound = ledger.target()
     finally:
@@ -65,10 +82,12 @@ def open_ledger(
     """A run's ledger, closed with ``stack``. A dry run only reads: the existing ledger, or an
     empty throwaway one when there is none yet, so that it never creates or changes it."""
     if dry:
-        if not ledger_exists(location):
+        found = existing_ledger(location)
+        if found is None:
             location = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dry.sqlite"
             Ledger(location).close()
-        ledger = ledger_at(location, readonly=True)
+            found = ledger_at(location, readonly=True)
+        ledger = found
     else:
         ledger = ledger_at(location, claim_idle=claim_idle)
     stack.callback(ledger.close)

@@ -32,13 +32,20 @@ from worker.runtime.clock import now_iso
 class PgLedger(Ledger):
     """The ledger in PostgreSQL (thread-safe: each call takes a connection of the pool)."""
 
-    def __init__(self, url: PostgresUrl, *, readonly: bool = False, claim_idle: float = 60.0):
+    def __init__(
+        self,
+        url: PostgresUrl,
+        *,
+        readonly: bool = False,
+        claim_idle: float = 60.0,
+        db: PgDb | None = None,
+    ) -> None:
         self.path = url  # type: ignore[assignment]  # shown where a file's path would be
         self.readonly = readonly
         self.claim_idle = claim_idle
         self._lock_fd = None
         self._seen: sqlite3.Connection | None = None
-        self._pg = PgDb(url)
+        self._pg = db or PgDb(url)  # the pool a caller already opened, when given
         self._db = self._pg  # type: ignore[assignment]  # the shared reads run on it
         try:
             self._pg.prepare(readonly=readonly)
