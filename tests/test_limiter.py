@@ -9,7 +9,7 @@ import pytest
 
 from tests.fakes import FakeClock
 from worker.api.headers import limit_per_s
-from worker.api.limiter import RateLimiter
+from worker.api.limiter import LEARNED_SHARE, RateLimiter
 
 
 async def _admit(limiter: RateLimiter, clock: FakeClock, n: int) -> list[tuple[int, float]]:
@@ -224,16 +224,16 @@ def test_the_gateway_s_own_limit_is_taken_when_it_says_it() -> None:
     limiter = RateLimiter(100, clock)
     limiter.slow_down(clock.now, 20.0)
     assert limiter.learned_per_s == 20
-    assert limiter.pace_per_s == pytest.approx(20 * 0.99)
+    assert limiter.pace_per_s == pytest.approx(20 * LEARNED_SHARE)
     for _ in range(1000):
         limiter.speed_up()  # no climbing back while the limit holds
-    assert limiter.pace_per_s == pytest.approx(20 * 0.99)
+    assert limiter.pace_per_s == pytest.approx(20 * LEARNED_SHARE)
     clock.now += 5
     limiter.slow_down(clock.now)  # a 429 soon after: the limit is a little lower
-    assert limiter.pace_per_s == pytest.approx(20 * 0.97 * 0.99)
+    assert limiter.pace_per_s == pytest.approx(20 * 0.97 * LEARNED_SHARE)
     clock.now += 601
     limiter.speed_up()  # ten quiet minutes: it climbs again, to find a limit raised
-    assert limiter.pace_per_s > 20 * 0.97 * 0.99
+    assert limiter.pace_per_s > 20 * 0.97 * LEARNED_SHARE
 
 
 def test_rate_limit_headers() -> None:

@@ -16,7 +16,7 @@ also lowers the pace (at most once a second: the answers of one burst are one si
 gateway's limit, learned where the 429s begin: the gateway's own figure when the answer carries
 one (``RateLimit-Policy``, ``X-RateLimit-Limit``), else the requests the gateway admitted in
 the second before the refused one (counted again with the burst's later answers). The pace is
-then set just under that limit and stays there (a 429 within RELEARN_S lowers the limit by 3%;
+then set at that limit (the margin keeps it 2% under) and stays there (a 429 within RELEARN_S lowers the limit by 3%;
 with nothing to learn from, the pace is halved); only after QUIET_S without a 429 does it climb
 again by small steps, to find a limit that was raised. The pace never goes above the configured
 rate, and the hard cap never moves.
@@ -48,7 +48,7 @@ CAP_PERIOD_S = 1.02  # the hard cap's window: floor(rate) requests in any 1.02 s
 STALL_S = 0.2  # a slot reached this late belongs to a stall (see acquire)
 MIN_SLEEP_S = 0.001  # a slot closer than this is taken at once: an event-loop timer costs more
 DECREASE_FACTOR = 0.5  # a 429 that teaches nothing halves the pace
-LEARNED_SHARE = 0.99  # the pace once a limit is learned: 3% under it with the margin (jitter room)
+LEARNED_SHARE = 1.0  # the pace once a limit is learned: 2% under it with the margin (jitter room)
 RELEARN_S = 10.0  # a 429 this soon after a limit was learned: the limit is a little lower
 STEP_DOWN = 0.97  # ... by this much
 QUIET_S = 600.0  # a limit learned holds this long without a 429; then the pace climbs to re-probe
