@@ -18,9 +18,8 @@ one (``RateLimit-Policy``, ``X-RateLimit-Limit``), else the requests the gateway
 the second before the refused one (counted again with the burst's later answers). The pace is
 then set at that limit (the margin keeps it 2% under) and stays there (a 429 within RELEARN_S
 lowers the limit by 3%; with nothing to learn from, the pace is halved); only after QUIET_S
-without a 429 does it climb
-again by small steps, to find a limit that was raised. The pace never goes above the configured
-rate, and the hard cap never moves.
+without a 429 does it climb again by small steps, to find a limit that was raised. The pace never
+goes above the configured rate, and the hard cap never moves.
 """
 
 from __future__ import annotations
