@@ -47,7 +47,8 @@ def _normal(text: str, sim: RunningSimulator, ledger: str, tmp: Path) -> list[st
 
 
 async def _session(cli: Cli, sim: RunningSimulator, tmp: Path, ledger: str) -> dict[str, Any]:
-    """Every command that takes a ledger, in turn; each one's exit status and output."""
+    """Every command that takes a ledger (and `select`, which reads only the API), in turn;
+    each one's exit status and output."""
     tmp.mkdir()
     src = write_ids(tmp / "in.csv", MIXED)
     env = sim_env(sim, ledger, MOUVONE_CONCURRENCY="1", MOUVONE_MAX_ATTEMPTS="1")
@@ -67,6 +68,7 @@ async def _session(cli: Cli, sim: RunningSimulator, tmp: Path, ledger: str) -> d
     await step("audit", "audit", "--format", "csv")
     await step("retry", "retry", "--yes")
     await step("check", "check", str(src))
+    await step("select", "select", "--status", "Draft")
     await step("plan", "plan", str(src), "--output", str(tmp / "plan.json"))
     await step("apply", "apply", str(tmp / "plan.json"), "--yes")
     await step("after", "report", "--format", "json")
@@ -86,6 +88,8 @@ async def test_every_command_answers_as_on_a_file(
     assert on_file["run"][0] == 1
     assert on_file["retry"][0] == 1
     assert '  "outcomes": {' in on_file["report json"][1]  # the normal form still says things
+    assert on_file["select"][0] == 0
+    assert len(on_file["select"][1]) > 2  # a header and orders
     for name, (code, lines) in on_file.items():
         assert on_pg[name][0] == code, name
         assert on_pg[name][1] == lines, name
