@@ -103,7 +103,11 @@ def _refuse_retry_of_unfinished_input(path: Location) -> None:
     not_read = summary.get("not_read", 0)
     if last.get("finished_at") is not None and not not_read:
         return
-    what = f"{not_read} IDs of its input not read" if not_read else "it never ended (a crash)"
+    what = (
+        f"{not_read} IDs of its input not read"
+        if not_read
+        else "it never ended: a crash, or it is running still (`control status`)"
+    )
     resume = summary.get("resume")
     raise ConfigError(
         f"the last run {last['run_id']} stopped before reading all of its input ({what}): "
