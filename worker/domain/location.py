@@ -51,16 +51,9 @@ class PostgresUrl:
 def _validate(value: object) -> PostgresUrl:
     if isinstance(value, PostgresUrl):
         return value
-    if isinstance(value, str) and is_postgres(value):
+    if isinstance(value, str) and value.split("://", 1)[0] in SCHEMES and "://" in value:
         return PostgresUrl(value)
     raise ValueError("not a postgresql:// URL")
-
-
-def is_postgres(value: object) -> bool:
-    """True for a PostgreSQL ledger (a URL, or its text)."""
-    if isinstance(value, PostgresUrl):
-        return True
-    return isinstance(value, str) and value.split("://", 1)[0] in SCHEMES and "://" in value
 
 
 def mask(dsn: str) -> str:

@@ -9,10 +9,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from worker.domain.models import FINAL, Result
+from worker.domain.models import Result
 from worker.ledger.plan import Plan
-
-_FINAL_VALUES = frozenset(o.value for o in FINAL)
+from worker.ledger.schema import FINAL_VALUES
 
 
 def process_prefix() -> str:
@@ -62,7 +61,7 @@ def decide(
         plan.duplicates += 1
     elif held and not mine:  # pending under another run that lives
         plan.held.append(order_id)
-    elif outcome in _FINAL_VALUES and not force:
+    elif outcome in FINAL_VALUES and not force:
         plan.skipped.append(outcome)
     elif invalid is not None:
         plan.invalid.append(invalid)

@@ -25,7 +25,8 @@ from worker.ledger.leases import alive, decide, process_prefix
 from worker.ledger.pg_sql import ATTEMPTS, INSERT_NEW, LOCK_HELD, OUTCOMES, UPSERT
 from worker.ledger.plan import Plan
 from worker.ledger.postgres import PgDb
-from worker.ledger.store import _FINAL_VALUES, Ledger, _json
+from worker.ledger.schema import FINAL_VALUES
+from worker.ledger.store import Ledger, _json
 from worker.runtime.clock import now_iso
 
 
@@ -152,7 +153,7 @@ class PgLedger(Ledger):
         final: dict[str, str] = {
             order_id: outcome
             for order_id, outcome in (conn.execute(OUTCOMES, (missing,)) if missing else ())
-            if outcome in _FINAL_VALUES
+            if outcome in FINAL_VALUES
         }
         plan = Plan()
         seen: set[str] = set()

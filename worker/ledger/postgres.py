@@ -64,7 +64,6 @@ CREATE TABLE IF NOT EXISTS runs (
     heartbeat_at timestamptz,
     process      text
 );
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS process text;
 CREATE TABLE IF NOT EXISTS attempts (
     seq         bigserial PRIMARY KEY,
     run_id      text NOT NULL,

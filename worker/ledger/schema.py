@@ -5,6 +5,7 @@ from __future__ import annotations
 from worker.domain.models import FINAL
 
 SCHEMA_VERSION = 3  # 2: the control table; 3: the attempt log, who ran each run and why
+FINAL_VALUES = frozenset(o.value for o in FINAL)  # the final outcomes, as the ledger writes them
 FINAL_SQL = ", ".join(f"'{o.value}'" for o in sorted(FINAL))
 
 SCHEMA = f"""

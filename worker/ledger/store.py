@@ -15,13 +15,14 @@ from pathlib import Path
 import orjson
 
 from worker.domain.errors import LedgerError
-from worker.domain.models import FINAL, Outcome, Result, RunRecord
+from worker.domain.models import Outcome, Result, RunRecord
 from worker.ledger.audit import AuditLog, insert_attempts, upgrade, upgrade_file
 from worker.ledger.control import commands_of, publish
 from worker.ledger.plan import Plan
 from worker.ledger.reading import LedgerReads
 from worker.ledger.schema import (
     CLAIM_BATCH,
+    FINAL_VALUES,
     SCHEMA_VERSION,
     UPSERT_BATCH,
 )
@@ -194,7 +195,7 @@ class Ledger(LedgerReads):
                 plan.duplicates += 1
                 continue
             known[order_id] = ("", run_id, False)
-            if seen is not None and seen[0] in _FINAL_VALUES and not force:
+            if seen is not None and seen[0] in FINAL_VALUES and not force:
                 plan.skipped.append(seen[0])
             elif invalid is not None:
                 plan.invalid.append(invalid)
@@ -290,9 +291,6 @@ class Ledger(LedgerReads):
 
     def _transaction(self) -> Transaction:
         return Transaction(self._db, self.path)
-
-
-_FINAL_VALUES = frozenset(o.value for o in FINAL)
 
 
 def _json(value: object) -> str:
