@@ -14,6 +14,7 @@ from pathlib import Path
 
 from worker import __version__
 from worker.cli.common import Parser, add_report_format, harden, say
+from worker.cli.filters import add_filter_arguments
 from worker.cli.flags import (
     CONSUME_GROUPS,
     ENQUEUE_GROUPS,
@@ -102,8 +103,6 @@ def _add_queue_commands(sub: argparse._SubParsersAction[Parser]) -> None:
 
 def _add_plan_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     """plan, apply and control: the guardrails that are commands of their own."""
-    from worker.cli.selecting import add_filter_arguments  # noqa: PLC0415 - keeps imports one-way
-
     plan = sub.add_parser(
         "plan", help="write the orders a run would send to a plan file to review; send nothing"
     )
@@ -170,8 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    from worker.cli.selecting import add_filter_arguments  # noqa: PLC0415 - keeps imports one-way
 
     run = sub.add_parser(
         "run",

@@ -27,17 +27,6 @@ log = structlog.get_logger(__name__)
 
 PAGE = 50  # the API's largest page
 MAX_WALKS = 5
-INDICATORS = ("Import", "Export", "Transfer")
-STATUSES = (
-    "Draft",
-    "Valid",
-    "Cancelled",
-    "Submitted",
-    "Rejected",
-    "InProcess",
-    "Accepted",
-    "Refused",
-)
 _AGE = re.compile(r"^\s*(\d+)\s*d?\s*$")
 
 
