@@ -152,6 +152,9 @@ async def test_two_hosts_share_one_input_and_ledger(
     env = sim_env(sim, pg_url, MOUVONE_RATE="150")
     first = await _run(cli, spawned, src, env)
     await _progress(pg_url, 10)
+    # The first paused before the second starts: it holds the orders it claimed, so neither run
+    # can end before the resume below, however slowly the second starts.
+    assert (await cli.run("control", "pause", env=env)).code == 0
     second = await _run(cli, spawned, src, env)
     await _both_begun(cli, env)
     paused = await cli.run("control", "pause", env=env)
