@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from tests.support import Cli, Queue, ids, sim_env, table_rows, write_ids
+from worker.reports.history import write_runs
 from worker.simulator import RunningSimulator
 
 
@@ -115,11 +116,15 @@ async def test_history_runs_audit_and_prune_read_it_back(
     listed = await cli.run("runs", env=env)
     assert "by ann" in listed.stdout
     assert "reason: try 1" in listed.stdout
+    assert len(listed.stdout.splitlines()) == 9  # three lines a run, none escaped into one
+    assert "\\x0a" not in listed.stdout
 
     first = runs[2]["run_id"]
     report = await cli.run("report", "--run", first, "--format", "csv", env=env)
     assert report.code == 0, report.stderr
     assert len(report.stdout.strip().splitlines()) == 5  # header and the 4 orders it sent
+    table = await cli.run("report", "--run", first, env=env)
+    assert table.stdout.splitlines()[0].startswith(f"{first}  run  exit 1  by ann"), table.stdout
     refused = await cli.run("report", "--run", "nope", env=env)
     assert refused.code == 2
     assert "no run 'nope'" in refused.stderr
@@ -325,3 +330,17 @@ async def test_queue_mode_results_carry_their_attempts(
     journal = {request_id: own for _method, _order, request_id, own in sim.sim.stats.journal}
     assert len(rows) == len(journal) == 9
     assert {r["request_id"]: r["response_id"] for r in rows} == journal
+
+
+def test_a_runs_line_breaks_where_it_should_and_nowhere_else() -> None:
+    """`runs` as a table: three lines a run; a newline inside a reason is shown escaped, so a
+    reason cannot forge a line of its own."""
+    run = {"run_id": "R1", "command": "run", "exit_code": 0, "operator": "ann", "host": "h",
+           "reason": "bad\nR2  run  exit 0", "started_at": "t0", "finished_at": "t1",
+           "requests": 2, "outcomes": {"cancelled": 2}}  # fmt: skip
+    out = io.StringIO()
+    write_runs([run], out, "table")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[0] == "R1  run  exit 0  by ann on h"
+    assert lines[2] == "  2 requests: cancelled 2  reason: bad\\x0aR2  run  exit 0"

@@ -46,7 +46,7 @@ def write_runs(runs: list[dict[str, object]], out: TextIO, fmt: str) -> None:
         out.write("No run recorded in this ledger.\n")
         return
     for run in runs:
-        out.write(printable(_run_line(run)) + "\n")
+        out.writelines(printable(line) + "\n" for line in _run_lines(run))
 
 
 def _run_row(run: dict[str, object]) -> list[object]:
@@ -67,8 +67,9 @@ def _run_row(run: dict[str, object]) -> list[object]:
     ]
 
 
-def _run_line(run: dict[str, object]) -> str:
-    """One run in a few lines: when, who, why, what it did, how it ended."""
+def _run_lines(run: dict[str, object]) -> tuple[str, str, str]:
+    """One run in three lines: when, who, why, what it did, how it ended (each line shown
+    printable on its own: a newline in a reason is escaped, not a line of its own)."""
     ended = "running, or stopped hard" if run["exit_code"] is None else f"exit {run['exit_code']}"
     who = run.get("operator") or "?"
     why = f"  reason: {run['reason']}" if run.get("reason") else ""
@@ -81,9 +82,9 @@ def _run_line(run: dict[str, object]) -> str:
     )
     return (
         f"{run['run_id']}  {run['command']}  {ended}  by {who}"
-        f"{' on ' + str(run['host']) if run.get('host') else ''}\n"
-        f"  {run['started_at']} -> {run['finished_at'] or '-'}  target {_target(run)}\n"
-        f"  {run.get('requests', 0)} requests: {counts}{why}{ticket}"
+        f"{' on ' + str(run['host']) if run.get('host') else ''}",
+        f"  {run['started_at']} -> {run['finished_at'] or '-'}  target {_target(run)}",
+        f"  {run.get('requests', 0)} requests: {counts}{why}{ticket}",
     )
 
 
@@ -172,7 +173,8 @@ def write_run_report(
         json.dump({"run": run, "orders": orders}, out, indent=2)
         out.write("\n")
         return
-    out.write(printable(_run_line(run)) + "\n\nOrders it dealt with (outcome as it is now):\n")
+    out.writelines(printable(line) + "\n" for line in _run_lines(run))
+    out.write("\nOrders it dealt with (outcome as it is now):\n")
     for order_id, current, status, code, _message, attempts, _updated in _first(rows, 1000):
         out.write(
             printable(f"  {order_id}  {current}  http={status or '-'}  code={code or '-'}  ")
