@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,49 @@ async def test_output_never_follows_a_symlink(
     assert not link.is_symlink()
     assert link.stat().st_mode & 0o777 == 0o600
     assert next(csv.reader(io.StringIO(link.read_text())))[0] == "order_id"
+
+
+async def test_output_into_a_device_or_a_stream_writes_into_it(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """`--output` naming what is not a file (a FIFO, a character device, /proc/self/fd/1) writes
+    into it and leaves it what it was: renamed over, `--output /dev/null` run as root leaves a
+    regular file where the device was. A directory and a device that does not exist are one
+    line, exit 2, and nothing is created under /dev. A ledger that is not a file is refused
+    before SQLite puts a journal beside it."""
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(sim, ledger)
+    await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 2))), "--yes", env=env)
+    report = ("report", "--format", "csv", "--output")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert (await cli.run(*report, str(fifo), env=env)).code == 0
+        assert os.read(reader, 65536).decode().startswith("order_id,")
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    if os.geteuid() == 0:  # a null device of our own (CI runs as root): never /dev/null itself
+        null = tmp_path / "null"
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        assert (await cli.run(*report, str(null), env=env)).code == 0
+        assert stat.S_ISCHR(null.lstat().st_mode)
+    streamed = await cli.run(*report, "/proc/self/fd/1", env=env)
+    assert streamed.code == 0, streamed.stderr
+    assert streamed.stdout.startswith("order_id,")
+    folder = await cli.run(*report, str(tmp_path), env=env)
+    assert folder.code == 2
+    assert "it is a directory, not a file" in folder.stderr
+    missing = await cli.run(*report, "/dev/cancel-orders-no-such-device", env=env)
+    assert missing.code == 2
+    assert "no such device or stream" in missing.stderr
+    assert not Path("/dev/cancel-orders-no-such-device").exists()
+    src = str(write_ids(tmp_path / "p.csv", ids("CDE", 1)))
+    as_ledger = await cli.run("run", src, "--yes", env=sim_env(sim, fifo))
+    assert as_ledger.code == 2
+    assert "not a file: a ledger is a SQLite file" in as_ledger.stderr
+    assert sorted(p.name for p in tmp_path.glob("fifo*")) == ["fifo"]  # no journal beside it
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,10 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import stat
 from pathlib import Path
 
-from worker.domain.errors import LedgerError
+from worker.domain.errors import ConfigError, LedgerError
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:
@@ -37,6 +38,9 @@ def lock(path: Path) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise LedgerError(f"{path}: cannot open the ledger: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # /dev/null: SQLite would put a journal beside it
+        os.close(fd)
+        raise ConfigError(f"{path}: not a file: a ledger is a SQLite file or a postgresql:// URL")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -1,11 +1,17 @@
 """Files the tool writes for people and other programs: written to a new file beside the target
 and renamed over it, so a symlink at the target is replaced, never followed, and a reader never
-sees half a file; the mode is set on the open file, never by path after the fact."""
+sees half a file; the mode is set on the open file, never by path after the fact.
+
+What is not a file is written into, never replaced: anything under /dev or /proc
+(`/dev/null`, `/dev/stdout`, `/proc/self/fd/3`) and a FIFO, socket or character device
+elsewhere; a block device or a directory is refused. (Renamed over, `--output /dev/null` run
+as root would leave a regular file where the device was.)"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,15 +20,46 @@ from typing import TextIO
 
 from worker.domain.errors import ConfigError
 
+_STREAMS = ("/dev/", "/proc/")  # written into, following links (/dev/stdout), never created
+
 
 @contextmanager
 def replaced(path: Path, mode: int = 0o600) -> Iterator[TextIO]:
-    """A text file that becomes ``path`` (with ``mode``) when the block ends without error."""
+    """A text file that becomes ``path`` (with ``mode``) when the block ends without error; or,
+    where ``path`` is a device or a stream, what is written into it."""
+    into = _stream_fd(path)
+    if into is not None:
+        with open(into, "w", encoding="utf-8", newline="") as out:  # noqa: PTH123 - a descriptor
+            yield out
+        return
     with (
         _replaced_fd(path, mode) as fd,
         open(fd, "w", encoding="utf-8", newline="", closefd=False) as out,
     ):
         yield out
+
+
+def _stream_fd(path: Path) -> int | None:
+    """An open descriptor for writing into ``path`` when it is not a file to replace (see the
+    module's text); None when it is one (or nothing is there yet)."""
+    special = os.path.normpath(path.absolute()).startswith(_STREAMS)
+    try:
+        found = (os.stat if special else os.lstat)(path).st_mode
+    except FileNotFoundError:
+        if special:
+            raise ConfigError(f"{path}: cannot write: no such device or stream") from None
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(found) or stat.S_ISBLK(found):
+        kind = "a directory" if stat.S_ISDIR(found) else "a block device"
+        raise ConfigError(f"{path}: cannot write: it is {kind}, not a file")
+    if not special and (stat.S_ISREG(found) or stat.S_ISLNK(found)):
+        return None
+    try:  # appended to: a shell's `>>` behind /dev/stdout keeps what it holds
+        return os.open(path, os.O_WRONLY | os.O_APPEND)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 @contextmanager
