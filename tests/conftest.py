@@ -37,6 +37,16 @@ async def queue() -> AsyncIterator[Queue]:
     await client.aclose()
 
 
+@pytest.fixture
+async def private_queue(private_redis: str) -> AsyncIterator[Queue]:
+    """Streams on a Redis server of the test's own: for a test that kills every client's
+    connection, which on the shared server would cut the other tests' running beside it."""
+    client = aioredis.Redis.from_url(private_redis, decode_responses=True)
+    names = Names("test:req", "test-group", "c", "test:res", "test:dead")
+    yield Queue(names, client, private_redis)
+    await client.aclose()
+
+
 @contextlib.contextmanager
 def _steady_server() -> Iterator[None]:
     """The simulator stamps each request's arrival in this process: what earlier tests left

@@ -45,13 +45,14 @@ class Queue:
 
     names: Names
     redis: aioredis.Redis
+    url: str = REDIS_URL  # the server the CLI is pointed at
 
     def env(self, running: RunningSimulator, tmp_path: Path, **extra: str) -> dict[str, str]:
         """The CLI's environment for this queue and this simulator."""
         return sim_env(
             running,
             tmp_path / "unused.sqlite",
-            MOUVONE_REDIS_URL=REDIS_URL,
+            MOUVONE_REDIS_URL=self.url,
             MOUVONE_STREAM=self.names.stream,
             MOUVONE_GROUP=self.names.group,
             MOUVONE_RESULTS_STREAM=self.names.results,

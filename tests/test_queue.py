@@ -50,9 +50,10 @@ async def test_enqueue_counts_and_never_duplicates(queue: Queue, tmp_path: Path)
 
 
 async def test_enqueue_survives_dropped_connections(
-    queue: Queue, cli: Cli, sim: RunningSimulator, tmp_path: Path
+    private_queue: Queue, cli: Cli, sim: RunningSimulator, tmp_path: Path
 ) -> None:
     """Connections killed again and again during a big enqueue: every ID exactly once."""
+    queue = private_queue  # its clients are killed: a server of its own
     wanted = ids("CDE", 30_000)
     src = write_ids(tmp_path / "o.csv", wanted)
     proc = await cli.start("enqueue", "--yes", str(src), env=queue.env(sim, tmp_path))
@@ -167,9 +168,10 @@ async def test_dead_letters_then_redrive(
 
 
 async def test_connection_dropped_mid_run(
-    queue: Queue, cli: Cli, make_sim: Any, tmp_path: Path
+    private_queue: Queue, cli: Cli, make_sim: Any, tmp_path: Path
 ) -> None:
     """Redis connections killed while consuming: the consumer reconnects, nothing is lost."""
+    queue = private_queue  # its clients are killed: a server of its own
     running = await make_sim(latency_ms=5)
     wanted = ids("CDE", 500)
     env = queue.env(running, tmp_path, MOUVONE_RATE="300")
