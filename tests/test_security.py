@@ -276,9 +276,9 @@ async def test_output_into_a_device_or_a_stream_writes_into_it(
 ) -> None:
     """`--output` naming what is not a file (a FIFO, a character device, /proc/self/fd/1) writes
     into it and leaves it what it was: renamed over, `--output /dev/null` run as root leaves a
-    regular file where the device was. A directory and a device that does not exist are one
-    line, exit 2, and nothing is created under /dev. A ledger that is not a file is refused
-    before SQLite puts a journal beside it."""
+    regular file where the device was. A link elsewhere is still replaced, never followed; a
+    directory is one line, exit 2. A ledger that is not a file is refused before SQLite puts a
+    journal beside it."""
     ledger = tmp_path / "l.sqlite"
     env = sim_env(sim, ledger)
     await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 2))), "--yes", env=env)
@@ -297,16 +297,18 @@ async def test_output_into_a_device_or_a_stream_writes_into_it(
         os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
         assert (await cli.run(*report, str(null), env=env)).code == 0
         assert stat.S_ISCHR(null.lstat().st_mode)
-    streamed = await cli.run(*report, "/proc/self/fd/1", env=env)
-    assert streamed.code == 0, streamed.stderr
-    assert streamed.stdout.startswith("order_id,")
+    for stream in ("/proc/self/fd/1", "/dev/fd/1"):  # (a rename into either fails: safe)
+        streamed = await cli.run(*report, stream, env=env)
+        assert streamed.code == 0, streamed.stderr
+        assert streamed.stdout.startswith("order_id,")
+    planted = tmp_path / "planted.csv"  # a link anyone could make is replaced, never followed
+    planted.symlink_to(fifo)
+    assert (await cli.run(*report, str(planted), env=env)).code == 0
+    assert planted.is_file()
+    assert not planted.is_symlink()
     folder = await cli.run(*report, str(tmp_path), env=env)
     assert folder.code == 2
     assert "it is a directory, not a file" in folder.stderr
-    missing = await cli.run(*report, "/dev/cancel-orders-no-such-device", env=env)
-    assert missing.code == 2
-    assert "no such device or stream" in missing.stderr
-    assert not Path("/dev/cancel-orders-no-such-device").exists()
     src = str(write_ids(tmp_path / "p.csv", ids("CDE", 1)))
     as_ledger = await cli.run("run", src, "--yes", env=sim_env(sim, fifo))
     assert as_ledger.code == 2

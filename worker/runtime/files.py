@@ -2,10 +2,10 @@
 and renamed over it, so a symlink at the target is replaced, never followed, and a reader never
 sees half a file; the mode is set on the open file, never by path after the fact.
 
-What is not a file is written into, never replaced: anything under /dev or /proc
-(`/dev/null`, `/dev/stdout`, `/proc/self/fd/3`) and a FIFO, socket or character device
-elsewhere; a block device or a directory is refused. (Renamed over, `--output /dev/null` run
-as root would leave a regular file where the device was.)"""
+What is not a file is written into, never replaced: a character device (`/dev/null`), a FIFO or
+a socket, and what the system's links to a process's open files lead to (`/dev/stdout`,
+`/dev/fd/3`, `/proc/self/fd/1`: appended to); a block device or a directory is refused. (Renamed
+over, `--output /dev/null` run as root would leave a regular file where the device was.)"""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import TextIO
 
 from worker.domain.errors import ConfigError
 
-_STREAMS = ("/dev/", "/proc/")  # written into, following links (/dev/stdout), never created
+_STREAM_LINKS = ("/dev/stdout", "/dev/stderr")  # and /dev/fd/N, /proc/PID/fd/N
 
 
 @contextmanager
@@ -41,25 +41,36 @@ def replaced(path: Path, mode: int = 0o600) -> Iterator[TextIO]:
 
 def _stream_fd(path: Path) -> int | None:
     """An open descriptor for writing into ``path`` when it is not a file to replace (see the
-    module's text); None when it is one (or nothing is there yet)."""
-    special = os.path.normpath(path.absolute()).startswith(_STREAMS)
+    module's text); None when it is one, or nothing is there yet."""
     try:
-        found = (os.stat if special else os.lstat)(path).st_mode
+        found = os.lstat(path).st_mode
+        if stat.S_ISREG(found):
+            return None  # a file: replaced
+        if stat.S_ISLNK(found):
+            if not _stream_link(path):
+                return None  # a link: replaced, never followed
+            found = path.stat().st_mode  # where /dev/stdout leads, a file too: written into
     except FileNotFoundError:
-        if special:
-            raise ConfigError(f"{path}: cannot write: no such device or stream") from None
-        return None
+        return None  # nothing there yet (or a link to nothing): a new file
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
     if stat.S_ISDIR(found) or stat.S_ISBLK(found):
         kind = "a directory" if stat.S_ISDIR(found) else "a block device"
         raise ConfigError(f"{path}: cannot write: it is {kind}, not a file")
-    if not special and (stat.S_ISREG(found) or stat.S_ISLNK(found)):
-        return None
     try:  # appended to: a shell's `>>` behind /dev/stdout keeps what it holds
         return os.open(path, os.O_WRONLY | os.O_APPEND)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _stream_link(path: Path) -> bool:
+    """Whether ``path`` is one of the links the system makes to a process's open files
+    (/dev/stdout, /dev/stderr, /dev/fd/N, /proc/PID/fd/N): followed, unlike a link anyone
+    could plant (in /tmp, or /dev/shm)."""
+    where = Path(os.path.normpath(path.absolute()))
+    return str(where) in _STREAM_LINKS or (
+        where.parent.name == "fd" and where.parts[1:2] in (("dev",), ("proc",))
+    )
 
 
 @contextmanager
