@@ -9,7 +9,9 @@ import csv
 import io
 import json
 import os
+import shutil
 import stat
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -306,6 +308,18 @@ async def test_output_into_a_device_or_a_stream_writes_into_it(
     assert (await cli.run(*report, str(planted), env=env)).code == 0
     assert planted.is_file()
     assert not planted.is_symlink()
+    if Path("/dev/shm").is_dir():  # writable by anyone: a link there named like /dev/fd/1 too
+        shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        try:
+            (shm / "fd").mkdir()
+            target = tmp_path / "target.csv"
+            target.write_text("kept\n")
+            (shm / "fd" / "1").symlink_to(target)
+            assert (await cli.run(*report, str(shm / "fd" / "1"), env=env)).code == 0
+            assert not (shm / "fd" / "1").is_symlink()
+            assert target.read_text() == "kept\n"
+        finally:
+            shutil.rmtree(shm)
     folder = await cli.run(*report, str(tmp_path), env=env)
     assert folder.code == 2
     assert "it is a directory, not a file" in folder.stderr

@@ -68,8 +68,14 @@ def _stream_link(path: Path) -> bool:
     (/dev/stdout, /dev/stderr, /dev/fd/N, /proc/PID/fd/N): followed, unlike a link anyone
     could plant (in /tmp, or /dev/shm)."""
     where = Path(os.path.normpath(path.absolute()))
-    return str(where) in _STREAM_LINKS or (
-        where.parent.name == "fd" and where.parts[1:2] in (("dev",), ("proc",))
+    parts = where.parts
+    if str(where) in _STREAM_LINKS:
+        return True
+    if not parts[-1].isdigit():
+        return False
+    # exactly /dev/fd/N or /proc/PID/fd/N (PID, self or thread-self), never some/dir/fd/N
+    return parts[:-1] == ("/", "dev", "fd") or (
+        len(parts) == 5 and parts[1] == "proc" and parts[3] == "fd"
     )
 
 
