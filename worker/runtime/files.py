@@ -42,6 +42,7 @@ def replaced(path: Path, mode: int = 0o600) -> Iterator[TextIO]:
 def _stream_fd(path: Path) -> int | None:
     """An open descriptor for writing into ``path`` when it is not a file to replace (see the
     module's text); None when it is one, or nothing is there yet."""
+    nofollow = os.O_NOFOLLOW  # what lstat found is what is opened: a link put there meanwhile fails
     try:
         found = os.lstat(path).st_mode
         if stat.S_ISREG(found):
@@ -50,6 +51,7 @@ def _stream_fd(path: Path) -> int | None:
             if not _stream_link(path):
                 return None  # a link: replaced, never followed
             found = path.stat().st_mode  # where /dev/stdout leads, a file too: written into
+            nofollow = 0
     except FileNotFoundError:
         return None  # nothing there yet (or a link to nothing): a new file
     except OSError as exc:
@@ -58,7 +60,7 @@ def _stream_fd(path: Path) -> int | None:
         kind = "a directory" if stat.S_ISDIR(found) else "a block device"
         raise ConfigError(f"{path}: cannot write: it is {kind}, not a file")
     try:  # appended to: a shell's `>>` behind /dev/stdout keeps what it holds
-        return os.open(path, os.O_WRONLY | os.O_APPEND)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | nofollow)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
