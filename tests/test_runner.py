@@ -213,7 +213,7 @@ async def test_retry_takes_only_retryable(sim: RunningSimulator, tmp_path: Path)
         sim,
         tmp_path,
         [],
-        source=LedgerSource(tmp_path / "ledger.sqlite"),
+        source=LedgerSource(tmp_path / "ledger.sqlite", IdValidator(r"^[A-Z]{3}[0-9]{10}$")),
         options=RunOptions(command="retry"),
         max_attempts=2,
     )

@@ -11,11 +11,12 @@ from typing import Protocol
 import aiohttp
 import structlog
 
-from worker.api.client import proxy_for, unreachable
+from worker.api.client import proxy_for, read_body, unreachable
 from worker.api.limiter import RateLimiter
 from worker.domain.errors import ApiConfigError, FatalApiError
 from worker.domain.retry import Backoff
 from worker.runtime.clock import Clock
+from worker.runtime.redaction import redact
 from worker.settings import safe_url
 
 log = structlog.get_logger(__name__)
@@ -177,7 +178,7 @@ class ClientCredentials:
                 allow_redirects=False,
                 proxy=self._proxy,
             ) as r:
-                body = await r.content.read(MAX_TOKEN_BODY)
+                body = await read_body(r, MAX_TOKEN_BODY + 1)  # to its end, however it arrives
                 status = r.status
                 location = r.headers.get("Location", "")
         except aiohttp.ClientConnectorError as exc:
@@ -202,6 +203,8 @@ class ClientCredentials:
             )
         if status != 200:
             return f"token endpoint answered HTTP {status}"
+        if len(body) > MAX_TOKEN_BODY:
+            return f"token endpoint answered an unreadable body (over {MAX_TOKEN_BODY // 1024} KiB)"
         try:
             data = json.loads(body)
             token = str(data["access_token"])
@@ -232,5 +235,5 @@ def _oauth_error(body: bytes) -> str:
     if isinstance(data, dict):
         err = data.get("error") or data.get("message")
         if isinstance(err, str):
-            return f": {err[:100]}"
+            return f": {redact.clean(err)[:100]}"  # redacted before it is cut
     return ""

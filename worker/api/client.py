@@ -19,10 +19,12 @@ from yarl import URL
 from worker.api.headers import limit_per_s, request_ids, response_id
 from worker.domain.answer import Answer
 from worker.domain.retry import parse_retry_after
+from worker.runtime.redaction import redact
 
 MAX_ERROR_BODY = 64 * 1024  # error bodies are small JSON; never read more than this
 MAX_READ_BODY = 8 * 1024 * 1024  # a GET's JSON answer (a page of 50 orders with details)
 MAX_MESSAGE = 500
+MAX_CODE = 100
 
 
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-]+")  # what quote() would leave as it is
@@ -40,6 +42,8 @@ class OrderUrls:
         """The order's URL, its ID exactly one percent-encoded segment."""
         if _PLAIN_SEGMENT.fullmatch(order_id):
             segment = order_id
+        elif not order_id:  # the collection's URL: never the target of a DELETE
+            raise ValueError("an empty order ID has no URL")
         else:
             segment = quote(order_id, safe="").replace(".", "%2E")
         return self._prefix.with_path(self._path + segment, encoded=True)
@@ -147,7 +151,7 @@ class MouvoneClient:
                     await (
                         resp.read()
                         if length is not None and length <= limit
-                        else _read_body(resp, limit)
+                        else read_body(resp, limit)
                     )
                     return Answer(
                         200,
@@ -158,7 +162,7 @@ class MouvoneClient:
                     )
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 hint = limit_per_s(resp.headers) if status == 429 else None
-                body = await _read_body(resp, limit)
+                body = await read_body(resp, limit)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             answer = _failure(exc, _ms(started))
         else:
@@ -204,7 +208,7 @@ def _answered(
     return _parse(status, body, retry_after, latency_ms)
 
 
-async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     """The body, up to ``limit`` bytes. Reading it (a 200's too) lets the connection be
     reused; a longer body is cut, and its connection closed rather than read to the end."""
     if resp.content_length == 0:
@@ -246,7 +250,7 @@ def _parse(status: int, body: bytes, retry_after: float | None, latency_ms: floa
         code = data.get("code") if data else None
         if not isinstance(code, str) or not code:
             return Answer(400, failure="unreadable", latency_ms=latency_ms)
-        return Answer(400, code, _message(data), retry_after, latency_ms=latency_ms)
+        return Answer(400, _code(code), _message(data), retry_after, latency_ms=latency_ms)
     # Gateway answers carry {"statusCode", "message"}; 5xx may carry HTML or nothing. A 404 is
     # the API's word on one order only with the API's own error object (its code); the
     # gateway's "Resource not found" says the base URL misses the API.
@@ -254,7 +258,7 @@ def _parse(status: int, body: bytes, retry_after: float | None, latency_ms: floa
     code = data.get("code") if data and status == 404 else None
     return Answer(
         status,
-        code if isinstance(code, str) and code else None,
+        _code(code) if isinstance(code, str) and code else None,
         message,
         retry_after,
         latency_ms=latency_ms,
@@ -269,8 +273,16 @@ def _json_object(body: bytes) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
+def _code(code: str) -> str:
+    """The API's error code as recorded: redacted of every known secret (an API that echoes
+    the key in it must not put it in the ledger), and short."""
+    return redact.text(code)[:MAX_CODE]
+
+
 def _message(data: dict[str, object] | None) -> str | None:
+    """The message as recorded: redacted first, then cut (cut first, half of a secret would
+    be left that no longer matches it). The body is at most MAX_ERROR_BODY long."""
     value = data.get("message") if data else None
     if value is None:
         return None
-    return str(value)[:MAX_MESSAGE]
+    return redact.text(str(value))[:MAX_MESSAGE]

@@ -119,6 +119,12 @@ def _add_plan_commands(sub: argparse._SubParsersAction[Parser]) -> None:
 
     apply = sub.add_parser("apply", help="send exactly the orders of a reviewed plan file")
     apply.add_argument("plan", metavar="PLAN", help="the plan file (cancel-orders plan)")
+    apply.add_argument(
+        "--expect-digest",
+        metavar="HEX",
+        help="refuse the plan unless its digest starts with HEX (at least 12 characters): "
+        "the one the reviewer approved",
+    )
     _add_run_options(apply)
 
     control = sub.add_parser(

@@ -7,26 +7,35 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 import structlog
 
+from worker.domain.credentials import host_only, mask_urls
 from worker.domain.errors import ConfigError
 from worker.domain.models import Outcome
 from worker.runtime.logs import configure, silence
+from worker.runtime.redaction import redact
 from worker.settings import FILES_READ, Settings, load_settings
 
 log = structlog.get_logger(__name__)
 
-SECRET_FLAGS = ("--client-secret", "--api-key", "--access-token")
+SECRET_FLAGS = ("--client-secret", "--api-key", "--access-token", "--plan-key")
+WEBHOOK_FLAGS = ("--notify-url",)  # a webhook URL's path is its secret: shown as its host
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with usage errors on one line and exit status 2."""
+    """argparse, with usage errors on one line and exit status 2, and no abbreviated long
+    flags: a secret flag has one spelling, so it is always masked and warned about."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -43,6 +52,39 @@ def settings_from(args: argparse.Namespace, keys: Sequence[str]) -> Settings:
         _allow_core_dumps()
     warn_secret_flags(getattr(args, "argv", []))
     return settings
+
+
+def masked_command_line(argv: Sequence[str]) -> str:
+    """The command line as given, as it may be recorded and shown: a secret flag's value
+    ``***``, a webhook URL its host, the credentials of every other URL masked, and any known
+    secret redacted wherever it stands."""
+    words: list[str] = []
+    hide: Callable[[str], str] | None = None  # how the next word (a flag's value) is shown
+    for word in argv:
+        if hide is not None:
+            words.append(hide(word))
+            hide = None
+            continue
+        name, eq, value = word.partition("=")
+        how = _HIDDEN.get(name)
+        if how is None:
+            words.append(mask_urls(word))
+        elif eq:
+            words.append(f"{name}={how(value)}")
+        else:
+            words.append(word)
+            hide = how
+    return "cancel-orders " + shlex.join(redact.clean(words))
+
+
+def _hosts(urls: str) -> str:
+    return ",".join(host_only(url) for url in urls.split(","))
+
+
+_HIDDEN: dict[str, Callable[[str], str]] = {
+    **dict.fromkeys(SECRET_FLAGS, lambda _value: "***"),
+    **dict.fromkeys(WEBHOOK_FLAGS, _hosts),
+}
 
 
 def say(stream: TextIO, text: str) -> None:

@@ -40,11 +40,15 @@ GROUPS = {  # name -> title in --help, in the order shown
     "export": "metrics at the end",
     "logs": "logs",
     "audit": "audit and notifications",
+    "plan": "plan seal",
 }
 RUN = ("target", "auth", "network", "rate", "retry", "input", "ledger", "failures", "cap")
-RUN_GROUPS = (*RUN, "preconditions", "canary", "stops", "progress", "export", "logs", "audit")
+RUN_GROUPS = (
+    *RUN,
+    *("preconditions", "canary", "stops", "progress", "export", "logs", "audit", "plan"),
+)
 CONSUME_GROUPS = (
-    *(g for g in RUN_GROUPS if g not in ("cap", "canary", "export", "audit")),
+    *(g for g in RUN_GROUPS if g not in ("cap", "canary", "export", "audit", "plan")),
     "queue",
     "serve",
 )

@@ -19,7 +19,7 @@ from worker.settings import Settings
 from worker.sources import IdValidator, OrderSource
 from worker.sources.csv_file import CsvSource, needs_spooling, spool_stdin
 from worker.sources.ledger_source import LedgerSource
-from worker.sources.plan import PlanSource
+from worker.sources.plan import PlanSource, Seal
 from worker.sources.plan import load as load_plan
 
 FILTER_DESTS = (
@@ -35,15 +35,17 @@ FILTER_DESTS = (
 
 
 def source_from(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> OrderSource:
+    validator = IdValidator(settings.id_pattern)
     if args.command == "apply":
         settings.require_target()
-        return PlanSource.of(load_plan(Path(args.plan), settings.api_url))
+        key = settings.plan_key.get_secret_value() if settings.plan_key else None
+        seal = Seal(settings.api_url, args.expect_digest, key)
+        return PlanSource.of(load_plan(Path(args.plan), seal), validator)
     if args.command == "retry":
         require_ledger(settings.ledger)
         if not args.force:
             _refuse_retry_of_unfinished_input(settings.ledger)
-        return LedgerSource(settings.ledger)
-    validator = IdValidator(settings.id_pattern)
+        return LedgerSource(settings.ledger, validator)
     if getattr(args, "select", False):
         return _selected(args, settings, stack, validator)
     if args.input is None:

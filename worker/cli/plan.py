@@ -18,8 +18,9 @@ from worker.domain.location import Location
 from worker.domain.models import new_run_id
 from worker.ledger import check_target, open_ledger
 from worker.runtime.files import replaced
+from worker.runtime.redaction import printable
 from worker.settings import duration_s
-from worker.sources import OrderSource
+from worker.sources import IdValidator, OrderSource
 from worker.sources import plan as plans
 
 BATCH = 1000
@@ -44,26 +45,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
             from worker.pipeline.check import predictions  # noqa: PLC0415 - only with --check
 
             settings.require_credentials()
-            predicted = predictions(settings, plans.PlanSource(order_ids, "the plan"))
+            validator = IdValidator(settings.id_pattern)
+            predicted = predictions(settings, plans.PlanSource(order_ids, "the plan", validator))
+    key = settings.plan_key.get_secret_value() if settings.plan_key else None
     content = plans.make(
         order_ids,
         target=settings.api_url,
+        token_host=settings.token_host,
         origin=origin,
         expires_in_s=expires_in_s,
-        reason=settings.reason,
-        operator=settings.operator,
+        people={
+            "operator": settings.operator,
+            "reason": settings.reason,
+            "ticket": settings.ticket,
+        },
         predictions=predicted,
+        key=key,
     )
     with replaced(args.output) as out:
         json.dump(content, out, indent=1)
         out.write("\n")
-    say(
-        sys.stdout,
+    lines = (
         f"Plan {args.output}: {len(order_ids)} orders for {settings.target_label}, digest "
-        f"{content['digest'][:12]}, expires at {content['expires_at']}\n"
-        f"  not in it: {invalid} invalid, {final} already final in {settings.ledger}\n"
-        f"  nothing was sent; review it, then: cancel-orders apply {args.output}\n",
+        f"{content['digest']}{', signed' if key else ''}, expires at {content['expires_at']}",
+        f"  not in it: {invalid} invalid, {final} already final in {settings.ledger}",
+        f"  nothing was sent; review it, then: cancel-orders apply {args.output} "
+        f"--expect-digest {content['digest'][:16]}",
     )
+    say(sys.stdout, "".join(printable(line) + "\n" for line in lines))
     return 1 if invalid else 0
 
 

@@ -4,19 +4,18 @@ pool over the input and the ledger, then the summary, the metrics and the exit s
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import structlog
 
-from worker.cli.common import SECRET_FLAGS, say, settings_from, terminal
+from worker.cli.common import masked_command_line, say, settings_from, terminal
 from worker.cli.flags import RUN_GROUPS, keys_of
 from worker.cli.inputs import cap, last_run, source_from
 from worker.cli.who import who_from
 from worker.domain.errors import ConfigError, WorkerError
-from worker.domain.location import Location, mask_urls
+from worker.domain.location import Location
 from worker.domain.models import Result, RunOptions, RunRecord, RunReport, new_run_id
 from worker.ledger import check_target, ledger_exists, open_ledger
 from worker.pipeline.control import with_signals
@@ -74,7 +73,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             dry_run=args.dry_run,
             progress_bar=sys.stderr.isatty() and not args.no_progress,
             total=total,
-            resume=(resume := _resume_command(args)),
+            resume=(resume := masked_command_line(getattr(args, "argv", []))),
             plan=getattr(source, "digest", ""),
             who=None if args.dry_run else who_from(args, settings, source, resume),
         )
@@ -110,19 +109,6 @@ def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Setti
         log.info("retry_reuses_limits", run_id=last["run_id"], **reuse)
         settings = settings.model_copy(update=reuse)
     return settings
-
-
-def _resume_command(args: argparse.Namespace) -> str:
-    """The command line as given, a secret flag's value masked: what resumes a stopped run
-    (with `-`, the same orders on standard input again)."""
-    words: list[str] = []
-    masked = False
-    for word in getattr(args, "argv", []):
-        words.append("***" if masked else mask_urls(word))  # a ledger URL's password too
-        masked = word in SECRET_FLAGS
-        if "=" in word and word.split("=", 1)[0] in SECRET_FLAGS:
-            words[-1] = word.split("=", 1)[0] + "=***"
-    return "cancel-orders " + shlex.join(words)
 
 
 def _announce(

@@ -30,11 +30,12 @@ def who_from(
         "token_host": settings.token_host if settings.base_url else None,
         "limits": {key: getattr(settings, key) for key in LIMITS},
     }
+    plan = getattr(source, "plan", None)  # `apply`: the plan's people, unless a flag says
     return RunRecord(
-        operator=settings.operator or os_user(),
+        operator=settings.operator or getattr(plan, "operator", None) or os_user(),
         host=socket.gethostname(),
-        reason=settings.reason,
-        ticket=settings.ticket,
+        reason=settings.reason or getattr(plan, "reason", None),
+        ticket=settings.ticket or getattr(plan, "ticket", None),
         details=details,
     )
 

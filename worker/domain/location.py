@@ -3,12 +3,13 @@ URL). The URL prints with its password masked, wherever it is shown."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic_core import core_schema
+
+from worker.domain.credentials import mask_url, url_secrets
 
 SCHEMES = ("postgresql", "postgres")
 
@@ -21,16 +22,17 @@ class PostgresUrl:
     def __init__(self, dsn: str) -> None:
         parts = urlsplit(dsn)
         if parts.scheme not in SCHEMES or not parts.hostname:
-            raise ValueError(f"{mask(dsn)}: a PostgreSQL ledger is postgresql://USER@HOST/DB")
+            raise ValueError(f"{mask_url(dsn)}: a PostgreSQL ledger is postgresql://USER@HOST/DB")
         self.dsn = dsn
 
     @property
-    def password(self) -> str | None:
-        """The password in the URL (redacted from every output), if any."""
-        return urlsplit(self.dsn).password
+    def secrets(self) -> list[str]:
+        """The URL's credentials (redacted from every output): its userinfo password and
+        libpq's ``?password=`` and ``?sslpassword=``."""
+        return url_secrets(self.dsn)
 
     def __str__(self) -> str:
-        return mask(self.dsn)
+        return mask_url(self.dsn)
 
     def __repr__(self) -> str:
         return f"PostgresUrl({str(self)!r})"
@@ -56,20 +58,4 @@ def _validate(value: object) -> PostgresUrl:
     raise ValueError("not a postgresql:// URL")
 
 
-def mask(dsn: str) -> str:
-    """The URL with its password replaced by ``***``."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def mask_urls(text: str) -> str:
-    """``text`` with the password of every PostgreSQL URL in it masked."""
-    return _URL.sub(lambda m: mask(m.group(0)), text)
-
-
-_URL = re.compile(r"postgres(?:ql)?://\S+")
 Location = PostgresUrl | Path

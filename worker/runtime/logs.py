@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -203,13 +203,13 @@ def info_event(event: str, fields: dict[str, Any]) -> None:
 def configure(
     log_format: str | None,
     level: str,
-    secrets: list[str] | None = None,
+    secrets: Mapping[str, str] | None = None,
     log_file: Path | None = None,
 ) -> str:
     """Configure structlog once for the process; returns the format chosen. With ``log_file``
     every event is written there as JSON too (``worker.runtime.logfile``)."""
-    for secret in secrets or []:
-        redact.add(secret)
+    for secret, shown in (secrets or {}).items():
+        redact.add(secret, shown)
     global BUFFERED, _FAST  # noqa: PLW0603 - one logger for the process, configured once
     terminal = sys.stderr.isatty()
     fmt = log_format or ("console" if terminal else "json")

@@ -17,32 +17,42 @@ class Redactor:
     """A processor that replaces every known secret wherever it appears in an event."""
 
     def __init__(self) -> None:
-        self._secrets: tuple[str, ...] = ()
+        self._secrets: dict[str, str] = {}  # secret -> what is shown instead
         self._pattern: re.Pattern[str] | None = None
         self._in_json: tuple[bytes, ...] = ()  # the secrets as they appear in JSON text
 
-    def add(self, secret: str | None) -> None:
-        """Redact this value from now on (tokens are added as they are fetched)."""
+    def add(self, secret: str | None, shown: str = REDACTED) -> None:
+        """Redact this value from now on (tokens are added as they are fetched); ``shown`` is
+        what stands in its place (a webhook URL shows its host)."""
         if secret and len(secret) >= MIN_SECRET_LEN and secret not in self._secrets:
+            self._secrets[secret] = shown
             # Longest first, so a secret that contains another is replaced whole.
-            self._secrets = tuple(sorted((*self._secrets, secret), key=len, reverse=True))
-            self._pattern = re.compile("|".join(re.escape(s) for s in self._secrets))
-            self._in_json = tuple(orjson.dumps(s)[1:-1] for s in self._secrets)
+            ordered = sorted(self._secrets, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+            self._in_json = tuple(orjson.dumps(s)[1:-1] for s in ordered)
 
     def in_json(self, line: bytes) -> bool:
         """True when a rendered JSON line holds a secret: a substring test per secret on the
         line, cheaper than a search of every value (a line with one is then redacted)."""
         return any(needle in line for needle in self._in_json)
 
+    def _sub(self, match: re.Match[str]) -> str:
+        return self._secrets.get(match.group(), REDACTED)
+
+    def text(self, value: str) -> str:
+        """``value`` with every secret replaced."""
+        pattern = self._pattern
+        return pattern.sub(self._sub, value) if pattern and pattern.search(value) else value
+
     def clean(self, value: Any) -> Any:
-        """``value`` with every secret replaced, recursing into containers."""
+        """``value`` with every secret replaced, recursing into containers (keys too)."""
         pattern = self._pattern
         if pattern is None:
             return value
         if isinstance(value, str):
-            return pattern.sub(REDACTED, value) if pattern.search(value) else value
+            return pattern.sub(self._sub, value) if pattern.search(value) else value
         if isinstance(value, dict):
-            return {k: self.clean(v) for k, v in value.items()}
+            return {self.clean(k): self.clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return type(value)(self.clean(v) for v in value)
         if isinstance(value, BaseException):
@@ -59,7 +69,7 @@ class Redactor:
                 kind = type(value)
                 if kind is str:
                     if pattern.search(value):
-                        event_dict[key] = pattern.sub(REDACTED, value)
+                        event_dict[key] = pattern.sub(self._sub, value)
                 elif kind not in _PLAIN:
                     event_dict[key] = self.clean(value)
         return event_dict

@@ -60,6 +60,13 @@ class SettingsFields(BaseSettings):
         "auth", "KEY", "subscription key, better given in the environment"
     )
     api_key_file: Path | None = _f("auth", "FILE", "read the subscription key from FILE")
+    plan_key: SecretStr | None = _f(
+        "plan",
+        "KEY",
+        "HMAC key that signs plans (plan) and is required of them (apply); better given in the "
+        "environment or as a file",
+    )
+    plan_key_file: Path | None = _f("plan", "FILE", "read the plan key from FILE")
     core_dumps: bool = _f(
         "auth", "", "allow core dumps of this process (they hold the secrets)", default=False
     )

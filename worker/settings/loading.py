@@ -20,7 +20,7 @@ from worker.settings.model import (
     dotenv_file_var,
     use_environment_var,
 )
-from worker.settings.sources import FILES_READ
+from worker.settings.sources import FILES_READ, check_private
 
 
 def load_settings(
@@ -35,8 +35,10 @@ def load_settings(
     With ``environment=False`` only the flags and files count (the demo must not pick up a
     real credential from the environment).
     """
-    if config_file is not None and not config_file.is_file():
-        raise ConfigError(f"{config_file}: config file not found")
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"{config_file}: config file not found")
+        check_private(config_file)  # it can name the target, the proxy and --on-finish
     given = {key: value for key, value in flags.items() if value is not None}
     FILES_READ.clear()
     if config_file is not None:

@@ -14,9 +14,11 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, TomlConfigSettingsSource
 
+from worker.domain.credentials import host_only, url_secrets
 from worker.domain.defaults import defaults_file
 from worker.domain.errors import ConfigError
 from worker.domain.location import PostgresUrl
+from worker.runtime.redaction import REDACTED
 from worker.settings.fields import (
     DEFAULT_NAMESPACE,
     ENV_PREFIX,
@@ -36,6 +38,7 @@ from worker.settings.values import (
 config_file_var: ContextVar[Path | None] = ContextVar("config_file", default=None)
 use_environment_var: ContextVar[bool] = ContextVar("use_environment", default=True)
 dotenv_file_var: ContextVar[Path | None] = ContextVar("dotenv_file", default=None)
+MIN_WEBHOOK_PATH = 8  # a shorter path is redacted only as a part of its whole URL
 
 
 class Settings(SettingsFields):
@@ -87,7 +90,11 @@ class Settings(SettingsFields):
     def _secret_files(self) -> Settings:
         """A secret given as a file (a Kubernetes or systemd credential, a file readable only by
         its owner): read when the secret itself is not given."""
-        for key, file_key in (("client_secret", "client_secret_file"), ("api_key", "api_key_file")):
+        for key, file_key in (
+            ("client_secret", "client_secret_file"),
+            ("api_key", "api_key_file"),
+            ("plan_key", "plan_key_file"),
+        ):
             path = getattr(self, file_key)
             if path is None or getattr(self, key) is not None:
                 continue
@@ -233,16 +240,26 @@ class Settings(SettingsFields):
         sources.append(TomlConfigSettingsSource(settings_cls, toml_file=defaults))
         return tuple(sources)
 
-    def secrets(self) -> list[str]:
-        """The secret values, for redaction (a Redis URL's password included)."""
-        found = [self.client_secret, self.access_token, self.api_key]
-        values = [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
-        passwords = [
-            urlsplit(url).password for url in (self.redis_url, self.proxy, *_env_proxies()) if url
-        ]
+    def secrets(self) -> dict[str, str]:
+        """Every secret value -> what is shown in its place, for redaction: the credentials and
+        the plan key; the credentials inside every URL setting (userinfo, ``?password=``...),
+        the proxies of the environment included; each webhook URL, shown as its host."""
+        shown: dict[str, str] = {}
+        for value in (self.client_secret, self.access_token, self.api_key, self.plan_key):
+            if value is not None and value.get_secret_value():
+                shown[value.get_secret_value()] = REDACTED
+        urls = [self.redis_url, self.proxy, self.pushgateway, self.base_url, self.token_url]
         if isinstance(self.ledger, PostgresUrl):
-            passwords.append(self.ledger.password)
-        return values + [p for p in passwords if p]
+            urls.append(self.ledger.dsn)
+        for url in (*urls, *_env_proxies()):
+            for secret in url_secrets(url) if url else ():
+                shown.setdefault(secret, REDACTED)
+        for url in self.notify_urls:  # a webhook's path is its secret
+            shown[url] = host_only(url)
+            path = urlsplit(url).path
+            if len(path) >= MIN_WEBHOOK_PATH:
+                shown.setdefault(path, "/" + REDACTED)
+        return shown
 
     def require_target(self) -> None:
         """ConfigError unless a target is given: a command that talks to the API never falls

@@ -17,7 +17,7 @@ from worker.settings.fields import ENV_PREFIX
 FILES_READ: list[str] = []  # the settings files the last load_settings read
 
 
-def _check_private(path: Path) -> None:
+def check_private(path: Path) -> None:
     """A settings file that someone else could have written is refused: it could send the
     credentials to another host."""
     st = path.stat()
@@ -35,7 +35,7 @@ class PrefixedDotEnv(PydanticBaseSettingsSource):
         super().__init__(settings_cls)
         self._values: dict[str, Any] = {}
         if path is not None and path.is_file():
-            _check_private(path)
+            check_private(path)
             # No interpolation: "${MOUVONE_API_KEY}" in a value stays that text.
             for key, value in dotenv_values(path, interpolate=False).items():
                 if key.upper().startswith(ENV_PREFIX) and value is not None:

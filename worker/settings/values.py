@@ -8,6 +8,8 @@ import re
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+from worker.domain.credentials import mask_url
+
 
 def _env_proxies() -> list[str]:
     return [v for k, v in os.environ.items() if k.lower() in ("https_proxy", "http_proxy") and v]
@@ -48,13 +50,8 @@ def _checked_url(value: str) -> str:
 
 
 def safe_url(url: str) -> str:
-    """``url`` without the credentials of its userinfo (``user:***@host``), for printing."""
-    parts = urlsplit(url)
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{host}" if user else f"***@{host}").geturl()
+    """``url`` without its credentials (``user:***@host``, ``?password=***``), for printing."""
+    return mask_url(url)
 
 
 def is_loopback(host: str) -> bool:
