@@ -27,7 +27,7 @@ from worker.cli.flags import (
 from worker.domain.errors import WorkerError
 from worker.pipeline.steering import ACTIONS
 from worker.runtime.logs import flush_logs
-from worker.runtime.redaction import redact
+from worker.runtime.redaction import printable, redact
 
 COMMANDS = {  # command -> module of worker.cli : function
     "run": "run:cmd_run",
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except WorkerError as exc:
         flush_logs()  # the gathered log lines first: the error is the last line
-        say(sys.stderr, f"cancel-orders: error: {redact.clean(str(exc))}\n")
+        say(sys.stderr, f"cancel-orders: error: {printable(redact.text(str(exc)))}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         print("cancel-orders: interrupted: nothing more was sent", file=sys.stderr)

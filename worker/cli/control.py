@@ -15,6 +15,7 @@ from worker.domain.errors import ConfigError
 from worker.domain.location import PostgresUrl
 from worker.ledger import control as ledger_control
 from worker.runtime import loop as event_loop
+from worker.runtime.redaction import printable
 from worker.settings import Settings
 
 
@@ -93,13 +94,22 @@ def _group(settings: Settings, action: str, value: str | None) -> int:
     if action != "status":
         print(f"Group {group}: {action}{f' {value}' if value else ''} (taken within a second)")
         return 0
-    consumers = []
-    for name, text in sorted(answer["consumers"].items()):
-        status = json.loads(text)
-        consumers.append({"consumer": name, **(status if isinstance(status, dict) else {})})
+    consumers = [
+        {"consumer": name, **_status_of(text)} for name, text in sorted(answer["consumers"].items())
+    ]
     standing = ", ".join(f"{k}={v}" for k, v in sorted(answer["standing"].items()) if v)
     print(render_status(f"Group {group} (standing: {standing or 'none'})", consumers))
     return 0
+
+
+def _status_of(text: str) -> dict[str, Any]:
+    """A consumer's published status; anyone who can write the hash may have written anything:
+    what is not a JSON object is shown as unreadable."""
+    try:
+        status = json.loads(text)
+    except (ValueError, RecursionError):
+        status = None
+    return status if isinstance(status, dict) else {"unreadable": True}
 
 
 def _said(args: argparse.Namespace) -> str:
@@ -107,7 +117,7 @@ def _said(args: argparse.Namespace) -> str:
 
 
 def render_status(title: str, statuses: list[dict[str, Any]]) -> str:
-    """`control status` for a person."""
+    """`control status` for a person, escaped (a status is anyone's text who can write it)."""
     lines = [title]
     if not any(statuses):
         lines.append("  no status yet: the run publishes it twice a second")
@@ -115,9 +125,14 @@ def render_status(title: str, statuses: list[dict[str, Any]]) -> str:
         if not status:
             continue
         who = f"  {status['consumer']}: " if "consumer" in status else "  "
+        if status.get("unreadable"):
+            lines.append(f"{who}its status is not readable (not a JSON object)")
+            continue
         total = status.get("total")
         done = f"{status.get('done', 0)}/{total}" if total is not None else str(status.get("done"))
-        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(status.get("outcomes", {}).items()))
+        found = status.get("outcomes")
+        counts = sorted(found.items()) if isinstance(found, dict) else []
+        outcomes = ", ".join(f"{k} {v}" for k, v in counts)
         paused = "paused" if status.get("paused") else "running"
         lines.append(
             f"{who}{paused}, {done} done, rate {status.get('rate')}/s "
@@ -126,4 +141,4 @@ def render_status(title: str, statuses: list[dict[str, Any]]) -> str:
         )
         if outcomes:
             lines.append(f"    {outcomes}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)

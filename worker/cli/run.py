@@ -23,8 +23,8 @@ from worker.pipeline.runner import RECORDED_LIMITS, Runner
 from worker.reports.report import render_run
 from worker.runtime import loop as event_loop
 from worker.runtime.metrics import Metrics
-from worker.runtime.redaction import redact
-from worker.settings import Settings, given_elsewhere
+from worker.runtime.redaction import printable, redact
+from worker.settings import Settings, given_elsewhere, revalidated
 from worker.sources import OrderSource
 from worker.sources.plan import os_user
 
@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             refused = Metrics()
             refused.ended(exc.exit_code)
             _write_metrics(refused, settings, args.command)
-            ended = {"exit_code": exc.exit_code, "reason": redact.clean(str(exc))}
+            ended = {"exit_code": exc.exit_code, "reason": redact.text(str(exc))}
             _announce(settings, args, ended, None)
         raise
 
@@ -86,8 +86,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         if report.exit_code in (3, 130, 143) and report.reason:
             say(
                 sys.stderr,
-                f"cancel-orders: {redact.clean(report.reason)}; unanswered orders stay pending: "
-                "resume with the same command\n",
+                f"cancel-orders: {printable(redact.text(report.reason))}; unanswered orders stay "
+                "pending: resume with the same command\n",
             )
         if not args.dry_run:  # after the summary: a slow webhook never delays what people read
             _announce(settings, args, report.as_dict(), options.who)
@@ -107,7 +107,8 @@ def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Setti
     reuse = {k: v for k, v in limits.items() if k in RECORDED_LIMITS and k not in given}
     if reuse:
         log.info("retry_reuses_limits", run_id=last["run_id"], **reuse)
-        settings = settings.model_copy(update=reuse)
+        where = f"the limits recorded by run {last['run_id']} (give them as flags to override)"
+        settings = revalidated(settings, reuse, where)
     return settings
 
 

@@ -19,10 +19,11 @@ from worker.cli.common import settings_from
 from worker.cli.flags import RUN_GROUPS, keys_of
 from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import ConfigError
-from worker.reports.report import open_output
+from worker.reports.report import open_output, spreadsheet_safe
 from worker.runtime import loop as event_loop
 from worker.runtime.clock import SystemClock
 from worker.runtime.logs import flush_logs
+from worker.runtime.redaction import printable
 from worker.settings import Settings
 from worker.sources.selection import (
     Filters,
@@ -77,7 +78,9 @@ async def select_into(
     try:
 
         def emit(order_id: str) -> None:
-            rows.writerow([order_id])
+            # An ID from the API, maybe hostile: a formula or an escape sequence shown as text
+            # (such an ID fails the ID pattern however it is written).
+            rows.writerow([spreadsheet_safe(printable(order_id))])
 
         selector = Selector(reader, api.client, filters, emit, show.page)
         found = await selector.run()
@@ -116,7 +119,7 @@ def render_selection(found: SelectionSummary) -> str:
     text += ")"
     if left_out:
         text += f"; left out, not Master: {left_out}"
-    return text
+    return printable(text)  # the kinds are the API's words
 
 
 def _describe(filters: Filters) -> dict[str, object]:

@@ -3,13 +3,19 @@ and never created or changed by a dry run."""
 
 from __future__ import annotations
 
+import os
+import stat
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+import structlog
+
 from worker.domain.errors import ConfigError
 from worker.domain.location import Location, PostgresUrl
 from worker.ledger.store import Ledger
+
+log = structlog.get_logger(__name__)
 
 
 def ledger_at(location: Location, *, readonly: bool = False, claim_idle: float = 60.0) -> Ledger:
@@ -89,6 +95,26 @@ def open_ledger(
             found = ledger_at(location, readonly=True)
         ledger = found
     else:
+        if isinstance(location, Path):
+            warn_if_open_to_others(location)
         ledger = ledger_at(location, claim_idle=claim_idle)
     stack.callback(ledger.close)
     return ledger
+
+
+def warn_if_open_to_others(path: Path) -> None:
+    """A ledger file that another user owns or others may write: anyone of them could have
+    recorded outcomes that make a run skip orders, or edited the orders `retry` sends. Said,
+    not refused (a shared folder may be set up so on purpose)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return  # not there yet: created owner-only
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        log.warning(
+            "ledger_open_to_others",
+            ledger=str(path),
+            mode=stat.filemode(st.st_mode),
+            detail="another user owns it or others may write it: what it records may not be "
+            "this run's; chmod go-w it, or use a ledger of your own",
+        )

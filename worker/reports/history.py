@@ -11,7 +11,7 @@ from typing import TextIO
 from worker.ledger import CSV_COLUMNS
 from worker.ledger.audit import AuditLog
 from worker.ledger.schema import ATTEMPT_COLUMNS
-from worker.reports.report import spreadsheet_safe
+from worker.reports.report import safe_cell
 from worker.runtime.redaction import printable
 
 RUNS_CSV = (
@@ -40,7 +40,7 @@ def write_runs(runs: list[dict[str, object]], out: TextIO, fmt: str) -> None:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(RUNS_CSV)
         for run in runs:
-            writer.writerow(_cell(v) for v in _run_row(run))
+            writer.writerow(safe_cell(v) for v in _run_row(run))
         return
     if not runs:
         out.write("No run recorded in this ledger.\n")
@@ -147,7 +147,7 @@ def write_attempts(rows: Iterable[dict[str, object]], out: TextIO, fmt: str) -> 
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(ATTEMPT_COLUMNS)
         for row in rows:
-            writer.writerow(_cell(row[c]) for c in ATTEMPT_COLUMNS)
+            writer.writerow(safe_cell(row[c]) for c in ATTEMPT_COLUMNS)
             count += 1
         return count
     for row in rows:
@@ -166,7 +166,7 @@ def write_run_report(
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for row in rows:
-            writer.writerow(_cell(v) for v in row)
+            writer.writerow(safe_cell(v) for v in row)
         return
     if fmt == "json":
         orders = [dict(zip(CSV_COLUMNS, r, strict=True)) for r in rows]
@@ -187,7 +187,3 @@ def _first(rows: Iterator[tuple[object, ...]], n: int) -> Iterator[tuple[object,
         if k == n:
             return
         yield row
-
-
-def _cell(value: object) -> object:
-    return spreadsheet_safe(value) if isinstance(value, str) else value

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -31,7 +32,10 @@ log = structlog.get_logger(__name__)
 NEEDING_A_PERSON = 20  # orders listed in the notification
 NOTIFY_BUDGET_S = 10.0  # each URL: retried with backoff for at most this long
 ON_FINISH_TIMEOUT_S = 30.0
-SECRET_ENV = ("MOUVONE_CLIENT_SECRET", "MOUVONE_API_KEY", "MOUVONE_ACCESS_TOKEN")
+# What --on-finish's command gets of the environment: the run itself is in the JSON.
+ON_FINISH_ENV = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM"}
+)
 MEANING = {
     0: "every order cancelled or already cancelled",
     1: "finished; some orders need a person",
@@ -68,31 +72,54 @@ def payload(
     }
     if report.get("reason"):
         data["stop_reason"] = report["reason"]
-    data["text"] = text(data)
-    cleaned: dict[str, object] = json.loads(redact.clean(json.dumps(data)))
+    cleaned: dict[str, object] = redact.clean(data)  # the values, before they become text
+    cleaned["text"] = text(cleaned)
     return cleaned
 
 
-def text(data: Mapping[str, object]) -> str:
-    """The one-paragraph summary a person reads in a chat channel."""
+def text(data: Mapping[str, object], *, markdown: bool = False) -> str:
+    """The one-paragraph summary a person reads in a chat channel, every value escaped for
+    it: Slack's ``<``, ``>`` and ``&`` (no ``<!channel>``, no ``<url|link>``), and with
+    ``markdown`` (Teams) the Markdown marks too."""
+
+    def e(value: object) -> str:
+        return chat_escape(str(value), markdown=markdown)
+
     code = data.get("exit_code")
-    who = f" by {data['operator']}" if data.get("operator") else ""
-    why = [f"reason: {data['reason']}"] if data.get("reason") else []
-    why += [f"ticket {data['ticket']}"] if data.get("ticket") else []
+    who = f" by {e(data['operator'])}" if data.get("operator") else ""
+    why = [f"reason: {e(data['reason'])}"] if data.get("reason") else []
+    why += [f"ticket {e(data['ticket'])}"] if data.get("ticket") else []
     outcomes = _mapping(data.get("outcomes"))
-    counts = ", ".join(f"{n} {o}" for o, n in outcomes.items()) or "no order answered"
+    counts = ", ".join(f"{e(n)} {e(o)}" for o, n in outcomes.items()) or "no order answered"
     codes = _mapping(data.get("error_codes"))
-    coded = f" (error codes: {', '.join(f'{c} {n}' for c, n in codes.items())})" if codes else ""
+    listed = ", ".join(f"{e(c)} {e(n)}" for c, n in codes.items())
+    coded = f" (error codes: {listed})" if codes else ""
     meaning = MEANING.get(code if isinstance(code, int) else -1, "")
-    stop = f" Stopped: {data['stop_reason']}." if data.get("stop_reason") else ""
+    stop = f" Stopped: {e(data['stop_reason'])}." if data.get("stop_reason") else ""
     took = data.get("duration_s")
     return (
-        f"cancel-orders {data.get('command')} {data.get('run_id') or ''}{who}"
-        f"{' (' + ', '.join(why) + ')' if why else ''} against {data.get('target') or '?'} "
-        f"ended with exit {code}: {meaning}. {counts}{coded}"
-        f"{f' in {took} s' if took is not None else ''}.{stop}"
-        f"{' Ledger: ' + str(data['ledger']) + '.' if data.get('ledger') else ''}"
+        f"cancel-orders {e(data.get('command'))} {e(data.get('run_id') or '')}{who}"
+        f"{' (' + ', '.join(why) + ')' if why else ''} against {e(data.get('target') or '?')} "
+        f"ended with exit {e(code)}: {meaning}. {counts}{coded}"
+        f"{f' in {e(took)} s' if took is not None else ''}.{stop}"
+        f"{' Ledger: ' + e(data['ledger']) + '.' if data.get('ledger') else ''}"
     )
+
+
+_MARKDOWN = re.compile(r"[\\`*_{}\[\]()#+\-.!|~]")
+TEAMS_HOSTS = (".office.com", ".office365.com", ".logic.azure.com", ".powerautomate.com")
+
+
+def chat_escape(value: str, *, markdown: bool = False) -> str:
+    """``value`` as plain text in a chat message: Slack's three control characters as
+    entities; with ``markdown``, every Markdown mark behind a backslash."""
+    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN.sub(lambda m: "\\" + m.group(), value) if markdown else value
+
+
+def _renders_markdown(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host.endswith(TEAMS_HOSTS)
 
 
 def needing_a_person(ledger_path: Location | None, run_id: object) -> list[dict[str, object]]:
@@ -126,22 +153,29 @@ def needing_a_person(ledger_path: Location | None, run_id: object) -> list[dict[
 
 def announce(data: Mapping[str, object], settings: Settings) -> None:
     """Send the notifications and run the --on-finish command; failures are logged only."""
-    body = json.dumps(data)
     if settings.notify_urls:
         try:
-            event_loop.run(_post_all(settings, body))
+            event_loop.run(_post_all(settings, data))
         except Exception as exc:  # noqa: BLE001 - never changes the exit status
-            log.error("notify_failed", error=redact.clean(str(exc)))  # noqa: TRY400
+            log.error("notify_failed", error=redact.text(str(exc)))  # noqa: TRY400
     if settings.on_finish:
-        run_on_finish(settings.on_finish, body)
+        run_on_finish(settings.on_finish, json.dumps(data))
 
 
-async def _post_all(settings: Settings, body: str) -> None:
+async def _post_all(settings: Settings, data: Mapping[str, object]) -> None:
+    """One POST to each URL; a Teams URL gets the text with its Markdown escaped."""
+    plain = json.dumps(data)
+    teams = json.dumps({**data, "text": text(data, markdown=True)})
     session = new_session(len(settings.notify_urls), settings.ca_bundle)
     async with session:
         await asyncio.gather(
             *(
-                _post(session, url, body, proxy_for(url, settings.proxy))
+                _post(
+                    session,
+                    url,
+                    teams if _renders_markdown(url) else plain,
+                    proxy_for(url, settings.proxy),
+                )
                 for url in settings.notify_urls
             )
         )
@@ -181,9 +215,10 @@ async def _post(session: aiohttp.ClientSession, url: str, body: str, proxy: str 
 
 
 def run_on_finish(command: str, body: str) -> None:
-    """``sh -c CMD`` with the JSON on its standard input, without the tool's secrets in its
-    environment, killed (its whole process group) after ON_FINISH_TIMEOUT_S."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    """``sh -c CMD`` with the JSON on its standard input and only the environment a shell
+    command needs (ON_FINISH_ENV: no setting of the tool, no proxy, no credential), killed
+    (its whole process group) after ON_FINISH_TIMEOUT_S."""
+    env = {k: v for k, v in os.environ.items() if k in ON_FINISH_ENV or k.startswith("LC_")}
     try:
         child = subprocess.Popen(  # noqa: S602 - the operator's own command, as a shell runs it
             command,

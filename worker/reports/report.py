@@ -33,17 +33,12 @@ def write_csv(
     label: str | None = None,  # noqa: ARG001 - the writers share one signature
 ) -> None:
     """One row per order, header ``order_id,outcome,http_status,error_code,message,...``; a
-    text cell a spreadsheet would run as a formula is neutralised (``spreadsheet_safe``)."""
+    text cell a spreadsheet would run as a formula is neutralised (``safe_cell``), the ID of
+    an invalid order included."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    text = [CSV_COLUMNS.index("error_code"), CSV_COLUMNS.index("message")]
     for row in ledger.rows(outcome):
-        cells = list(row)
-        for i in text:
-            cell = cells[i]
-            if isinstance(cell, str):
-                cells[i] = spreadsheet_safe(cell)
-        writer.writerow(cells)
+        writer.writerow(safe_cell(cell) for cell in row)
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -52,9 +47,14 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 def spreadsheet_safe(cell: str) -> str:
     """A cell that a spreadsheet would read as a formula (it starts with ``=``, ``+``, ``-``,
     ``@``, a tab or a carriage return: OWASP "CSV injection") gets a leading single quote, which
-    spreadsheets show as text. Order IDs are never altered (they cannot start so); JSON and the
-    ledger keep the text as the API sent it."""
+    spreadsheets show as text. Valid order IDs are never altered (they cannot start so); JSON
+    and the ledger keep the text as the API sent it."""
     return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def safe_cell(value: object) -> object:
+    """A CSV cell as every CSV of the tool writes it: text made ``spreadsheet_safe``."""
+    return spreadsheet_safe(value) if isinstance(value, str) else value
 
 
 def write_table(
@@ -139,8 +139,8 @@ def render_counts(data: dict[str, object]) -> str:
         width = max(20, *(len(c) + 2 for c in codes))
         lines.append("")
         lines.append(f"{'error code':<{width}}{'orders':>10}")
-        lines.extend(f"{printable(code):<{width}}{count:>10}" for code, count in codes.items())
-    return "\n".join(lines) + "\n"
+        lines.extend(f"{code:<{width}}{count:>10}" for code, count in codes.items())
+    return "".join(printable(line) + "\n" for line in lines)  # API text cannot steer a terminal
 
 
 def render_run(data: dict[str, object]) -> str:
@@ -166,10 +166,10 @@ def render_run(data: dict[str, object]) -> str:
     if data.get("resume"):
         # After a stop, one instruction: the same command finishes the claimed orders (looked
         # up first only if they may have been sent) and reads the rest of the input.
-        lines.append(f"next: resume with the same command:\n  {data['resume']}")
+        lines.extend(("next: resume with the same command:", f"  {data['resume']}"))
     elif not dry:
         lines.extend(_next_steps(outcomes, str(data.get("ledger", ""))))
-    return "\n".join(lines) + "\n"
+    return "".join(printable(line) + "\n" for line in lines)  # API text cannot steer a terminal
 
 
 def _dry_lines(data: dict[str, object], outcomes: dict[str, int]) -> list[str]:
@@ -185,7 +185,7 @@ def _dry_lines(data: dict[str, object], outcomes: dict[str, int]) -> list[str]:
         )
     first = data.get("first_invalid")
     if isinstance(first, list) and first:
-        lines.append("  first invalid IDs at: " + ", ".join(printable(str(f)) for f in first))
+        lines.append("  first invalid IDs at: " + ", ".join(str(f) for f in first))
     return lines
 
 

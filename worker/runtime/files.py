@@ -9,6 +9,7 @@ over, `--output /dev/null` run as root would leave a regular file where the devi
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -99,6 +100,27 @@ def _replaced_fd(path: Path, mode: int) -> Iterator[int]:
             os.close(fd)
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def appended(path: Path, what: str) -> int:
+    """A descriptor that appends to ``path``, created owner-only. A link there is not followed
+    (a link planted at a log's path would make the tool append where its planter chose), except
+    the system's links to open files (/dev/stderr, /dev/fd/N); a file of this user's that
+    others may read is made owner-only. ConfigError naming ``what`` and the path otherwise."""
+    follow = path.is_symlink() and _stream_link(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags if follow else flags | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(
+                f"{what} {path}: a symbolic link, not followed: name the file it leads to"
+            ) from None
+        raise ConfigError(f"{what} {path}: cannot write it: {exc.strerror or exc}") from None
+    found = os.fstat(fd)
+    if stat.S_ISREG(found.st_mode) and found.st_uid == os.getuid() and found.st_mode & 0o077:
+        os.fchmod(fd, 0o600)  # it will hold what the run logs: no longer for others to read
+    return fd
 
 
 def copy_bytes_into(source: Path, folder: Path) -> Path:

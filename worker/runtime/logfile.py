@@ -6,13 +6,14 @@ the console does not show its event too."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from worker.domain.errors import ConfigError
+from worker.runtime.files import appended
 
 # Order events the console leaves to the log file (it shows the others: they need a person).
 QUIET_OUTCOMES = frozenset({"cancelled", "already_cancelled", "pending"})
@@ -29,12 +30,10 @@ class LogFile:
         self.lost = 0
 
     def open(self, path: Path) -> None:
-        """Open (append, owner-only); ConfigError naming the path when it cannot be."""
+        """Open (append, owner-only, a link not followed: ``appended``); ConfigError naming the
+        path when it cannot be."""
         self.close()
-        try:
-            self._handle = path.open("ab")
-        except OSError as exc:
-            raise ConfigError(f"--log-file {path}: cannot write it: {exc.strerror}") from None
+        self._handle = os.fdopen(appended(path, "--log-file"), "ab")
 
     @property
     def active(self) -> bool:

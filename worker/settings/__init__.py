@@ -10,7 +10,7 @@ from worker.settings.fields import (
     INTEGRATION_BASE_URL,
     TargetSpec,
 )
-from worker.settings.loading import given_elsewhere, load_settings
+from worker.settings.loading import given_elsewhere, load_settings, revalidated
 from worker.settings.model import Settings
 from worker.settings.sources import FILES_READ
 from worker.settings.values import deadline_after, duration_s, is_loopback, safe_url
@@ -27,5 +27,6 @@ __all__ = [
     "given_elsewhere",
     "is_loopback",
     "load_settings",
+    "revalidated",
     "safe_url",
 ]

@@ -58,6 +58,16 @@ def load_settings(
         dotenv_file_var.reset(dotenv_token)
 
 
+def revalidated(settings: Settings, update: dict[str, Any], source: str) -> Settings:
+    """``settings`` with ``update`` applied and checked like any value given (a copy with an
+    update is not checked); a bad value is a ConfigError naming it and ``source``."""
+    current = {key: getattr(settings, key) for key in Settings.model_fields}  # as they are
+    try:
+        return Settings.model_validate({**current, **update})
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_one_line(exc, None)}") from None
+
+
 def given_elsewhere(config_file: Path | None, env_file: Path | None = Path(".env")) -> set[str]:
     """The settings given by the environment, a .env file or the --config file (not by the
     shipped defaults): what a person chose, which a recorded value must not override."""

@@ -27,6 +27,7 @@ log = structlog.get_logger(__name__)
 
 PAGE = 50  # the API's largest page
 MAX_WALKS = 5
+MAX_TOTAL = 1_000_000  # a selection larger than this is refused: narrow the filters
 _AGE = re.compile(r"^\s*(\d+)\s*d?\s*$")
 
 
@@ -147,7 +148,8 @@ class Selector:
         """One walk, last page to first; True if it found orders the last walk had not."""
         self.summary.walks += 1
         before = len(self._seen)
-        total, _ = await self._page(query, 0, None)
+        total, first = await self._page(query, 0, None)
+        _check_total(total, first)
         grew = False
         offset = ((total - 1) // PAGE) * PAGE if total > 0 else 0
         while offset >= 0 and total > 0:
@@ -207,3 +209,19 @@ class Selector:
             return
         self.summary.matched += 1
         self._emit(order_id)
+
+
+def _check_total(total: int, first_page: int) -> None:
+    """The paging is bounded by what the pages return: a total that the first page contradicts
+    (fewer items than a full page, yet more announced) or beyond MAX_TOTAL is not trusted, so
+    that no offset is asked for that no page could have led to."""
+    if first_page < PAGE and total > first_page:
+        raise FatalApiError(
+            f"the order search announced {total} orders, but its first page held {first_page}: "
+            "its total cannot be trusted (narrow the filters)"
+        )
+    if total > MAX_TOTAL:
+        raise FatalApiError(
+            f"the order search announced {total} orders, more than a selection may hold "
+            f"({MAX_TOTAL}): its total cannot be trusted (narrow the filters)"
+        )
