@@ -7,14 +7,15 @@ import asyncio
 import contextlib
 import gc
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 
-from tests.support import PG_URL, REDIS_URL, Cli, Queue, unavailable
+from tests.support import PG_URL, REDIS_URL, Cli, Queue, Receiver, unavailable
 from worker.queue.streams import Names
 from worker.simulator import RunningSimulator, SimConfig, start
 
@@ -153,3 +154,44 @@ def ledger_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "l.sqlite")
     return str(request.getfixturevalue("pg_url"))
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[dict[str, Handler]], Awaitable[str]]]:
+    """Start loopback servers (a hostile API look-alike, a token endpoint) from {path: handler};
+    their root URLs; all closed at the end."""
+    runners: list[web.AppRunner] = []
+
+    async def start(routes: dict[str, Handler]) -> str:
+        app = web.Application()
+        for path, handler in routes.items():
+            app.router.add_route("*", path, handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    """A webhook on loopback, and its URL (whose path is its secret, as a Slack one's)."""
+    hook = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook/T0KEN", hook.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield hook, f"http://127.0.0.1:{port}/hook/T0KEN"
+    await runner.cleanup()

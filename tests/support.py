@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 
 from worker.domain.models import RunOptions, RunReport
 from worker.ledger import open_ledger
@@ -226,3 +227,22 @@ def mocked_api_settings(tmp_path: Path, **flags: Any) -> Settings:
         **flags,
     }
     return load_settings(given, env_file=None, environment=False)
+
+
+class Receiver:
+    """A webhook on loopback: every POSTed JSON body, in order."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.raw: list[bytes] = []
+        self.arrived = asyncio.Event()
+        self.fail_first = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.fail_first:
+            self.fail_first -= 1
+            return web.Response(status=503)
+        self.raw.append(await request.read())
+        self.bodies.append(await request.json())
+        self.arrived.set()
+        return web.Response(text="ok")

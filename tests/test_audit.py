@@ -11,14 +11,10 @@ import json
 import os
 import pty
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from aiohttp import web
-
-from tests.support import Cli, Queue, ids, sim_env, table_rows, write_ids
+from tests.support import Cli, Queue, Receiver, ids, sim_env, table_rows, write_ids
 from worker.reports.history import write_runs
 from worker.simulator import RunningSimulator
 
@@ -153,37 +149,6 @@ async def test_history_runs_audit_and_prune_read_it_back(
     )
     assert after["current"]["outcome"] == "cancelled"
     assert after["attempts"] == []
-
-
-class Receiver:
-    """A webhook on loopback: every POSTed JSON body, in order."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.arrived = asyncio.Event()
-        self.fail_first = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if self.fail_first:
-            self.fail_first -= 1
-            return web.Response(status=503)
-        self.bodies.append(await request.json())
-        self.arrived.set()
-        return web.Response(text="ok")
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
-    hook = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook/T0KEN", hook.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield hook, f"http://127.0.0.1:{port}/hook/T0KEN"
-    await runner.cleanup()
 
 
 async def test_one_notification_per_run_whatever_its_end(

@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +24,6 @@ from tests.support import REDIS_URL, Cli, Queue, ids, ledger_rows, sim_env, writ
 from worker.simulator import RunningSimulator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[[dict[str, Handler]], Awaitable[str]]]:
-    """Start loopback servers from {path: handler}; their root URLs; all closed at the end."""
-    runners: list[web.AppRunner] = []
-
-    async def start(routes: dict[str, Handler]) -> str:
-        app = web.Application()
-        for path, handler in routes.items():
-            app.router.add_route("*", path, handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 async def test_the_token_request_is_never_redirected(
