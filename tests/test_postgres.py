@@ -27,7 +27,7 @@ MIXED.append("CDE0000000001")  # a duplicate
 
 def _normal(text: str, sim: RunningSimulator, ledger: str, tmp: Path) -> list[str]:
     """Output with what differs between two runs by nature (times, ids, ports, the ledger's
-    name, durations) replaced; its lines sorted."""
+    name, durations, a plan's digest) replaced; its lines sorted."""
     text = text.replace(sim.base_url, "<base>").replace(sim.token_url, "<token>")
     text = text.replace(ledger, "<ledger>").replace(str(tmp), "<tmp>")
     for pattern, token in (
@@ -41,6 +41,7 @@ def _normal(text: str, sim: RunningSimulator, ledger: str, tmp: Path) -> list[st
         (r"127\.0\.0\.1:\d+", "<host>"),
         (r'"(host|operator)": "[^"]*"', r'"\1": "<who>"'),
         (r"sha256[^,}]*", "<sha>"),
+        (r"(digest |\"plan\": ?\")[0-9a-f]{12,64}", r"\1<digest>"),  # it covers the target too
     ):
         text = re.sub(pattern, token, text)
     return sorted(text.splitlines())
