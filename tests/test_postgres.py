@@ -317,6 +317,32 @@ async def test_consumers_record_in_the_shared_ledger(
     assert "postgresql://" in refused.stderr
 
 
+async def test_a_consumer_refuses_a_ledger_of_another_target(
+    cli: Cli, make_sim: Any, queue: Queue, tmp_path: Path, pg_url: str
+) -> None:
+    """A PostgreSQL ledger bound to one gateway and a consumer pointed at another: exit 2
+    naming both URLs, nothing sent, nothing recorded, the entries left for a consumer of the
+    right target (a production `run` would have skipped orders cancelled only on staging)."""
+    production, staging = await make_sim(), await make_sim()
+    env = sim_env(production, pg_url)
+    bound = await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 1))), "--yes",
+                          env=env)  # fmt: skip
+    assert bound.code == 0, bound.stderr[-2000:]
+    wanted = ids("CDE", 10, start=100)
+    queued = queue.env(staging, tmp_path)
+    assert (await cli.run("enqueue", str(write_ids(tmp_path / "q.csv", wanted)), "--yes",
+                          env=queued)).code == 0  # fmt: skip
+    done = await cli.run("consume", "--exit-when-empty", "--ledger", pg_url, env=queued)
+    assert done.code == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert production.base_url in last
+    assert staging.base_url in last
+    assert staging.sim.stats.arrivals == []
+    assert await queue.results() == []
+    recorded = table_rows(pg_url, "SELECT order_id FROM orders")
+    assert [r["order_id"] for r in recorded] == ["CDE0000000001"]
+
+
 async def test_the_schema_is_versioned_and_a_dead_server_named(
     cli: Cli, sim: RunningSimulator, tmp_path: Path, pg_url: str
 ) -> None:

@@ -31,7 +31,8 @@ SECRET_PARAMS = frozenset(
         "authorization",
     }
 )
-MASK = "***"
+MASK = "***"  # what stands for a credential inside a URL or a command line
+REDACTED = "[REDACTED]"  # what stands for a secret anywhere else
 
 
 def _secret_param(name: str) -> bool:

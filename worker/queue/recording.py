@@ -11,8 +11,9 @@ from pathlib import Path
 import structlog
 
 from worker.domain.errors import ConfigError, LedgerError
+from worker.domain.location import PostgresUrl
 from worker.domain.models import Result, RunReport, RunSummary
-from worker.ledger import ledger_at
+from worker.ledger import check_target, ledger_at
 from worker.pipeline.control import RunControl
 from worker.settings import Settings
 from worker.sinks.ledger import LedgerThread, ResultSink
@@ -22,12 +23,15 @@ log = structlog.get_logger(__name__)
 
 def check_ledger(settings: Settings, given: bool) -> None:
     """A consumer records to a PostgreSQL ledger only: the replicas of a group share it, where a
-    file is one process's."""
+    file is one process's. The ledger belongs to one target, as for every command that sends:
+    results recorded against another would make a later run skip orders never cancelled."""
     if given and isinstance(settings.ledger, Path):
         raise ConfigError(
             f"consume --ledger {settings.ledger}: the replicas of a group share their ledger; "
             "give a postgresql:// URL (results are in the results stream either way)"
         )
+    if isinstance(settings.ledger, PostgresUrl):
+        check_target(settings.ledger, settings.api_url)
 
 
 class LedgerCopy:

@@ -9,7 +9,8 @@ from typing import Any
 
 import orjson
 
-REDACTED = "[REDACTED]"
+from worker.domain.credentials import REDACTED
+
 MIN_SECRET_LEN = 4  # shorter values would redact ordinary words
 
 

@@ -14,11 +14,10 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, TomlConfigSettingsSource
 
-from worker.domain.credentials import host_only, url_secrets
+from worker.domain.credentials import REDACTED, host_only, url_secrets
 from worker.domain.defaults import defaults_file
 from worker.domain.errors import ConfigError
 from worker.domain.location import PostgresUrl
-from worker.runtime.redaction import REDACTED
 from worker.settings.fields import (
     DEFAULT_NAMESPACE,
     ENV_PREFIX,
