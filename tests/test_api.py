@@ -15,10 +15,11 @@ from tests.support import MOCKED_API, mocked_api_settings
 from worker.api.connection import Api, Reader, RetriesExhaustedError, connect
 from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import FatalApiError
+from worker.domain.retry import RetryPolicy
 from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.control import RunControl
 from worker.pipeline.dispatcher import Dispatcher
-from worker.pipeline.order import OrderState, RetryPolicy
+from worker.pipeline.order import OrderState
 
 BASE = MOCKED_API
 ORDER = URL(f"{BASE}/customer-orders/ABC0000000001")

@@ -18,10 +18,11 @@ from tests.support import MOCKED_API, mocked_api_settings
 from worker.api.connection import Api, connect
 from worker.domain.classifier import OutcomeTable
 from worker.domain.models import Outcome, Result
+from worker.domain.retry import RetryPolicy
 from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.control import RunControl
 from worker.pipeline.dispatcher import Dispatcher
-from worker.pipeline.order import OrderState, RetryPolicy
+from worker.pipeline.order import OrderState
 
 BASE = MOCKED_API
 RATE = 100.0

@@ -1,4 +1,5 @@
-"""Pure backoff policy: exponential, full jitter, capped, never shorter than Retry-After."""
+"""How hard to try one order: the attempts, the longest pause, and the backoff (exponential,
+full jitter, capped, never shorter than Retry-After). Pure."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ class Backoff:
         if retry_after_s is not None:
             return max(jittered, float(retry_after_s))
         return jittered
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one order."""
+
+    max_attempts: int
+    max_wait_s: float
+    backoff: Backoff
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

@@ -17,10 +17,11 @@ from worker.domain.classifier import Action, OutcomeTable
 from worker.domain.decision import Decision, Situation, Step, decide, retry_reason
 from worker.domain.errors import ApiConfigError, FatalApiError
 from worker.domain.models import Outcome, Result
+from worker.domain.retry import RetryPolicy
 from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.control import RunControl
 from worker.pipeline.lookup import before_sending
-from worker.pipeline.order import OrderState, RetryPolicy
+from worker.pipeline.order import OrderState
 from worker.runtime.clock import Clock
 from worker.runtime.metrics import Metrics
 
@@ -272,9 +273,11 @@ class Dispatcher:
     async def _look_up(self, state: OrderState) -> Result | None:
         """The GET before the DELETE (worker.pipeline.lookup): the order's result when that
         settles it, None to send it."""
-        url, noted = self._client.order_url(state.order_id), partial(self._looked_up, state)
+        url = self._client.order_url(state.order_id)
         try:
-            settled = await before_sending(self._reader, state, url, self._required, noted)
+            settled = await before_sending(
+                self._reader, state, url, self._required, partial(self._looked_up, state)
+            )
         except StoppingError:
             return state.pending()
         except FatalApiError as exc:

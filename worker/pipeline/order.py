@@ -1,4 +1,4 @@
-"""An order being worked on, and how hard to try it."""
+"""An order being worked on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from worker.domain.answer import Answer
 from worker.domain.classifier import error_code_for
 from worker.domain.models import Outcome, Result
-from worker.domain.retry import Backoff
 from worker.runtime.redaction import redact
 
 
@@ -57,12 +56,3 @@ class OrderState:
             self.attempts,
             round(last.latency_ms, 1),
         )
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to try one order."""
-
-    max_attempts: int
-    max_wait_s: float
-    backoff: Backoff

@@ -24,11 +24,12 @@ from worker.api.connection import Api
 from worker.domain.answer import Answer
 from worker.domain.classifier import OutcomeTable
 from worker.domain.models import SUCCESS, Outcome, Result, RunSummary
+from worker.domain.retry import RetryPolicy
 from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.canary import Canary
 from worker.pipeline.control import RunControl, limits_watcher
 from worker.pipeline.dispatcher import Dispatcher
-from worker.pipeline.order import OrderState, RetryPolicy
+from worker.pipeline.order import OrderState
 from worker.pipeline.progress import ProgressReporter
 from worker.pipeline.shelf import NextOrder, Shelf
 from worker.pipeline.steering import Channel, Steering
