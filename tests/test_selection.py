@@ -4,6 +4,7 @@ cancelled under it, only Master orders, the API's search errors, and `check` pre
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import io
@@ -18,6 +19,7 @@ from aioresponses import aioresponses
 from structlog.testing import capture_logs
 
 from tests.support import Cli, ledger_rows, settings_for, sim_env, write_ids
+from worker.cli.filters import FILTER_DESTS, add_filter_arguments
 from worker.cli.selecting import select_into
 from worker.domain.errors import ConfigError, FatalApiError
 from worker.settings import Settings
@@ -254,3 +256,11 @@ async def test_selection_usage_errors(
     assert done.code == 2
     assert message in done.stderr
     assert not sim.sim.stats.arrivals
+
+
+def test_the_filter_flags_are_declared_once() -> None:
+    """The selection's flags are exactly FILTER_DESTS, the list every command checks."""
+    parser = argparse.ArgumentParser()
+    before = {a.dest for a in parser._actions}
+    add_filter_arguments(parser)
+    assert {a.dest for a in parser._actions} - before == set(FILTER_DESTS)

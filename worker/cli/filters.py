@@ -17,6 +17,16 @@ STATUSES = (
     "Accepted",
     "Refused",
 )
+FILTER_DESTS = (  # the filters' flags, as argparse names them: the one list of them
+    "status",
+    "created_after",
+    "created_before",
+    "older_than",
+    "processing_indicator",
+    "carrier_code",
+    "transport_order_number",
+    "container_number",
+)
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from worker.cli.filters import FILTER_DESTS
 from worker.domain.errors import ConfigError
 from worker.domain.location import Location
 from worker.ledger import ledger_at, require_ledger
@@ -21,17 +22,6 @@ from worker.sources.csv_file import CsvSource, needs_spooling, spool_stdin
 from worker.sources.ledger_source import LedgerSource
 from worker.sources.plan import PlanSource, Seal
 from worker.sources.plan import load as load_plan
-
-FILTER_DESTS = (
-    "status",
-    "created_after",
-    "created_before",
-    "older_than",
-    "processing_indicator",
-    "carrier_code",
-    "transport_order_number",
-    "container_number",
-)
 
 
 def source_from(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> OrderSource:

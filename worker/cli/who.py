@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 from worker import __version__
-from worker.cli.inputs import FILTER_DESTS
+from worker.cli.filters import FILTER_DESTS
 from worker.domain.models import RunRecord
 from worker.settings import Settings
 from worker.sources import OrderSource
