@@ -106,13 +106,3 @@ def _refuse_retry_of_unfinished_input(path: Location) -> None:
         f"resume it with the same command{f' ({resume})' if resume else ''}; retry would leave "
         "the rest unsent (--force to retry anyway)"
     )
-
-
-def cap(to_send: int, settings: Settings) -> None:
-    """--max-orders: more orders to send than the cap is refused before anything is sent."""
-    cap = settings.max_orders
-    if cap is not None and to_send > cap:
-        raise ConfigError(
-            f"{to_send} orders would be sent, more than --max-orders {cap} (MOUVONE_MAX_ORDERS): "
-            "nothing was sent; check the input or the selection, or raise the cap"
-        )

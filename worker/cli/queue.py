@@ -14,10 +14,11 @@ import structlog
 
 from worker.cli.common import confirm, settings_from
 from worker.cli.flags import CONSUME_GROUPS, ENQUEUE_GROUPS, keys_of
-from worker.cli.inputs import cap, source_from
+from worker.cli.inputs import source_from
 from worker.domain.models import Result, RunReport
 from worker.ledger import Ledger
 from worker.pipeline.control import with_signals
+from worker.pipeline.lifecycle import cap
 from worker.queue.connection import names, open_redis_problem, streams_for
 from worker.queue.consumer import Consumer
 from worker.queue.enqueue import enqueue, redrive

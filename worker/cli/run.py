@@ -6,27 +6,24 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 import structlog
 
 from worker.cli.common import masked_command_line, say, settings_from, terminal
 from worker.cli.flags import RUN_GROUPS, keys_of
-from worker.cli.inputs import cap, last_run, source_from
+from worker.cli.inputs import last_run, source_from
 from worker.cli.who import who_from
 from worker.domain.errors import ConfigError, WorkerError
-from worker.domain.location import Location
-from worker.domain.models import Result, RunOptions, RunRecord, RunReport, new_run_id
+from worker.domain.models import Result, RunOptions, RunReport
 from worker.ledger import check_target, ledger_exists, open_ledger
 from worker.pipeline.control import with_signals
+from worker.pipeline.lifecycle import Counts, announce_end, cap, count_to_send, ended, refused
 from worker.pipeline.runner import RECORDED_LIMITS, Runner
 from worker.reports.report import render_run
 from worker.runtime import loop as event_loop
-from worker.runtime.metrics import Metrics
 from worker.runtime.redaction import printable, redact
 from worker.settings import Settings, given_elsewhere, revalidated
 from worker.sources import OrderSource
-from worker.sources.plan import os_user
 
 log = structlog.get_logger(__name__)
 
@@ -39,11 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run(args, settings)
     except WorkerError as exc:
         if not args.dry_run:
-            refused = Metrics()
-            refused.ended(exc.exit_code)
-            _write_metrics(refused, settings, args.command)
-            ended = {"exit_code": exc.exit_code, "reason": redact.text(str(exc))}
-            _announce(settings, args, ended, None)
+            event_loop.run(refused(settings, args.command, exc, None))
         raise
 
 
@@ -63,7 +56,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             settings.ledger, dry=args.dry_run, stack=stack, claim_idle=settings.claim_idle
         )
         if not args.dry_run and (not args.yes or settings.max_orders is not None):
-            plan = _plan(source, settings.ledger, force=getattr(args, "force", False))
+            force = getattr(args, "force", False)
+            plan = count_to_send(source, settings.ledger, force=force)
             cap(plan.to_send, settings)
             if not args.yes:
                 _confirm(source, settings, plan, total)
@@ -80,7 +74,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         ask = None if args.yes else _ask_after_canary
         runner = Runner(settings, source, ledger, options, ask=ask)
         report = event_loop.run(_execute(runner))
-        _export_metrics(runner, settings, report.exit_code)
+        ended(runner.metrics, settings, args.command, report.exit_code)
         # The run's exit status is its own: a closed stdout or stderr (`| head`) loses only text.
         say(sys.stdout, render_run(report.as_dict()))
         if report.exit_code in (3, 130, 143) and report.reason:
@@ -90,7 +84,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 "pending: resume with the same command\n",
             )
         if not args.dry_run:  # after the summary: a slow webhook never delays what people read
-            _announce(settings, args, report.as_dict(), options.who)
+            event_loop.run(announce_end(settings, args.command, report.as_dict(), options.who))
         return report.exit_code
 
 
@@ -112,41 +106,7 @@ def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Setti
     return settings
 
 
-def _announce(
-    settings: Settings, args: argparse.Namespace, ended: dict[str, object], who: RunRecord | None
-) -> None:
-    """--notify-url and --on-finish, when the run ends (a refusal too)."""
-    if not (settings.notify_urls or settings.on_finish):
-        return
-    from worker.reports.notify import announce, payload  # noqa: PLC0415 - only when asked
-
-    if "target" not in ended and settings.base_url:
-        ended["target"] = settings.target_label
-    people = {
-        "operator": who.operator if who else settings.operator or os_user(),
-        "reason": settings.reason,
-        "ticket": settings.ticket,
-    }
-    announce(payload(ended, args.command, people, settings.ledger), settings)
-
-
-def _export_metrics(runner: Runner, settings: Settings, exit_code: int) -> None:
-    """Write or push the run's metrics, as the settings ask, with how it ended."""
-    runner.metrics.ended(exit_code)
-    _write_metrics(runner.metrics, settings, runner.options.command)
-
-
-def _write_metrics(metrics: Metrics, settings: Settings, command: str) -> None:
-    if settings.metrics_textfile is not None:
-        try:
-            metrics.write_textfile(settings.metrics_textfile)
-        except (OSError, ConfigError) as exc:
-            say(sys.stderr, f"cancel-orders: warning: metrics not written: {exc}\n")
-    if settings.pushgateway:
-        metrics.push(settings.pushgateway, "cancel-orders", command)
-
-
-def _confirm(source: OrderSource, settings: Settings, plan: _Counts, total: int) -> None:
+def _confirm(source: OrderSource, settings: Settings, plan: Counts, total: int) -> None:
     """Show the plan as a person needs it (target, input, what will be sent and what not, how
     long it takes at --rate) and ask for "yes", on the terminal even when the orders come on
     standard input; nothing to send: nothing to ask. Refuse when nobody can be asked."""
@@ -188,28 +148,6 @@ def _ask_after_canary(results: list[Result]) -> bool:
     )
     with answer_from:
         return answer_from.readline().strip().lower() == "yes"
-
-
-@dataclass
-class _Counts:
-    to_send: int = 0
-    final: int = 0
-    invalid: int = 0
-    duplicates: int = 0
-
-
-def _plan(source: OrderSource, ledger_path: Location, *, force: bool) -> _Counts:
-    counts = _Counts()
-    with ExitStack() as stack:
-        ledger = open_ledger(ledger_path, dry=True, stack=stack)
-        run_id = new_run_id()
-        for batch in source.batches(500):
-            plan = ledger.claim(batch, run_id, force=force, dry=True)
-            counts.to_send += len(plan.to_send)
-            counts.final += len(plan.skipped)
-            counts.invalid += len(plan.invalid)
-            counts.duplicates += plan.duplicates
-    return counts
 
 
 async def _execute(runner: Runner) -> RunReport:

@@ -4,40 +4,25 @@
 from __future__ import annotations
 
 import argparse
-import socket
 from pathlib import Path
 
-from worker import __version__
 from worker.cli.filters import FILTER_DESTS
 from worker.domain.models import RunRecord
+from worker.pipeline.lifecycle import run_record
 from worker.settings import Settings
 from worker.sources import OrderSource
-from worker.sources.plan import file_facts, os_user
-
-LIMITS = ("rate", "concurrency", "max_attempts", "max_orders", "canary", "require_status")
+from worker.sources.plan import file_facts
 
 
 def who_from(
     args: argparse.Namespace, settings: Settings, source: OrderSource, command_line: str
 ) -> RunRecord:
-    """The run's record: operator, host, reason, ticket, and in ``details`` the command line
-    (secrets masked), the version, the input, the target and the limits in force."""
-    details: dict[str, object] = {
-        "command_line": command_line,
-        "version": __version__,
-        "input": input_facts(args, source),
-        "target": settings.target_label if settings.base_url else None,
-        "token_host": settings.token_host if settings.base_url else None,
-        "limits": {key: getattr(settings, key) for key in LIMITS},
-    }
-    plan = getattr(source, "plan", None)  # `apply`: the plan's people, unless a flag says
-    return RunRecord(
-        operator=settings.operator or getattr(plan, "operator", None) or os_user(),
-        host=socket.gethostname(),
-        reason=settings.reason or getattr(plan, "reason", None),
-        ticket=settings.ticket or getattr(plan, "ticket", None),
-        details=details,
-    )
+    """The run's record: operator, host, reason, ticket (`apply`: the plan's, unless a flag
+    says), and in ``details`` the command line (secrets masked), the version, the input, the
+    target and the limits in force."""
+    plan = getattr(source, "plan", None)
+    people = {key: getattr(plan, key, None) for key in ("operator", "reason", "ticket")}
+    return run_record(settings, command_line, input_facts(args, source), people)
 
 
 def input_facts(args: argparse.Namespace, source: OrderSource) -> dict[str, object]:

@@ -23,7 +23,6 @@ from worker.api.client import new_session, proxy_for
 from worker.domain.location import Location
 from worker.domain.models import SUCCESS, Outcome
 from worker.ledger import ledger_at
-from worker.runtime import loop as event_loop
 from worker.runtime.redaction import redact
 from worker.settings import Settings
 
@@ -151,15 +150,15 @@ def needing_a_person(ledger_path: Location | None, run_id: object) -> list[dict[
     return found
 
 
-def announce(data: Mapping[str, object], settings: Settings) -> None:
+async def announce(data: Mapping[str, object], settings: Settings) -> None:
     """Send the notifications and run the --on-finish command; failures are logged only."""
     if settings.notify_urls:
         try:
-            event_loop.run(_post_all(settings, data))
+            await _post_all(settings, data)
         except Exception as exc:  # noqa: BLE001 - never changes the exit status
             log.error("notify_failed", error=redact.text(str(exc)))  # noqa: TRY400
     if settings.on_finish:
-        run_on_finish(settings.on_finish, json.dumps(data))
+        await asyncio.to_thread(run_on_finish, settings.on_finish, json.dumps(data))
 
 
 async def _post_all(settings: Settings, data: Mapping[str, object]) -> None:
