@@ -246,3 +246,19 @@ class Receiver:
         self.bodies.append(await request.json())
         self.arrived.set()
         return web.Response(text="ok")
+
+
+async def fixed_token(_request: web.Request) -> web.Response:
+    """A look-alike's token endpoint: one fixed token for everyone."""
+    return web.json_response({"access_token": "t0k3n-value", "expires_in": 3600})
+
+
+def lookalike_env(root: str, **extra: str) -> dict[str, str]:
+    """The CLI's environment for a look-alike API served at ``root``: its base URL
+    ``root/v1``, its token endpoint ``root/token``, some credentials, JSON logs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
+    env.update(MOUVONE_BASE_URL=f"{root}/v1", MOUVONE_TOKEN_URL=f"{root}/token",
+               MOUVONE_CLIENT_ID="c", MOUVONE_CLIENT_SECRET="s3cret", MOUVONE_API_KEY="k3y-value",
+               MOUVONE_LOG_FORMAT="json")  # fmt: skip
+    env.update(extra)
+    return env

@@ -23,7 +23,17 @@ import pytest
 import trustme
 from aiohttp import web
 
-from tests.support import Cli, Queue, Receiver, ids, ledger_rows, sim_env, write_ids
+from tests.support import (
+    Cli,
+    Queue,
+    Receiver,
+    fixed_token,
+    ids,
+    ledger_rows,
+    lookalike_env,
+    sim_env,
+    write_ids,
+)
 from worker.api.client import OrderUrls, _parse
 from worker.cli.common import masked_command_line
 from worker.domain.credentials import host_only, mask_url, url_secrets
@@ -444,19 +454,13 @@ async def test_an_api_echoing_the_key_in_its_code(cli: Cli, serve: Serve, tmp_pa
     the audit export and stdout never hold the key."""
     key = "api-key-of-thirty-two-characters"
 
-    async def token(_request: web.Request) -> web.Response:
-        return web.json_response({"access_token": "t0k3n-value", "expires_in": 3600})
-
     async def delete(request: web.Request) -> web.Response:
         echoed = request.headers.get("Ocp-Apim-Subscription-Key", "")
         return web.json_response({"code": f"X_{echoed}", "message": "m" * 490 + echoed}, status=400)
 
-    root = await serve({"/token": token, "/v1/customer-orders/{id}": delete})
+    root = await serve({"/token": fixed_token, "/v1/customer-orders/{id}": delete})
     ledger = tmp_path / "l.sqlite"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
-    env.update(MOUVONE_BASE_URL=f"{root}/v1", MOUVONE_TOKEN_URL=f"{root}/token",
-               MOUVONE_CLIENT_ID="c", MOUVONE_CLIENT_SECRET="s3cret-value", MOUVONE_API_KEY=key,
-               MOUVONE_LEDGER=str(ledger), MOUVONE_LOG_FORMAT="json")  # fmt: skip
+    env = lookalike_env(root, MOUVONE_API_KEY=key, MOUVONE_LEDGER=str(ledger))
     done = await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 2))), "--yes", env=env)
     assert done.code == 1, done.stderr[-2000:]
     shown = [_seen(done), json.dumps(ledger_rows(ledger))]
@@ -534,17 +538,11 @@ async def test_a_hostile_selection_reaches_the_terminal_escaped(
         {"customerOrderId": "ABC0000000001", "type": f"Sub{ESC}[2J", "status": "Draft"},
     ]
 
-    async def token(_request: web.Request) -> web.Response:
-        return web.json_response({"access_token": "t0k3n-value", "expires_in": 3600})
-
     async def search(_request: web.Request) -> web.Response:
         return web.json_response({"total": 3, "returned": 3, "first": 0, "items": items})
 
-    root = await serve({"/token": token, "/v1/customer-orders": search})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
-    env.update(MOUVONE_BASE_URL=f"{root}/v1", MOUVONE_TOKEN_URL=f"{root}/token",
-               MOUVONE_CLIENT_ID="c", MOUVONE_CLIENT_SECRET="s3cret", MOUVONE_API_KEY="k3y-value",
-               MOUVONE_LOG_FORMAT="json")  # fmt: skip
+    root = await serve({"/token": fixed_token, "/v1/customer-orders": search})
+    env = lookalike_env(root)
     done = await cli.run("select", "--status", "Draft", env=env, timeout=30)
     assert done.code == 0, done.stderr[-2000:]
     assert ESC not in done.stdout + done.stderr
@@ -680,9 +678,6 @@ async def test_a_selection_total_beyond_its_pages_asks_no_far_offset(
     its first page; no offset is asked that no page led to."""
     offsets: list[int] = []
 
-    async def token(_request: web.Request) -> web.Response:
-        return web.json_response({"access_token": "t0k3n-value", "expires_in": 3600})
-
     async def search(request: web.Request) -> web.Response:
         offset = int(request.query.get("offset", "0"))
         offsets.append(offset)
@@ -692,11 +687,8 @@ async def test_a_selection_total_beyond_its_pages_asks_no_far_offset(
         ]
         return web.json_response({"total": 10**15, "returned": 50, "first": offset, "items": items})
 
-    root = await serve({"/token": token, "/v1/customer-orders": search})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
-    env.update(MOUVONE_BASE_URL=f"{root}/v1", MOUVONE_TOKEN_URL=f"{root}/token",
-               MOUVONE_CLIENT_ID="c", MOUVONE_CLIENT_SECRET="s3cret", MOUVONE_API_KEY="k3y-value",
-               MOUVONE_LOG_FORMAT="json")  # fmt: skip
+    root = await serve({"/token": fixed_token, "/v1/customer-orders": search})
+    env = lookalike_env(root)
     done = await cli.run("select", "--status", "Draft", env=env, timeout=30)
     assert done.code == 3, done.stderr[-2000:]
     assert "cannot be trusted" in done.stderr.strip().splitlines()[-1]

@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from tests.support import REDIS_URL, Cli, Queue, ids, ledger_rows, sim_env, write_ids
+from tests.support import REDIS_URL, Cli, Queue, ids, ledger_rows, lookalike_env, sim_env, write_ids
 from worker.simulator import RunningSimulator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -202,10 +202,7 @@ async def test_a_search_total_that_lies(cli: Cli, serve: Any, tmp_path: Path) ->
         return web.json_response({"total": 10**15, "returned": 0, "first": 0, "items": []})
 
     root = await serve({"/token": token, "/v1/customer-orders": search})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
-    env.update(MOUVONE_BASE_URL=f"{root}/v1", MOUVONE_TOKEN_URL=f"{root}/token",
-               MOUVONE_CLIENT_ID="c", MOUVONE_CLIENT_SECRET="s3cret", MOUVONE_API_KEY="k3y-value",
-               MOUVONE_LOG_FORMAT="json")  # fmt: skip
+    env = lookalike_env(root)
     done = await cli.run("select", "--status", "Draft", env=env, timeout=30)
     assert done.code == 3, done.stderr[-2000:]
     assert "cannot be trusted" in done.stderr.strip().splitlines()[-1]

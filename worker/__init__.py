@@ -1,16 +1,22 @@
 """cancel-orders: bulk-cancel SOGET MouvONE customer orders, resumably, within the quota.
 
 The Python API (docs/python-api.md): ``await cancel_orders(order_ids, settings)`` runs what
-``cancel-orders run --yes`` runs, with the settings from ``load_settings``."""
+``cancel-orders run --yes`` runs, with the settings from ``load_settings``. Its names load on
+first use, so that the command line does not import the pool to print its help."""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from worker.pipeline.control import RunControl
+    from worker.pipeline.lifecycle import Cancellation, cancel_orders
+    from worker.settings import load_settings
 
 __version__ = "0.1.0"
 __all__ = ["Cancellation", "RunControl", "__version__", "cancel_orders", "load_settings"]
-
-_API = {  # name -> module: imported when first asked for (the command line starts faster)
+_HOMES = {
     "cancel_orders": "worker.pipeline.lifecycle",
     "Cancellation": "worker.pipeline.lifecycle",
     "RunControl": "worker.pipeline.control",
@@ -19,9 +25,7 @@ _API = {  # name -> module: imported when first asked for (the command line star
 
 
 def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'worker' has no attribute {name!r}")
-    import importlib  # noqa: PLC0415
-
-    return getattr(importlib.import_module(module), name)
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

@@ -142,13 +142,24 @@ class Reader:
     ) -> None:
         self._api = api
         self._on_request = on_request
-        self._table = table
+        self.table = table
         self._clock = clock
         self._max_attempts = max_attempts
         self._max_wait_s = max_wait_s
         self._stopping = stopping
         self._metrics = metrics
         self.requests = 0
+
+    @classmethod
+    def for_settings(cls, api: Channel, settings: Settings, clock: Clock) -> Reader:
+        """A reader with the settings' outcome table and retry limits (`check`, `select`)."""
+        return cls(
+            api,
+            OutcomeTable.load(settings.outcome_table),
+            clock,
+            max_attempts=settings.max_attempts,
+            max_wait_s=settings.max_wait,
+        )
 
     async def get(
         self, url: URL, noted: Callable[[Answer], None] | None = None
@@ -165,7 +176,7 @@ class Reader:
             token, generation, answer, body = await self._send(url, what)
             if noted is not None:
                 noted(answer)
-            verdict = self._table.classify(answer.status, answer.code, answer.failure)
+            verdict = self.table.classify(answer.status, answer.code, answer.failure)
             now = self._clock.monotonic()
             if verdict.action is Action.QUOTA and quota_since is None:
                 quota_since = now

@@ -15,15 +15,13 @@ from worker.cli.flags import RUN_GROUPS, keys_of
 from worker.cli.inputs import source_from
 from worker.domain.errors import ConfigError
 from worker.domain.location import Location
-from worker.domain.models import new_run_id
-from worker.ledger import check_target, open_ledger
+from worker.ledger import check_target
+from worker.pipeline.lifecycle import dry_claims
 from worker.runtime.files import replaced
 from worker.runtime.redaction import printable
 from worker.settings import duration_s
 from worker.sources import IdValidator, OrderSource
 from worker.sources import plan as plans
-
-BATCH = 1000
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -81,17 +79,13 @@ def _to_send(source: OrderSource, ledger_path: Location) -> tuple[list[str], int
     seen: set[str] = set()
     order_ids: list[str] = []
     invalid = final = 0
-    with ExitStack() as stack:
-        ledger = open_ledger(ledger_path, dry=True, stack=stack)
-        run_id = new_run_id()
-        for batch in source.batches(BATCH):
-            claimed = ledger.claim(batch, run_id, force=False, dry=True)
-            invalid += len(claimed.invalid)
-            final += len(claimed.skipped)
-            for order_id in claimed.to_send:
-                if order_id not in seen:
-                    seen.add(order_id)
-                    order_ids.append(order_id)
+    for claimed in dry_claims(source, ledger_path, force=False):
+        invalid += len(claimed.invalid)
+        final += len(claimed.skipped)
+        for order_id in claimed.to_send:
+            if order_id not in seen:
+                seen.add(order_id)
+                order_ids.append(order_id)
     return order_ids, invalid, final
 
 

@@ -17,7 +17,6 @@ import structlog
 from worker.api.connection import Reader, connect
 from worker.cli.common import settings_from
 from worker.cli.flags import RUN_GROUPS, keys_of
-from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import ConfigError
 from worker.reports.report import open_output, spreadsheet_safe
 from worker.runtime import loop as event_loop
@@ -66,10 +65,7 @@ async def select_into(
     """Write ``orderId`` and one matching Master order ID a line to ``out``."""
     clock = SystemClock()
     api = connect(settings, clock)
-    table = OutcomeTable.load(settings.outcome_table)
-    reader = Reader(
-        api, table, clock, max_attempts=settings.max_attempts, max_wait_s=settings.max_wait
-    )
+    reader = Reader.for_settings(api, settings, clock)
     rows = csv.writer(out, lineterminator="\n")  # an ID with a comma, a quote or a newline
     rows.writerow(["orderId"])  # reads back as itself
     started = time.monotonic()

@@ -11,7 +11,7 @@ from typing import TextIO
 import structlog
 
 from worker.api.connection import Reader, RetriesExhaustedError, connect
-from worker.domain.classifier import OutcomeTable, error_code_for
+from worker.domain.classifier import error_code_for
 from worker.domain.models import SUCCESS, Outcome, Result, new_run_id
 from worker.domain.prediction import predict
 from worker.ledger import Ledger
@@ -30,10 +30,7 @@ async def check_into(settings: Settings, source: OrderSource, ledger: Ledger) ->
     """Predict every order of the input into ``ledger`` (a scratch ledger)."""
     clock = SystemClock()
     api = connect(settings, clock)
-    table = OutcomeTable.load(settings.outcome_table)
-    reader = Reader(
-        api, table, clock, max_attempts=settings.max_attempts, max_wait_s=settings.max_wait
-    )
+    reader = Reader.for_settings(api, settings, clock)
     run_id = new_run_id()
     gate = asyncio.Semaphore(settings.concurrency)
 
@@ -45,7 +42,7 @@ async def check_into(settings: Settings, source: OrderSource, ledger: Ledger) ->
                 last = exc.answer
                 code = error_code_for(last.status, last.code, last.failure)
                 return Result(order_id, Outcome.RETRYABLE_FAILED, last.status, code, str(exc))
-        result = predict(order_id, answer, body, table)
+        result = predict(order_id, answer, body, reader.table)
         log.debug("prediction", **result.log_fields())  # the report that follows has them all
         return result
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 
@@ -22,6 +22,7 @@ from worker.domain.errors import ConfigError, WorkerError
 from worker.domain.location import Location
 from worker.domain.models import RunOptions, RunRecord, RunReport, new_run_id
 from worker.ledger import check_target, ledger_at, open_ledger
+from worker.ledger.plan import Plan
 from worker.ledger.schema import CSV_COLUMNS
 from worker.pipeline.control import RunControl
 from worker.pipeline.runner import Runner
@@ -34,7 +35,10 @@ from worker.sources.plan import PlanSource, os_user
 log = structlog.get_logger(__name__)
 
 LIMITS = ("rate", "concurrency", "max_attempts", "max_orders", "canary", "require_status")
-API_COMMAND = "api"  # the command a run started from Python is recorded as
+API_COMMAND = "api"
+DRY_BATCH = (
+    1000  # IDs a dry claim decides at once  # the command a run started from Python is recorded as
+)
 
 
 @dataclass
@@ -47,18 +51,24 @@ class Counts:
     duplicates: int = 0
 
 
-def count_to_send(source: OrderSource, ledger_path: Location, *, force: bool) -> Counts:
-    """The input's orders as a run would claim them (a dry claim: nothing written)."""
-    counts = Counts()
+def dry_claims(source: OrderSource, ledger_path: Location, *, force: bool) -> Iterator[Plan]:
+    """The input's orders batch by batch as a run would claim them, without writing anything
+    (a dry claim: duplicates across batches are told apart)."""
     with ExitStack() as stack:
         ledger = open_ledger(ledger_path, dry=True, stack=stack)
         run_id = new_run_id()
-        for batch in source.batches(500):
-            plan = ledger.claim(batch, run_id, force=force, dry=True)
-            counts.to_send += len(plan.to_send)
-            counts.final += len(plan.skipped)
-            counts.invalid += len(plan.invalid)
-            counts.duplicates += plan.duplicates
+        for batch in source.batches(DRY_BATCH):
+            yield ledger.claim(batch, run_id, force=force, dry=True)
+
+
+def count_to_send(source: OrderSource, ledger_path: Location, *, force: bool) -> Counts:
+    """What a run would do with its input, counted before anything is sent."""
+    counts = Counts()
+    for plan in dry_claims(source, ledger_path, force=force):
+        counts.to_send += len(plan.to_send)
+        counts.final += len(plan.skipped)
+        counts.invalid += len(plan.invalid)
+        counts.duplicates += plan.duplicates
     return counts
 
 

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from worker.api.connection import Api
+from worker.api.connection import Api, connect
+from worker.api.limiter import RateLimiter
 from worker.domain.answer import Answer
 from worker.domain.classifier import OutcomeTable
 from worker.domain.models import SUCCESS, Outcome, Result, RunSummary
@@ -255,6 +256,68 @@ class Pool:
                 check_failure_rate(self._settings, self._summary, control)
             if canary:
                 await self.canary.done(result)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """What a run's summary tells of its pool once it is over."""
+
+    paused_s: float  # paused by the gateway (429 / quota Retry-After)
+    lowest_rate: float | None  # the lowest pace the limiter learned, when under --rate
+    outage_s: float  # the API down (the breaker open)
+
+
+async def send_through_pool(
+    settings: Settings,
+    source: Source,
+    sink: Sink,
+    progress: ProgressReporter,
+    run: RunParts,
+    *,
+    limiter: RateLimiter | None = None,
+    still_mine: Callable[[OrderState], Awaitable[bool]] | None = None,
+    ask: Callable[[list[Result]], bool] | None = None,
+    keepers: Sequence[Coroutine[Any, Any, None]] = (),
+    channel: Channel | None = None,
+) -> PoolStats:
+    """Connect to the API, run a pool between ``source`` and ``sink`` until the source is dry
+    or the run stops, close the connection: the one place a pool is built, for every command
+    that sends (``limiter``: a group's shared one; ``still_mine``: a check before each DELETE).
+    """
+    api = connect(settings, run.clock, limiter, run.metrics)
+    try:
+        pool = Pool(
+            settings,
+            api,
+            run.table,
+            run.control,
+            run.clock,
+            run.metrics,
+            run.summary,
+            still_mine=still_mine,
+            ask=ask,
+        )
+        await pool.run(source, sink, progress, keepers, channel)
+    finally:
+        await api.close()
+    limiter_used, breaker = pool.limiter, pool.breaker
+    lowest = limiter_used.lowest_pace_per_s
+    return PoolStats(
+        paused_s=limiter_used.paused_total_s,
+        lowest_rate=lowest if lowest < limiter_used.rate_per_s else None,
+        outage_s=breaker.outage_total_s + breaker.outage_s(),
+    )
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """What a run hands its pool: its outcome table, control, clock, metrics and summary."""
+
+    table: OutcomeTable
+    control: RunControl
+    clock: Clock
+    metrics: Metrics
+    summary: RunSummary
 
 
 def check_failure_rate(settings: Settings, summary: RunSummary, control: RunControl) -> None:

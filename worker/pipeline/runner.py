@@ -13,7 +13,6 @@ from typing import Any
 
 import structlog
 
-from worker.api.connection import connect
 from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import LedgerError, WorkerError
 from worker.domain.models import (
@@ -30,7 +29,7 @@ from worker.pipeline.control import RunControl
 from worker.pipeline.feed import Feed
 from worker.pipeline.lease import Held, keep_lease
 from worker.pipeline.order import OrderState
-from worker.pipeline.pool import Pool, check_failure_rate
+from worker.pipeline.pool import PoolStats, RunParts, check_failure_rate, send_through_pool
 from worker.pipeline.progress import ProgressReporter
 from worker.runtime.clock import Clock, SystemClock
 from worker.runtime.logs import flush_logs, lost_lines
@@ -77,7 +76,7 @@ class Runner:
         self._uncertain: set[str] = set()  # queued orders an earlier run may have sent
         writer = None if options.dry_run else self._ledger
         self._sink = ResultSink(writer, self.run_id, self.summary, self.metrics)
-        self._pool: Pool | None = None
+        self._stats: PoolStats | None = None  # the pool's, once it ran
         self._ask = ask  # a person's word on a canary that was not clean (None: stop, exit 4)
         self._feed = Feed(low=settings.concurrency)
         self._held = Held(settings, shared=ledger.lease_every_s is not None)
@@ -140,29 +139,21 @@ class Runner:
         return report
 
     async def _send_all(self) -> None:
-        api = connect(self._settings, self._clock, metrics=self.metrics)
-        self._pool = pool = Pool(
-            self._settings,
-            api,
-            self._table,
-            self.control,
-            self._clock,
-            self.metrics,
-            self.summary,
-            ask=self._ask,
-        )
+        parts = RunParts(self._table, self.control, self._clock, self.metrics, self.summary)
         flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
         lease = asyncio.create_task(keep_lease(self._ledger, self.run_id, self._feed))
         try:
             channel = LedgerChannel(self._ledger, self.run_id)
-            await pool.run(self, self._sink, self._progress, channel=channel)
+            self._stats = await send_through_pool(
+                self._settings, self, self._sink, self._progress, parts, ask=self._ask,
+                channel=channel,
+            )  # fmt: skip
         finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             lease.cancel()  # renewed up to the end: its last rows are written below
             await asyncio.gather(lease, return_exceptions=True)
             await self._final_flush()
-            await api.close()
 
     # -- the pool's source: the input, claimed in the ledger batch by batch -------------------
 
@@ -257,12 +248,11 @@ class Runner:
     def _finish(self, elapsed_s: float) -> RunReport:
         if not self._options.dry_run:
             self.summary.sent_requests = self.control.requests
-            if self._pool is not None:
-                limiter, breaker = self._pool.limiter, self._pool.breaker
-                self.summary.paused_s = limiter.paused_total_s
-                if limiter.lowest_pace_per_s < limiter.rate_per_s:
-                    self.summary.lowest_rate = limiter.lowest_pace_per_s
-                self.summary.outage_s = breaker.outage_total_s + breaker.outage_s()
+            stats = self._stats
+            if stats is not None:
+                self.summary.paused_s = stats.paused_s
+                self.summary.lowest_rate = stats.lowest_rate
+                self.summary.outage_s = stats.outage_s
         self.summary.log_lines_lost = lost_lines()
         code = self.control.exit_code
         if code is None:

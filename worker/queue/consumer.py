@@ -14,7 +14,6 @@ from functools import partial
 
 import structlog
 
-from worker.api.connection import connect
 from worker.domain.answer import Answer
 from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import ConfigError
@@ -24,7 +23,7 @@ from worker.ledger.audit import attempt_row
 from worker.ledger.schema import ATTEMPT_COLUMNS
 from worker.pipeline.control import RunControl
 from worker.pipeline.order import OrderState
-from worker.pipeline.pool import Pool
+from worker.pipeline.pool import RunParts, send_through_pool
 from worker.pipeline.progress import ProgressReporter
 from worker.queue import streams as streams_module
 from worker.queue.entries import Entries
@@ -76,17 +75,6 @@ class Consumer:
         s = self._settings
         limiter = GroupRateLimiter(s.rate, self._clock, self._streams)
         limiter.stopping = lambda: self.control.stopping
-        api = connect(s, self._clock, limiter, self.metrics)
-        pool = Pool(
-            s,
-            api,
-            self._table,
-            self.control,
-            self._clock,
-            self.metrics,
-            self.summary,
-            still_mine=self._still_mine,
-        )
         log.info(
             "consumer_started",
             stream=self._names.stream,
@@ -100,7 +88,6 @@ class Consumer:
             try:
                 server = await serve(self.metrics, s.metrics_host, s.metrics_port, self.healthy)
             except OSError as exc:
-                await api.close()
                 where = f"{s.metrics_host}:{s.metrics_port}"
                 raise ConfigError(f"--metrics-port: cannot listen on {where}: {exc}") from None
         progress = ProgressReporter(
@@ -109,16 +96,14 @@ class Consumer:
         if isinstance(s.ledger, PostgresUrl):
             self._copy = LedgerCopy(s, self.run_id, self.control)
             await self._copy.start()
+        parts = RunParts(self._table, self.control, self._clock, self.metrics, self.summary)
         try:
-            await pool.run(
-                self._entries,
-                self,
-                progress,
-                keepers=[self._entries.refresh()],
+            await send_through_pool(
+                s, self._entries, self, progress, parts, limiter=limiter,
+                still_mine=self._still_mine, keepers=[self._entries.refresh()],
                 channel=GroupChannel(self._streams),
-            )
+            )  # fmt: skip
         finally:
-            await api.close()
             if server is not None:
                 await server.cleanup()
         report = self._report(time.monotonic() - started)

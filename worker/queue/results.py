@@ -12,16 +12,22 @@ from worker.queue.streams import Streams
 READ_CHUNK = 1000
 
 
-async def read_results(streams: Streams) -> AsyncIterator[Result]:
-    """Every result of the stream, oldest first."""
+async def _entries(streams: Streams) -> AsyncIterator[dict[str, str]]:
+    """The fields of every entry of the results stream, oldest first, a chunk at a time."""
     start = "-"
     while True:
         chunk: Any = await streams.redis.xrange(streams.names.results, start, "+", count=READ_CHUNK)
         for _entry_id, fields in chunk:
-            yield _result(fields)
+            yield fields
         if len(chunk) < READ_CHUNK:
             return
         start = "(" + chunk[-1][0]
+
+
+async def read_results(streams: Streams) -> AsyncIterator[Result]:
+    """Every result of the stream, oldest first."""
+    async for fields in _entries(streams):
+        yield _result(fields)
 
 
 def _result(fields: dict[str, str]) -> Result:
@@ -47,15 +53,9 @@ def _count(text: str | None) -> int:
 
 async def read_attempts(streams: Streams) -> AsyncIterator[dict[str, Any]]:
     """Every attempt the result entries carry (their ``attempt_log``), oldest first."""
-    start = "-"
-    while True:
-        chunk: Any = await streams.redis.xrange(streams.names.results, start, "+", count=READ_CHUNK)
-        for _entry_id, fields in chunk:
-            for attempt in _attempts(fields.get("attempt_log")):
-                yield attempt
-        if len(chunk) < READ_CHUNK:
-            return
-        start = "(" + chunk[-1][0]
+    async for fields in _entries(streams):
+        for attempt in _attempts(fields.get("attempt_log")):
+            yield attempt
 
 
 def _attempts(text: str | None) -> list[dict[str, Any]]:
