@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from tests.support import Cli, Queue, ids, ledger_rows, sim_env, table_rows, write_ids
+from worker.ledger import SCHEMA_VERSION
 from worker.simulator import RunningSimulator
 
 MIXED = [*ids("CDE", 3), "NFD0000000001", "SUB0000000001", "TMP0000000002", "bad id!"]
@@ -198,6 +199,61 @@ async def test_two_hosts_share_one_input_and_ledger(
     assert min(sent) > 0, sent
 
 
+async def test_a_lease_is_judged_by_its_holders_term(
+    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str, spawned: list[Any]
+) -> None:
+    """A run with `--claim-idle 30` holds the input, its DELETEs unanswered; a second run with
+    `--claim-idle 1`, given the same input and one order more, started once the first's last
+    renewal is older than 1 s, leaves the first's orders to it (the lease has its holder's
+    term) and finds them final when it asks again: no order gets two DELETEs, both exit 0.
+    `control status` with a far shorter term of its own still finds the first run alive."""
+    sim = await make_sim()
+    wanted = ids("CDE", 40)
+    extra = "CDE0000000041"
+    env = sim_env(sim, pg_url, MOUVONE_RATE="50", MOUVONE_CONCURRENCY="2")
+    sim.sim.hold()
+    src = write_ids(tmp_path / "in.csv", wanted)
+    first = await _run(cli, spawned, src, env, "--claim-idle", "30")
+    await sim.sim.wait_for_held(1)  # its first request (until answered, the only one)
+    for _ in range(200):  # until the first's last renewal is older than the second's term
+        (row,) = table_rows(pg_url, "SELECT extract(epoch FROM now() - heartbeat_at) AS age "
+                                    "FROM runs WHERE finished_at IS NULL")  # fmt: skip
+        if row["age"] > 1.2:
+            break
+        await asyncio.sleep(0.05)
+    status = await cli.run("control", "status", "--claim-idle", "0.5", env=env)
+    assert status.stdout.startswith("1 runs on"), status.stdout + status.stderr
+    more = write_ids(tmp_path / "more.csv", [*wanted, extra])
+    second = await _run(cli, spawned, more, env, "--claim-idle", "1")
+    await sim.sim.wait_for_held(2)  # the second has claimed: its own order is on the wire
+    sim.sim.release()
+    outs = [await asyncio.wait_for(p.communicate(), 60) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], [o[1][-1500:] for o in outs]
+    deletes = _deletes(sim)
+    assert set(deletes) == {*wanted, extra}
+    assert set(deletes.values()) == {1}
+
+
+async def test_a_ledger_of_version_3_gets_the_lease_term(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path, pg_url: str
+) -> None:
+    """A PostgreSQL ledger made by the previous version (schema 3: no lease term) is brought
+    to this one by the next run that opens it, its rows kept; runs record their term."""
+    env = sim_env(sim, pg_url)
+    src = write_ids(tmp_path / "in.csv", ids("CDE", 2))
+    assert (await cli.run("run", str(src), "--yes", env=env)).code == 0
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("ALTER TABLE runs DROP COLUMN lease_s")
+        admin.execute("UPDATE ledger_schema SET version = 3")
+    more = write_ids(tmp_path / "more.csv", ids("CDE", 3))
+    done = await cli.run("run", str(more), "--yes", "--claim-idle", "7", env=env)
+    assert done.code == 0, done.stderr[-2000:]
+    assert table_rows(pg_url, "SELECT version FROM ledger_schema") == [{"version": SCHEMA_VERSION}]
+    terms = table_rows(pg_url, "SELECT lease_s FROM runs ORDER BY started_at")
+    assert [t["lease_s"] for t in terms] == [None, 7.0]
+    assert len(ledger_rows(pg_url)) == 3
+
+
 async def test_a_killed_host_leaves_its_orders_after_the_lease(
     cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str, spawned: list[Any]
 ) -> None:
@@ -358,13 +414,14 @@ async def test_the_schema_is_versioned_and_a_dead_server_named(
     recorded = json.dumps(table_rows(pg_url, "SELECT * FROM runs"))
     assert "postgres:***@" in recorded  # the command line, as a resume would give it
     assert "s3cretpw" not in recorded
-    assert table_rows(pg_url, "SELECT version FROM ledger_schema") == [{"version": 3}]
+    version = table_rows(pg_url, "SELECT version FROM ledger_schema")
+    assert version == [{"version": SCHEMA_VERSION}]
     with psycopg.connect(pg_url, autocommit=True) as admin:
         admin.execute("UPDATE ledger_schema SET version = 99")
     for args in (("report",), ("run", str(src), "--yes")):
         refused = await cli.run(*args, env=env)
         assert refused.code == 2
-        assert "ledger schema 99 is newer than this tool (3)" in refused.stderr
+        assert f"ledger schema 99 is newer than this tool ({SCHEMA_VERSION})" in refused.stderr
     dead = "postgresql://postgres@127.0.0.1:1/postgres"
     gone = await cli.run("report", "--ledger", dead, env=env)
     assert gone.code == 2

@@ -49,7 +49,10 @@ COMMANDS = {  # command -> module of worker.cli : function
     "prune": "history:cmd_prune",
 }
 RUN_SETTINGS = keys_of(RUN_GROUPS)
-CONTROL_KEYS = ("ledger", "redis_url", "namespace", "stream", "group", "log_format", "log_level")
+CONTROL_KEYS = (
+    *("ledger", "claim_idle", "redis_url", "namespace", "stream", "group"),
+    *("log_format", "log_level"),
+)
 
 
 def _add_input(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:

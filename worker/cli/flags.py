@@ -29,6 +29,7 @@ GROUPS = {  # name -> title in --help, in the order shown
     "retry": "retries and outages",
     "input": "input",
     "ledger": "ledger",
+    "lease": "shared ledger and queue leases",
     "failures": "failure stop",
     "preconditions": "preconditions",
     "canary": "canary",
@@ -42,7 +43,7 @@ GROUPS = {  # name -> title in --help, in the order shown
     "audit": "audit and notifications",
     "plan": "plan seal",
 }
-RUN = ("target", "auth", "network", "rate", "retry", "input", "ledger", "failures", "cap")
+RUN = ("target", "auth", "network", "rate", "retry", "input", "ledger", "lease", "failures", "cap")
 RUN_GROUPS = (
     *RUN,
     *("preconditions", "canary", "stops", "progress", "export", "logs", "audit", "plan"),

@@ -13,13 +13,14 @@ from worker.runtime.clock import now_iso
 
 
 def live_runs(url: PostgresUrl, claim_idle: float) -> list[str]:
-    """The runs now running on the ledger (not ended, their lease renewed within
-    ``claim_idle``), oldest first; ConfigError when there is none."""
+    """The runs now running on the ledger (not ended, their lease renewed within the term
+    each wrote; ``claim_idle`` only for a run of an earlier version, which wrote none), oldest
+    first; ConfigError when there is none."""
     db = PgDb(url, size=1)
     try:
         rows = db.execute(
             "SELECT run_id FROM runs WHERE finished_at IS NULL AND heartbeat_at > "
-            "now() - make_interval(secs => ?) ORDER BY started_at",
+            "now() - make_interval(secs => coalesce(lease_s, ?)) ORDER BY started_at",
             (claim_idle,),
         )
     finally:

@@ -1,10 +1,12 @@
 """The PostgreSQL ledger: the SQLite ledger's tables and behaviour in a database that several
 runs share at once, on several hosts.
 
-Each run holds a lease: its ``runs.heartbeat_at``, renewed every third of ``claim_idle`` while
-it lives. An order `pending` under a run whose lease is fresh is that run's: another run given
-it leaves it (``Plan.held``) and asks again later; once the lease is older than ``claim_idle``
-(the run died), the next claim takes the order and looks it up before sending it again. A claim
+Each run holds a lease: its ``runs.heartbeat_at``, renewed every third of its ``claim_idle``
+while it lives, and its term ``runs.lease_s`` (its ``claim_idle``), which every other run judges
+it by, whatever its own setting. An order `pending` under a run whose lease is fresh is that
+run's: another run given it leaves it (``Plan.held``) and asks again later; once the lease is
+older than its term (the run died), the next claim takes the order and looks it up before
+sending it again. A claim
 is one transaction that locks the rows it decides (``FOR UPDATE SKIP LOCKED``: a row another
 claim is deciding is left as held, never waited for)."""
 
@@ -88,9 +90,15 @@ class PgLedger(Ledger):
         def begin(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
                 "INSERT INTO runs (run_id, command, base_url, started_at, operator, host, "
-                "reason, ticket, details, heartbeat_at, process) VALUES "
-                "(%s,%s,%s,%s,%s,%s,%s,%s,%s,now(),%s) ON CONFLICT (run_id) DO NOTHING",
-                (*values, who.ticket, json.dumps(who.details), f"{here}{os.getpid()}"),
+                "reason, ticket, details, heartbeat_at, process, lease_s) VALUES "
+                "(%s,%s,%s,%s,%s,%s,%s,%s,%s,now(),%s,%s) ON CONFLICT (run_id) DO NOTHING",
+                (
+                    *values,
+                    who.ticket,
+                    json.dumps(who.details),
+                    f"{here}{os.getpid()}",
+                    self.claim_idle,
+                ),
             )
             gone = [
                 other

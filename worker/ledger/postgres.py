@@ -31,7 +31,8 @@ _RETRIED = (psycopg.OperationalError, psycopg.errors.DeadlockDetected)
 _names = itertools.count(1)
 
 # Every table of the SQLite ledger, with the same columns, plus what sharing needs: a run's
-# lease (``heartbeat_at``, renewed while it lives) and its process (boot, PID namespace, PID:
+# lease (``heartbeat_at``, renewed while it lives, and ``lease_s``, its term: the run holding it
+# sets it, every other run judges the lease by it) and its process (boot, PID namespace, PID:
 # a run on the same machine can tell it died), the attempt log's order (``seq``) and its
 # request ids unique (a transaction retried after a lost COMMIT writes nothing twice).
 SCHEMA = """
@@ -62,7 +63,8 @@ CREATE TABLE IF NOT EXISTS runs (
     ticket       text,
     details      text,
     heartbeat_at timestamptz,
-    process      text
+    process      text,
+    lease_s      double precision
 );
 CREATE TABLE IF NOT EXISTS attempts (
     seq         bigserial PRIMARY KEY,
@@ -89,7 +91,9 @@ CREATE TABLE IF NOT EXISTS control (
 """
 
 # Steps from each earlier version of a PostgreSQL ledger to the next (3 was the first).
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {
+    3: "ALTER TABLE runs ADD COLUMN IF NOT EXISTS lease_s double precision;",
+}
 
 
 def translate(sql: str) -> str:

@@ -174,7 +174,12 @@ class SettingsFields(BaseSettings):
         "queue", "NAME", "dead-letter stream (derived from the stream's name: X:requests -> X:dead)"
     )
     claim_idle: float = _f(
-        "queue", "S", "idle seconds before a dead consumer's entries are claimed", gt=0, default=...
+        "lease",
+        "S",
+        "seconds without a renewal before a run's lease on a shared (PostgreSQL) ledger lapses, "
+        "its term written for the other runs; and before a dead consumer's entries are claimed",
+        gt=0,
+        default=...,
     )
     max_deliveries: int = _f(
         "queue", "N", "deliveries before an entry is dead-lettered", ge=1, default=...
