@@ -256,3 +256,28 @@ async def test_consume_requires_the_status_too(
         assert results[order]["outcome"] == "skipped"
         assert results[order]["error_code"] == "PRECONDITION_STATUS"
     assert {results[o]["outcome"] for o in fine} == {"cancelled"}
+
+
+async def test_a_huge_duration_is_a_usage_error(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """`--expires-in`, `prune --older-than`, `audit --since`, `select --older-than` and
+    `--run-time` beyond a hundred years: exit 2 naming the flag, no traceback, nothing sent."""
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 1))
+    assert (await cli.run("run", str(src), "--yes", env=env)).code == 0
+    huge = "100000000d"
+    for args, flag in (
+        (("plan", str(src), "--output", str(tmp_path / "p.json"), "--expires-in", huge),
+         "--expires-in"),
+        (("prune", "--older-than", huge), "--older-than"),
+        (("audit", "--since", huge), "--since"),
+        (("select", "--status", "Draft", "--older-than", huge), "--older-than"),
+        (("run", str(src), "--yes", "--force", "--run-time", huge), "run_time"),
+    ):  # fmt: skip
+        done = await cli.run(*args, env=env)
+        assert done.code == 2, (args, done.stderr[-1000:])
+        last = done.stderr.strip().splitlines()[-1]
+        assert flag in last, last
+        assert "Traceback" not in done.stderr
+    assert list(sim.sim.stats.deletes) == ["CDE0000000001"]

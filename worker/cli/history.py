@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
@@ -86,12 +87,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+_DURATION_LIKE = re.compile(r"^\s*\d+(\.\d+)?\s*[smhd]\s*$")
+
+
 def _since(text: str) -> str:
     """--since: an ISO date or time (local without a zone), or a duration back from now."""
     try:
-        return iso_utc(datetime.now(UTC) - timedelta(seconds=duration_s(text)))
-    except ValueError:
-        pass
+        back_s = duration_s(text)
+    except ValueError as exc:
+        if _DURATION_LIKE.match(text):  # a duration, out of range
+            raise ConfigError(f"--since: {exc}") from None
+    else:
+        return iso_utc(datetime.now(UTC) - timedelta(seconds=back_s))
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -16,16 +16,20 @@ def _env_proxies() -> list[str]:
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+MAX_DAYS = 36_500  # the longest duration any flag takes: a hundred years
 
 
 def duration_s(text: str) -> float:
-    """``90s``, ``45m``, ``2h``, ``30d`` in seconds; ValueError otherwise."""
+    """``90s``, ``45m``, ``2h``, ``30d`` in seconds, at most MAX_DAYS; ValueError otherwise."""
     found = _DURATION.match(text)
     if found is None:
         raise ValueError(
             f"{text!r} is not a duration: a number and s, m, h or d (90s, 45m, 2h, 30d)"
         )
-    return float(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
+    seconds = float(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
+    if seconds > MAX_DAYS * 86400:
+        raise ValueError(f"{text!r} is longer than {MAX_DAYS}d")
+    return seconds
 
 
 def deadline_after(text: str, now: datetime) -> datetime:

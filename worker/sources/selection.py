@@ -27,6 +27,7 @@ log = structlog.get_logger(__name__)
 
 PAGE = 50  # the API's largest page
 MAX_WALKS = 5
+MAX_DAYS = 36_500  # --older-than: a hundred years at most
 MAX_TOTAL = 1_000_000  # a selection larger than this is refused: narrow the filters
 _AGE = re.compile(r"^\s*(\d+)\s*d?\s*$")
 
@@ -44,7 +45,10 @@ def parse_age(text: str, today: date) -> date:
     found = _AGE.match(text)
     if not found:
         raise ConfigError(f"--older-than {text!r}: expected a number of days, like 30d")
-    return today - timedelta(days=int(found.group(1)))
+    days = int(found.group(1))
+    if days > MAX_DAYS:
+        raise ConfigError(f"--older-than {text!r}: at most {MAX_DAYS} days")
+    return today - timedelta(days=days)
 
 
 @dataclass(frozen=True)
