@@ -20,8 +20,9 @@ async def test_require_status_sends_only_orders_in_those_statuses(
     cli: Cli, sim: RunningSimulator, tmp_path: Path
 ) -> None:
     """--require-status Draft,Valid: every order is looked up right before its DELETE; one the
-    API shows Submitted or Cancelled is recorded skipped (PRECONDITION_STATUS, the status seen
-    in the message) and never sent; one that does not exist is not_found without a DELETE."""
+    API shows Submitted is recorded skipped (PRECONDITION_STATUS, the status seen in the
+    message) and never sent; one it shows Cancelled is already_cancelled (a success, as `plan
+    --check` predicts); one that does not exist is not_found without a DELETE."""
     ledger = tmp_path / "l.sqlite"
     fine = ids("CDE", 4)
     wanted = [*fine, "SUB0000000001", "ALR0000000001", "NFD0000000001"]
@@ -33,10 +34,11 @@ async def test_require_status_sends_only_orders_in_those_statuses(
     assert set(sim.sim.stats.gets) == set(wanted)
     rows = ledger_rows(ledger)
     assert {rows[o]["outcome"] for o in fine} == {"cancelled"}
-    for order, status in (("SUB0000000001", "Submitted"), ("ALR0000000001", "Cancelled")):
-        assert rows[order]["outcome"] == "skipped"
-        assert rows[order]["error_code"] == "PRECONDITION_STATUS"
-        assert f"status {status}" in rows[order]["message"]
+    assert rows["SUB0000000001"]["outcome"] == "skipped"
+    assert rows["SUB0000000001"]["error_code"] == "PRECONDITION_STATUS"
+    assert "status Submitted" in rows["SUB0000000001"]["message"]
+    assert rows["ALR0000000001"]["outcome"] == "already_cancelled"
+    assert rows["ALR0000000001"]["error_code"] == "ORDER_ALREADY_CANCELED"
     assert rows["NFD0000000001"]["outcome"] == "not_found"
     assert "skipped" in done.stdout
     again = await cli.run("run", str(src), "--yes", "--require-status", "Draft,Valid", env=env)
@@ -241,7 +243,8 @@ async def test_consume_requires_the_status_too(
     queue: Queue, cli: Cli, make_sim: Any, tmp_path: Path
 ) -> None:
     """`consume --require-status Draft,Valid`: the same look-up right before each DELETE; a
-    Submitted or Cancelled order gets a `skipped` result (PRECONDITION_STATUS), never a DELETE."""
+    Submitted order gets a `skipped` result (PRECONDITION_STATUS), a Cancelled one
+    `already_cancelled`, neither a DELETE."""
     running = await make_sim()
     fine = ids("CDE", 3)
     env = queue.env(running, tmp_path)
@@ -252,9 +255,9 @@ async def test_consume_requires_the_status_too(
     assert done.code == 1, done.stderr[-2000:]
     assert set(running.sim.stats.deletes) == set(fine)
     results = {r["order_id"]: r for r in await queue.results()}
-    for order in ("SUB0000000001", "ALR0000000001"):
-        assert results[order]["outcome"] == "skipped"
-        assert results[order]["error_code"] == "PRECONDITION_STATUS"
+    assert results["SUB0000000001"]["outcome"] == "skipped"
+    assert results["SUB0000000001"]["error_code"] == "PRECONDITION_STATUS"
+    assert results["ALR0000000001"]["outcome"] == "already_cancelled"
     assert {results[o]["outcome"] for o in fine} == {"cancelled"}
 
 
@@ -281,3 +284,23 @@ async def test_a_huge_duration_is_a_usage_error(
         assert flag in last, last
         assert "Traceback" not in done.stderr
     assert list(sim.sim.stats.deletes) == ["CDE0000000001"]
+
+
+async def test_required_statuses_are_known_and_matched_without_case(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """`--require-status draft,valid` sends the Draft orders (the case of a status does not
+    matter); a status the API does not have (`Drafts`) is exit 2 naming it and the API's
+    statuses, before anything is looked up or sent."""
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(sim, ledger)
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 3))
+    wrong = await cli.run("run", str(src), "--yes", "--require-status", "Draft,Drafts", env=env)
+    assert wrong.code == 2
+    last = wrong.stderr.strip().splitlines()[-1]
+    assert "unknown status Drafts" in last
+    assert "InProcess" in last
+    assert sim.sim.stats.arrivals == []
+    done = await cli.run("run", str(src), "--yes", "--require-status", "draft,valid", env=env)
+    assert done.code == 0, done.stderr[-2000:]
+    assert sorted(sim.sim.stats.deletes) == ids("CDE", 3)

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from worker.domain.models import ORDER_STATUSES
+
 # the values the API's order list filters on (GET /customer-orders)
 INDICATORS = ("Import", "Export", "Transfer")
-STATUSES = (
-    "Draft",
-    "Valid",
-    "Cancelled",
-    "Submitted",
-    "Rejected",
-    "InProcess",
-    "Accepted",
-    "Refused",
-)
+STATUSES = ORDER_STATUSES
 FILTER_DESTS = (  # the filters' flags, as argparse names them: the one list of them
     "status",
     "created_after",

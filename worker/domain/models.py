@@ -8,6 +8,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
+# The statuses of an order in the API (GET /customer-orders: the filter and each order's own).
+ORDER_STATUSES = (
+    "Draft",
+    "Valid",
+    "Cancelled",
+    "Submitted",
+    "Rejected",
+    "InProcess",
+    "Accepted",
+    "Refused",
+)
+
 
 class Outcome(StrEnum):
     """What happened to one order (the contract's outcome names)."""

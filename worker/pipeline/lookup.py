@@ -1,10 +1,11 @@
 """The GET before a DELETE: for an order an earlier request may have reached (a run that was
 killed, a queue entry delivered before), and for every order under ``--require-status``.
 
-Only the API's own word settles an order without a DELETE: shown `Cancelled` when an earlier
-request may have cancelled it, or the API's CUSTOMER_ORDER_NOT_FOUND. Under --require-status an
-order whose status is not one of those required is `skipped` (PRECONDITION_STATUS, the status
-seen in the message), and one whose status cannot be read is not sent either.
+Only the API's own word settles an order without a DELETE: shown `Cancelled` (by an earlier
+request, or by anyone: `already_cancelled`, a success, as `plan --check` predicts), or the API's
+CUSTOMER_ORDER_NOT_FOUND. Under --require-status an order whose status is not one of those
+required (compared without regard to case) is `skipped` (PRECONDITION_STATUS, the status seen
+in the message), and one whose status cannot be read is not sent either.
 """
 
 from __future__ import annotations
@@ -50,9 +51,15 @@ async def before_sending(
     if answer.code == "CUSTOMER_ORDER_NOT_FOUND":
         why = SETTLED if state.verify else LOOKED_UP
         return Result(order, Outcome.NOT_FOUND, answer.status, answer.code, why)
-    if state.verify and status == "Cancelled":
-        return Result(order, Outcome.ALREADY_CANCELLED, 200, "ORDER_ALREADY_CANCELED", SETTLED)
-    if required is not None and status not in required:
+    if isinstance(status, str) and status.lower() == "cancelled":
+        why = SETTLED if state.verify else LOOKED_UP
+        return Result(order, Outcome.ALREADY_CANCELLED, 200, "ORDER_ALREADY_CANCELED", why)
+    if required is not None and not _one_of(status, required):
         seen = f"status {status}" if status else f"no status (HTTP {answer.status})"
         return Result(order, Outcome.SKIPPED, answer.status, PRECONDITION, f"{seen}: not sent")
     return None
+
+
+def _one_of(status: object, required: frozenset[str]) -> bool:
+    """Whether the API's status is one of those required, without regard to case."""
+    return isinstance(status, str) and status.lower() in {r.lower() for r in required}

@@ -18,6 +18,7 @@ from worker.domain.credentials import REDACTED, host_only, url_secrets
 from worker.domain.defaults import defaults_file
 from worker.domain.errors import ConfigError
 from worker.domain.location import PostgresUrl
+from worker.domain.models import ORDER_STATUSES
 from worker.settings.fields import (
     DEFAULT_NAMESPACE,
     ENV_PREFIX,
@@ -156,9 +157,20 @@ class Settings(SettingsFields):
     @field_validator("require_status")
     @classmethod
     def _statuses(cls, value: str | None) -> str | None:
-        if value is not None and not [s for s in value.split(",") if s.strip()]:
+        """Known statuses, without regard to case: a misspelt one would skip every order (and
+        `skipped` is final), so it is refused before anything is sent."""
+        if value is None:
+            return None
+        given = [s.strip() for s in value.split(",") if s.strip()]
+        if not given:
             raise ValueError("name at least one status, e.g. Draft or Draft,Valid")
-        return value
+        known = {s.lower(): s for s in ORDER_STATUSES}
+        unknown = [s for s in given if s.lower() not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown status {', '.join(unknown)}: the API's are {', '.join(ORDER_STATUSES)}"
+            )
+        return ",".join(known[s.lower()] for s in given)
 
     @field_validator("notify_url")
     @classmethod
@@ -182,10 +194,10 @@ class Settings(SettingsFields):
 
     @property
     def required_statuses(self) -> frozenset[str] | None:
-        """--require-status as a set (None: no precondition)."""
+        """--require-status as a set of the API's status names (None: no precondition)."""
         if self.require_status is None:
             return None
-        return frozenset(s.strip() for s in self.require_status.split(",") if s.strip())
+        return frozenset(self.require_status.split(","))
 
     def deadline_in_s(self, now: datetime) -> float | None:
         """Seconds from ``now`` to the earliest of --until and --run-time (None: no deadline)."""
