@@ -1,5 +1,6 @@
 """Guardrails of a destructive run, through the CLI against the simulator: preconditions
-checked right before each DELETE (--require-status), and a canary that goes first (--canary)."""
+checked right before each DELETE (--require-status), a canary that goes first (--canary),
+plans, live control and its rate ceiling, bounded durations."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from structlog.testing import capture_logs
+
+from tests.fakes import FakeClock
 from tests.support import Cli, Queue, ids, ledger_rows, sim_env, write_ids
+from worker.api.limiter import RateLimiter
+from worker.pipeline.control import RunControl
+from worker.pipeline.steering import Steering
 from worker.simulator import RunningSimulator
 
 
@@ -304,3 +311,49 @@ async def test_required_statuses_are_known_and_matched_without_case(
     done = await cli.run("run", str(src), "--yes", "--require-status", "draft,valid", env=env)
     assert done.code == 0, done.stderr[-2000:]
     assert sorted(sim.sim.stats.deletes) == ids("CDE", 3)
+
+
+class _Channel:
+    """A control channel whose standing commands the test writes (as anyone who can write the
+    control hash in Redis, or the control rows of a ledger)."""
+
+    def __init__(self) -> None:
+        self.wanted: dict[str, str] = {}
+        self.published: list[dict[str, Any]] = []
+
+    async def commands(self) -> dict[str, str]:
+        return dict(self.wanted)
+
+    async def publish(self, status: dict[str, Any]) -> None:
+        self.published.append(status)
+
+
+async def test_control_rate_is_capped_and_checked_by_the_run() -> None:
+    """A rate written to the control channel: one under the run's ceiling is taken; one over
+    it (1e18) is held at the ceiling; `inf`, `nan`, `0`, `-5` and text are ignored with a
+    warning, the rate in force unchanged (status and limiter agree)."""
+    limiter = RateLimiter(2.0, FakeClock())
+    channel = _Channel()
+    steering = Steering(channel, limiter, RunControl(), dict, ceiling=4.0)
+    for written, expected in (
+        ("3", 3.0), ("1e18", 4.0), ("inf", 4.0), ("nan", 4.0), ("0", 4.0), ("-5", 4.0),
+        ("fast", 4.0), ("1.5", 1.5),
+    ):  # fmt: skip
+        channel.wanted["rate"] = written
+        with capture_logs() as logs:
+            await steering.step()
+        assert limiter.rate_per_s == expected, written
+        if written in ("inf", "nan", "0", "-5", "fast"):
+            assert [e["event"] for e in logs] == ["control_rate_ignored"], written
+
+
+async def test_a_ceiling_below_the_rate_is_refused(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """`--max-rate 5 --rate 10`: exit 2 naming both, nothing sent."""
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 1))
+    done = await cli.run("run", str(src), "--yes", "--rate", "10", "--max-rate", "5", env=env)
+    assert done.code == 2
+    assert "--max-rate 5 is below --rate 10" in done.stderr.strip().splitlines()[-1]
+    assert sim.sim.stats.arrivals == []

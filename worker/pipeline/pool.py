@@ -137,7 +137,9 @@ class Pool:
         self.dispatcher.later = lambda: self.canary.passed  # a canary order waits in its worker
         steering = None
         if channel is not None:
-            steering = Steering(channel, self.limiter, control, partial(self._status, progress))
+            status = partial(self._status, progress)
+            ceiling = self._settings.rate_ceiling
+            steering = Steering(channel, self.limiter, control, status, ceiling)
             await steering.step()  # before anything is read or sent
         helpers = self._helpers(source, progress, steering)
         kept = [self._spawn(c) for c in keepers]

@@ -8,6 +8,7 @@ stops a run by itself."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -43,11 +44,13 @@ class Steering:
         limiter: RateLimiter,
         control: RunControl,
         status: Callable[[], dict[str, Any]],
+        ceiling: float = math.inf,
     ) -> None:
         self._channel = channel
         self._limiter = limiter
         self._control = control
         self._status = status
+        self._ceiling = ceiling  # the highest rate `control rate` may set (--max-rate)
         self._applied: dict[str, str] = {}
 
     async def step(self) -> None:
@@ -58,7 +61,7 @@ class Steering:
                 value = wanted.get(key, "")
                 if value != self._applied.get(key, ""):
                     self._applied[key] = value
-                    _apply(key, value, self._limiter, self._control)
+                    _apply(key, value, self._limiter, self._control, self._ceiling)
             await self._channel.publish({**self._status(), "paused": self._limiter.held})
         except (OSError, WorkerError, ValueError) as exc:
             log.warning("control_channel_failed", error=str(exc), retry_in_s=POLL_S)
@@ -72,7 +75,7 @@ class Steering:
             await self.step()
 
 
-def _apply(key: str, value: str, limiter: RateLimiter, control: RunControl) -> None:
+def _apply(key: str, value: str, limiter: RateLimiter, control: RunControl, ceiling: float) -> None:
     if key == "paused":
         if value == "1" and not limiter.held:
             limiter.hold()
@@ -81,8 +84,29 @@ def _apply(key: str, value: str, limiter: RateLimiter, control: RunControl) -> N
             limiter.resume()
             log.warning("run_resumed", detail="by `cancel-orders control resume`")
     elif key == "rate" and value:
-        rate = float(value)
-        if rate > 0 and rate != limiter.rate_per_s:
+        rate = _rate(value, ceiling)
+        if rate is not None and rate != limiter.rate_per_s:
             limiter.set_rate(rate)
     elif key == "stop" and value == "1":
         control.stop_by_limit("stopped by `cancel-orders control stop`")
+
+
+def _rate(value: str, ceiling: float) -> float | None:
+    """A rate written by `control rate` (or by anyone who can write the channel), as the run
+    takes it: up to its ceiling; None, with a warning, when it is no finite positive number."""
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = math.nan
+    if not math.isfinite(rate) or rate <= 0:
+        log.warning("control_rate_ignored", value=value[:50], detail="not a finite rate above 0")
+        return None
+    if rate > ceiling:
+        log.warning(
+            "control_rate_capped",
+            asked=rate,
+            rate=ceiling,
+            detail="the ceiling is --max-rate (else the run's --rate)",
+        )
+        return ceiling
+    return rate

@@ -78,6 +78,13 @@ class SettingsFields(BaseSettings):
         union_mode="left_to_right",
     )
     rate: float = _f("rate", "R", "requests per second, all requests together", gt=0, default=...)
+    max_rate: float | None = _f(
+        "rate",
+        "R",
+        "the highest rate `control rate` may set for this run (unset: --rate)",
+        gt=0,
+        allow_inf_nan=False,
+    )
     concurrency: int = _f("rate", "C", "requests in flight at most", ge=1, le=1024, default=...)
     max_attempts: int = _f(
         "retry", "N", "attempts per order, the first included", ge=1, le=100, default=...

@@ -87,6 +87,20 @@ class Settings(SettingsFields):
         return self
 
     @model_validator(mode="after")
+    def _rate_ceiling(self) -> Settings:
+        if self.max_rate is not None and self.max_rate < self.rate:
+            raise ValueError(
+                f"--max-rate {self.max_rate:g} is below --rate {self.rate:g}: the ceiling of "
+                "`control rate` is at least the rate a run starts with"
+            )
+        return self
+
+    @property
+    def rate_ceiling(self) -> float:
+        """The highest rate `control rate` may set (--max-rate, else --rate)."""
+        return self.max_rate if self.max_rate is not None else self.rate
+
+    @model_validator(mode="after")
     def _secret_files(self) -> Settings:
         """A secret given as a file (a Kubernetes or systemd credential, a file readable only by
         its owner): read when the secret itself is not given."""
