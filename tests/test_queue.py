@@ -480,3 +480,26 @@ async def _until_recorded_by(queue: Queue, consumer: str) -> None:
     """Return once the results stream holds a result this consumer wrote."""
     while not any(r["consumer"] == consumer for r in await queue.results()):
         await asyncio.sleep(0.05)
+
+
+async def test_enqueue_to_a_read_only_replica(
+    private_redis: str, cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """A Redis that is a read-only replica: enqueue gives up (exit 3) once its patience is
+    spent (here the outage timeout, 2 s; at most 30 s by default), its last line naming the
+    server and the refusal; nothing enqueued."""
+    admin = aioredis.Redis.from_url(private_redis)
+    await admin.execute_command("REPLICAOF", "127.0.0.1", "1")  # a master that is not there
+    env = sim_env(sim, tmp_path / "l.sqlite", MOUVONE_REDIS_URL=private_redis,
+                  MOUVONE_OUTAGE_TIMEOUT="2")  # fmt: skip
+    done = await cli.run(
+        "enqueue", "--yes", str(write_ids(tmp_path / "o.csv", ids("CDE", 10))), env=env
+    )
+    await admin.execute_command("REPLICAOF", "NO", "ONE")
+    length = await admin.xlen("cancel-orders:requests")
+    await admin.aclose()
+    assert done.code == 3, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert private_redis.removesuffix("/0").split("//")[1] in last
+    assert "read only" in last.lower() or "readonly" in last.lower(), last
+    assert length == 0

@@ -9,12 +9,17 @@ from typing import Any
 import structlog
 from redis.exceptions import ResponseError
 
+from worker.queue import streams as streams_module
 from worker.queue.streams import Streams, patiently
+from worker.settings import safe_url
 from worker.sources import OrderSource
 
 log = structlog.get_logger(__name__)
 
 ENQUEUE_BATCH = 500
+# A Redis that refuses writes (maxmemory, a read-only replica): `enqueue`, which a person or a
+# job waits for, gives up within this (a consumer keeps the outage timeout's patience)
+ENQUEUE_PATIENCE_S = 30.0
 READ_CHUNK = 1000
 
 
@@ -75,7 +80,13 @@ async def _append(streams: Streams, entries: list[tuple[str, str]]) -> None:
                     raise answer  # a refusal that may pass is retried by patiently, else fatal
             return answers
 
-        answers = await patiently(send, lambda: False, "enqueue")
+        answers = await patiently(
+            send,
+            lambda: False,
+            "enqueue",
+            patience_s=min(ENQUEUE_PATIENCE_S, streams_module.PATIENCE_S),
+            where=safe_url(streams.url),
+        )
         assert answers is not None
         refused = [e for e, a in zip(todo, answers, strict=True) if isinstance(a, Exception)]
         missing = []

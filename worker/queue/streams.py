@@ -245,11 +245,18 @@ class Streams:
 
 
 async def patiently(
-    call: Callable[[], Awaitable[T]], stopping: Callable[[], bool], what: str
+    call: Callable[[], Awaitable[T]],
+    stopping: Callable[[], bool],
+    what: str,
+    *,
+    patience_s: float | None = None,
+    where: str = "",
 ) -> T | None:
     """Run a Redis call, retrying through a lost connection or a passing refusal (out of
     memory, read-only replica, ...) with backoff, saying so each time; None if the process is
-    stopping first; RedisUnavailableError once it has lasted longer than PATIENCE_S."""
+    stopping first; RedisUnavailableError, naming ``where`` (the server) and the refusal, once
+    it has lasted longer than ``patience_s`` (PATIENCE_S unless given)."""
+    patience = PATIENCE_S if patience_s is None else patience_s
     delay = 0.1
     loop = asyncio.get_running_loop()
     since: float | None = None
@@ -271,12 +278,13 @@ async def patiently(
             return None
         now = loop.time()
         since = now if since is None else since
-        if now - since > PATIENCE_S:
+        if now - since > patience:
+            at = f" at {where}" if where else ""
             raise RedisUnavailableError(
-                f"Redis has been unavailable for {now - since:.0f}s (during {what}): {problem}"
+                f"Redis has been unavailable{at} for {now - since:.0f}s (during {what}): {problem}"
             ) from None
         log.warning("redis_unavailable", during=what, error=str(problem), retry_in_s=delay)
-        await asyncio.sleep(delay)
+        await asyncio.sleep(min(delay, max(since + patience - now, 0.0) + 0.01))
         delay = min(delay * 2, 5.0)
 
 
