@@ -599,3 +599,45 @@ async def test_retry_keeps_the_runs_limits(cli: Cli, sim: RunningSimulator, tmp_
     rows = [line.split() for line in shown.stdout.splitlines() if line.split()[-1:] == ["0"]]
     assert rows == []
     assert "retryable_failed" in shown.stdout
+
+
+async def test_control_never_steers_a_killed_run(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """After `kill -9` of a run, the same command starts again and waits at its confirmation:
+    `control pause` and `control stop` say the run holding the ledger has not started (exit 2)
+    and change nothing, neither for the dead run nor for the new one, which, once confirmed,
+    sends every order unpaused."""
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "o.csv", [f"CDE{n:010d}" for n in range(1, 41)])
+    env = sim_env(sim, ledger, MOUVONE_RATE="50", MOUVONE_CONCURRENCY="2")
+    sim.sim.hold()
+    doomed = await cli.start("run", str(src), "--yes", env=env)
+    await sim.sim.wait_for_held(1)
+    doomed.kill()
+    await doomed.wait()
+    sim.sim.release()
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        *cli.program, "run", str(src), cwd=cli.cwd, env=env,
+        stdin=slave, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(slave)
+    assert proc.stderr is not None
+    seen = b""
+    while b"Type 'yes'" not in seen:
+        chunk = await asyncio.wait_for(proc.stderr.read(4096), 30)
+        assert chunk, seen.decode()[-2000:]
+        seen += chunk
+    for action in ("pause", "stop"):
+        refused = await cli.run("control", "--ledger", str(ledger), action)
+        assert refused.code == 2, refused.stdout + refused.stderr
+        assert "has not started yet" in refused.stderr
+    with sqlite3.connect(ledger) as db:
+        standing = db.execute("SELECT key FROM control WHERE key IN ('paused', 'stop')").fetchall()
+    assert standing == []
+    os.write(master, b"yes\n")
+    await asyncio.wait_for(proc.wait(), 60)
+    os.close(master)
+    assert proc.returncode == 0
+    assert len(sim.sim.stats.deletes) == 40

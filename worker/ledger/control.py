@@ -37,16 +37,29 @@ def running_run(path: Path) -> str:
         raise ConfigError(f"{path}: no run is running on this ledger")
     db = connect(path)
     try:
+        # the newest run that began since the holder took the ledger: an older unfinished run
+        # (killed, say) is not the one that holds it now, however recent its row
         row = db.execute(
-            "SELECT run_id FROM runs WHERE finished_at IS NULL ORDER BY started_at DESC LIMIT 1"
+            "SELECT run_id FROM runs WHERE finished_at IS NULL AND started_at >= coalesce("
+            "(SELECT updated_at FROM control WHERE run_id = '' AND key = 'holder'), '') "
+            "ORDER BY started_at DESC LIMIT 1"
         ).fetchone()
     except sqlite3.Error as exc:
         raise ConfigError(f"{path}: cannot read the ledger: {exc}") from None
     finally:
         db.close()
     if row is None:
-        raise ConfigError(f"{path}: the run holding this ledger has not started: try again")
+        raise ConfigError(
+            f"{path}: the run holding this ledger has not started yet (it is asking for "
+            "confirmation, or reading its input): nothing was changed; try again"
+        )
     return str(row[0])
+
+
+def hold(db: sqlite3.Connection) -> None:
+    """Note when this process took the ledger (it holds the file's lock from now on), so that
+    `control` addresses only a run begun since, never an earlier run that died holding it."""
+    db.execute(UPSERT, ("", "holder", str(os.getpid()), now_iso()))
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -17,7 +17,7 @@ import orjson
 from worker.domain.errors import LedgerError
 from worker.domain.models import Outcome, Result, RunRecord
 from worker.ledger.audit import AuditLog, insert_attempts, upgrade, upgrade_file
-from worker.ledger.control import commands_of, publish
+from worker.ledger.control import commands_of, hold, publish
 from worker.ledger.plan import Plan
 from worker.ledger.reading import LedgerReads
 from worker.ledger.schema import (
@@ -50,6 +50,8 @@ class Ledger(LedgerReads):
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA temp_store=FILE")
             self._check_schema()
+            if not readonly:
+                hold(self._db)
         except sqlite3.Error as exc:
             self.close()
             raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
