@@ -5,6 +5,7 @@ of the build."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -17,6 +18,9 @@ from tests.support import REDIS_URL, Cli, Queue, write_ids
 from worker.simulator import RunningSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
+# one worker builds the wheel once for the module (pytest-xdist's loadgroup)
+pytestmark = pytest.mark.xdist_group("wheel")
+NOT_SOURCE = (".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", ".coverage*")
 COMMANDS = ("run", "retry", "report", "select", "check", "plan", "apply", "control", "enqueue",
             "consume", "redrive", "simulate", "demo")  # fmt: skip
 
@@ -33,7 +37,11 @@ def _pip(python: Path, *args: str) -> None:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the built wheel, the installed ``cancel-orders``) in a venv outside the checkout."""
     where = tmp_path_factory.mktemp("wheel")
-    _pip(Path(sys.executable), "wheel", "--no-deps", str(ROOT), "-w", str(where / "dist"))
+    # built from a copy of the sources: a build in the checkout shares its build/ folder with
+    # any other build running there at the same time
+    source = where / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    _pip(Path(sys.executable), "wheel", "--no-deps", str(source), "-w", str(where / "dist"))
     (wheel,) = (where / "dist").glob("cancel_orders-*.whl")
     venv.EnvBuilder(with_pip=True).create(where / "venv")
     python = where / "venv" / "bin" / "python"
