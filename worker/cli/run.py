@@ -17,7 +17,14 @@ from worker.domain.errors import ConfigError, WorkerError
 from worker.domain.models import Result, RunOptions, RunReport
 from worker.ledger import check_target, ledger_exists, open_ledger
 from worker.pipeline.control import with_signals
-from worker.pipeline.lifecycle import Counts, announce_end, cap, count_to_send, ended, refused
+from worker.pipeline.lifecycle import (
+    Counts,
+    announce_end,
+    cap,
+    count_to_send,
+    export_metrics,
+    refused,
+)
 from worker.pipeline.runner import RECORDED_LIMITS, Runner
 from worker.reports.report import render_run
 from worker.runtime import loop as event_loop
@@ -74,7 +81,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         ask = None if args.yes else _ask_after_canary
         runner = Runner(settings, source, ledger, options, ask=ask)
         report = event_loop.run(_execute(runner))
-        ended(runner.metrics, settings, args.command, report.exit_code)
+        export_metrics(runner.metrics, settings, args.command, report.exit_code)
         # The run's exit status is its own: a closed stdout or stderr (`| head`) loses only text.
         say(sys.stdout, render_run(report.as_dict()))
         if report.exit_code in (3, 130, 143) and report.reason:

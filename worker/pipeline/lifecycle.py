@@ -35,10 +35,8 @@ from worker.sources.plan import PlanSource, os_user
 log = structlog.get_logger(__name__)
 
 LIMITS = ("rate", "concurrency", "max_attempts", "max_orders", "canary", "require_status")
-API_COMMAND = "api"
-DRY_BATCH = (
-    1000  # IDs a dry claim decides at once  # the command a run started from Python is recorded as
-)
+API_COMMAND = "api"  # the command a run started from Python is recorded as
+DRY_BATCH = 1000  # IDs a dry claim decides at once
 
 
 @dataclass
@@ -113,12 +111,12 @@ async def refused(
 ) -> None:
     """A run refused before it started still writes its metrics and notifies: a scheduled job
     that never ran alerts as one that failed."""
-    ended(Metrics(), settings, command, exc.exit_code)
+    export_metrics(Metrics(), settings, command, exc.exit_code)
     ended_as = {"exit_code": exc.exit_code, "reason": redact.text(str(exc))}
     await announce_end(settings, command, ended_as, who)
 
 
-def ended(metrics: Metrics, settings: Settings, command: str, exit_code: int) -> None:
+def export_metrics(metrics: Metrics, settings: Settings, command: str, exit_code: int) -> None:
     """The run's metrics, with how it ended, to the textfile and the Pushgateway, as the
     settings ask; a failure is a warning, never the run's exit status."""
     metrics.ended(exit_code)
@@ -181,9 +179,6 @@ async def cancel_orders(
     target, or more orders than --max-orders. ``control`` lets the caller stop the run (its
     ``interrupt`` or ``abort``); no signal handler is installed. The results are the ledger's
     rows for the orders this run dealt with (CSV columns of `report`, messages redacted)."""
-    settings.require_target()
-    settings.require_credentials()
-    check_target(settings.ledger, settings.api_url)
     for secret, shown in settings.secrets().items():
         redact.add(secret, shown)
     ids = list(order_ids)
@@ -194,6 +189,9 @@ async def cancel_orders(
         settings, "python: cancel_orders(...)", {"name": source.name, "count": len(ids)}
     )
     try:
+        settings.require_target()
+        settings.require_credentials()
+        check_target(settings.ledger, settings.api_url)
         report = await _run(settings, source, who, force=force, control=control)
     except WorkerError as exc:
         await refused(settings, API_COMMAND, exc, who)
@@ -221,7 +219,7 @@ async def _run(
         options = RunOptions(command=API_COMMAND, force=force, total=source.scan(), who=who)
         runner = Runner(settings, source, ledger, options, control=control)
         report = await runner.execute()
-    ended(runner.metrics, settings, API_COMMAND, report.exit_code)
+    export_metrics(runner.metrics, settings, API_COMMAND, report.exit_code)
     return report
 
 
