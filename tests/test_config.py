@@ -206,3 +206,22 @@ def test_deadlines() -> None:
     assert deadline_after("2026-11-30T01:00:00+00:00", now).tzinfo is not None
     with pytest.raises(ValueError, match="HH:MM or an ISO-8601"):
         deadline_after("tonight", now)
+
+
+def test_until_is_fixed_when_the_command_starts() -> None:
+    """--until HH:MM is the moment it named when the settings were built: once a prompt or a
+    long scan has crossed it, the deadline has passed (negative), not moved to tomorrow."""
+    from datetime import datetime, timedelta  # noqa: PLC0415
+
+    start = datetime.now().astimezone()
+    soon = (start + timedelta(minutes=2)).strftime("%H:%M")
+    settings = load_settings(
+        {"until": soon, "ledger": "x.sqlite"}, env_file=None, environment=False
+    )
+    ahead = settings.deadline_in_s(start)
+    assert ahead is not None
+    assert 0 < ahead <= 120
+    later = start + timedelta(minutes=5)  # the prompt was answered three minutes late
+    passed = settings.deadline_in_s(later)
+    assert passed is not None
+    assert passed < 0

@@ -357,3 +357,17 @@ async def test_a_ceiling_below_the_rate_is_refused(
     assert done.code == 2
     assert "--max-rate 5 is below --rate 10" in done.stderr.strip().splitlines()[-1]
     assert sim.sim.stats.arrivals == []
+
+
+async def test_a_deadline_passed_before_sending_sends_nothing(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """`--until` a moment already past when sending would start: exit 4 naming it, no
+    request sent, the orders left for the same command later."""
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 5))
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    done = await cli.run("run", str(src), "--yes", "--until", past, env=env)
+    assert done.code == 4, done.stderr[-2000:]
+    assert "deadline had passed before anything was sent" in done.stdout + done.stderr
+    assert sim.sim.stats.arrivals == []

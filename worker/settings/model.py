@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, TomlConfigSettingsSource
 
 from worker.domain.credentials import REDACTED, host_only, url_secrets
@@ -43,6 +43,8 @@ MIN_WEBHOOK_PATH = 8  # a shorter path is redacted only as a part of its whole U
 
 class Settings(SettingsFields):
     """Every setting, checked; built once at the edge, frozen, passed down."""
+
+    _until_at: datetime | None = PrivateAttr(default=None)  # --until, fixed at the start
 
     @field_validator("base_url", "token_url")
     @classmethod
@@ -168,6 +170,14 @@ class Settings(SettingsFields):
             deadline_after(value, datetime.now().astimezone())
         return value
 
+    @model_validator(mode="after")
+    def _until_fixed(self) -> Settings:
+        """--until as a moment, fixed when the settings are built (the command starts): a
+        prompt or a long scan that crosses HH:MM must not move it to tomorrow."""
+        if self.until is not None:
+            self._until_at = deadline_after(self.until, datetime.now().astimezone())
+        return self
+
     @field_validator("require_status")
     @classmethod
     def _statuses(cls, value: str | None) -> str | None:
@@ -214,12 +224,13 @@ class Settings(SettingsFields):
         return frozenset(self.require_status.split(","))
 
     def deadline_in_s(self, now: datetime) -> float | None:
-        """Seconds from ``now`` to the earliest of --until and --run-time (None: no deadline)."""
+        """Seconds from ``now`` to the earliest of --until (the moment fixed when the command
+        started: negative once it has passed) and --run-time (None: no deadline)."""
         found = []
         if self.run_time is not None:
             found.append(duration_s(self.run_time))
-        if self.until is not None:
-            found.append((deadline_after(self.until, now) - now).total_seconds())
+        if self._until_at is not None:
+            found.append((self._until_at - now).total_seconds())
         return min(found) if found else None
 
     @field_validator("encoding")
