@@ -371,3 +371,17 @@ async def test_a_deadline_passed_before_sending_sends_nothing(
     assert done.code == 4, done.stderr[-2000:]
     assert "deadline had passed before anything was sent" in done.stdout + done.stderr
     assert sim.sim.stats.arrivals == []
+
+
+async def test_a_canary_that_covers_the_whole_input_ends_as_a_run(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """`--canary 5` with three orders, one rejected: nothing is held back, so the run ends as
+    any run does (exit 1, the rejected order in the report), not exit 4 "the rest were not
+    sent"."""
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001", "SUB0000000001", "CDE0000000002"])
+    done = await cli.run("run", str(src), "--yes", "--canary", "5", env=env)
+    assert done.code == 1, done.stderr[-2000:]
+    assert "the rest were not sent" not in done.stderr
+    assert len(sim.sim.stats.deletes) == 3

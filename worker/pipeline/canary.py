@@ -1,7 +1,8 @@
 """``--canary N``: the first N orders go alone, and the rest only if every one of them ended
 `cancelled` or `already_cancelled`. A person at a terminal is shown their outcomes and asked
 (``ask``); without one (``--yes``) a canary that is not clean stops the run with exit 4, the
-rest `pending`, for the same command to resume once the cause is understood."""
+rest `pending`, for the same command to resume once the cause is understood. A canary that
+took the whole input (fewer orders than N) holds nothing back: the run ends as any run does."""
 
 from __future__ import annotations
 
@@ -67,6 +68,10 @@ class Canary:
         outcomes = dict(Counter(r.outcome.value for r in results))
         if not bad:
             log.info("canary_passed", orders=len(results), outcomes=outcomes)
+            self._open.set()
+            return
+        if self._expected < self.size:  # the input ran out first: no "rest" to hold back
+            log.info("canary_was_the_whole_input", orders=len(results), outcomes=outcomes)
             self._open.set()
             return
         if self._ask is not None and await asyncio.to_thread(self._ask, results):
