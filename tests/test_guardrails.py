@@ -385,3 +385,18 @@ async def test_a_canary_that_covers_the_whole_input_ends_as_a_run(
     assert done.code == 1, done.stderr[-2000:]
     assert "the rest were not sent" not in done.stderr
     assert len(sim.sim.stats.deletes) == 3
+
+
+async def test_after_a_fatal_answer_the_next_step_is_to_fix_it(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """A fatal answer (USER_ID_INVALID): the summary's next step says to fix what stopped the
+    run before resuming, and so does the last line; a stop by a limit says only to resume."""
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    src = write_ids(tmp_path / "o.csv", ["USR0000000001", *ids("CDE", 3)])
+    done = await cli.run("run", str(src), "--yes", env=env)
+    assert done.code == 3, done.stderr[-2000:]
+    assert "next: first fix what stopped it (above), then resume with the same command" in (
+        done.stdout
+    )
+    assert "fix that, then resume" in done.stderr.strip().splitlines()[-1]

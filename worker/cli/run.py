@@ -88,7 +88,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             say(
                 sys.stderr,
                 f"cancel-orders: {printable(redact.text(report.reason))}; unanswered orders stay "
-                "pending: resume with the same command\n",
+                f"pending: {'fix that, then ' if report.exit_code == 3 else ''}resume with the "
+                "same command\n",
             )
         if not args.dry_run:  # after the summary: a slow webhook never delays what people read
             event_loop.run(announce_end(settings, args.command, report.as_dict(), options.who))
