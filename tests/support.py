@@ -5,10 +5,12 @@ Runner."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
+import pty
 import sqlite3
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,3 +264,39 @@ def lookalike_env(root: str, **extra: str) -> dict[str, str]:
                MOUVONE_LOG_FORMAT="json")  # fmt: skip
     env.update(extra)
     return env
+
+
+async def at_the_prompt(
+    cli: Cli,
+    args: Sequence[str],
+    env: dict[str, str],
+    answer: bytes,
+    meanwhile: Callable[[], object] | None = None,
+) -> tuple[int, str, str]:
+    """Run the CLI with a terminal for standard input, wait for its "Type 'yes'" question, do
+    ``meanwhile`` (awaited when it is a coroutine function), answer; (exit status, what it
+    asked, what it printed after)."""
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        *cli.program, *args, cwd=cli.cwd, env=env,
+        stdin=slave, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(slave)
+    try:
+        assert proc.stderr is not None
+        asked = b""
+        while b"Type 'yes'" not in asked:
+            chunk = await asyncio.wait_for(proc.stderr.read(4096), 30)
+            assert chunk, asked.decode()[-2000:]
+            asked += chunk
+        if meanwhile is not None and inspect.isawaitable(done := meanwhile()):
+            await done
+        os.write(master, answer)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        os.close(master)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, asked.decode(), out.decode() + err.decode()

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support import Cli, ledger_rows, sim_env, write_ids
+from tests.support import Cli, at_the_prompt, ledger_rows, sim_env, write_ids
 from worker.domain.models import FINAL
 from worker.simulator import RunningSimulator
 
@@ -617,27 +617,42 @@ async def test_control_never_steers_a_killed_run(
     doomed.kill()
     await doomed.wait()
     sim.sim.release()
-    master, slave = pty.openpty()
-    proc = await asyncio.create_subprocess_exec(
-        *cli.program, "run", str(src), cwd=cli.cwd, env=env,
-        stdin=slave, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    os.close(slave)
-    assert proc.stderr is not None
-    seen = b""
-    while b"Type 'yes'" not in seen:
-        chunk = await asyncio.wait_for(proc.stderr.read(4096), 30)
-        assert chunk, seen.decode()[-2000:]
-        seen += chunk
-    for action in ("pause", "stop"):
-        refused = await cli.run("control", "--ledger", str(ledger), action)
-        assert refused.code == 2, refused.stdout + refused.stderr
-        assert "has not started yet" in refused.stderr
-    with sqlite3.connect(ledger) as db:
-        standing = db.execute("SELECT key FROM control WHERE key IN ('paused', 'stop')").fetchall()
-    assert standing == []
-    os.write(master, b"yes\n")
-    await asyncio.wait_for(proc.wait(), 60)
-    os.close(master)
-    assert proc.returncode == 0
+
+    async def refused() -> None:
+        for action in ("pause", "stop"):
+            done = await cli.run("control", "--ledger", str(ledger), action)
+            assert done.code == 2, done.stdout + done.stderr
+            assert "has not started yet" in done.stderr
+        with sqlite3.connect(ledger) as db:
+            standing = db.execute("SELECT key FROM control WHERE key IN ('paused', 'stop')")
+            assert standing.fetchall() == []
+
+    code, _, said = await at_the_prompt(cli, ("run", str(src)), env, b"yes\n", refused)
+    assert code == 0, said[-2000:]
     assert len(sim.sim.stats.deletes) == 40
+
+
+async def test_what_was_confirmed_is_what_is_sent(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """The prompt says 10 orders; the input file grows to 60 before the "yes": the run stops
+    (exit 4) naming the change, nothing sent; the same command then counts, asks and sends
+    the 60."""
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "o.csv", [f"CDE{n:010d}" for n in range(1, 11)])
+    env = sim_env(sim, ledger)
+
+    def grow() -> None:
+        with src.open("a") as more:
+            more.writelines(f"CDE{n:010d}\n" for n in range(11, 61))
+
+    args = ("run", str(src))
+    code, asked, said = await at_the_prompt(cli, args, env, b"yes\n", grow)
+    assert "About to cancel 10 orders" in asked
+    assert code == 4, said[-2000:]
+    assert "changed after it was counted" in said
+    assert sim.sim.stats.arrivals == []
+    code, asked, said = await at_the_prompt(cli, args, env, b"yes\n")
+    assert "About to cancel 60 orders" in asked
+    assert code == 0, said[-2000:]
+    assert len(sim.sim.stats.deletes) == 60

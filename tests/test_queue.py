@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from tests.support import REDIS_URL, Cli, Queue, ids, sim_env, write_ids
+from tests.support import REDIS_URL, Cli, Queue, at_the_prompt, ids, sim_env, write_ids
 from worker.queue.enqueue import enqueue
 from worker.queue.streams import Names, Streams
 from worker.simulator import RunningSimulator
@@ -503,3 +503,26 @@ async def test_enqueue_to_a_read_only_replica(
     assert private_redis.removesuffix("/0").split("//")[1] in last
     assert "read only" in last.lower() or "readonly" in last.lower(), last
     assert length == 0
+
+
+async def test_enqueue_sends_what_was_confirmed(
+    queue: Queue, cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """`enqueue` asks about 10 orders; the input file grows to 60 before the "yes": it stops
+    (exit 4) naming the change, nothing appended; the same command then asks about 60."""
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 10))
+    env = queue.env(sim, tmp_path)
+
+    def grow() -> None:
+        with src.open("a") as more:
+            more.writelines(f"{order}\n" for order in ids("CDE", 50, start=11))
+
+    code, asked, said = await at_the_prompt(cli, ("enqueue", str(src)), env, b"yes\n", grow)
+    assert "About to enqueue 10 orders" in asked
+    assert code == 4, said[-2000:]
+    assert "changed after it was counted" in said
+    assert await queue.redis.xlen(queue.names.stream) == 0
+    code, asked, said = await at_the_prompt(cli, ("enqueue", str(src)), env, b"yes\n")
+    assert "About to enqueue 60 orders" in asked
+    assert code == 0, said[-2000:]
+    assert await queue.redis.xlen(queue.names.stream) == 60

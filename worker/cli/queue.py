@@ -34,13 +34,13 @@ log = structlog.get_logger(__name__)
 # -- enqueue ----------------------------------------------------------------------------------
 
 
-def cmd_enqueue(settings: Settings, source: OrderSource) -> int:
+def cmd_enqueue(settings: Settings, source: OrderSource, approved: set[str] | None) -> int:
     """`enqueue`: 0 when every ID was valid, 1 when some were rejected."""
 
     async def main() -> tuple[int, int, int]:
         streams = streams_for(settings)
         try:
-            return await enqueue(streams, source)
+            return await enqueue(streams, source, approved)
         finally:
             await streams.close()
 
@@ -171,7 +171,7 @@ def run_enqueue(args: argparse.Namespace) -> int:
                 f"{invalid}); the consumers of the group will cancel them.\n"
                 "A cancellation cannot be undone. Type 'yes' to go on: "
             )
-        return cmd_enqueue(settings, source)
+        return cmd_enqueue(settings, source, valid)
 
 
 def run_consume(args: argparse.Namespace) -> int:

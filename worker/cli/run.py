@@ -62,12 +62,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         ledger = open_ledger(
             settings.ledger, dry=args.dry_run, stack=stack, claim_idle=settings.claim_idle
         )
+        approved = None
         if not args.dry_run and (not args.yes or settings.max_orders is not None):
             force = getattr(args, "force", False)
             plan = count_to_send(source, settings.ledger, force=force)
             cap(plan.to_send, settings)
             if not args.yes:
                 _confirm(source, settings, plan, total)
+            approved = plan.to_send
         options = RunOptions(
             command=args.command,
             force=getattr(args, "force", False),
@@ -77,6 +79,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             resume=(resume := masked_command_line(getattr(args, "argv", []))),
             plan=getattr(source, "digest", ""),
             who=None if args.dry_run else who_from(args, settings, source, resume),
+            approved=approved,
         )
         ask = None if args.yes else _ask_after_canary
         runner = Runner(settings, source, ledger, options, ask=ask)

@@ -38,3 +38,9 @@ class ApiConfigError(FatalApiError):
     redirect of the token request, a host that refuses): the run stops, exit 2."""
 
     exit_code = 2
+
+
+class StoppedByLimitError(WorkerError):
+    """Stopped early by a limit the operator set (exit 4): nothing wrong with the API."""
+
+    exit_code = 4

@@ -127,6 +127,7 @@ class RunOptions:
     resume: str = ""  # the command line that resumes this run (secrets removed)
     plan: str = ""  # `apply`: the digest of the plan it sends
     who: RunRecord | None = None  # who started it and why, recorded with the run
+    approved: int | None = None  # orders the confirmation or --max-orders counted: no more
 
 
 @dataclass

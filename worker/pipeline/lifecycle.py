@@ -213,10 +213,14 @@ async def _run(
         ledger = open_ledger(
             settings.ledger, dry=False, stack=stack, claim_idle=settings.claim_idle
         )
+        approved = None
         if settings.max_orders is not None:
             counts = await asyncio.to_thread(count_to_send, source, settings.ledger, force=force)
             cap(counts.to_send, settings)
-        options = RunOptions(command=API_COMMAND, force=force, total=source.scan(), who=who)
+            approved = counts.to_send
+        options = RunOptions(
+            command=API_COMMAND, force=force, total=source.scan(), who=who, approved=approved
+        )
         runner = Runner(settings, source, ledger, options, control=control)
         report = await runner.execute()
     export_metrics(runner.metrics, settings, API_COMMAND, report.exit_code)

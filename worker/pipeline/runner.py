@@ -74,6 +74,7 @@ class Runner:
         self.summary = RunSummary()
         self._skipped: dict[str, int] = {}
         self._uncertain: set[str] = set()  # queued orders an earlier run may have sent
+        self._claimed = 0  # orders claimed to be sent (held to options.approved)
         writer = None if options.dry_run else self._ledger
         self._sink = ResultSink(writer, self.run_id, self.summary, self.metrics)
         self._stats: PoolStats | None = None  # the pool's, once it ran
@@ -213,6 +214,8 @@ class Runner:
         for outcome in plan.skipped:
             self._skipped[outcome] = self._skipped.get(outcome, 0) + 1
         self._uncertain |= plan.uncertain
+        if self._beyond_approval(len(plan.to_send)):
+            return
         for result in plan.invalid:
             self._sink.add(result)
             if len(self.summary.first_invalid) < FIRST_INVALID and result.message:
@@ -223,6 +226,22 @@ class Runner:
             self.summary.sent_requests += len(plan.to_send)
             return
         await feed.put(plan.to_send, epoch)
+
+    def _beyond_approval(self, more: int) -> bool:
+        """What was confirmed and capped is what is sent: claimed orders beyond the approved
+        count (the input changed after it was counted) stop the run before any is sent."""
+        approved = self._options.approved
+        if approved is None or self._options.dry_run:
+            return False
+        self._claimed += more
+        if self._claimed <= approved:
+            return False
+        self.control.stop_by_limit(
+            f"the input holds more orders to send than the {approved} counted before sending "
+            "(it changed after it was counted, or --max-orders): the rest were not sent; check "
+            "it, then run the same command again"
+        )
+        return True
 
     def _ledger_failed(self, message: str) -> None:
         self.control.abort(f"ledger write failed: {message}")

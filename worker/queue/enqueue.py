@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 from redis.exceptions import ResponseError
 
+from worker.domain.errors import StoppedByLimitError
 from worker.queue import streams as streams_module
 from worker.queue.streams import Streams, patiently
 from worker.settings import safe_url
@@ -23,8 +24,12 @@ ENQUEUE_PATIENCE_S = 30.0
 READ_CHUNK = 1000
 
 
-async def enqueue(streams: Streams, source: OrderSource) -> tuple[int, int, int]:
-    """Append each valid ID once (field ``order_id``); (enqueued, invalid, duplicates).
+async def enqueue(
+    streams: Streams, source: OrderSource, approved: set[str] | None = None
+) -> tuple[int, int, int]:
+    """Append each valid ID once (field ``order_id``); (enqueued, invalid, duplicates). With
+    ``approved`` (the IDs the confirmation or --max-orders counted), an ID not among them (the
+    input changed after it was counted) stops before its batch is appended (exit 4).
 
     Entries get explicit, increasing IDs: a batch sent again after a dropped connection (by
     redis-py's retry or by this loop) is refused by the stream for the entries that made it,
@@ -45,6 +50,12 @@ async def enqueue(streams: Streams, source: OrderSource) -> tuple[int, int, int]
             else:
                 seen.add(order_id)
                 ids.append(order_id)
+        if approved is not None and not approved.issuperset(ids):
+            raise StoppedByLimitError(
+                f"the input holds orders not among the {len(approved)} counted before "
+                f"enqueueing (it changed after it was counted): {enqueued} enqueued, the rest "
+                "not; check it, then run the same command again"
+            )
         if ids:
             entries = [(f"{next_ms}-{n}", order_id) for n, order_id in enumerate(ids)]
             await _append(streams, entries)
