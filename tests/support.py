@@ -284,11 +284,7 @@ async def at_the_prompt(
     os.close(slave)
     try:
         assert proc.stderr is not None
-        asked = b""
-        while b"Type 'yes'" not in asked:
-            chunk = await asyncio.wait_for(proc.stderr.read(4096), 30)
-            assert chunk, asked.decode()[-2000:]
-            asked += chunk
+        asked = await read_until(proc.stderr, b"Type 'yes'")
         if meanwhile is not None and inspect.isawaitable(done := meanwhile()):
             await done
         os.write(master, answer)
@@ -300,3 +296,14 @@ async def at_the_prompt(
             await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, asked.decode(), out.decode() + err.decode()
+
+
+async def read_until(stream: asyncio.StreamReader, marker: bytes) -> bytes:
+    """What ``stream`` gives up to and including ``marker`` (and what came with it); fails the
+    test when the stream ends first or nothing comes for 30 s."""
+    seen = b""
+    while marker not in seen:
+        chunk = await asyncio.wait_for(stream.read(4096), 30)
+        assert chunk, seen.decode(errors="replace")[-2000:]
+        seen += chunk
+    return seen

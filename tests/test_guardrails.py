@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import signal
 import sqlite3
 import time
 from collections import Counter
@@ -16,7 +19,7 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock
-from tests.support import Cli, Queue, ids, ledger_rows, sim_env, write_ids
+from tests.support import Cli, Queue, ids, ledger_rows, read_until, sim_env, write_ids
 from worker.api.limiter import RateLimiter
 from worker.pipeline.control import RunControl
 from worker.pipeline.steering import Steering
@@ -400,3 +403,35 @@ async def test_after_a_fatal_answer_the_next_step_is_to_fix_it(
         done.stdout
     )
     assert "fix that, then resume" in done.stderr.strip().splitlines()[-1]
+
+
+async def test_ctrl_c_at_the_canary_question_ends_the_run(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """On a terminal, a canary that is not clean asks whether to send the rest; Ctrl-C there
+    ends the run at once (exit 130), the question unanswered, the rest `pending`."""
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "o.csv", ["SUB0000000001", *ids("CDE", 10)])
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        *cli.program, "run", str(src), "--canary", "1", cwd=cli.cwd, env=sim_env(sim, ledger),
+        stdin=slave, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(slave)
+    try:
+        assert proc.stderr is not None
+        await read_until(proc.stderr, b"Type 'yes' to go on")
+        os.write(master, b"yes\n")
+        await read_until(proc.stderr, b"Type 'yes' to send the rest")
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        os.close(master)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130
+    assert list(sim.sim.stats.deletes) == ["SUB0000000001"]
+    assert {r["outcome"] for o, r in ledger_rows(ledger).items() if o != "SUB0000000001"} == {
+        "pending"
+    }

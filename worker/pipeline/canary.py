@@ -7,8 +7,11 @@ took the whole input (fewer orders than N) holds nothing back: the run ends as a
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
 
 import structlog
 
@@ -16,6 +19,17 @@ from worker.domain.models import SUCCESS, Result
 from worker.pipeline.control import RunControl
 
 log = structlog.get_logger(__name__)
+
+
+def _settle_future(
+    future: asyncio.Future[bool], value: bool | None, error: BaseException | None
+) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(bool(value))
 
 
 class Canary:
@@ -60,6 +74,34 @@ class Canary:
         self._results.append(result)
         await self._settle()
 
+    async def _question(self, results: list[Result]) -> bool:
+        """A person's answer to the canary's question, read on a thread of its own that the
+        process does not wait for: Ctrl-C, a deadline or `control stop` while it is asked ends
+        the run at once (False), the question unanswered."""
+        assert self._ask is not None
+        ask = self._ask
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[bool] = loop.create_future()
+
+        def read() -> None:
+            value: bool | None = None
+            error: BaseException | None = None
+            try:
+                value = ask(results)
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting run
+                error = exc
+            with suppress(RuntimeError):  # the loop closed first: nobody waits any more
+                loop.call_soon_threadsafe(_settle_future, answered, value, error)
+
+        threading.Thread(target=read, name="canary-question", daemon=True).start()
+        stopped = asyncio.ensure_future(self._control.stop_event.wait())
+        waits: set[asyncio.Future[Any]] = {answered, stopped}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        return answered.result() if answered.done() else False
+
     async def _settle(self) -> None:
         if self._open.is_set() or len(self._results) < self._expected or self._control.stopping:
             return
@@ -74,9 +116,11 @@ class Canary:
             log.info("canary_was_the_whole_input", orders=len(results), outcomes=outcomes)
             self._open.set()
             return
-        if self._ask is not None and await asyncio.to_thread(self._ask, results):
+        if self._ask is not None and await self._question(results):
             log.warning("canary_accepted", orders=len(results), outcomes=outcomes)
             self._open.set()
+            return
+        if self._control.stopping:  # stopped while the question was asked: that is the end
             return
         named = ", ".join(f"{r.order_id} {r.outcome.value}" for r in bad[:5])
         self._control.stop_by_limit(
