@@ -435,3 +435,22 @@ async def test_ctrl_c_at_the_canary_question_ends_the_run(
     assert {r["outcome"] for o, r in ledger_rows(ledger).items() if o != "SUB0000000001"} == {
         "pending"
     }
+
+
+async def test_a_plan_shows_its_reviewer_the_predictions_and_the_reason(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """`plan --check --reason R`: its summary gives the reason and the predicted outcome
+    counts, not only a count and a digest."""
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    src = write_ids(tmp_path / "o.csv", [*ids("CDE", 3), "NFD0000000001", "ALR0000000001"])
+    done = await cli.run(
+        "plan", str(src), "--check", "--output", str(tmp_path / "p.json"),
+        "--reason", "T-1234 closed terminal", env=env,
+    )  # fmt: skip
+    assert done.code == 0, done.stderr[-2000:]
+    assert "reason: T-1234 closed terminal" in done.stdout
+    predicted = next(x for x in done.stdout.splitlines() if "predicted:" in x)
+    assert "3 cancelled" in predicted
+    assert "1 not_found" in predicted
+    assert "1 already_cancelled" in predicted

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
@@ -63,12 +64,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     with replaced(args.output) as out:
         json.dump(content, out, indent=1)
         out.write("\n")
-    lines = (
+    lines = [
         f"Plan {args.output}: {len(order_ids)} orders for {settings.target_label}, digest "
         f"{content['digest']}{', signed' if key else ''}, expires at {content['expires_at']}",
+        f"  by {content['operator']}, reason: {content['reason'] or '(no --reason given)'}"
+        + (f", ticket {content['ticket']}" if content["ticket"] else ""),
         f"  not in it: {invalid} invalid, {final} already final in {settings.ledger}",
+    ]
+    if predicted is not None:  # what a reviewer weighs: the predicted outcome of each order
+        counted = Counter(predicted.values())
+        lines.append(
+            "  predicted: " + ", ".join(f"{n} {outcome}" for outcome, n in counted.most_common())
+        )
+    lines.append(
         f"  nothing was sent; review it, then: cancel-orders apply {args.output} "
-        f"--expect-digest {content['digest'][:16]}",
+        f"--expect-digest {content['digest'][:16]}"
     )
     say(sys.stdout, "".join(printable(line) + "\n" for line in lines))
     return 1 if invalid else 0
