@@ -209,3 +209,36 @@ def test_nightly_cron_script_mails_by_exit_status(
         assert f"Ledger: {folder}/ledgers/test.sqlite" in mail
     else:
         assert "invalid" in mail
+    env["MAIL_COMMAND"] = str(tmp_path / "no-such-mail")
+    unsent = subprocess.run(
+        ["./nightly.sh", "test", str(BIN / "cancel-orders"), "run", "o.csv", "--yes"],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert unsent.returncode == 69
+    assert "no alert could be sent: nothing was run" in unsent.stderr
+
+
+def test_nightly_alert_names_an_unreachable_api(tmp_path: Path) -> None:
+    """The likeliest failure of a job that worked yesterday, the API unreachable: the alert's
+    Reason is the run's last line, naming the host, not empty."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mail").write_text('#!/bin/sh\necho "SUBJECT $2" >> "$MAILBOX"; cat >> "$MAILBOX"\n')
+    (bin_dir / "mail").chmod(0o755)
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    shutil.copy(DEPLOY / "cron" / "nightly.sh", folder / "nightly.sh")
+    (folder / "credentials.env").write_text(
+        "MOUVONE_CLIENT_ID=c\nMOUVONE_CLIENT_SECRET=s3cret\nMOUVONE_API_KEY=k3y-value\n"
+        "MOUVONE_BASE_URL=http://127.0.0.1:9/v1\nMOUVONE_TOKEN_URL=http://127.0.0.1:9/t\n"
+    )
+    (folder / "o.csv").write_text("orderId\nCDE0000000001\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", MAILBOX=str(tmp_path / "mailbox"))
+    done = subprocess.run(
+        ["./nightly.sh", "test", str(BIN / "cancel-orders"), "run", "o.csv", "--yes"],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    reason = next(x for x in (tmp_path / "mailbox").read_text().splitlines() if "Reason:" in x)
+    assert "cannot reach the token endpoint 127.0.0.1:9" in reason

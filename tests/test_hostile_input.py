@@ -64,7 +64,9 @@ async def test_corpus(cli: Cli, tmp_path: Path, name: str) -> None:
         assert len(errors) == 1, done.stderr
         assert re.search(rf"{re.escape(str(path))}:{expected}: ", errors[0]), errors[0]
         return
-    summary = json.loads(done.stderr.strip().splitlines()[-1])
+    *events, last = done.stderr.strip().splitlines()
+    assert last.startswith("cancel-orders: ")  # every run ends with its one reason line
+    summary = json.loads(events[-1])
     assert summary["event"] == "run_summary"
     assert summary["outcomes"]["invalid"] == expected
     assert done.code == (1 if expected else 0)

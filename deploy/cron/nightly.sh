@@ -3,11 +3,20 @@
 #   nightly.sh NAME /opt/cancel-orders/bin/cancel-orders run ... --ledger ledgers/NAME.sqlite
 # Logs to logs/NAME-DATE.log. Mails nothing on exit 0; the report on exit 1 (finished, some
 # orders need a person: a success with a report); an alert on exit 2 and above, with the
-# reason, the ledger and the command that shows the report. MAILTO_ADDR names the recipient.
+# reason (the run's last line, `cancel-orders: <reason>`), the ledger and the command that
+# shows the report. MAILTO_ADDR names the recipient; MAIL_COMMAND the program that sends
+# (default `mail`: Debian's bsd-mailx or mailutils). Without it nothing runs: exit 69, said on
+# stderr (cron mails that to the crontab's MAILTO), since an alert could not be sent.
 set -u
 name=$1
 shift
 to=${MAILTO_ADDR:-ops@example.org}
+mailer=${MAIL_COMMAND:-mail}
+if ! command -v "$mailer" >/dev/null 2>&1; then
+    echo "nightly.sh $name: '$mailer' is not installed, so no alert could be sent: nothing was run" \
+        "(install bsd-mailx or mailutils, or set MAIL_COMMAND)" >&2
+    exit 69
+fi
 mkdir -p logs ledgers
 log="logs/$name-$(date +%F).log"
 set -a
@@ -25,16 +34,18 @@ done
 program=$1
 report="$program report${ledger:+ --ledger $PWD/$ledger}"
 if [ "$status" -eq 1 ]; then
-    $report 2>&1 | mail -s "cancel-orders $name: finished, some orders need a person" "$to"
+    $report 2>&1 | "$mailer" -s "cancel-orders $name: finished, some orders need a person" "$to"
 elif [ "$status" -ge 2 ]; then
     {
         echo "cancel-orders $name ended with exit $status on $(hostname) at $(date)."
-        echo "Reason: $(grep -a 'cancel-orders: ' "$log" | tail -n 1)"
+        echo "Reason: $(grep -a '^cancel-orders: ' "$log" | tail -n 1)"
         echo "Ledger: $PWD/$ledger"
         echo "Report: $report"
         echo "Log:    $PWD/$log"
-        echo "Exit 2: nothing was sent (configuration, input, credentials); 3: stopped (fatal"
-        echo "answer, outage, failures) and 4: stopped by a limit: resume with the same command."
-    } | mail -s "cancel-orders $name FAILED (exit $status)" "$to"
+        echo "Exit 2: refused before sending, or the API could not be reached (configuration,"
+        echo "input, credentials, network); 3: stopped (fatal answer, outage, failures): fix the"
+        echo "reason, then resume with the same command; 4: stopped by a limit: resume with the"
+        echo "same command."
+    } | "$mailer" -s "cancel-orders $name FAILED (exit $status)" "$to"
 fi
 exit "$status"

@@ -87,16 +87,27 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         export_metrics(runner.metrics, settings, args.command, report.exit_code)
         # The run's exit status is its own: a closed stdout or stderr (`| head`) loses only text.
         say(sys.stdout, render_run(report.as_dict()))
-        if report.exit_code in (3, 130, 143) and report.reason:
-            say(
-                sys.stderr,
-                f"cancel-orders: {printable(redact.text(report.reason))}; unanswered orders stay "
-                f"pending: {'fix that, then ' if report.exit_code == 3 else ''}resume with the "
-                "same command\n",
-            )
         if not args.dry_run:  # after the summary: a slow webhook never delays what people read
             event_loop.run(announce_end(settings, args.command, report.as_dict(), options.who))
+        say(sys.stderr, f"cancel-orders: {ending(report)}\n")  # the last line, whatever the end
         return report.exit_code
+
+
+def ending(report: RunReport) -> str:
+    """How the run ended, in the one line that ends its standard error (what a job's alert
+    quotes): `done` on exit 0."""
+    code = report.exit_code
+    reason = printable(redact.text(report.reason or ""))
+    if code == 0:
+        return "done"
+    if code == 1:
+        if report.dry_run:
+            return "some IDs of the input are invalid (above); nothing was sent"
+        return "finished; some orders need a person: cancel-orders report"
+    if code in (3, 4, 130, 143):
+        first = "fix that, then " if code == 3 else ""
+        return f"{reason}; unanswered orders stay pending: {first}resume with the same command"
+    return reason or f"exit {code}"
 
 
 def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Settings:
