@@ -454,3 +454,25 @@ async def test_a_plan_shows_its_reviewer_the_predictions_and_the_reason(
     assert "3 cancelled" in predicted
     assert "1 not_found" in predicted
     assert "1 already_cancelled" in predicted
+
+
+async def test_orders_a_precondition_skips_are_no_failures(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Under `--require-status Draft,Valid --canary 3 --max-failure-rate 10 --min-orders 5`, an
+    input that starts with five Submitted orders: they are skipped, which neither fails the
+    canary nor counts toward the failure rate, and every Draft order is cancelled (exit 1:
+    the skipped ones need a person)."""
+    ledger = tmp_path / "l.sqlite"
+    submitted = ids("SUB", 5)
+    fine = ids("CDE", 20)
+    src = write_ids(tmp_path / "o.csv", [*submitted, *fine])
+    done = await cli.run(
+        "run", str(src), "--yes", "--require-status", "Draft,Valid", "--canary", "3",
+        "--max-failure-rate", "10", "--min-orders", "5", env=sim_env(sim, ledger),
+    )  # fmt: skip
+    assert done.code == 1, done.stderr[-2000:]
+    rows = ledger_rows(ledger)
+    assert {rows[o]["outcome"] for o in submitted} == {"skipped"}
+    assert {rows[o]["outcome"] for o in fine} == {"cancelled"}
+    assert sorted(sim.sim.stats.deletes) == fine

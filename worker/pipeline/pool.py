@@ -322,13 +322,18 @@ class RunParts:
     summary: RunSummary
 
 
+NOT_JUDGED = (Outcome.PENDING, Outcome.SKIPPED, Outcome.INVALID)
+
+
 def check_failure_rate(settings: Settings, summary: RunSummary, control: RunControl) -> None:
     """Stop the run once too many finished orders failed (--max-failure-rate)."""
     limit = settings.max_failure_rate
     if limit is None:
         return
     counts = summary.outcomes
-    finished = summary.answered - counts.get(Outcome.PENDING.value, 0)
+    # judged: the orders this run sent and got an answer for (an order skipped by a
+    # precondition, or invalid, was never sent; a pending one has no answer)
+    finished = summary.answered - sum(counts.get(o.value, 0) for o in NOT_JUDGED)
     failed = finished - sum(counts.get(o.value, 0) for o in SUCCESS)
     if finished >= settings.min_orders and failed * 100 > limit * finished:
         control.abort(
