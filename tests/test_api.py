@@ -168,3 +168,20 @@ async def test_a_refused_token_during_the_look_up_stops_the_run(api: Api) -> Non
     assert deletes == []
     assert control.exit_code == 3
     assert "MOUVONE_ACCESS_TOKEN" in (control.reason or "")
+
+
+async def test_the_reads_teach_the_limiter(api: Api) -> None:
+    """Every GET the gateway admits is counted for the limiter's learning, and a GET's 429 with
+    the gateway's limit sets the pace there (it used to halve the pace, knowing nothing)."""
+    with aioresponses() as mocked:
+        for _ in range(3):
+            mocked.get(ORDER, status=200, payload={"customerOrderId": "ABC0000000001"})
+        mocked.get(ORDER, status=429, headers={"Retry-After": "0", "X-RateLimit-Limit": "200"},
+                   payload={"statusCode": 429})  # fmt: skip
+        mocked.get(ORDER, status=200, payload={"customerOrderId": "ABC0000000001"})
+        r = reader(api, max_attempts=5)
+        for _ in range(4):
+            await r.get(ORDER)
+    assert len(api.limiter.admitted) == 4  # the 429 is not among the admitted
+    assert api.limiter.learned_per_s == pytest.approx(200, rel=0.05)
+    assert api.limiter.pace_per_s > 150  # at the limit it was told, not halved to 500

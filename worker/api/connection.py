@@ -173,7 +173,7 @@ class Reader:
         api = self._api
         what = f"GET {url.path}"
         while True:
-            token, generation, answer, body = await self._send(url, what)
+            token, generation, answer, body, slot = await self._send(url, what)
             if noted is not None:
                 noted(answer)
             verdict = self.table.classify(answer.status, answer.code, answer.failure)
@@ -192,7 +192,7 @@ class Reader:
             decision = decide(verdict, answer, situation, api.backoff, what)
             failures += decision.counted
             if decision.slow_down:
-                api.limiter.slow_down()
+                api.limiter.slow_down(slot, answer.limit_per_s)
             if decision.pause_s is not None:
                 api.limiter.pause(decision.pause_s)
             if decision.step is Step.RECORD:
@@ -209,8 +209,9 @@ class Reader:
             log.debug("read_retry", path=url.path, status=answer.status, delay_s=decision.delay_s)
             await self._clock.sleep(decision.delay_s)
 
-    async def _send(self, url: URL, what: str) -> tuple[str, int, Answer, object]:
-        """One GET when the limiter admits it: (token, its generation, answer, body)."""
+    async def _send(self, url: URL, what: str) -> tuple[str, int, Answer, object, float]:
+        """One GET when the limiter admits it: (token, its generation, answer, body, the
+        limiter slot it went in)."""
         api = self._api
         while True:
             due = await api.limiter.acquire()
@@ -226,6 +227,8 @@ class Reader:
         if self._on_request is not None:
             self._on_request()
         answer, body = await api.client.fetch(url, token)
+        if answer.status != 429:  # the limiter learns a gateway's limit from every request
+            api.limiter.admitted.append(due)
         if self._metrics is not None:
             self._metrics.answered(answer)
-        return token, generation, answer, body
+        return token, generation, answer, body, due

@@ -287,10 +287,15 @@ class Dispatcher:
         return settled
 
     def _looked_up(self, state: OrderState, answer: Answer) -> None:
-        """A GET before the DELETE was answered: the attempt log has it too."""
+        """A GET before the DELETE was answered: the attempt log has it too, and an answer
+        other than 401/403 proves the credentials as a DELETE's does (the other orders need
+        not wait for this one's look-up to end, even when no DELETE follows)."""
         state.lookups += 1
         if self.on_attempt is not None:
             self.on_attempt(state, "GET", state.lookups, answer)
+        if answer.status is not None and answer.status not in (401, 403):
+            self._credentials_accepted.set()
+            self._end_probe(state)
 
     async def _backoff(self, delay: float) -> bool:
         """Sleep before the next attempt; False when the run is stopping instead."""
