@@ -382,6 +382,22 @@ async def test_demo(cli: Cli) -> None:
     assert "ERR0000000000  retryable_failed" in done.stdout
 
 
+async def test_the_demo_kept_is_where_its_next_steps_point(cli: Cli, tmp_path: Path) -> None:
+    """`demo --keep DIR` works in DIR: the `next:` lines it prints name DIR's ledger, and they
+    work after the demo; without --keep it says the ledger is gone and how to keep it."""
+    kept = tmp_path / "kept"
+    done = await cli.run("demo", "--keep", str(kept), timeout=120)
+    assert done.code == 0, done.stderr
+    ledger = kept / "cancellations.sqlite"
+    assert f"cancel-orders retry --ledger {ledger}" in done.stdout
+    report = await cli.run("report", "--ledger", str(ledger), "--outcome", "rejected")
+    assert report.code == 0, report.stderr
+    assert "rejected" in report.stdout
+    plain = await cli.run("demo", timeout=120)
+    assert "`cancel-orders demo --keep DIR` keeps it" in plain.stdout
+    assert "A one-off bulk run" in plain.stdout
+
+
 async def test_simulate_serves_until_sigterm(cli: Cli) -> None:
     """`cancel-orders simulate` serves the API on loopback and stops on SIGTERM."""
     proc = await cli.start("simulate", "--port", "0")

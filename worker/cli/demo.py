@@ -17,7 +17,6 @@ from worker.ledger import Ledger, ledger_at
 from worker.pipeline.runner import Runner
 from worker.reports.report import render_run, write_table
 from worker.runtime import loop as event_loop
-from worker.runtime.files import copy_bytes_into
 from worker.runtime.logs import configure
 from worker.settings import load_settings
 from worker.simulator import start
@@ -52,18 +51,28 @@ async def _serve(config: SimConfig, host: str, port: int) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Run the sample batch twice (the second run resumes: nothing is sent again), then report."""
+    """Run the sample batch twice (the second run resumes: nothing is sent again), then report.
+    With --keep DIR the demo works in DIR, so that the next steps it prints work afterwards."""
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        code = event_loop.run(_demo(args.keep))
+        print(
+            f"\nDemo files kept in {args.keep}: the next steps above work on its ledger "
+            f"(the simulator is gone: `cancel-orders report --ledger "
+            f"{args.keep / 'cancellations.sqlite'}`)."
+        )
+        return code
     workdir = Path(tempfile.mkdtemp(prefix="cancel-orders-demo-"))
     try:
-        return event_loop.run(_demo(workdir))
+        code = event_loop.run(_demo(workdir))
     finally:
-        if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            for item in workdir.iterdir():
-                if item.is_file():
-                    copy_bytes_into(item, args.keep)
-            print(f"\nDemo files kept in {args.keep}")
         shutil.rmtree(workdir, ignore_errors=True)
+    print(
+        "\nThe demo's ledger was a temporary file, deleted now: `cancel-orders demo --keep DIR` "
+        "keeps it for the next steps above.\nThe real thing, step by step: the README's "
+        '"A one-off bulk run" (plan, review, apply with the guardrails).'
+    )
+    return code
 
 
 async def _demo(workdir: Path) -> int:

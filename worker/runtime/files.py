@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -121,16 +120,3 @@ def appended(path: Path, what: str) -> int:
     if stat.S_ISREG(found.st_mode) and found.st_uid == os.getuid() and found.st_mode & 0o077:
         os.fchmod(fd, 0o600)  # it will hold what the run logs: no longer for others to read
     return fd
-
-
-def copy_bytes_into(source: Path, folder: Path) -> Path:
-    """Copy ``source`` into ``folder`` under its own name, owner-only, without following a
-    symlink that stands there."""
-    target = folder / source.name
-    with (
-        _replaced_fd(target, 0o600) as fd,
-        source.open("rb") as data,
-        open(fd, "wb", closefd=False) as out,
-    ):
-        shutil.copyfileobj(data, out, 1 << 20)
-    return target
