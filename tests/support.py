@@ -266,6 +266,20 @@ def lookalike_env(root: str, **extra: str) -> dict[str, str]:
     return env
 
 
+async def on_a_terminal(
+    cli: Cli, args: Sequence[str], env: dict[str, str]
+) -> tuple[asyncio.subprocess.Process, int]:
+    """The CLI started with a terminal (a pty) for standard input, where it asks its questions;
+    (the process, the terminal's other end, to answer through and to close)."""
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        *cli.program, *args, cwd=cli.cwd, env=env,
+        stdin=slave, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(slave)
+    return proc, master
+
+
 async def at_the_prompt(
     cli: Cli,
     args: Sequence[str],
@@ -276,12 +290,7 @@ async def at_the_prompt(
     """Run the CLI with a terminal for standard input, wait for its "Type 'yes'" question, do
     ``meanwhile`` (awaited when it is a coroutine function), answer; (exit status, what it
     asked, what it printed after)."""
-    master, slave = pty.openpty()
-    proc = await asyncio.create_subprocess_exec(
-        *cli.program, *args, cwd=cli.cwd, env=env,
-        stdin=slave, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    os.close(slave)
+    proc, master = await on_a_terminal(cli, args, env)
     try:
         assert proc.stderr is not None
         asked = await read_until(proc.stderr, b"Type 'yes'")

@@ -170,6 +170,30 @@ def test_every_example_sets_the_target() -> None:
         assert "MOUVONE_TOKEN_URL" in text, path
 
 
+def _nightly(tmp_path: Path, order: str, *, target: bool) -> tuple[Path, dict[str, str]]:
+    """A cron folder with nightly.sh, credentials.env (a target nothing answers on when
+    ``target``) and o.csv holding ``order``; the environment, whose `mail` appends each mail to
+    the file $MAILBOX."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mail").write_text('#!/bin/sh\necho "SUBJECT $2" >> "$MAILBOX"; cat >> "$MAILBOX"\n')
+    (bin_dir / "mail").chmod(0o755)
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    shutil.copy(DEPLOY / "cron" / "nightly.sh", folder / "nightly.sh")
+    lines = ["MOUVONE_CLIENT_ID=c", "MOUVONE_CLIENT_SECRET=s3cret", "MOUVONE_API_KEY=k3y-value"]
+    if target:
+        lines += [
+            "MOUVONE_BASE_URL=http://127.0.0.1:9/v1",
+            "MOUVONE_TOKEN_URL=http://127.0.0.1:9/t",
+        ]
+    (folder / "credentials.env").write_text("\n".join(lines) + "\n")
+    (folder / "o.csv").write_text(f"orderId\n{order}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", MAILBOX=str(tmp_path / "mailbox"))
+    return folder, env
+
+
 @pytest.mark.parametrize(("target", "status", "subject"), [
     ("", 2, "FAILED (exit 2)"),
     ("sim", 1, "finished, some orders need a person"),
@@ -179,23 +203,8 @@ def test_nightly_cron_script_mails_by_exit_status(
 ) -> None:
     """deploy/cron/nightly.sh: exit 1 mails the report, exit 2 and above an alert naming the
     reason, the ledger and the report command; its own exit status is the run's."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "mail").write_text('#!/bin/sh\necho "SUBJECT $2" >> "$MAILBOX"; cat >> "$MAILBOX"\n')
-    (bin_dir / "mail").chmod(0o755)
-    folder = tmp_path / "srv"
-    folder.mkdir()
-    shutil.copy(DEPLOY / "cron" / "nightly.sh", folder / "nightly.sh")
-    lines = ["MOUVONE_CLIENT_ID=c", "MOUVONE_CLIENT_SECRET=s3cret", "MOUVONE_API_KEY=k3y"]
-    if target:  # a base URL nothing answers on is enough for exit 1 with a bad ID only
-        lines += [
-            "MOUVONE_BASE_URL=http://127.0.0.1:9/v1",
-            "MOUVONE_TOKEN_URL=http://127.0.0.1:9/t",
-        ]
-    (folder / "credentials.env").write_text("\n".join(lines) + "\n")
-    (folder / "o.csv").write_text("orderId\nnot-an-id\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
-    env.update(PATH=f"{bin_dir}:{env['PATH']}", MAILBOX=str(tmp_path / "mailbox"))
+    # a base URL nothing answers on is enough for exit 1 with a bad ID only
+    folder, env = _nightly(tmp_path, "not-an-id", target=bool(target))
     done = subprocess.run(
         ["./nightly.sh", "test", str(BIN / "cancel-orders"), "run", "o.csv", "--yes",
          "--ledger", "ledgers/test.sqlite"],
@@ -221,20 +230,7 @@ def test_nightly_cron_script_mails_by_exit_status(
 def test_nightly_alert_names_an_unreachable_api(tmp_path: Path) -> None:
     """The likeliest failure of a job that worked yesterday, the API unreachable: the alert's
     Reason is the run's last line, naming the host, not empty."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "mail").write_text('#!/bin/sh\necho "SUBJECT $2" >> "$MAILBOX"; cat >> "$MAILBOX"\n')
-    (bin_dir / "mail").chmod(0o755)
-    folder = tmp_path / "srv"
-    folder.mkdir()
-    shutil.copy(DEPLOY / "cron" / "nightly.sh", folder / "nightly.sh")
-    (folder / "credentials.env").write_text(
-        "MOUVONE_CLIENT_ID=c\nMOUVONE_CLIENT_SECRET=s3cret\nMOUVONE_API_KEY=k3y-value\n"
-        "MOUVONE_BASE_URL=http://127.0.0.1:9/v1\nMOUVONE_TOKEN_URL=http://127.0.0.1:9/t\n"
-    )
-    (folder / "o.csv").write_text("orderId\nCDE0000000001\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
-    env.update(PATH=f"{bin_dir}:{env['PATH']}", MAILBOX=str(tmp_path / "mailbox"))
+    folder, env = _nightly(tmp_path, "CDE0000000001", target=True)
     done = subprocess.run(
         ["./nightly.sh", "test", str(BIN / "cancel-orders"), "run", "o.csv", "--yes"],
         cwd=folder, env=env, capture_output=True, text=True, timeout=60, check=False,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pty
 import signal
 import sqlite3
 import time
@@ -19,7 +18,16 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock
-from tests.support import Cli, Queue, ids, ledger_rows, read_until, sim_env, write_ids
+from tests.support import (
+    Cli,
+    Queue,
+    ids,
+    ledger_rows,
+    on_a_terminal,
+    read_until,
+    sim_env,
+    write_ids,
+)
 from worker.api.limiter import RateLimiter
 from worker.pipeline.control import RunControl
 from worker.pipeline.steering import Steering
@@ -412,12 +420,8 @@ async def test_ctrl_c_at_the_canary_question_ends_the_run(
     ends the run at once (exit 130), the question unanswered, the rest `pending`."""
     ledger = tmp_path / "l.sqlite"
     src = write_ids(tmp_path / "o.csv", ["SUB0000000001", *ids("CDE", 10)])
-    master, slave = pty.openpty()
-    proc = await asyncio.create_subprocess_exec(
-        *cli.program, "run", str(src), "--canary", "1", cwd=cli.cwd, env=sim_env(sim, ledger),
-        stdin=slave, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    os.close(slave)
+    args = ("run", str(src), "--canary", "1")
+    proc, master = await on_a_terminal(cli, args, sim_env(sim, ledger))
     try:
         assert proc.stderr is not None
         await read_until(proc.stderr, b"Type 'yes' to go on")
