@@ -6,8 +6,9 @@ first use, so that the command line does not import the pool to print its help."
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from worker.lazy import lazy_names
 
 if TYPE_CHECKING:
     from worker.pipeline.control import RunControl
@@ -23,9 +24,4 @@ _HOMES = {
     "load_settings": "worker.settings",
 }
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+__getattr__ = lazy_names(__name__, _HOMES)

@@ -10,8 +10,9 @@ flags of `simulate` without loading the server (aiohttp's web framework) into ev
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from worker.lazy import lazy_names
 
 if TYPE_CHECKING:
     from worker.simulator.config import SimConfig
@@ -21,17 +22,11 @@ if TYPE_CHECKING:
 
 __all__ = ["BEHAVIOURS", "RunningSimulator", "SimConfig", "SimStats", "Simulator", "start"]
 _HOMES = {
-    "SimConfig": "config",
-    "BEHAVIOURS": "model",
-    "SimStats": "model",
-    "RunningSimulator": "running",
-    "start": "running",
-    "Simulator": "server",
+    "SimConfig": "worker.simulator.config",
+    "BEHAVIOURS": "worker.simulator.model",
+    "SimStats": "worker.simulator.model",
+    "RunningSimulator": "worker.simulator.running",
+    "start": "worker.simulator.running",
+    "Simulator": "worker.simulator.server",
 }
-
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"worker.simulator.{home}"), name)
+__getattr__ = lazy_names(__name__, _HOMES)
