@@ -480,3 +480,29 @@ async def test_orders_a_precondition_skips_are_no_failures(
     assert {rows[o]["outcome"] for o in submitted} == {"skipped"}
     assert {rows[o]["outcome"] for o in fine} == {"cancelled"}
     assert sorted(sim.sim.stats.deletes) == fine
+
+
+async def test_a_resume_with_a_canary_sends_untried_orders_first(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Orders an earlier run tried and left (`retryable_failed`: they always answer 500) come
+    first in the input; the same command again with `--canary 3` makes its canary of orders no
+    run tried, and sends the left ones after it: no canary stop, no loop; every good order ends
+    cancelled (exit 1: the bad ones are retryable_failed again)."""
+    ledger = tmp_path / "l.sqlite"
+    bad = [f"ERR{n:09d}0" for n in range(1, 4)]  # a last digit 0: a 500 every time
+    good = ids("CDE", 40)
+    src = write_ids(tmp_path / "o.csv", [*bad, *good])
+    env = sim_env(sim, ledger, MOUVONE_RATE="20", MOUVONE_CONCURRENCY="2",
+                  MOUVONE_MAX_ATTEMPTS="1")  # fmt: skip
+    first = await cli.run("run", str(src), "--yes", "--run-time", "1s", env=env)
+    assert first.code == 4, first.stderr[-2000:]
+    rows = ledger_rows(ledger)
+    assert all(rows[o]["attempts"] >= 1 for o in bad)  # tried: left pending or failed
+    assert "pending" in {rows[o]["outcome"] for o in good}
+    again = await cli.run("run", str(src), "--yes", "--canary", "3", env=env)
+    assert again.code == 1, again.stderr[-2000:]
+    assert "canary:" not in again.stdout + again.stderr
+    rows = ledger_rows(ledger)
+    assert {rows[o]["outcome"] for o in good} == {"cancelled"}
+    assert {rows[o]["outcome"] for o in bad} == {"retryable_failed"}

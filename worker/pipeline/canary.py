@@ -1,5 +1,6 @@
-"""``--canary N``: the first N orders go alone, and the rest only if every one of them ended
-`cancelled` or `already_cancelled`. A person at a terminal is shown their outcomes and asked
+"""``--canary N``: the first N orders that no earlier run tried go alone, and the rest (the
+orders earlier runs left among them) only if every one of them ended `cancelled` or
+`already_cancelled`. A person at a terminal is shown their outcomes and asked
 (``ask``); without one (``--yes``) a canary that is not clean stops the run with exit 4, the
 rest `pending`, for the same command to resume once the cause is understood. A canary that
 took the whole input (fewer orders than N) holds nothing back: the run ends as any run does."""
@@ -63,6 +64,15 @@ class Canary:
             return True
         await self._open.wait()
         return False
+
+    def give_back(self) -> None:
+        """A canary slot whose order is not the canary's (an earlier run tried it: it waits for
+        the verdict): the slot goes to the next order."""
+        self._reserved -= 1
+
+    async def verdict(self) -> None:
+        """Until the canary has passed (a stop ends the run, and the waiter with it)."""
+        await self._open.wait()
 
     async def not_taken(self) -> None:
         """A canary slot that found no order (the input ran out first, or the run stopped)."""

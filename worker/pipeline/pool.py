@@ -120,6 +120,7 @@ class Pool:
             required=s.required_statuses,
         )
         self.orders = NextOrder(Shelf(clock), lambda: control.stopping)
+        self._after_canary: list[OrderState] = []  # tried by an earlier run: after the canary
 
     async def run(
         self,
@@ -186,11 +187,51 @@ class Pool:
             helpers.append(self._spawn(watcher))
         return helpers
 
+    async def _rarely(
+        self, state: OrderState | None, source: Source, canary: bool
+    ) -> OrderState | bool | None:
+        """What a worker does with what it took when the source ran dry, it holds a canary
+        slot, or the run stops: the order to send; True: look again (its canary slot went to
+        the next order, or the canary's verdict let the orders that waited for it go); None:
+        the worker ends."""
+        orders = self.orders
+        if state is None and orders.quiet:
+            orders.dried()
+            state = await orders.next(source)
+        control = self.control
+        if canary and state is not None and state.verify and not control.stopping:
+            # an order an earlier run tried is no canary order: it waits for the verdict, and
+            # the slot goes to the next order
+            self._after_canary.append(state)
+            self.canary.give_back()
+            return True
+        if state is not None and not control.stopping:
+            return state
+        if canary:
+            await self.canary.not_taken()
+            if self._after_canary and not control.stopping:
+                await self.canary.verdict()  # what waits for it is this worker's too
+                self._release_after_canary()
+                return True
+        return None
+
+    def _release_after_canary(self) -> None:
+        """The canary passed: the orders earlier runs tried, set aside meanwhile, go next (on
+        the shelf, before fresh orders)."""
+        if self.canary.passed and self._after_canary:
+            for state in self._after_canary:
+                self.orders.shelf.put(state, 0.0)
+            self._after_canary.clear()
+
     def _unshelve(self, sink: Sink) -> None:
-        """The run is over: what waits on the shelf (or was taken and not started) stays
-        `pending`, recorded as an order stopped before its answer is."""
+        """The run is over: what waits on the shelf (or was taken and not started, or waits for
+        the canary's verdict) stays `pending`, recorded as an order stopped before its answer
+        is."""
         for state, why in self.orders.leftovers():
             sink.interrupted(state, state.result(Outcome.PENDING, why))
+        for state in self._after_canary:
+            sink.interrupted(state, state.result(Outcome.PENDING, "not sent: the canary stopped"))
+        self._after_canary.clear()
 
     def _status(self, progress: ProgressReporter) -> dict[str, Any]:
         """What `control status` shows of this run."""
@@ -224,13 +265,13 @@ class Pool:
             orders = self.orders
             # nothing waits for a retry: straight from the source (one coroutine less)
             state = await (source.take() if orders.quiet else orders.next(source))
-            if state is None and orders.quiet:
-                orders.dried()
-                state = await orders.next(source)
-            if state is None or control.stopping:
-                if canary:
-                    await self.canary.not_taken()
-                return
+            if state is None or canary or control.stopping:  # the rare paths, apart
+                taken = await self._rarely(state, source, canary)
+                if taken is None:
+                    return
+                if isinstance(taken, bool):  # look again
+                    continue
+                state = taken
             lane.state = state
             try:
                 result = await self.dispatcher.process(state)
@@ -258,6 +299,7 @@ class Pool:
                 check_failure_rate(self._settings, self._summary, control)
             if canary:
                 await self.canary.done(result)
+                self._release_after_canary()
 
 
 @dataclass(frozen=True)
