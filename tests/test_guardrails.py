@@ -485,12 +485,14 @@ async def test_orders_a_precondition_skips_are_no_failures(
 async def test_a_resume_with_a_canary_sends_untried_orders_first(
     cli: Cli, sim: RunningSimulator, tmp_path: Path
 ) -> None:
-    """Orders an earlier run tried and left (`retryable_failed`: they always answer 500) come
-    first in the input; the same command again with `--canary 3` makes its canary of orders no
-    run tried, and sends the left ones after it: no canary stop, no loop; every good order ends
-    cancelled (exit 1: the bad ones are retryable_failed again)."""
+    """Orders an earlier run tried and left (`retryable_failed`: they always answer 400
+    CONFLICT) come first in the input; the same command again with `--canary 3` makes its
+    canary of orders no run tried, and sends the left ones after it: no canary stop, no loop;
+    every good order ends cancelled (exit 1: the bad ones are retryable_failed again)."""
     ledger = tmp_path / "l.sqlite"
-    bad = [f"ERR{n:09d}0" for n in range(1, 4)]  # a last digit 0: a 500 every time
+    # a last digit 0: a CONFLICT every time (a failure of the order, not of the API: 500s from
+    # a few orders, last in the run, would look like an outage to the circuit breaker)
+    bad = [f"CFL{n:09d}0" for n in range(1, 4)]
     good = ids("CDE", 40)
     src = write_ids(tmp_path / "o.csv", [*bad, *good])
     env = sim_env(sim, ledger, MOUVONE_RATE="20", MOUVONE_CONCURRENCY="2",
