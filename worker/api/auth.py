@@ -235,5 +235,5 @@ def _oauth_error(body: bytes) -> str:
     if isinstance(data, dict):
         err = data.get("error") or data.get("message")
         if isinstance(err, str):
-            return f": {redact.clean(err)[:100]}"  # redacted before it is cut
+            return f": {redact.text(err)[:100]}"  # redacted before it is cut
     return ""

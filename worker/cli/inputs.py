@@ -28,8 +28,7 @@ def source_from(args: argparse.Namespace, settings: Settings, stack: ExitStack) 
     validator = IdValidator(settings.id_pattern)
     if args.command == "apply":
         settings.require_target()
-        key = settings.plan_key.get_secret_value() if settings.plan_key else None
-        seal = Seal(settings.api_url, args.expect_digest, key)
+        seal = Seal(settings.api_url, args.expect_digest, settings.signing_key)
         return PlanSource.of(load_plan(Path(args.plan), seal), validator)
     if args.command == "retry":
         require_ledger(settings.ledger)

@@ -46,7 +46,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             settings.require_credentials()
             validator = IdValidator(settings.id_pattern)
             predicted = predictions(settings, plans.PlanSource(order_ids, "the plan", validator))
-    key = settings.plan_key.get_secret_value() if settings.plan_key else None
+    key = settings.signing_key
     content = plans.make(
         order_ids,
         target=settings.api_url,

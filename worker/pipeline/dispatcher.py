@@ -60,7 +60,7 @@ class Dispatcher:
         self._clock = clock
         self._breaker = breaker
         self._still_mine = still_mine  # checked after the limiter, right before sending
-        self._required = required  # --require-status: the statuses an order may be sent in
+        self._required = required  # --require-status: the statuses (lower case) it may be sent in
         self._metrics = metrics or Metrics()
         # every answered request (order, method, its number, answer): the sink's attempt log
         self.on_attempt: Callable[[OrderState, str, int, Answer], None] | None = None

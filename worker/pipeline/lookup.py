@@ -54,12 +54,7 @@ async def before_sending(
     if isinstance(status, str) and status.lower() == "cancelled":
         why = SETTLED if state.verify else LOOKED_UP
         return Result(order, Outcome.ALREADY_CANCELLED, 200, "ORDER_ALREADY_CANCELED", why)
-    if required is not None and not _one_of(status, required):
+    if required is not None and not (isinstance(status, str) and status.lower() in required):
         seen = f"status {status}" if status else f"no status (HTTP {answer.status})"
         return Result(order, Outcome.SKIPPED, answer.status, PRECONDITION, f"{seen}: not sent")
     return None
-
-
-def _one_of(status: object, required: frozenset[str]) -> bool:
-    """Whether the API's status is one of those required, without regard to case."""
-    return isinstance(status, str) and status.lower() in {r.lower() for r in required}

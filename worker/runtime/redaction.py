@@ -51,7 +51,7 @@ class Redactor:
         if pattern is None:
             return value
         if isinstance(value, str):
-            return pattern.sub(self._sub, value) if pattern.search(value) else value
+            return self.text(value)
         if isinstance(value, dict):
             return {self.clean(k): self.clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple):

@@ -218,10 +218,16 @@ class Settings(SettingsFields):
 
     @property
     def required_statuses(self) -> frozenset[str] | None:
-        """--require-status as a set of the API's status names (None: no precondition)."""
+        """--require-status as a set of the API's status names in lower case, for a match
+        without regard to case (None: no precondition)."""
         if self.require_status is None:
             return None
-        return frozenset(self.require_status.split(","))
+        return frozenset(self.require_status.lower().split(","))
+
+    @property
+    def signing_key(self) -> str | None:
+        """The plan key's text (plan signs with it, apply requires it), if one is set."""
+        return self.plan_key.get_secret_value() if self.plan_key else None
 
     def deadline_in_s(self, now: datetime) -> float | None:
         """Seconds from ``now`` to the earliest of --until (the moment fixed when the command
