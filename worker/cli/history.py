@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
@@ -20,7 +19,7 @@ from worker.reports.report import open_output
 from worker.runtime import loop as event_loop
 from worker.runtime.clock import iso_utc
 from worker.settings import Settings
-from worker.settings.values import duration_s
+from worker.settings.values import DurationTooLongError, duration_s
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -87,18 +86,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-_DURATION_LIKE = re.compile(r"^\s*\d+(\.\d+)?\s*[smhd]\s*$")
-
-
 def _since(text: str) -> str:
     """--since: an ISO date or time (local without a zone), or a duration back from now."""
     try:
-        back_s = duration_s(text)
-    except ValueError as exc:
-        if _DURATION_LIKE.match(text):  # a duration, out of range
-            raise ConfigError(f"--since: {exc}") from None
-    else:
-        return iso_utc(datetime.now(UTC) - timedelta(seconds=back_s))
+        return iso_utc(datetime.now(UTC) - timedelta(seconds=duration_s(text)))
+    except DurationTooLongError as exc:
+        raise ConfigError(f"--since: {exc}") from None
+    except ValueError:
+        pass
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:

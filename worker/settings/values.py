@@ -19,6 +19,10 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 MAX_DAYS = 36_500  # the longest duration any flag takes: a hundred years
 
 
+class DurationTooLongError(ValueError):
+    """A duration written right, but longer than MAX_DAYS."""
+
+
 def duration_s(text: str) -> float:
     """``90s``, ``45m``, ``2h``, ``30d`` in seconds, at most MAX_DAYS; ValueError otherwise."""
     found = _DURATION.match(text)
@@ -28,7 +32,7 @@ def duration_s(text: str) -> float:
         )
     seconds = float(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
     if seconds > MAX_DAYS * 86400:
-        raise ValueError(f"{text!r} is longer than {MAX_DAYS}d")
+        raise DurationTooLongError(f"{text!r} is longer than {MAX_DAYS}d")
     return seconds
 
 

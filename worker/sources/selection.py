@@ -22,12 +22,12 @@ import structlog
 from worker.api.client import MouvoneClient
 from worker.api.connection import Reader
 from worker.domain.errors import ConfigError, FatalApiError
+from worker.settings.values import MAX_DAYS
 
 log = structlog.get_logger(__name__)
 
 PAGE = 50  # the API's largest page
 MAX_WALKS = 5
-MAX_DAYS = 36_500  # --older-than: a hundred years at most
 MAX_TOTAL = 1_000_000  # a selection larger than this is refused: narrow the filters
 _AGE = re.compile(r"^\s*(\d+)\s*d?\s*$")
 
