@@ -1,22 +1,39 @@
-"""The ledger: claims, resume, duplicates, idempotent upserts, no downgrade, locking, schema."""
+"""The ledger: claims, resume, duplicates, idempotent upserts, no downgrade, the runs, the
+attempt log, control, binding to a target (each test of the shared behaviour once, on both
+backends); a file's lock and schema (SQLite's own)."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from worker.domain.errors import LedgerError
-from worker.domain.models import Outcome, Result
-from worker.ledger import SCHEMA_VERSION, Ledger
+from worker.domain.location import Location, PostgresUrl
+from worker.domain.models import Outcome, Result, RunRecord
+from worker.ledger import SCHEMA_VERSION, Ledger, SqliteLedger, ledger_at
+from worker.ledger import control as file_control
 
 A, B, C = "ABC0000000001", "ABC0000000002", "ABC0000000003"
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    opened = Ledger(tmp_path / "l.sqlite")
+def ledger(ledger_location: str) -> Iterator[Ledger]:
+    """Each backend in turn: a SQLite file, then a PostgreSQL schema of the test's own."""
+    where: Location = (
+        PostgresUrl(ledger_location) if "://" in ledger_location else Path(ledger_location)
+    )
+    opened = ledger_at(where)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def file_ledger(tmp_path: Path) -> Iterator[Ledger]:
+    """A SQLite ledger, for what only a file does (its lock, WAL, schema version)."""
+    opened = SqliteLedger(tmp_path / "l.sqlite")
     yield opened
     opened.close()
 
@@ -86,12 +103,12 @@ def test_invalid_ids_are_recorded(ledger: Ledger) -> None:
     assert _row(ledger, "x")[1:4] == ("invalid", None, "WRONG_FORMAT")
 
 
-def test_dry_claim_writes_nothing(tmp_path: Path, ledger: Ledger) -> None:
-    """A dry claim dedupes across batches without touching the ledger file."""
+def test_dry_claim_writes_nothing(ledger: Ledger) -> None:
+    """A dry claim dedupes across batches without touching the ledger."""
     ledger.claim([(A, None)], "run1")
     ledger.record([Result(A, Outcome.CANCELLED, 200, None, None, 1)], "run1")
     ledger.close()
-    readonly = Ledger(tmp_path / "l.sqlite", readonly=True)
+    readonly = ledger_at(ledger.path, readonly=True)
     try:
         first = readonly.claim([(A, None), (B, None)], "dry", dry=True)
         second = readonly.claim([(B, None), (C, None)], "dry", dry=True)
@@ -99,7 +116,7 @@ def test_dry_claim_writes_nothing(tmp_path: Path, ledger: Ledger) -> None:
         readonly.close()
     assert (first.to_send, first.skipped) == ([B], ["cancelled"])
     assert (second.to_send, second.duplicates) == ([C], 1)
-    reopened = Ledger(tmp_path / "l.sqlite")
+    reopened = ledger_at(ledger.path)
     assert [r[0] for r in reopened.rows()] == [A]
     reopened.close()
 
@@ -113,13 +130,13 @@ def test_candidates_for_retry(ledger: Ledger) -> None:
     assert ledger.candidates(wanted, A, 10) == [C]
 
 
-def test_one_writer_at_a_time(tmp_path: Path, ledger: Ledger) -> None:
+def test_one_writer_at_a_time(tmp_path: Path, file_ledger: Ledger) -> None:
     """A second run on the same ledger is refused while the first holds it."""
     with pytest.raises(LedgerError, match="in use by another run"):
-        Ledger(tmp_path / "l.sqlite")
+        SqliteLedger(tmp_path / "l.sqlite")
 
 
-def test_wal_and_schema_version(tmp_path: Path, ledger: Ledger) -> None:
+def test_wal_and_schema_version(tmp_path: Path, file_ledger: Ledger) -> None:
     """The file is in WAL mode and carries its schema version."""
     db = sqlite3.connect(tmp_path / "l.sqlite")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -134,26 +151,26 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
     with pytest.raises(LedgerError, match="newer than this tool"):
-        Ledger(path)
+        SqliteLedger(path)
 
 
 def test_file_is_private(tmp_path: Path) -> None:
     """A new ledger is readable by its owner only."""
     path = tmp_path / "p.sqlite"
-    Ledger(path).close()
+    SqliteLedger(path).close()
     assert path.stat().st_mode & 0o077 == 0
 
 
 def test_unwritable_location(tmp_path: Path) -> None:
     """A ledger in a missing folder is a LedgerError naming the path."""
     with pytest.raises(LedgerError, match=r"missing/l\.sqlite: cannot open the ledger"):
-        Ledger(tmp_path / "missing" / "l.sqlite")
+        SqliteLedger(tmp_path / "missing" / "l.sqlite")
 
 
 def test_readonly_needs_a_file(tmp_path: Path) -> None:
     """report and retry on a ledger that does not exist say so."""
     with pytest.raises(LedgerError, match="no ledger at this path"):
-        Ledger(tmp_path / "none.sqlite", readonly=True)
+        SqliteLedger(tmp_path / "none.sqlite", readonly=True)
 
 
 def test_counts(ledger: Ledger) -> None:
@@ -168,3 +185,108 @@ def test_counts(ledger: Ledger) -> None:
     )
     assert ledger.counts() == ({"rejected": 2, "cancelled": 1}, {"R0008": 1, "R0009": 1})
     assert ledger.counts("cancelled") == ({"cancelled": 1}, {})
+
+
+def test_existing_and_still_mine(ledger: Ledger) -> None:
+    """What the ledger holds of some IDs, and which of them a run still holds `pending`."""
+    ledger.begin_run("run1", "run", "http://127.0.0.1:1")
+    ledger.claim([(A, None), (B, None)], "run1")
+    ledger.record([Result(A, Outcome.CANCELLED, 200, None, None, 1)], "run1")
+    assert ledger.existing([A, B, C]) == {
+        A: ("cancelled", "run1", False),
+        B: ("pending", "run1", True),  # pending under a run that never ended: maybe sent
+    }
+    assert ledger.still_mine([C, B, A], "run1") == [B]
+    assert ledger.still_mine([B], "run2") == []
+
+
+def test_a_run_binds_the_ledger_to_its_target_once_it_may_have_sent(ledger: Ledger) -> None:
+    """The first run that may have sent something binds the ledger; a run that ended with no
+    request does not."""
+    assert ledger.target() is None
+    ledger.begin_run("run1", "run", "http://127.0.0.1:1")
+    ledger.end_run("run1", 3, {"requests": 0})
+    assert ledger.target() is None
+    ledger.begin_run("run2", "run", "http://127.0.0.1:2")
+    assert ledger.target() == "http://127.0.0.1:2"
+    ledger.end_run("run2", 0, {"requests": 5})
+    ledger.begin_run("run3", "run", "http://127.0.0.1:3")
+    assert ledger.target() == "http://127.0.0.1:2"
+
+
+def test_runs_and_the_attempt_log(ledger: Ledger) -> None:
+    """Runs newest first (an unfinished one counted from its orders and attempts); an order's
+    history with its run's who and why; the log by run and by time; pruning by time."""
+    who = RunRecord(operator="ops", host="h", reason="bad import", ticket="T-1")
+    ledger.begin_run("run1", "run", "http://127.0.0.1:1", who)
+    ledger.claim([(A, None), (B, None)], "run1")
+    ledger.record(
+        [Result(A, Outcome.CANCELLED, 200, None, None, 1)],
+        "run1",
+        [
+            ("run1", A, 1, "DELETE", 1_700_000_000.0, 12.5, 200, None, None, "q1", "r1"),
+            ("run1", B, 1, "DELETE", 1_700_000_001.0, 8.0, 503, "HTTP_503", "busy", "q2", None),
+        ],
+    )
+    ledger.end_run("run1", 1, {"requests": 2, "outcomes": {"cancelled": 1, "pending": 1}})
+    ledger.begin_run("run2", "retry", "http://127.0.0.1:1")
+    ledger.claim([(B, None)], "run2")
+    ledger.record(
+        [], "run2", [("run2", B, 1, "DELETE", 1_700_000_002.0, 9.0, 200, None, None, "q3", None)]
+    )
+    audit = ledger.audit()
+    runs = audit.runs()
+    assert [r["run_id"] for r in runs] == ["run2", "run1"]
+    assert (runs[0]["requests"], runs[0]["outcomes"]) == (1, {"pending": 1})
+    assert (runs[1]["requests"], runs[1]["outcomes"]) == (2, {"cancelled": 1, "pending": 1})
+    assert (runs[1]["operator"], runs[1]["reason"], runs[1]["ticket"]) == (
+        "ops",
+        "bad import",
+        "T-1",
+    )
+    history = audit.history(B)
+    assert [(h["run_id"], h["http_status"], h["command"]) for h in history] == [
+        ("run1", 503, "run"),
+        ("run2", 200, "retry"),
+    ]
+    assert history[0]["sent_at"] == "2023-11-14T22:13:21.000Z"
+    assert [a["request_id"] for a in audit.attempts()] == ["q1", "q2", "q3"]
+    assert [a["request_id"] for a in audit.attempts(run_id="run1")] == ["q1", "q2"]
+    assert [a["request_id"] for a in audit.attempts(since="2023-11-14T22:13:21")] == ["q2", "q3"]
+    assert [r[0] for r in audit.run_orders("run2")] == [B]
+    assert audit.prune("2023-11-14T22:13:22") == 2
+    assert [a["request_id"] for a in audit.attempts()] == ["q3"]
+
+
+def test_a_run_is_steered_and_publishes_its_status(ledger: Ledger) -> None:
+    """`control` writes a run's standing commands; the run reads them, and publishes a status
+    that is not taken for a command."""
+    ledger.begin_run("run1", "run", "http://127.0.0.1:1")
+    if isinstance(ledger.path, Path):
+        file_control.command(ledger.path, "run1", {"paused": "1"})
+    else:
+        from worker.ledger import pg_control  # noqa: PLC0415
+
+        pg_control.command(ledger.path, ["run1"], {"paused": "1"})
+    ledger.publish("run1", {"done": 3})
+    ledger.publish("run2", {"done": 4})
+    assert ledger.steering("run1") == {"paused": "1"}
+    assert ledger.steering("run2") == {}
+
+
+def test_run_counts_and_timeline(ledger: Ledger) -> None:
+    """What one run holds, by outcome and code; answered orders by second."""
+    ledger.claim([(A, None), (B, None), (C, None)], "run1")
+    ledger.record(
+        [
+            Result(A, Outcome.CANCELLED, 200, None, None, 1),
+            Result(B, Outcome.REJECTED, 400, "R0008", None, 1),
+        ],
+        "run1",
+    )
+    ledger.claim([(C, None)], "run2", force=True)
+    assert ledger.run_counts("run1") == ({"cancelled": 1, "rejected": 1}, {"R0008": 1})
+    assert ledger.run_counts("run2") == ({"pending": 1}, {})
+    assert sorted((o, n) for _, o, n in ledger.timeline()) == [("cancelled", 1), ("rejected", 1)]
+    assert [r[0] for r in ledger.rows_of([C, A, "ABC0000000009"])] == [A, C]
+    assert [r[0] for r in ledger.rows("pending")] == [C]

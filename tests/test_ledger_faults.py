@@ -18,7 +18,7 @@ import pytest
 
 from tests.support import Cli, ledger_rows, sim_env, write_ids
 from worker.domain.models import FINAL
-from worker.ledger import Ledger
+from worker.ledger import SqliteLedger
 from worker.simulator import RunningSimulator
 
 IDS = [f"CDE{n:010d}" for n in range(1, 31)]
@@ -148,7 +148,7 @@ async def test_read_only_copy_with_unmerged_wal_is_refused(tmp_path: Path) -> No
     folder = tmp_path / "ro"
     folder.mkdir()
     ledger = folder / "l.sqlite"
-    writer = Ledger(ledger)
+    writer = SqliteLedger(ledger)
     writer.claim([(i, None) for i in IDS], "r1")
     raw = sqlite3.connect(ledger)  # holds the WAL open: nothing is merged at the writer's close
     raw.execute("PRAGMA wal_autocheckpoint=0")
@@ -174,7 +174,7 @@ async def test_read_only_copy_with_unmerged_wal_is_refused(tmp_path: Path) -> No
 async def test_a_ledger_name_with_uri_characters(cli: Cli, tmp_path: Path) -> None:
     """`report --ledger 'run#2.sqlite'` reads that file, not one named `run`."""
     ledger = tmp_path / "run#2.sqlite"
-    writer = Ledger(ledger)
+    writer = SqliteLedger(ledger)
     writer.claim([(i, None) for i in IDS], "r1")
     writer.close()
     done = await cli.run("report", "--ledger", str(ledger), "--format", "json")

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from tests.support import ledger_rows, run_ids, settings_for, write_ids
 from worker.domain.errors import LedgerError
 from worker.domain.models import RunOptions
-from worker.ledger import Ledger
+from worker.ledger import SqliteLedger
 from worker.pipeline.runner import Runner
 from worker.simulator import RunningSimulator
 from worker.sources import IdValidator
@@ -228,7 +228,7 @@ async def test_interrupt_records_in_flight(make_sim: Any, tmp_path: Path) -> Non
     ids = [f"CDE{n:010d}" for n in range(1, 201)]
     settings = settings_for(running, tmp_path / "ledger.sqlite", concurrency=8, rate=1000)
     source = CsvSource(write_ids(tmp_path / "in.csv", ids), IdValidator(settings.id_pattern))
-    ledger = Ledger(settings.ledger)
+    ledger = SqliteLedger(settings.ledger)
     runner = Runner(settings, source, ledger, RunOptions())
 
     async def stop() -> None:
@@ -256,7 +256,7 @@ async def test_second_signal_skips_the_grace(make_sim: Any, tmp_path: Path) -> N
         running, tmp_path / "ledger.sqlite", concurrency=4, timeout=60, grace=60
     )
     source = CsvSource(write_ids(tmp_path / "in.csv", ids), IdValidator(settings.id_pattern))
-    ledger = Ledger(settings.ledger)
+    ledger = SqliteLedger(settings.ledger)
     runner = Runner(settings, source, ledger, RunOptions())
 
     async def signals() -> None:
@@ -280,10 +280,10 @@ async def test_ledger_failure_stops_the_run_without_silent_loss(
     """When the ledger stops taking writes the run stops (exit 3) and every result it could not
     record is logged as `unrecorded_result`, so none is lost silently."""
 
-    def broken(self: Ledger, results: Any, run_id: str, attempts: Any = ()) -> None:
+    def broken(self: SqliteLedger, results: Any, run_id: str, attempts: Any = ()) -> None:
         raise LedgerError(f"{self.path}: cannot write the ledger: disk I/O error")
 
-    monkeypatch.setattr(Ledger, "record", broken)
+    monkeypatch.setattr(SqliteLedger, "record", broken)
     ids = [f"CDE{n:010d}" for n in range(1, 31)]
     with capture_logs() as logs:
         report = await run_ids(sim, tmp_path, ids)
@@ -332,7 +332,7 @@ async def test_resume_asks_before_sending_again(sim: RunningSimulator, tmp_path:
     each is looked up with GET first, and the ones the API shows cancelled are recorded
     without a second DELETE; the others are sent."""
     ids = [f"CDE{n:010d}" for n in range(1, 21)]
-    earlier = Ledger(tmp_path / "ledger.sqlite")
+    earlier = SqliteLedger(tmp_path / "ledger.sqlite")
     earlier.claim([(i, None) for i in ids], "an-interrupted-run")
     earlier.close()
     for order_id in ids[:10]:  # the interrupted run's requests that reached the API
@@ -364,7 +364,7 @@ async def test_resume_sends_when_the_get_cannot_settle_it(
     """Only the API's own word settles an order without a DELETE: an order the GET shows as a
     draft is sent; one it answers CUSTOMER_ORDER_NOT_FOUND is recorded not_found."""
     ids = ["CDE0000000001", "GON0000000001", "NFD0000000001"]
-    earlier = Ledger(tmp_path / "ledger.sqlite")
+    earlier = SqliteLedger(tmp_path / "ledger.sqlite")
     earlier.claim([(i, None) for i in ids], "an-interrupted-run")
     earlier.close()
     report = await run_ids(sim, tmp_path, ids)

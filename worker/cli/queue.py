@@ -16,7 +16,7 @@ from worker.cli.common import confirm, settings_from
 from worker.cli.flags import CONSUME_GROUPS, ENQUEUE_GROUPS, keys_of
 from worker.cli.inputs import source_from
 from worker.domain.models import Result, RunReport
-from worker.ledger import Ledger
+from worker.ledger import SqliteLedger
 from worker.pipeline.control import with_signals
 from worker.pipeline.lifecycle import cap
 from worker.queue.connection import names, open_redis_problem, streams_for
@@ -141,7 +141,7 @@ def cmd_report_stream(settings: Settings, fmt: str, outcome: str | None, out: Te
 
     results = event_loop.run(read_all())
     with tempfile.TemporaryDirectory(prefix="cancel-orders-report-") as folder:
-        ledger = Ledger(Path(folder) / "results.sqlite")
+        ledger = SqliteLedger(Path(folder) / "results.sqlite")
         try:
             ledger.record(results, "results-stream")
             write_report(ledger, out, fmt, outcome, f"results stream {settings.results_stream}")

@@ -1,6 +1,7 @@
 """The results ledger: one row per order in SQLite or PostgreSQL, the source of truth of every
 run."""
 
+from worker.ledger.base import Ledger
 from worker.ledger.opening import (
     check_target,
     ledger_at,
@@ -10,7 +11,7 @@ from worker.ledger.opening import (
 )
 from worker.ledger.plan import Plan
 from worker.ledger.schema import CSV_COLUMNS, SCHEMA_VERSION
-from worker.ledger.store import Ledger
+from worker.ledger.sqlite_ledger import SqliteLedger
 from worker.runtime.clock import now_iso
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Ledger",
     "Plan",
+    "SqliteLedger",
     "check_target",
     "ledger_at",
     "ledger_exists",

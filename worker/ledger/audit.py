@@ -1,58 +1,19 @@
 """The ledger's history: who ran each run and why, and the append-only attempt log (one row per
-request to the API); upgrading a ledger of an earlier schema in place."""
+request to the API), read the same way from either backend."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import sqlite3
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from worker.domain.answer import Answer
 from worker.domain.classifier import error_code_for
-from worker.domain.errors import LedgerError
-from worker.ledger.reading import redacted
-from worker.ledger.schema import (
-    ATTEMPT_COLUMNS,
-    CSV_COLUMNS,
-    RUN_COLUMNS,
-    RUN_COLUMNS_ADDED,
-    SCHEMA,
-)
-from worker.ledger.sqlite import lock
+from worker.ledger.schema import ATTEMPT_COLUMNS, CSV_COLUMNS, RUN_COLUMNS
+from worker.ledger.statements import Row, Statements
 from worker.runtime.redaction import redact
 
-
-def upgrade(db: sqlite3.Connection) -> None:
-    """Bring a ledger of an earlier schema (or a new file) to this one, in place."""
-    has_runs = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
-    if has_runs:
-        present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-        for column in RUN_COLUMNS_ADDED:
-            if column not in present:
-                db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
-    db.executescript(SCHEMA)
-
-
-def upgrade_file(path: Path) -> None:
-    """Upgrade the ledger at ``path`` when no run holds it (a run upgrades it as it opens it);
-    where it cannot be written (a read-only copy), it is read as it is."""
-    try:
-        fd = lock(path)
-    except LedgerError:
-        return
-    try:
-        db = sqlite3.connect(path, isolation_level=None)
-        try:
-            upgrade(db)
-        finally:
-            db.close()
-    except sqlite3.Error:
-        pass  # read as it is: what it lacks (the attempt log) is reported when asked for
-    finally:
-        os.close(fd)
+Query = Callable[[str, Sequence[object]], Iterator[Row]]
+Change = Callable[[str, Sequence[object]], int]
 
 
 def attempt_row(
@@ -82,52 +43,19 @@ def attempt_row(
     )
 
 
-ROWS_PER_INSERT = 200  # attempt rows in one INSERT statement (2,200 parameters)
-_SENT_AT = ATTEMPT_COLUMNS.index("sent_at")
-_ONE_ROW = (
-    "("
-    + ",".join(
-        "strftime('%Y-%m-%dT%H:%M:%fZ', ?, 'unixepoch')" if k == _SENT_AT else "?"
-        for k in range(len(ATTEMPT_COLUMNS))
-    )
-    + ")"
-)
-_INSERT = f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES "
-_FULL_INSERT = _INSERT + ",".join([_ONE_ROW] * ROWS_PER_INSERT)
-
-
-def insert_attempts(
-    rows: Sequence[Sequence[object]],
-) -> Iterator[tuple[str, list[object]]]:
-    """(SQL, parameters) appending these attempt rows, ROWS_PER_INSERT rows a statement
-    (fewer statements to step through than one per row)."""
-    for start in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[start : start + ROWS_PER_INSERT]
-        sql = (
-            _FULL_INSERT
-            if len(chunk) == ROWS_PER_INSERT
-            else _INSERT + ",".join([_ONE_ROW] * len(chunk))
-        )
-        yield sql, list(itertools.chain.from_iterable(chunk))
-
-
 class AuditLog:
     """Reads and prunes a ledger's runs and attempt log."""
 
-    ORDER = "rowid"  # the attempt log's order of writing
-
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
-        self._db = db
-        self._path = path
+    def __init__(self, sql: Statements, query: Query, change: Change) -> None:
+        self._sql = sql
+        self._query = query
+        self._change = change
 
     def runs(self) -> list[dict[str, object]]:
         """Every run, newest first, with its requests and outcomes (its summary's, or for a
         run that never ended, counted from the attempt log and the orders it holds)."""
-        found = self._query(
-            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY started_at DESC, run_id DESC"
-        )
         runs = []
-        for row in found:
+        for row in self._query(self._sql.runs, ()):
             run: dict[str, object] = dict(zip(RUN_COLUMNS, row, strict=True))
             summary = _object(run.pop("summary"))
             run["details"] = _object(run["details"])
@@ -138,15 +66,11 @@ class AuditLog:
                     {k: v for k, v in counted.items() if v} if isinstance(counted, dict) else {}
                 )
             else:
-                run["requests"] = self._scalar(
-                    "SELECT COUNT(*) FROM attempts WHERE run_id = ?", run["run_id"]
-                )
+                sent = next(self._query(self._sql.run_requests, (run["run_id"],)), (0,))
+                run["requests"] = int(str(sent[0]))
                 run["outcomes"] = {
                     str(outcome): n
-                    for outcome, n in self._query(
-                        "SELECT outcome, COUNT(*) FROM orders WHERE run_id = ? GROUP BY outcome",
-                        run["run_id"],
-                    )
+                    for outcome, n in self._query(self._sql.run_outcomes, (run["run_id"],))
                 }
             runs.append(run)
         return runs
@@ -158,71 +82,39 @@ class AuditLog:
     def history(self, order_id: str) -> list[dict[str, object]]:
         """Every attempt on one order across all runs, oldest first, with each run's command,
         operator, reason and ticket."""
-        cols = ", ".join(f"a.{c}" for c in ATTEMPT_COLUMNS)
-        rows = self._query(
-            f"SELECT {cols}, r.command, r.operator, r.reason, r.ticket FROM attempts a "
-            "LEFT JOIN runs r ON r.run_id = a.run_id WHERE a.order_id = ? "
-            f"ORDER BY a.sent_at, a.{self.ORDER}",
-            order_id,
-        )
         keys = (*ATTEMPT_COLUMNS, "command", "operator", "reason", "ticket")
+        rows = self._query(self._sql.history, (order_id,))
         return [_clean(dict(zip(keys, row, strict=True))) for row in rows]
 
     def attempts(
         self, since: str | None = None, run_id: str | None = None
     ) -> Iterator[dict[str, object]]:
         """The attempt log in the order it was written, from ``since`` (ISO time), of one run."""
-        where, args = [], []
-        if since is not None:
-            where.append("sent_at >= ?")
-            args.append(since)
-        if run_id is not None:
-            where.append("run_id = ?")
-            args.append(run_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._query(
-            f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts {clause} ORDER BY {self.ORDER}",
-            *args,
-        )
-        for row in rows:
+        for row in self._query(self._sql.attempts, (since, since, run_id, run_id)):
             yield _clean(dict(zip(ATTEMPT_COLUMNS, row, strict=True)))
 
-    def run_orders(self, run_id: str) -> Iterator[tuple[object, ...]]:
+    def run_orders(self, run_id: str) -> Iterator[Row]:
         """The orders one run dealt with (it holds their row, or it sent them a request), as
         the report's CSV rows, with their current outcome."""
-        cols = ", ".join(CSV_COLUMNS)
-        rows = self._query(
-            f"SELECT {cols} FROM orders WHERE run_id = ? OR order_id IN "
-            "(SELECT order_id FROM attempts WHERE run_id = ?) ORDER BY order_id",
-            run_id,
-            run_id,
-        )
-        yield from redacted(rows)
+        yield from redacted(self._query(self._sql.run_orders, (run_id, run_id)))
 
     def prune(self, before: str) -> int:
         """Delete the attempt rows sent before ``before`` (ISO time); how many went."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            gone = self._db.execute("DELETE FROM attempts WHERE sent_at < ?", (before,)).rowcount
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise LedgerError(f"{self._path}: cannot prune the attempt log: {exc}") from None
-        return int(gone)
+        return self._change(self._sql.prune, (before,))
 
-    def _query(self, sql: str, *args: object) -> Iterator[tuple[object, ...]]:
-        try:
-            return iter(self._db.execute(sql, args))
-        except sqlite3.OperationalError as exc:
-            raise LedgerError(
-                f"{self._path}: cannot read its history ({exc}): a ledger of an earlier version "
-                "is upgraded by any command that writes it (run, retry)"
-            ) from None
 
-    def _scalar(self, sql: str, *args: object) -> int:
-        row = next(self._query(sql, *args), (0,))
-        return int(str(row[0]))
+_MESSAGE = CSV_COLUMNS.index("message")
+
+
+def redacted(rows: Iterable[Row]) -> Iterator[Row]:
+    """Order rows in the CSV column order, the message redacted of every known secret (every
+    output path reads the orders through here)."""
+    for row in rows:
+        message = row[_MESSAGE]
+        if isinstance(message, str):
+            yield (*row[:_MESSAGE], redact.clean(message), *row[_MESSAGE + 1 :])
+        else:
+            yield row
 
 
 def _object(text: object) -> dict[str, object]:

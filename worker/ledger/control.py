@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from worker.domain.errors import ConfigError
+from worker.ledger.sqlite_sql import CONTROL_UPSERT as UPSERT
 from worker.runtime.clock import now_iso
-
-UPSERT = "INSERT OR REPLACE INTO control (run_id, key, value, updated_at) VALUES (?, ?, ?, ?)"
 
 
 def running_run(path: Path) -> str:
@@ -92,14 +91,6 @@ def status(path: Path, run_id: str) -> dict[str, Any]:
         db.close()
     found = json.loads(row[0]) if row else {}
     return found if isinstance(found, dict) else {}
-
-
-def commands_of(db: sqlite3.Connection, run_id: str) -> dict[str, str]:
-    """The run's standing commands (on the run's own connection)."""
-    rows = db.execute(
-        "SELECT key, value FROM control WHERE run_id = ? AND key != 'status'", (run_id,)
-    )
-    return {str(k): str(v) for k, v in rows}
 
 
 def publish(db: sqlite3.Connection, run_id: str, values: dict[str, Any]) -> None:

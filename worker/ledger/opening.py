@@ -13,7 +13,8 @@ import structlog
 
 from worker.domain.errors import ConfigError
 from worker.domain.location import Location, PostgresUrl
-from worker.ledger.store import Ledger
+from worker.ledger.base import Ledger
+from worker.ledger.sqlite_ledger import SqliteLedger
 
 log = structlog.get_logger(__name__)
 
@@ -21,10 +22,10 @@ log = structlog.get_logger(__name__)
 def ledger_at(location: Location, *, readonly: bool = False, claim_idle: float = 60.0) -> Ledger:
     """The ledger at a path or a ``postgresql://`` URL (created on first use unless read)."""
     if isinstance(location, PostgresUrl):
-        from worker.ledger.pg_store import PgLedger  # noqa: PLC0415 - psycopg only when used
+        from worker.ledger.pg_ledger import PgLedger  # noqa: PLC0415 - psycopg only when used
 
         return PgLedger(location, readonly=readonly, claim_idle=claim_idle)
-    return Ledger(location, readonly=readonly)
+    return SqliteLedger(location, readonly=readonly)
 
 
 def ledger_exists(location: Location) -> bool:
@@ -40,7 +41,7 @@ def existing_ledger(location: Location) -> Ledger | None:
     """The ledger there, opened to read; None when there is none yet (no file, an empty one,
     or a database without the tables). One connection pool for both questions."""
     if isinstance(location, PostgresUrl):
-        from worker.ledger.pg_store import PgLedger  # noqa: PLC0415
+        from worker.ledger.pg_ledger import PgLedger  # noqa: PLC0415
         from worker.ledger.postgres import PgDb  # noqa: PLC0415
 
         db = PgDb(location)
@@ -54,7 +55,7 @@ def existing_ledger(location: Location) -> Ledger | None:
         return PgLedger(location, readonly=True, db=db)
     if not location.is_file() or location.stat().st_size == 0:
         return None
-    return Ledger(location, readonly=True)
+    return SqliteLedger(location, readonly=True)
 
 
 def require_ledger(location: Location) -> None:
@@ -91,7 +92,7 @@ def open_ledger(
         found = existing_ledger(location)
         if found is None:
             location = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dry.sqlite"
-            Ledger(location).close()
+            SqliteLedger(location).close()
             found = ledger_at(location, readonly=True)
         ledger = found
     else:

@@ -18,9 +18,9 @@ def live_runs(url: PostgresUrl, claim_idle: float) -> list[str]:
     first; ConfigError when there is none."""
     db = PgDb(url, size=1)
     try:
-        rows = db.execute(
+        rows = db.fetch(
             "SELECT run_id FROM runs WHERE finished_at IS NULL AND heartbeat_at > "
-            "now() - make_interval(secs => coalesce(lease_s, ?)) ORDER BY started_at",
+            "now() - make_interval(secs => coalesce(lease_s, %s)) ORDER BY started_at",
             (claim_idle,),
         )
     finally:
@@ -54,8 +54,8 @@ def statuses(url: PostgresUrl, run_ids: list[str]) -> list[dict[str, Any]]:
     db = PgDb(url, size=1)
     try:
         rows: dict[str, str] = dict(
-            db.execute(
-                "SELECT run_id, value FROM control WHERE key = 'status' AND run_id = ANY(?)",
+            db.fetch(
+                "SELECT run_id, value FROM control WHERE key = 'status' AND run_id = ANY(%s)",
                 (run_ids,),
             )
         )

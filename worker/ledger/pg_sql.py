@@ -1,15 +1,91 @@
-"""The PostgreSQL ledger's statements (its schema is in ``worker.ledger.postgres``)."""
+"""The PostgreSQL ledger's SQL text: its schema and migrations, its claim and batch statements,
+and the shared behaviour's statements in PostgreSQL's dialect (``%s`` placeholders; a list is
+one array parameter)."""
 
 from __future__ import annotations
 
-from worker.ledger.schema import ATTEMPT_COLUMNS, FINAL_SQL
+from worker.ledger.schema import ATTEMPT_COLUMNS, CSV_COLUMNS, FINAL_SQL
+from worker.ledger.statements import (
+    CODES,
+    LAST_RUN,
+    OUTCOMES,
+    ROWS,
+    RUNS,
+    TIMELINE,
+    Statements,
+)
+
+# Every table of the SQLite ledger, with the same columns, plus what sharing needs: a run's
+# lease (``heartbeat_at``, renewed while it lives, and ``lease_s``, its term: the run holding it
+# sets it, every other run judges the lease by it) and its process (boot, PID namespace, PID:
+# a run on the same machine can tell it died), the attempt log's order (``seq``) and its
+# request ids unique (a transaction retried after a lost COMMIT writes nothing twice).
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger_schema (version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id    text PRIMARY KEY,
+    outcome     text NOT NULL,
+    http_status integer,
+    error_code  text,
+    message     text,
+    attempts    integer NOT NULL DEFAULT 0,
+    run_id      text NOT NULL,
+    created_at  text NOT NULL,
+    updated_at  text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_by_outcome ON orders (outcome, order_id);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id       text PRIMARY KEY,
+    command      text NOT NULL,
+    base_url     text,
+    started_at   text NOT NULL,
+    finished_at  text,
+    exit_code    integer,
+    summary      text,
+    operator     text,
+    host         text,
+    reason       text,
+    ticket       text,
+    details      text,
+    heartbeat_at timestamptz,
+    process      text,
+    lease_s      double precision
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    seq         bigserial PRIMARY KEY,
+    run_id      text NOT NULL,
+    order_id    text NOT NULL,
+    attempt     integer NOT NULL,
+    method      text NOT NULL,
+    sent_at     text NOT NULL,
+    latency_ms  double precision,
+    http_status integer,
+    error_code  text,
+    message     text,
+    request_id  text NOT NULL UNIQUE,
+    response_id text
+);
+CREATE INDEX IF NOT EXISTS attempts_by_order ON attempts (order_id);
+CREATE TABLE IF NOT EXISTS control (
+    run_id      text NOT NULL,
+    key         text NOT NULL,
+    value       text NOT NULL,
+    updated_at  text NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
+"""
+
+# Steps from each earlier version of a PostgreSQL ledger to the next (3 was the first).
+MIGRATIONS: dict[int, str] = {
+    3: "ALTER TABLE runs ADD COLUMN IF NOT EXISTS lease_s double precision;",
+}
 
 INSERT_NEW = (
     "INSERT INTO orders (order_id, outcome, attempts, run_id, created_at, updated_at) "
     "SELECT i, 'pending', 0, %s, %s, %s FROM unnest(%s::text[]) AS i ORDER BY i "
     "ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
 )
-OUTCOMES = "SELECT order_id, outcome FROM orders WHERE order_id = ANY(%s)"
+OUTCOMES_OF = "SELECT order_id, outcome FROM orders WHERE order_id = ANY(%s)"
 
 UPSERT = f"""
 INSERT INTO orders (order_id, outcome, http_status, error_code, message, attempts, run_id,
@@ -54,3 +130,59 @@ WHERE o.order_id = ANY(%(ids)s) AND (o.run_id = %(run)s OR %(force)s
                                      OR o.outcome NOT IN ({FINAL_SQL}))
 FOR UPDATE OF o SKIP LOCKED
 """
+
+_CSV = ", ".join(CSV_COLUMNS)
+_ATTEMPTS = ", ".join(ATTEMPT_COLUMNS)
+
+STATEMENTS = Statements(
+    outcomes=OUTCOMES,
+    outcomes_of="SELECT outcome, COUNT(*) FROM orders WHERE outcome = %s GROUP BY outcome",
+    codes=CODES,
+    codes_of="SELECT error_code, COUNT(*) FROM orders WHERE outcome = %s AND error_code IS NOT "
+    "NULL GROUP BY error_code",
+    run_outcomes="SELECT outcome, COUNT(*) FROM orders WHERE run_id = %s GROUP BY outcome",
+    run_codes="SELECT error_code, COUNT(*) FROM orders WHERE run_id = %s AND error_code IS NOT "
+    "NULL GROUP BY error_code",
+    rows=ROWS,
+    rows_with=f"SELECT {_CSV} FROM orders WHERE outcome = %s ORDER BY order_id",
+    rows_of=f"SELECT {_CSV} FROM orders WHERE order_id = ANY(%s) ORDER BY order_id",
+    timeline=TIMELINE,
+    last_run=LAST_RUN,
+    still_mine="SELECT order_id FROM orders WHERE run_id = %s AND outcome = 'pending' AND "
+    "order_id = ANY(%s)",
+    existing="SELECT o.order_id, o.outcome, o.run_id, o.outcome = 'retryable_failed' OR "
+    "(o.outcome = 'pending' AND (o.attempts > 0 OR r.finished_at IS NULL)) "
+    "FROM orders o LEFT JOIN runs r ON r.run_id = o.run_id WHERE o.order_id = ANY(%s)",
+    candidates="SELECT order_id FROM orders WHERE outcome = ANY(%s) AND order_id > %s "
+    "ORDER BY order_id LIMIT %s",
+    target="SELECT base_url FROM runs WHERE base_url IS NOT NULL AND (finished_at IS NULL "
+    "OR coalesce((summary::jsonb ->> 'requests')::bigint, 1) > 0) ORDER BY started_at LIMIT 1",
+    end_run="UPDATE runs SET finished_at = %s, exit_code = %s, summary = %s WHERE run_id = %s",
+    commands="SELECT key, value FROM control WHERE run_id = %s AND key <> 'status'",
+    runs=RUNS,
+    run_requests="SELECT COUNT(*) FROM attempts WHERE run_id = %s",
+    history="SELECT "
+    + ", ".join(f"a.{c}" for c in ATTEMPT_COLUMNS)
+    + ", r.command, r.operator, r.reason, r.ticket FROM attempts a "
+    "LEFT JOIN runs r ON r.run_id = a.run_id WHERE a.order_id = %s ORDER BY a.sent_at, a.seq",
+    attempts=f"SELECT {_ATTEMPTS} FROM attempts WHERE (%s::text IS NULL OR sent_at >= %s) "
+    "AND (%s::text IS NULL OR run_id = %s) ORDER BY seq",
+    run_orders=f"SELECT {_CSV} FROM orders WHERE run_id = %s OR order_id IN "
+    "(SELECT order_id FROM attempts WHERE run_id = %s) ORDER BY order_id",
+    prune="DELETE FROM attempts WHERE sent_at < %s",
+)
+
+BEGIN_RUN = (
+    "INSERT INTO runs (run_id, command, base_url, started_at, operator, host, reason, ticket, "
+    "details, heartbeat_at, process, lease_s) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,now(),%s,%s) "
+    "ON CONFLICT (run_id) DO NOTHING"
+)
+GONE_HERE = (
+    "SELECT run_id, process FROM runs WHERE finished_at IS NULL AND heartbeat_at IS NOT NULL "
+    "AND starts_with(process, %s) AND run_id <> %s"
+)
+PUBLISH = (
+    "INSERT INTO control (run_id, key, value, updated_at) VALUES (%s, 'status', %s, %s) "
+    "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, "
+    "updated_at = excluded.updated_at"
+)

@@ -1,5 +1,6 @@
 """SQLite plumbing of the ledger: the writer's exclusive lock, a read-only connection that
-works on a read-only file system, and a transaction that names the file when it fails."""
+works on a read-only file system, a transaction that names the file when it fails, and
+upgrading a ledger of an earlier schema in place."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import stat
 from pathlib import Path
 
 from worker.domain.errors import ConfigError, LedgerError
+from worker.ledger.schema import RUN_COLUMNS_ADDED
+from worker.ledger.sqlite_sql import SCHEMA
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:
@@ -74,3 +77,33 @@ class Transaction:
             raise LedgerError(f"{self._path}: cannot write the ledger: {err}") from None
         if isinstance(exc, sqlite3.Error):
             raise LedgerError(f"{self._path}: cannot write the ledger: {exc}") from exc
+
+
+def upgrade(db: sqlite3.Connection) -> None:
+    """Bring a ledger of an earlier schema (or a new file) to this one, in place."""
+    has_runs = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
+    if has_runs:
+        present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+        for column in RUN_COLUMNS_ADDED:
+            if column not in present:
+                db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+    db.executescript(SCHEMA)
+
+
+def upgrade_file(path: Path) -> None:
+    """Upgrade the ledger at ``path`` when no run holds it (a run upgrades it as it opens it);
+    where it cannot be written (a read-only copy), it is read as it is."""
+    try:
+        fd = lock(path)
+    except LedgerError:
+        return
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            upgrade(db)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        pass  # read as it is: what it lacks (the attempt log) is reported when asked for
+    finally:
+        os.close(fd)

@@ -14,7 +14,7 @@ from worker.api.connection import Reader, RetriesExhaustedError, connect
 from worker.domain.classifier import error_code_for
 from worker.domain.models import SUCCESS, Outcome, Result, new_run_id
 from worker.domain.prediction import predict
-from worker.ledger import Ledger
+from worker.ledger import Ledger, SqliteLedger
 from worker.reports.report import write_report
 from worker.runtime import loop as event_loop
 from worker.runtime.clock import SystemClock
@@ -61,7 +61,7 @@ def run_check(
     """Predict, print the report; 0 when every order would end cancelled or already
     cancelled, else 1."""
     with tempfile.TemporaryDirectory(prefix="cancel-orders-check-") as folder:
-        ledger = Ledger(Path(folder) / "preflight.sqlite")
+        ledger = SqliteLedger(Path(folder) / "preflight.sqlite")
         try:
             event_loop.run(check_into(settings, source, ledger))
             label = f"preflight of {source.name} (predicted outcomes: nothing was cancelled)"
@@ -76,7 +76,7 @@ def run_check(
 def predictions(settings: Settings, source: OrderSource) -> dict[str, str]:
     """Each order's predicted outcome (for `plan --check`)."""
     with tempfile.TemporaryDirectory(prefix="cancel-orders-check-") as folder:
-        ledger = Ledger(Path(folder) / "preflight.sqlite")
+        ledger = SqliteLedger(Path(folder) / "preflight.sqlite")
         try:
             event_loop.run(check_into(settings, source, ledger))
             return {str(row[0]): str(row[1]) for row in ledger.rows()}

@@ -1,4 +1,4 @@
-"""The PostgreSQL ledger: the SQLite ledger's tables and behaviour in a database that several
+"""The PostgreSQL ledger: the ledger's tables and behaviour in a database that several
 runs share at once, on several hosts.
 
 Each run holds a lease: its ``runs.heartbeat_at``, renewed every third of its ``claim_idle``
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,18 +21,31 @@ import psycopg
 
 from worker.domain.location import PostgresUrl
 from worker.domain.models import Result, RunRecord
-from worker.ledger.audit import AuditLog
+from worker.ledger.base import Ledger, json_param
 from worker.ledger.leases import alive, decide, process_prefix
-from worker.ledger.pg_sql import ATTEMPTS, INSERT_NEW, LOCK_HELD, OUTCOMES, UPSERT
+from worker.ledger.pg_sql import (
+    ATTEMPTS,
+    BEGIN_RUN,
+    GONE_HERE,
+    INSERT_NEW,
+    LOCK_HELD,
+    OUTCOMES_OF,
+    PUBLISH,
+    STATEMENTS,
+    UPSERT,
+)
 from worker.ledger.plan import Plan
 from worker.ledger.postgres import PgDb
 from worker.ledger.schema import FINAL_VALUES
-from worker.ledger.store import Ledger, _json
+from worker.ledger.statements import Attempts, Row
 from worker.runtime.clock import now_iso
 
 
 class PgLedger(Ledger):
     """The ledger in PostgreSQL (thread-safe: each call takes a connection of the pool)."""
+
+    sql = STATEMENTS
+    path: PostgresUrl
 
     def __init__(
         self,
@@ -43,38 +55,25 @@ class PgLedger(Ledger):
         claim_idle: float = 60.0,
         db: PgDb | None = None,
     ) -> None:
-        self.path = url  # type: ignore[assignment]  # shown where a file's path would be
+        self.path = url
         self.readonly = readonly
         self.claim_idle = claim_idle
-        self._lock_fd = None
-        self._seen: sqlite3.Connection | None = None
         self._pg = db or PgDb(url)  # the pool a caller already opened, when given
-        self._db = self._pg  # type: ignore[assignment]  # the shared reads run on it
         try:
             self._pg.prepare(readonly=readonly)
         except BaseException:
             self._pg.close()
             raise
 
-    _IN = "= ANY(?)"
-
-    def _ids(self, ids: Sequence[str]) -> object:
-        return list(ids)
-
     @property
     def lease_every_s(self) -> float | None:
         """How often a run renews its lease."""
         return max(self.claim_idle / 3, 0.1)
 
-    def _stream(self, sql: str, args: Sequence[object] = ()) -> Iterator[tuple[object, ...]]:
-        return self._pg.stream(sql, args)
-
     def close(self) -> None:
         """Close the pool."""
         self._pg.close()
-        if self._seen is not None:
-            self._seen.close()
-            self._seen = None
+        self._forget_sightings()
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -86,27 +85,14 @@ class PgLedger(Ledger):
         who = who or RunRecord()
         values = (run_id, command, base_url, now_iso(), who.operator, who.host, who.reason)
         here = process_prefix()
+        process = f"{here}{os.getpid()}"
 
         def begin(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(
-                "INSERT INTO runs (run_id, command, base_url, started_at, operator, host, "
-                "reason, ticket, details, heartbeat_at, process, lease_s) VALUES "
-                "(%s,%s,%s,%s,%s,%s,%s,%s,%s,now(),%s,%s) ON CONFLICT (run_id) DO NOTHING",
-                (
-                    *values,
-                    who.ticket,
-                    json.dumps(who.details),
-                    f"{here}{os.getpid()}",
-                    self.claim_idle,
-                ),
-            )
+            details = json.dumps(who.details)
+            conn.execute(BEGIN_RUN, (*values, who.ticket, details, process, self.claim_idle))
             gone = [
                 other
-                for other, process in conn.execute(
-                    "SELECT run_id, process FROM runs WHERE finished_at IS NULL AND "
-                    "heartbeat_at IS NOT NULL AND starts_with(process, %s) AND run_id <> %s",
-                    (here, run_id),
-                )
+                for other, process in conn.execute(GONE_HERE, (here, run_id))
                 if not alive(int(process[len(here) :]))
             ]
             if gone:
@@ -122,29 +108,14 @@ class PgLedger(Ledger):
             )
         )
 
-    def audit(self) -> AuditLog:
-        """The runs and the attempt log."""
-        return PgAuditLog(self._db, self.path)
-
-    def target(self) -> str | None:
-        """The base URL this ledger belongs to (as the SQLite ledger's ``target``)."""
-        row = self._pg.execute(
-            "SELECT base_url FROM runs WHERE base_url IS NOT NULL AND (finished_at IS NULL "
-            "OR coalesce((summary::jsonb ->> 'requests')::bigint, 1) > 0) "
-            "ORDER BY started_at LIMIT 1"
-        ).fetchone()
-        return None if row is None else str(row[0])
-
     # -- input --------------------------------------------------------------------------------
 
-    def _claim_shared(
-        self, batch: Sequence[tuple[str, Result | None]], run_id: str, force: bool
-    ) -> Plan:
+    def _claim(self, batch: Sequence[tuple[str, Result | None]], run_id: str, force: bool) -> Plan:
         """A claim in one transaction; an order another live run holds is left to it."""
         stamp = now_iso()  # a claim tried again knows its own rows by it
-        return self._pg.run(lambda conn: self._claim(conn, batch, run_id, force, stamp))
+        return self._pg.run(lambda conn: self._claim_in(conn, batch, run_id, force, stamp))
 
-    def _claim(
+    def _claim_in(
         self,
         conn: psycopg.Connection[Any],
         batch: Sequence[tuple[str, Result | None]],
@@ -160,7 +131,7 @@ class PgLedger(Ledger):
         missing = [order_id for order_id in rest if order_id not in locked]
         final: dict[str, str] = {
             order_id: outcome
-            for order_id, outcome in (conn.execute(OUTCOMES, (missing,)) if missing else ())
+            for order_id, outcome in (conn.execute(OUTCOMES_OF, (missing,)) if missing else ())
             if outcome in FINAL_VALUES
         }
         plan = Plan()
@@ -180,30 +151,17 @@ class PgLedger(Ledger):
                 (run_id, stamp, taken),
             )
         if plan.invalid:
-            conn.execute(UPSERT, {"rows": _json(plan.invalid), "run": run_id, "at": stamp})
+            conn.execute(UPSERT, {"rows": json_param(plan.invalid), "run": run_id, "at": stamp})
         return plan
-
-    def _scratch(self) -> sqlite3.Connection:
-        """A dry run's memory of the IDs it saw: a private temporary SQLite file (it writes
-        nothing to the shared ledger)."""
-        if self._seen is None:
-            self._seen = sqlite3.connect("", check_same_thread=False, isolation_level=None)
-            self._seen.execute("PRAGMA temp_store=FILE")
-        return self._seen
 
     # -- results ------------------------------------------------------------------------------
 
-    def record(
-        self,
-        results: Sequence[Result],
-        run_id: str,
-        attempts: Sequence[Sequence[object]] = (),
-    ) -> None:
+    def record(self, results: Sequence[Result], run_id: str, attempts: Attempts = ()) -> None:
         """Upsert a batch of results and append their attempts in one transaction."""
         if not (results or attempts):
             return
         columns = [list(c) for c in zip(*attempts, strict=True)] if attempts else []
-        rows = _json(results) if results else None
+        rows = json_param(results) if results else None
 
         def write(conn: psycopg.Connection[Any]) -> None:
             if columns:
@@ -215,36 +173,18 @@ class PgLedger(Ledger):
 
     def publish(self, run_id: str, status: dict[str, object]) -> None:
         """This run's status, for `control status`."""
-        self._pg.run(
-            lambda conn: conn.execute(
-                "INSERT INTO control (run_id, key, value, updated_at) VALUES (%s, 'status', %s, "
-                "%s) ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, "
-                "updated_at = excluded.updated_at",
-                (run_id, json.dumps(status), now_iso()),
-            )
-        )
+        self._pg.run(lambda conn: conn.execute(PUBLISH, (run_id, json.dumps(status), now_iso())))
 
-    def _write(self, sql: str, rows: Any) -> None:
-        text = sql.replace("?", "%s")
-        self._pg.run(lambda conn: conn.cursor().executemany(text, list(rows)))
+    # -- plumbing -----------------------------------------------------------------------------
 
+    def _list(self, values: Sequence[str]) -> object:
+        return list(values)
 
-class PgAuditLog(AuditLog):
-    """The attempt log in PostgreSQL: written in ``seq`` order."""
+    def _fetch(self, sql: str, args: Sequence[object] = ()) -> list[Row]:
+        return self._pg.fetch(sql, args)
 
-    ORDER = "seq"
+    def _stream(self, sql: str, args: Sequence[object] = ()) -> Iterator[Row]:
+        return self._pg.stream(sql, args)
 
-    def _query(self, sql: str, *args: object) -> Iterator[tuple[object, ...]]:
-        pg: PgDb = self._db  # type: ignore[assignment]
-        return pg.stream(sql, args)
-
-    def prune(self, before: str) -> int:
-        """Delete the attempt rows sent before ``before``; how many went."""
-        pg: PgDb = self._db  # type: ignore[assignment]
-        return int(
-            pg.run(
-                lambda conn: (
-                    conn.execute("DELETE FROM attempts WHERE sent_at < %s", (before,)).rowcount
-                )
-            )
-        )
+    def _change(self, sql: str, args: Sequence[object]) -> int:
+        return int(self._pg.run(lambda conn: conn.execute(sql, args).rowcount))
