@@ -22,8 +22,8 @@ from aiohttp import web
 
 from worker.domain.models import RunOptions, RunReport
 from worker.ledger import open_ledger
-from worker.pipeline.runner import Runner
 from worker.queue.streams import Names
+from worker.runs.runner import Runner
 from worker.settings import Settings, load_settings
 from worker.simulator import RunningSimulator
 from worker.sources import IdValidator

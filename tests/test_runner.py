@@ -14,7 +14,7 @@ from tests.support import ledger_rows, run_ids, settings_for, write_ids
 from worker.domain.errors import LedgerError
 from worker.domain.models import RunOptions
 from worker.ledger import SqliteLedger
-from worker.pipeline.runner import Runner
+from worker.runs.runner import Runner
 from worker.simulator import RunningSimulator
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource

@@ -12,14 +12,14 @@ from worker.lazy import lazy_names
 
 if TYPE_CHECKING:
     from worker.pipeline.control import RunControl
-    from worker.pipeline.lifecycle import Cancellation, cancel_orders
+    from worker.runs.lifecycle import Cancellation, cancel_orders
     from worker.settings import load_settings
 
 __version__ = "0.1.0"
 __all__ = ["Cancellation", "RunControl", "__version__", "cancel_orders", "load_settings"]
 _HOMES = {
-    "cancel_orders": "worker.pipeline.lifecycle",
-    "Cancellation": "worker.pipeline.lifecycle",
+    "cancel_orders": "worker.runs.lifecycle",
+    "Cancellation": "worker.runs.lifecycle",
     "RunControl": "worker.pipeline.control",
     "load_settings": "worker.settings",
 }

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from worker.domain.models import RunOptions
 from worker.ledger import Ledger, ledger_at
-from worker.pipeline.runner import Runner
 from worker.reports.report import render_run, write_table
+from worker.runs.runner import Runner
 from worker.runtime import loop as event_loop
 from worker.runtime.logs import configure
 from worker.settings import load_settings

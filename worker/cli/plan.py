@@ -17,7 +17,7 @@ from worker.cli.inputs import source_from
 from worker.domain.errors import ConfigError
 from worker.domain.location import Location
 from worker.ledger import check_target
-from worker.pipeline.lifecycle import dry_claims
+from worker.runs.lifecycle import dry_claims
 from worker.runtime.files import replaced
 from worker.runtime.redaction import printable
 from worker.settings import duration_s
@@ -41,7 +41,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         origin = _origin(args)
         predicted = None
         if args.check:
-            from worker.pipeline.check import predictions  # noqa: PLC0415 - only with --check
+            from worker.runs.check import predictions  # noqa: PLC0415 - only with --check
 
             settings.require_credentials()
             validator = IdValidator(settings.id_pattern)

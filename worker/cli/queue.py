@@ -18,15 +18,15 @@ from worker.cli.inputs import source_from
 from worker.domain.models import Result, RunReport
 from worker.ledger import SqliteLedger
 from worker.pipeline.control import with_signals
-from worker.pipeline.lifecycle import cap
 from worker.queue.connection import names, open_redis_problem, streams_for
-from worker.queue.consumer import Consumer
 from worker.queue.enqueue import enqueue, redrive
-from worker.queue.recording import check_ledger
 from worker.queue.results import read_results
 from worker.reports.report import write_report
+from worker.runs.consumer import Consumer
+from worker.runs.lifecycle import cap
 from worker.runtime import loop as event_loop
 from worker.settings import Settings, safe_url
+from worker.sinks.ledger_copy import check_ledger
 from worker.sources import OrderSource
 
 log = structlog.get_logger(__name__)

@@ -50,7 +50,7 @@ def _run_report(ledger: Ledger, args: argparse.Namespace, out: TextIO) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from worker.pipeline.check import run_check  # noqa: PLC0415
+    from worker.runs.check import run_check  # noqa: PLC0415
 
     settings = settings_from(args, keys_of(RUN_GROUPS))
     settings.require_credentials()

@@ -17,7 +17,8 @@ from worker.domain.errors import ConfigError, WorkerError
 from worker.domain.models import Result, RunOptions, RunReport
 from worker.ledger import check_target, ledger_exists, open_ledger
 from worker.pipeline.control import with_signals
-from worker.pipeline.lifecycle import (
+from worker.reports.report import render_run
+from worker.runs.lifecycle import (
     Counts,
     announce_end,
     cap,
@@ -25,8 +26,7 @@ from worker.pipeline.lifecycle import (
     export_metrics,
     refused,
 )
-from worker.pipeline.runner import RECORDED_LIMITS, Runner
-from worker.reports.report import render_run
+from worker.runs.runner import RECORDED_LIMITS, Runner
 from worker.runtime import loop as event_loop
 from worker.runtime.redaction import printable, redact
 from worker.settings import Settings, given_elsewhere, revalidated

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from worker.cli.filters import FILTER_DESTS
 from worker.domain.models import RunRecord
-from worker.pipeline.lifecycle import run_record
+from worker.runs.lifecycle import run_record
 from worker.settings import Settings
 from worker.sources import OrderSource
 from worker.sources.plan import file_facts

@@ -24,11 +24,11 @@ class OrderState:
     in_flight: bool = False  # a request for it is on the wire
     probing: bool = False  # it holds the probe lock (credentials not yet proven)
     breaker_probe: bool = False  # its request is the circuit breaker's probe
-    lost: bool = False  # queue mode: another consumer took the entry before it was sent
-    entry_id: str = ""  # queue mode: the stream entry it came from
+    lost: bool = False  # its source found it taken by another run before it was sent
+    handle: str = ""  # its source's own reference to it (a stream entry's ID)
     verify: bool = False  # an earlier request may have reached the API: GET before sending
     last: Answer | None = field(default=None)
-    tried: list[tuple[object, ...]] | None = None  # queue mode: its attempts, for the result
+    tried: list[tuple[object, ...]] | None = None  # its attempts, for a sink that keeps them
     due_in: float | None = None  # shelved: seconds until its next attempt (a timer, no worker)
     resumed: bool = False  # taken again from the shelf: its look-up, if any, is done
     slot: float = 0.0  # the limiter slot its last request went in (monotonic)

@@ -13,16 +13,15 @@ recorded, then the rest are cancelled and stay `pending`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from worker.api.connection import Api, connect
 from worker.api.limiter import RateLimiter
-from worker.domain.answer import Answer
 from worker.domain.classifier import OutcomeTable
 from worker.domain.models import SUCCESS, Outcome, Result, RunSummary
 from worker.domain.retry import RetryPolicy
@@ -31,6 +30,7 @@ from worker.pipeline.canary import Canary
 from worker.pipeline.control import RunControl, limits_watcher
 from worker.pipeline.dispatcher import Dispatcher
 from worker.pipeline.order import OrderState
+from worker.pipeline.ports import Sink, Source
 from worker.pipeline.progress import ProgressReporter
 from worker.pipeline.shelf import NextOrder, Shelf
 from worker.pipeline.steering import Channel, Steering
@@ -39,31 +39,6 @@ from worker.runtime.metrics import Metrics
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-
-class Source(Protocol):
-    """Where a pool's orders come from."""
-
-    def helpers(self) -> Sequence[Coroutine[Any, Any, None]]:
-        """Tasks that fill the source (reading, claiming); cancelled when the run stops."""
-
-    async def take(self) -> OrderState | None:
-        """The next order to send; None when there are no more."""
-
-
-class Sink(Protocol):
-    """Where a pool's results go."""
-
-    async def record(self, state: OrderState, result: Result) -> None:
-        """An order's result (`pending` when the run stopped before its answer)."""
-
-    def interrupted(self, state: OrderState, result: Result) -> None:
-        """A worker stopped before its order's answer (cancelled, or a bug): its `pending`
-        result, which says why; never awaits."""
-
-    def attempt(self, state: OrderState, method: str, number: int, answer: Answer) -> None:
-        """One answered request for this order (the attempt log); never awaits, and comes
-        before the order's result."""
 
 
 @dataclass
@@ -127,12 +102,11 @@ class Pool:
         source: Source,
         sink: Sink,
         progress: ProgressReporter,
-        keepers: Sequence[Coroutine[Any, Any, None]] = (),
         channel: Channel | None = None,
     ) -> None:
-        """Work until the source runs dry or the run stops; ``keepers`` (keeping what is held
-        fresh) run until the requests in flight are drained; ``channel`` steers the run
-        (`cancel-orders control`)."""
+        """Work until the source runs dry or the run stops; the source's keepers (keeping what
+        it holds its own) run until the requests in flight are drained; ``channel`` steers the
+        run (`cancel-orders control`)."""
         control = self.control
         self.dispatcher.on_attempt = sink.attempt
         self.dispatcher.later = lambda: self.canary.passed  # a canary order waits in its worker
@@ -143,7 +117,7 @@ class Pool:
             steering = Steering(channel, self.limiter, control, status, ceiling)
             await steering.step()  # before anything is read or sent
         helpers = self._helpers(source, progress, steering)
-        kept = [self._spawn(c) for c in keepers]
+        kept = [self._spawn(c) for c in source.keepers()]
         lanes = [Lane() for _ in range(self._settings.concurrency)]
         for lane in lanes:
             lane.task = self._spawn(self._work(source, sink, lane))
@@ -319,15 +293,12 @@ async def send_through_pool(
     run: RunParts,
     *,
     limiter: RateLimiter | None = None,
-    still_mine: Callable[[OrderState], Awaitable[bool]] | None = None,
     ask: Callable[[list[Result]], bool] | None = None,
-    keepers: Sequence[Coroutine[Any, Any, None]] = (),
     channel: Channel | None = None,
 ) -> PoolStats:
     """Connect to the API, run a pool between ``source`` and ``sink`` until the source is dry
     or the run stops, close the connection: the one place a pool is built, for every command
-    that sends (``limiter``: a group's shared one; ``still_mine``: a check before each DELETE).
-    """
+    that sends (``limiter``: a group's shared one)."""
     api = connect(settings, run.clock, limiter, run.metrics)
     try:
         pool = Pool(
@@ -338,10 +309,10 @@ async def send_through_pool(
             run.clock,
             run.metrics,
             run.summary,
-            still_mine=still_mine,
+            still_mine=source.ownership(),
             ask=ask,
         )
-        await pool.run(source, sink, progress, keepers, channel)
+        await pool.run(source, sink, progress, channel)
     finally:
         await api.close()
     limiter_used, breaker = pool.limiter, pool.breaker

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from worker.pipeline.order import OrderState
+from worker.pipeline.ports import Source
 from worker.runtime.clock import Clock
 
 
@@ -82,10 +83,6 @@ class Shelf:
         self.on_change()
 
 
-class _Source(Protocol):
-    async def take(self) -> OrderState | None: ...
-
-
 class NextOrder:
     """Where a worker finds its next order: one whose retry is due first, else the source's.
 
@@ -111,7 +108,7 @@ class NextOrder:
     def _look(self) -> None:
         self.quiet = not self._dry and self._taking is None and not len(self.shelf)
 
-    async def next(self, source: _Source) -> OrderState | None:
+    async def next(self, source: Source) -> OrderState | None:
         """The next order; None when the source is dry and nothing waits on the shelf (or
         the run is stopping)."""
         shelf = self.shelf

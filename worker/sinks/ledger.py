@@ -75,7 +75,7 @@ class _Order(Protocol):
     order_id: str
 
 
-class ResultSink:
+class LedgerSink:
     """Receives results from every worker."""
 
     def __init__(

@@ -25,7 +25,7 @@ from worker.ledger import check_target, ledger_at, open_ledger
 from worker.ledger.plan import Plan
 from worker.ledger.schema import CSV_COLUMNS
 from worker.pipeline.control import RunControl
-from worker.pipeline.runner import Runner
+from worker.runs.runner import Runner
 from worker.runtime.metrics import Metrics
 from worker.runtime.redaction import redact
 from worker.settings import Settings

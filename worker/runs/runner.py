@@ -1,6 +1,7 @@
-"""One run of `run`, `retry` or `run --select`: the input, read and claimed in the ledger batch
-by batch, is the pool's source; the ledger is its sink. Also the dry run, which reads and
-checks the input and sends nothing, and the run's record in the ledger (begin, counts, end).
+"""One run of `run`, `retry`, `run --select` or `apply`: the input claimed in the ledger
+(``worker.sources.claimed``) is the pool's source; the ledger (``worker.sinks.ledger``) is its
+sink. Also the dry run, which reads and checks the input and sends nothing, and the run's
+record in the ledger (begin, counts, end).
 """
 
 from __future__ import annotations
@@ -8,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import structlog
 
 from worker.domain.classifier import OutcomeTable
-from worker.domain.errors import LedgerError, WorkerError
+from worker.domain.errors import LedgerError
 from worker.domain.models import (
     SUCCESS,
     Outcome,
@@ -26,18 +26,16 @@ from worker.domain.models import (
 )
 from worker.ledger import Ledger
 from worker.pipeline.control import RunControl
-from worker.pipeline.feed import Feed
-from worker.pipeline.lease import Held, keep_lease
-from worker.pipeline.order import OrderState
-from worker.pipeline.pool import PoolStats, RunParts, check_failure_rate, send_through_pool
+from worker.pipeline.pool import PoolStats, RunParts, send_through_pool
 from worker.pipeline.progress import ProgressReporter
 from worker.runtime.clock import Clock, SystemClock
 from worker.runtime.logs import flush_logs, lost_lines
 from worker.runtime.loop import settle_gc
 from worker.runtime.metrics import Metrics
 from worker.settings import Settings
-from worker.sinks.ledger import LedgerChannel, LedgerThread, ResultSink
-from worker.sources import Batch, OrderSource
+from worker.sinks.ledger import LedgerChannel, LedgerSink, LedgerThread
+from worker.sources import OrderSource
+from worker.sources.claimed import ClaimedInput
 
 log = structlog.get_logger(__name__)
 
@@ -72,15 +70,13 @@ class Runner:
         self._table = table or OutcomeTable.load(settings.outcome_table)
         self.run_id = new_run_id()
         self.summary = RunSummary()
-        self._skipped: dict[str, int] = {}
-        self._uncertain: set[str] = set()  # queued orders an earlier run may have sent
-        self._claimed = 0  # orders claimed to be sent (held to options.approved)
         writer = None if options.dry_run else self._ledger
-        self._sink = ResultSink(writer, self.run_id, self.summary, self.metrics)
+        self._sink = LedgerSink(writer, self.run_id, self.summary, self.metrics)
+        self._input = ClaimedInput(
+            settings, source, self._ledger, self.run_id, options, self.control, self._sink
+        )
         self._stats: PoolStats | None = None  # the pool's, once it ran
         self._ask = ask  # a person's word on a canary that was not clean (None: stop, exit 4)
-        self._feed = Feed(low=settings.concurrency)
-        self._held = Held(settings, shared=ledger.lease_every_s is not None)
         self._progress = ProgressReporter(
             self.summary,
             lambda: self.control.requests,
@@ -118,7 +114,7 @@ class Runner:
         if self._options.dry_run:
             progress = asyncio.create_task(self._progress.run())
             try:
-                await self._produce(None)
+                await self._input.produce(None)
             finally:
                 progress.cancel()
                 await asyncio.gather(progress, return_exceptions=True)
@@ -142,106 +138,16 @@ class Runner:
     async def _send_all(self) -> None:
         parts = RunParts(self._table, self.control, self._clock, self.metrics, self.summary)
         flusher = asyncio.create_task(self._sink.run(self._ledger_failed))
-        lease = asyncio.create_task(keep_lease(self._ledger, self.run_id, self._feed))
         try:
             channel = LedgerChannel(self._ledger, self.run_id)
             self._stats = await send_through_pool(
-                self._settings, self, self._sink, self._progress, parts, ask=self._ask,
+                self._settings, self._input, self._sink, self._progress, parts, ask=self._ask,
                 channel=channel,
             )  # fmt: skip
         finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
-            lease.cancel()  # renewed up to the end: its last rows are written below
-            await asyncio.gather(lease, return_exceptions=True)
             await self._final_flush()
-
-    # -- the pool's source: the input, claimed in the ledger batch by batch -------------------
-
-    def helpers(self) -> list[Coroutine[Any, Any, None]]:
-        """The producer."""
-        return [self._produce(self._feed)]
-
-    async def take(self) -> OrderState | None:
-        """The next claimed order; one an earlier run may have sent is looked up first."""
-        order_id = await self._feed.get()
-        if order_id is None:
-            return None
-        uncertain = order_id in self._uncertain
-        if uncertain:
-            self._uncertain.discard(order_id)
-        return OrderState(order_id, verify=uncertain)
-
-    async def _produce(self, feed: Feed | None) -> None:
-        """Read, validate and claim the input in batches; feed the workers (none in a dry run)."""
-        try:
-            await self._read_input(feed)
-        except WorkerError as exc:
-            self.control.abort(str(exc))
-        except Exception as exc:  # a bug must stop the run, never hang it
-            log.exception("producer_failed")
-            self.control.abort(f"internal error while reading the input: {exc!r}")
-        finally:
-            if feed is not None:
-                feed.close()
-
-    async def _read_input(self, feed: Feed | None) -> None:
-        batches = self._source.batches(self._held.batch)
-        while not self.control.stopping:
-            batch = await asyncio.to_thread(_next_batch, batches)
-            if batch is None:
-                break
-            self.summary.read += len(batch)
-            await self._claim(batch, feed)
-        await self._held.settle(
-            lambda ids: self._claim([(order_id, None) for order_id in ids], feed),
-            lambda: self.control.stopping,
-        )
-
-    async def _claim(self, batch: Batch, feed: Feed | None) -> None:
-        """Claim a batch in the ledger; feed what is to be sent."""
-        epoch = self._feed.epoch  # a lease lapsing meanwhile sets the claimed ones aside
-        plan = await self._ledger.call(
-            self._ledger.ledger.claim,
-            batch,
-            self.run_id,
-            force=self._options.force,
-            dry=self._options.dry_run,
-        )
-        self._held.ids += plan.held
-        self.summary.duplicates += plan.duplicates
-        self.summary.skipped_final += len(plan.skipped)
-        for outcome in plan.skipped:
-            self._skipped[outcome] = self._skipped.get(outcome, 0) + 1
-        self._uncertain |= plan.uncertain
-        if self._beyond_approval(len(plan.to_send)):
-            return
-        for result in plan.invalid:
-            self._sink.add(result)
-            if len(self.summary.first_invalid) < FIRST_INVALID and result.message:
-                self.summary.first_invalid.append(result.message.split(": ", 1)[0])
-        if plan.invalid:
-            check_failure_rate(self._settings, self.summary, self.control)
-        if feed is None:
-            self.summary.sent_requests += len(plan.to_send)
-            return
-        await feed.put(plan.to_send, epoch)
-
-    def _beyond_approval(self, more: int) -> bool:
-        """What was confirmed and capped is what is sent: claimed orders beyond the approved
-        count (the input changed after it was counted) stop the run before any is sent."""
-        approved = self._options.approved
-        if approved is None or self._options.dry_run:
-            return False
-        self._claimed += more
-        if self._claimed <= approved:
-            return False
-        self.control.stop_by_limit(
-            f"the input holds more orders to send than the {approved} counted before sending "
-            "(it changed after it was counted, or --max-orders): the rest were not sent; check "
-            "it, then run the same command again"
-        )
-        return True
 
     def _ledger_failed(self, message: str) -> None:
         self.control.abort(f"ledger write failed: {message}")
@@ -275,7 +181,7 @@ class Runner:
         self.summary.log_lines_lost = lost_lines()
         code = self.control.exit_code
         if code is None:
-            skipped_ok = all(Outcome(o) in SUCCESS for o in self._skipped)
+            skipped_ok = all(Outcome(o) in SUCCESS for o in self._input.skipped)
             code = 0 if self.summary.all_succeeded() and skipped_ok else 1
             if self._options.dry_run:
                 code = 0 if not self.summary.outcomes.get(Outcome.INVALID.value) else 1
@@ -288,7 +194,7 @@ class Runner:
             elapsed_s,
             self._options.dry_run,
             self.control.reason,
-            dict(self._skipped),
+            dict(self._input.skipped),
             str(self._settings.ledger),
             not_read=max(0, total - self.summary.read) if total is not None else 0,
             layout=dict(getattr(self._source, "layout", {})),
@@ -301,7 +207,3 @@ class Runner:
             resume=self._options.resume if stopped else "",
             plan=self._options.plan,
         )
-
-
-def _next_batch(batches: Iterator[Batch]) -> Batch | None:
-    return next(batches, None)

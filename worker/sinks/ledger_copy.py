@@ -16,7 +16,7 @@ from worker.domain.models import Result, RunReport, RunSummary
 from worker.ledger import check_target, ledger_at
 from worker.pipeline.control import RunControl
 from worker.settings import Settings
-from worker.sinks.ledger import LedgerThread, ResultSink
+from worker.sinks.ledger import LedgerSink, LedgerThread
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +43,7 @@ class LedgerCopy:
         self._control = control
         ledger = ledger_at(settings.ledger, claim_idle=settings.claim_idle)
         self._thread = LedgerThread(ledger)
-        self._sink = ResultSink(self._thread, run_id, RunSummary(), counted=False)
+        self._sink = LedgerSink(self._thread, run_id, RunSummary(), counted=False)
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

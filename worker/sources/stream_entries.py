@@ -1,4 +1,4 @@
-"""The entries one consumer holds: the pool's source in queue mode.
+"""The entries one consumer holds on a Redis stream: the pool's source in queue mode.
 
 Entries are read with ``XREADGROUP`` (at most twice ``concurrency`` held at a time), claimed
 with ``XAUTOCLAIM`` from consumers that stopped refreshing them, taken back when Redis counts
@@ -46,8 +46,9 @@ class Entry:
 Finish = Callable[[str, str, Result | None, str], Awaitable[None]]  # entry, order, result, dead
 
 
-class Entries:
-    """Reads, claims, takes back and refreshes the entries of one consumer."""
+class StreamEntries:
+    """Reads, claims, takes back and refreshes the entries of one consumer; each order it gives
+    carries its entry's ID (``OrderState.handle``)."""
 
     def __init__(
         self,
@@ -81,6 +82,25 @@ class Entries:
             tasks.append(self._until_empty())
         return tasks
 
+    def keepers(self) -> list[Coroutine[Any, Any, None]]:
+        """Refreshing the held entries, until the requests in flight are drained."""
+        return [self.refresh()]
+
+    def ownership(self) -> Callable[[OrderState], Awaitable[bool]]:
+        """Each order's entry is checked to be still this consumer's."""
+        return self._still_mine
+
+    async def _still_mine(self, state: OrderState) -> bool:
+        entry_id = state.handle
+        if entry_id not in self.held:
+            return False
+        checked = await patiently(
+            partial(self._streams.owned, entry_id, state.order_id),
+            self._stopping,
+            "ownership",
+        )
+        return checked is not None and checked[0]
+
     async def take(self) -> OrderState | None:
         """The next entry still this consumer's; one already final is acknowledged here."""
         while not self._control.stopping:
@@ -109,7 +129,7 @@ class Entries:
                 continue
             # delivered before: the consumer that had it may have sent the DELETE before dying
             verify = entry.deliveries > 1 or entry.earlier
-            return OrderState(entry.order_id, entry_id=entry.entry_id, verify=verify)
+            return OrderState(entry.order_id, handle=entry.entry_id, verify=verify)
         return None
 
     def release(self, entry_id: str) -> None:
