@@ -12,7 +12,7 @@ from yarl import URL
 
 from tests.fakes import InstantClock
 from tests.support import MOCKED_API, mocked_api_settings
-from worker.api.connection import Api, Reader, RetriesExhaustedError, connect
+from worker.api.connection import ApiConnection, Reader, RetriesExhaustedError, connect
 from worker.domain.classifier import OutcomeTable
 from worker.domain.errors import FatalApiError
 from worker.domain.retry import RetryPolicy
@@ -26,7 +26,7 @@ ORDER = URL(f"{BASE}/customer-orders/ABC0000000001")
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
+async def api(tmp_path: Path) -> AsyncIterator[ApiConnection]:
     """A connection with a static token (a refresh of it is fatal)."""
     settings = mocked_api_settings(tmp_path, rate=1000, backoff_base=0.01, backoff_cap=0.02)
     connected = connect(settings, InstantClock())
@@ -34,7 +34,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     await connected.close()
 
 
-def dispatcher_for(api: Api, control: RunControl) -> Dispatcher:
+def dispatcher_for(api: ApiConnection, control: RunControl) -> Dispatcher:
     """A dispatcher over this connection, three attempts, on an instant clock."""
     clock = InstantClock()
     return Dispatcher(
@@ -49,13 +49,13 @@ def dispatcher_for(api: Api, control: RunControl) -> Dispatcher:
     )
 
 
-def reader(api: Api, max_attempts: int = 3, max_wait_s: float = 60) -> Reader:
+def reader(api: ApiConnection, max_attempts: int = 3, max_wait_s: float = 60) -> Reader:
     """A Reader over this connection."""
     table = OutcomeTable.load(None)
     return Reader(api, table, InstantClock(), max_attempts=max_attempts, max_wait_s=max_wait_s)
 
 
-async def test_retries_then_reads(api: Api) -> None:
+async def test_retries_then_reads(api: ApiConnection) -> None:
     """5xx, a reset and a 429 are retried; the 200's JSON comes back; the 429 pauses all."""
     with aioresponses() as mocked:
         mocked.get(ORDER, status=503, body="<html>down</html>")
@@ -70,7 +70,7 @@ async def test_retries_then_reads(api: Api) -> None:
     assert api.limiter.pace_per_s < 1000  # the 429 lowered the pace
 
 
-async def test_api_refusals_are_returned(api: Api) -> None:
+async def test_api_refusals_are_returned(api: ApiConnection) -> None:
     """A 400 with a final code and a 404 with the API's own error object are answers for the
     caller, not errors."""
     with aioresponses() as mocked:
@@ -83,7 +83,7 @@ async def test_api_refusals_are_returned(api: Api) -> None:
     assert (second[0].status, second[0].code, second[1]) == (404, "CUSTOMER_ORDER_NOT_FOUND", None)
 
 
-async def test_a_bare_404_is_fatal(api: Api) -> None:
+async def test_a_bare_404_is_fatal(api: ApiConnection) -> None:
     """The gateway's own 404 ("Resource not found") says the base URL misses the API: the
     read stops with FatalApiError naming the setting, after one request."""
     with aioresponses() as mocked:
@@ -94,7 +94,7 @@ async def test_a_bare_404_is_fatal(api: Api) -> None:
     assert r.requests == 1
 
 
-async def test_failures_on_every_attempt(api: Api) -> None:
+async def test_failures_on_every_attempt(api: ApiConnection) -> None:
     """A read that fails on every allowed attempt raises RetriesExhaustedError with the last
     answer."""
     with aioresponses() as mocked:
@@ -115,7 +115,7 @@ async def test_failures_on_every_attempt(api: Api) -> None:
     ],
 )
 async def test_fatal_answers(
-    api: Api,
+    api: ApiConnection,
     status: int,
     payload: dict[str, object],
     headers: dict[str, str] | None,
@@ -139,7 +139,7 @@ async def test_fatal_answers(
     ],
 )
 async def test_look_up_before_sending_again(
-    api: Api, get_status: int, get_payload: dict[str, object], sent: bool
+    api: ApiConnection, get_status: int, get_payload: dict[str, object], sent: bool
 ) -> None:
     """An order an earlier request may have reached is looked up first: only the order shown
     cancelled (or the API's CUSTOMER_ORDER_NOT_FOUND) is settled without a DELETE."""
@@ -154,7 +154,7 @@ async def test_look_up_before_sending_again(
     assert result.outcome.value == ("cancelled" if sent else settled)
 
 
-async def test_a_refused_token_during_the_look_up_stops_the_run(api: Api) -> None:
+async def test_a_refused_token_during_the_look_up_stops_the_run(api: ApiConnection) -> None:
     """A 401 during the look-up before a resend (the static token refused) is a fatal answer
     like any other: the order stays pending, the run stops with exit 3 and one reason, no
     DELETE is sent and nothing raises."""
@@ -170,7 +170,7 @@ async def test_a_refused_token_during_the_look_up_stops_the_run(api: Api) -> Non
     assert "MOUVONE_ACCESS_TOKEN" in (control.reason or "")
 
 
-async def test_the_reads_teach_the_limiter(api: Api) -> None:
+async def test_the_reads_teach_the_limiter(api: ApiConnection) -> None:
     """Every GET the gateway admits is counted for the limiter's learning, and a GET's 429 with
     the gateway's limit sets the pace there (it used to halve the pace, knowing nothing)."""
     with aioresponses() as mocked:

@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.fakes import FakeClock
 from tests.support import Cli, ids, ledger_rows, sim_env, write_ids
 from worker.pipeline.order import OrderState
-from worker.pipeline.shelf import NextOrder, Shelf
+from worker.pipeline.shelf import OrderPicker, RetryShelf
 from worker.simulator import RunningSimulator
 
 
@@ -72,7 +72,7 @@ async def test_a_due_retry_goes_before_the_source_and_a_stop_keeps_what_waits() 
     still waits, with why."""
     clock = FakeClock()
     stopping = [False]
-    orders = NextOrder(Shelf(clock), lambda: stopping[0])
+    orders = OrderPicker(RetryShelf(clock), lambda: stopping[0])
     source = _Source(["CDE0000000001", "CDE0000000002"])
     first = await orders.next(source)
     assert first is not None

@@ -15,7 +15,8 @@ from yarl import URL
 
 from tests.fakes import FakeClock
 from tests.support import MOCKED_API, mocked_api_settings
-from worker.api.connection import Api, connect
+from worker.api.connection import ApiConnection as Api
+from worker.api.connection import connect
 from worker.domain.classifier import OutcomeTable
 from worker.domain.models import Outcome, Result
 from worker.domain.retry import RetryPolicy
@@ -49,7 +50,11 @@ async def api(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Api]:
 
 
 def dispatcher(
-    api: Api, clock: FakeClock, control: RunControl, attempts: int = 3, outage_s: float = 600
+    api: Api,
+    clock: FakeClock,
+    control: RunControl,
+    attempts: int = 3,
+    outage_s: float = 600,
 ) -> Dispatcher:
     """A dispatcher over this connection on the virtual clock, its breaker sized for four
     workers (a window of six orders)."""

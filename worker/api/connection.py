@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass
-class Api:
+class ApiConnection:
     """The connection to MouvONE of one command."""
 
     session: aiohttp.ClientSession
@@ -48,7 +48,7 @@ def connect(
     clock: Clock,
     limiter: RateLimiter | None = None,
     metrics: Metrics | None = None,
-) -> Api:
+) -> ApiConnection:
     """Session, limiter, tokens and client for these settings (call inside the event loop);
     ``limiter`` replaces the process's own (queue mode shares one through Redis)."""
     s = settings
@@ -87,7 +87,7 @@ def connect(
     client = MouvoneClient(
         session, s.api_url, s.api_key.get_secret_value(), s.timeout, proxy=s.proxy
     )
-    return Api(session, limiter, tokens, client, backoff)
+    return ApiConnection(session, limiter, tokens, client, backoff)
 
 
 class RetriesExhaustedError(FatalApiError):
@@ -103,7 +103,7 @@ class StoppingError(Exception):
     """The run is stopping: the read was not sent."""
 
 
-class Channel(Protocol):
+class ApiAccess(Protocol):
     """What a reader sends through: the client, the tokens, the limiter, the backoff."""
 
     client: MouvoneClient
@@ -113,8 +113,8 @@ class Channel(Protocol):
 
 
 @dataclass
-class Parts:
-    """A Channel made of the parts a caller holds (the dispatcher's own)."""
+class AccessParts:
+    """A ApiAccess made of the parts a caller holds (the dispatcher's own)."""
 
     client: MouvoneClient
     tokens: TokenProvider
@@ -130,7 +130,7 @@ class Reader:
 
     def __init__(
         self,
-        api: Channel,
+        api: ApiAccess,
         table: OutcomeTable,
         clock: Clock,
         *,
@@ -151,7 +151,7 @@ class Reader:
         self.requests = 0
 
     @classmethod
-    def for_settings(cls, api: Channel, settings: Settings, clock: Clock) -> Reader:
+    def for_settings(cls, api: ApiAccess, settings: Settings, clock: Clock) -> Reader:
         """A reader with the settings' outcome table and retry limits (`check`, `select`)."""
         return cls(
             api,

@@ -17,14 +17,14 @@ from worker.domain.location import Location
 from worker.ledger import ledger_at, require_ledger
 from worker.runtime import loop as event_loop
 from worker.settings import Settings
-from worker.sources import IdValidator, OrderSource
+from worker.sources import IdValidator, OrderInput
 from worker.sources.csv_file import CsvSource, needs_spooling, spool_stdin
 from worker.sources.ledger_source import LedgerSource
 from worker.sources.plan import PlanSource, Seal
 from worker.sources.plan import load as load_plan
 
 
-def source_from(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> OrderSource:
+def source_from(args: argparse.Namespace, settings: Settings, stack: ExitStack) -> OrderInput:
     validator = IdValidator(settings.id_pattern)
     if args.command == "apply":
         settings.require_target()
@@ -57,7 +57,7 @@ def source_from(args: argparse.Namespace, settings: Settings, stack: ExitStack) 
 
 def _selected(
     args: argparse.Namespace, settings: Settings, stack: ExitStack, validator: IdValidator
-) -> OrderSource:
+) -> OrderInput:
     """`run --select`: the whole selection first, into a private temporary file."""
     from worker.cli.selecting import filters_from, render_selection, select_into  # noqa: PLC0415
 

@@ -21,7 +21,7 @@ from worker.runs.lifecycle import dry_claims
 from worker.runtime.files import replaced
 from worker.runtime.redaction import printable
 from worker.settings import duration_s
-from worker.sources import IdValidator, OrderSource
+from worker.sources import IdValidator, OrderInput
 from worker.sources import plan as plans
 
 
@@ -84,7 +84,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if invalid else 0
 
 
-def _to_send(source: OrderSource, ledger_path: Location) -> tuple[list[str], int, int]:
+def _to_send(source: OrderInput, ledger_path: Location) -> tuple[list[str], int, int]:
     """The valid, distinct IDs not final in the ledger, in input order; (IDs, invalid, final)."""
     seen: set[str] = set()
     order_ids: list[str] = []

@@ -27,14 +27,14 @@ from worker.runs.lifecycle import cap
 from worker.runtime import loop as event_loop
 from worker.settings import Settings, safe_url
 from worker.sinks.ledger_copy import check_ledger
-from worker.sources import OrderSource
+from worker.sources import OrderInput
 
 log = structlog.get_logger(__name__)
 
 # -- enqueue ----------------------------------------------------------------------------------
 
 
-def cmd_enqueue(settings: Settings, source: OrderSource, approved: set[str] | None) -> int:
+def cmd_enqueue(settings: Settings, source: OrderInput, approved: set[str] | None) -> int:
     """`enqueue`: 0 when every ID was valid, 1 when some were rejected."""
 
     async def main() -> tuple[int, int, int]:

@@ -30,7 +30,7 @@ from worker.runs.runner import RECORDED_LIMITS, Runner
 from worker.runtime import loop as event_loop
 from worker.runtime.redaction import printable, redact
 from worker.settings import Settings, given_elsewhere, revalidated
-from worker.sources import OrderSource
+from worker.sources import OrderInput
 
 log = structlog.get_logger(__name__)
 
@@ -128,7 +128,7 @@ def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Setti
     return settings
 
 
-def _confirm(source: OrderSource, settings: Settings, plan: Counts, total: int) -> None:
+def _confirm(source: OrderInput, settings: Settings, plan: Counts, total: int) -> None:
     """Show the plan as a person needs it (target, input, what will be sent and what not, how
     long it takes at --rate) and ask for "yes", on the terminal even when the orders come on
     standard input; nothing to send: nothing to ask. Refuse when nobody can be asked."""

@@ -10,12 +10,12 @@ from worker.cli.filters import FILTER_DESTS
 from worker.domain.models import RunRecord
 from worker.runs.lifecycle import run_record
 from worker.settings import Settings
-from worker.sources import OrderSource
+from worker.sources import OrderInput
 from worker.sources.plan import file_facts
 
 
 def who_from(
-    args: argparse.Namespace, settings: Settings, source: OrderSource, command_line: str
+    args: argparse.Namespace, settings: Settings, source: OrderInput, command_line: str
 ) -> RunRecord:
     """The run's record: operator, host, reason, ticket (`apply`: the plan's, unless a flag
     says), and in ``details`` the command line (secrets masked), the version, the input, the
@@ -25,7 +25,7 @@ def who_from(
     return run_record(settings, command_line, input_facts(args, source), people)
 
 
-def input_facts(args: argparse.Namespace, source: OrderSource) -> dict[str, object]:
+def input_facts(args: argparse.Namespace, source: OrderInput) -> dict[str, object]:
     """What the run read: a file's name, sha256 and line count; a selection's filters; a
     plan's digest; for `retry`, the ledger's unfinished orders."""
     if args.command == "apply":

@@ -10,7 +10,7 @@ import structlog
 
 from worker.api.auth import TokenProvider
 from worker.api.client import MouvoneClient
-from worker.api.connection import Parts, Reader, StoppingError
+from worker.api.connection import AccessParts, Reader, StoppingError
 from worker.api.limiter import RateLimiter
 from worker.domain.answer import Answer
 from worker.domain.classifier import Action, OutcomeTable
@@ -66,9 +66,9 @@ class Dispatcher:
         self.on_attempt: Callable[[OrderState, str, int, Answer], None] | None = None
         # when it says so, an order waits for its backoff on the pool's shelf (a timer) instead
         # of in its worker: ``process`` returns None with ``state.due_in`` set
-        self.later: Callable[[], bool] | None = None
+        self.may_shelve: Callable[[], bool] | None = None
         self._reader = Reader(
-            Parts(client, tokens, limiter, policy.backoff),
+            AccessParts(client, tokens, limiter, policy.backoff),
             table,
             clock,
             max_attempts=policy.max_attempts,
@@ -84,7 +84,7 @@ class Dispatcher:
 
     async def process(self, state: OrderState) -> Result | None:
         """Take one order to an outcome; `pending` when the run stops first; None when it is to
-        wait ``state.due_in`` seconds for its next attempt on the pool's shelf (``later``), to
+        wait ``state.due_in`` seconds for its next attempt on the pool's shelf (``may_shelve``), to
         be processed again then. Never raises.
 
         Until one answer has shown that the credentials are accepted, orders go one at a time
@@ -179,7 +179,7 @@ class Dispatcher:
             state.refresh_generation = self._tokens.generation
             return None
         delay = decision.delay_s
-        if self.later is not None and delay > 0 and not state.probing and self.later():
+        if self.may_shelve is not None and delay > 0 and not state.probing and self.may_shelve():
             if self._control.stopping:
                 return state.pending()
             self._metrics.waited("backoff", delay)

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from worker.api.connection import Api, connect
+from worker.api.connection import ApiConnection, connect
 from worker.api.limiter import RateLimiter
 from worker.domain.classifier import OutcomeTable
 from worker.domain.models import SUCCESS, Outcome, Result, RunSummary
@@ -32,8 +32,8 @@ from worker.pipeline.dispatcher import Dispatcher
 from worker.pipeline.order import OrderState
 from worker.pipeline.ports import Sink, Source
 from worker.pipeline.progress import ProgressReporter
-from worker.pipeline.shelf import NextOrder, Shelf
-from worker.pipeline.steering import Channel, Steering
+from worker.pipeline.shelf import OrderPicker, RetryShelf
+from worker.pipeline.steering import ControlChannel, Steering
 from worker.runtime.clock import Clock, now_iso
 from worker.runtime.metrics import Metrics
 from worker.settings import Settings
@@ -61,7 +61,7 @@ class Pool:
     def __init__(
         self,
         settings: Settings,
-        api: Api,
+        api: ApiConnection,
         table: OutcomeTable,
         control: RunControl,
         clock: Clock,
@@ -94,7 +94,7 @@ class Pool:
             metrics=metrics,
             required=s.required_statuses,
         )
-        self.orders = NextOrder(Shelf(clock), lambda: control.stopping)
+        self.orders = OrderPicker(RetryShelf(clock), lambda: control.stopping)
         self._after_canary: list[OrderState] = []  # tried by an earlier run: after the canary
 
     async def run(
@@ -102,14 +102,16 @@ class Pool:
         source: Source,
         sink: Sink,
         progress: ProgressReporter,
-        channel: Channel | None = None,
+        channel: ControlChannel | None = None,
     ) -> None:
         """Work until the source runs dry or the run stops; the source's keepers (keeping what
         it holds its own) run until the requests in flight are drained; ``channel`` steers the
         run (`cancel-orders control`)."""
         control = self.control
         self.dispatcher.on_attempt = sink.attempt
-        self.dispatcher.later = lambda: self.canary.passed  # a canary order waits in its worker
+        self.dispatcher.may_shelve = lambda: (
+            self.canary.passed
+        )  # a canary order waits in its worker
         steering = None
         if channel is not None:
             status = partial(self._status, progress)
@@ -169,8 +171,8 @@ class Pool:
         the next order, or the canary's verdict let the orders that waited for it go); None:
         the worker ends."""
         orders = self.orders
-        if state is None and orders.quiet:
-            orders.dried()
+        if state is None and orders.straight_from_source:
+            orders.source_ran_dry()
             state = await orders.next(source)
         control = self.control
         if canary and state is not None and state.verify and not control.stopping:
@@ -238,7 +240,7 @@ class Pool:
             canary = not self.canary.passed and await self.canary.admit()
             orders = self.orders
             # nothing waits for a retry: straight from the source (one coroutine less)
-            state = await (source.take() if orders.quiet else orders.next(source))
+            state = await (source.take() if orders.straight_from_source else orders.next(source))
             if state is None or canary or control.stopping:  # the rare paths, apart
                 taken = await self._rarely(state, source, canary)
                 if taken is None:
@@ -294,7 +296,7 @@ async def send_through_pool(
     *,
     limiter: RateLimiter | None = None,
     ask: Callable[[list[Result]], bool] | None = None,
-    channel: Channel | None = None,
+    channel: ControlChannel | None = None,
 ) -> PoolStats:
     """Connect to the API, run a pool between ``source`` and ``sink`` until the source is dry
     or the run stops, close the connection: the one place a pool is built, for every command

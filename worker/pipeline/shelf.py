@@ -23,7 +23,7 @@ def _nothing() -> None:
     """Nobody is told."""
 
 
-class Shelf:
+class RetryShelf:
     """Orders waiting for their retry (each a timer on the run's clock) and orders whose time
     has come."""
 
@@ -83,30 +83,30 @@ class Shelf:
         self.on_change()
 
 
-class NextOrder:
+class OrderPicker:
     """Where a worker finds its next order: one whose retry is due first, else the source's.
 
     While orders wait on the shelf, the source is watched alongside it (one take shared by the
     workers, never cancelled), so that a due retry never waits for the source; with nothing on
     the shelf, a worker simply waits for the source."""
 
-    def __init__(self, shelf: Shelf, stopping: Callable[[], bool]) -> None:
+    def __init__(self, shelf: RetryShelf, stopping: Callable[[], bool]) -> None:
         self.shelf = shelf
         self._stopping = stopping
         self._taking: asyncio.Future[OrderState | None] | None = None
         self._dry = False  # the source has no more orders
         # nothing on the shelf, no take shared, the source not dry: a worker takes straight
         # from the source (an attribute: it is read for every order)
-        self.quiet = True
+        self.straight_from_source = True
         shelf.on_change = self._look
 
-    def dried(self) -> None:
+    def source_ran_dry(self) -> None:
         """The source said it has no more orders."""
         self._dry = True
-        self.quiet = False
+        self.straight_from_source = False
 
     def _look(self) -> None:
-        self.quiet = not self._dry and self._taking is None and not len(self.shelf)
+        self.straight_from_source = not self._dry and self._taking is None and not len(self.shelf)
 
     async def next(self, source: Source) -> OrderState | None:
         """The next order; None when the source is dry and nothing waits on the shelf (or
@@ -124,12 +124,12 @@ class NextOrder:
             if not shelf.waiting and self._taking is None:
                 state = await source.take()  # the common case: nothing on the shelf
                 if state is None:
-                    self.dried()
+                    self.source_ran_dry()
                     continue
                 return state
             if self._taking is None:
                 self._taking = asyncio.ensure_future(source.take())
-                self.quiet = False
+                self.straight_from_source = False
             taking = self._taking
             woken = asyncio.ensure_future(shelf.changed())
             either: set[asyncio.Future[Any]] = {taking, woken}
@@ -140,7 +140,7 @@ class NextOrder:
                 self._look()
                 state = taking.result()
                 if state is None:
-                    self.dried()
+                    self.source_ran_dry()
                     continue
                 return state
         return None

@@ -24,7 +24,7 @@ POLL_S = 0.5  # a command takes effect within this (and the requests in flight)
 ACTIONS = ("pause", "resume", "stop", "rate", "status")
 
 
-class Channel(Protocol):
+class ControlChannel(Protocol):
     """Where a run hears `control` and tells its status."""
 
     async def commands(self) -> dict[str, str]:
@@ -40,7 +40,7 @@ class Steering:
 
     def __init__(
         self,
-        channel: Channel,
+        channel: ControlChannel,
         limiter: RateLimiter,
         control: RunControl,
         status: Callable[[], dict[str, Any]],

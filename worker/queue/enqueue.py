@@ -13,7 +13,7 @@ from worker.domain.errors import StoppedByLimitError
 from worker.queue import streams as streams_module
 from worker.queue.streams import Streams, patiently
 from worker.settings import safe_url
-from worker.sources import OrderSource
+from worker.sources import OrderInput
 
 log = structlog.get_logger(__name__)
 
@@ -25,7 +25,7 @@ READ_CHUNK = 1000
 
 
 async def enqueue(
-    streams: Streams, source: OrderSource, approved: set[str] | None = None
+    streams: Streams, source: OrderInput, approved: set[str] | None = None
 ) -> tuple[int, int, int]:
     """Append each valid ID once (field ``order_id``); (enqueued, invalid, duplicates). With
     ``approved`` (the IDs the confirmation or --max-orders counted), an ID not among them (the

@@ -19,14 +19,14 @@ from worker.reports.report import write_report
 from worker.runtime import loop as event_loop
 from worker.runtime.clock import SystemClock
 from worker.settings import Settings
-from worker.sources import OrderSource
+from worker.sources import OrderInput
 
 log = structlog.get_logger(__name__)
 
 BATCH = 500
 
 
-async def check_into(settings: Settings, source: OrderSource, ledger: Ledger) -> None:
+async def check_into(settings: Settings, source: OrderInput, ledger: Ledger) -> None:
     """Predict every order of the input into ``ledger`` (a scratch ledger)."""
     clock = SystemClock()
     api = connect(settings, clock)
@@ -56,7 +56,7 @@ async def check_into(settings: Settings, source: OrderSource, ledger: Ledger) ->
 
 
 def run_check(
-    settings: Settings, source: OrderSource, out: TextIO, fmt: str, outcome: str | None
+    settings: Settings, source: OrderInput, out: TextIO, fmt: str, outcome: str | None
 ) -> int:
     """Predict, print the report; 0 when every order would end cancelled or already
     cancelled, else 1."""
@@ -73,7 +73,7 @@ def run_check(
     return 0 if failing == 0 else 1
 
 
-def predictions(settings: Settings, source: OrderSource) -> dict[str, str]:
+def predictions(settings: Settings, source: OrderInput) -> dict[str, str]:
     """Each order's predicted outcome (for `plan --check`)."""
     with tempfile.TemporaryDirectory(prefix="cancel-orders-check-") as folder:
         ledger = SqliteLedger(Path(folder) / "preflight.sqlite")

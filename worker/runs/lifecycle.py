@@ -29,7 +29,7 @@ from worker.runs.runner import Runner
 from worker.runtime.metrics import Metrics
 from worker.runtime.redaction import redact
 from worker.settings import Settings
-from worker.sources import IdValidator, OrderSource
+from worker.sources import IdValidator, OrderInput
 from worker.sources.plan import PlanSource, os_user
 
 log = structlog.get_logger(__name__)
@@ -49,7 +49,7 @@ class Counts:
     duplicates: int = 0
 
 
-def dry_claims(source: OrderSource, ledger_path: Location, *, force: bool) -> Iterator[Plan]:
+def dry_claims(source: OrderInput, ledger_path: Location, *, force: bool) -> Iterator[Plan]:
     """The input's orders batch by batch as a run would claim them, without writing anything
     (a dry claim: duplicates across batches are told apart)."""
     with ExitStack() as stack:
@@ -59,7 +59,7 @@ def dry_claims(source: OrderSource, ledger_path: Location, *, force: bool) -> It
             yield ledger.claim(batch, run_id, force=force, dry=True)
 
 
-def count_to_send(source: OrderSource, ledger_path: Location, *, force: bool) -> Counts:
+def count_to_send(source: OrderInput, ledger_path: Location, *, force: bool) -> Counts:
     """What a run would do with its input, counted before anything is sent."""
     counts = Counts()
     for plan in dry_claims(source, ledger_path, force=force):
@@ -203,7 +203,7 @@ async def cancel_orders(
 
 async def _run(
     settings: Settings,
-    source: OrderSource,
+    source: OrderInput,
     who: RunRecord,
     *,
     force: bool,

@@ -34,7 +34,7 @@ from worker.runtime.loop import settle_gc
 from worker.runtime.metrics import Metrics
 from worker.settings import Settings
 from worker.sinks.ledger import LedgerChannel, LedgerSink, LedgerThread
-from worker.sources import OrderSource
+from worker.sources import OrderInput
 from worker.sources.claimed import ClaimedInput
 
 log = structlog.get_logger(__name__)
@@ -49,7 +49,7 @@ class Runner:
     def __init__(
         self,
         settings: Settings,
-        source: OrderSource,
+        source: OrderInput,
         ledger: Ledger,
         options: RunOptions,
         *,

@@ -1,4 +1,10 @@
-"""Where order IDs come from. Every source yields batches of (order ID, invalid result or None)."""
+"""Where orders come from.
+
+The pool takes its orders from a ``worker.pipeline.ports.Source``: the input claimed in the
+ledger (``claimed``) or a Redis stream's entries (``stream_entries``). The input claimed is an
+``OrderInput``: a CSV file or standard input (``csv_file``), an API selection
+(``selection``), a plan (``plan``), a ledger's retryable orders (``ledger_source``); each
+yields batches of (order ID, invalid result or None)."""
 
 from __future__ import annotations
 
@@ -13,8 +19,8 @@ MAX_STORED_ID = 100  # longer invalid IDs are stored shortened
 Batch = list[tuple[str, Result | None]]
 
 
-class OrderSource(Protocol):
-    """A stream of order IDs, read in batches so memory does not grow with the input."""
+class OrderInput(Protocol):
+    """Order IDs read in batches, so memory does not grow with the input."""
 
     name: str
 

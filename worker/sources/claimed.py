@@ -24,8 +24,8 @@ from worker.pipeline.order import OrderState
 from worker.pipeline.pool import check_failure_rate
 from worker.settings import Settings
 from worker.sinks.ledger import LedgerSink, LedgerThread
-from worker.sources import Batch, OrderSource
-from worker.sources.lease import Held, keep_lease
+from worker.sources import Batch, OrderInput
+from worker.sources.lease import HeldByOthers, keep_lease
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +38,7 @@ class ClaimedInput:
     def __init__(
         self,
         settings: Settings,
-        source: OrderSource,
+        source: OrderInput,
         ledger: LedgerThread,
         run_id: str,
         options: RunOptions,
@@ -57,7 +57,7 @@ class ClaimedInput:
         self._uncertain: set[str] = set()  # queued orders an earlier run may have sent
         self._claimed = 0  # orders claimed to be sent (held to options.approved)
         self._feed = Feed(low=settings.concurrency)
-        self._held = Held(settings, shared=ledger.ledger.lease_every_s is not None)
+        self._held = HeldByOthers(settings, shared=ledger.ledger.lease_every_s is not None)
 
     # -- the pool's source --------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ async def keep_lease(ledger: LedgerThread, run_id: str, feed: Feed) -> None:
         await asyncio.sleep(every_s)
 
 
-class Held:
+class HeldByOthers:
     """Orders of the input that another live run holds."""
 
     def __init__(self, settings: Settings, *, shared: bool) -> None:
