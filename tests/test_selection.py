@@ -264,3 +264,21 @@ def test_the_filter_flags_are_declared_once() -> None:
     before = {a.dest for a in parser._actions}
     add_filter_arguments(parser)
     assert {a.dest for a in parser._actions} - before == set(FILTER_DESTS)
+
+
+async def test_check_is_a_run_with_the_runs_brakes(cli: Cli, make_sim: Any, tmp_path: Path) -> None:
+    """`check` runs the same lifecycle as `run`: a stop file ends it as it ends a run (exit 4,
+    the reason said), before it has looked at every order; nothing is cancelled or recorded."""
+    running = await make_sim(orders=200, seed=3)
+    seeded = sorted(running.sim.book.orders)
+    src = write_ids(tmp_path / "o.csv", seeded)
+    ledger = tmp_path / "l.sqlite"
+    stop = tmp_path / "stop"
+    stop.touch()
+    env = sim_env(running, ledger, MOUVONE_RATE="20")
+    checked = await cli.run("check", str(src), "--stop-file", str(stop), env=env)
+    assert checked.code == 4, checked.stderr
+    assert f"the stop file {stop} exists" in checked.stderr
+    assert sum(running.sim.stats.gets.values()) < len(seeded)
+    assert sum(running.sim.stats.deletes.values()) == 0
+    assert not ledger.exists()

@@ -3,7 +3,7 @@ provider and the client; and reads (GET), decided as the cancellations are."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,7 +16,7 @@ from worker.api.client import MouvoneClient, new_session
 from worker.api.limiter import RateLimiter
 from worker.domain.answer import Answer
 from worker.domain.classifier import Action, OutcomeTable
-from worker.domain.decision import Situation, Step, decide
+from worker.domain.decision import Decision, Situation, Step, decide
 from worker.domain.errors import FatalApiError
 from worker.domain.models import Outcome
 from worker.domain.retry import Backoff
@@ -88,6 +88,37 @@ def connect(
         session, s.api_url, s.api_key.get_secret_value(), s.timeout, proxy=s.proxy
     )
     return ApiConnection(session, limiter, tokens, client, backoff)
+
+
+async def slot_and_token(
+    limiter: RateLimiter,
+    tokens: TokenProvider,
+    stopping: Callable[[], bool],
+    still_mine: Callable[[], Awaitable[bool]] | None = None,
+) -> tuple[float, str] | None:
+    """Wait for the limiter's next slot and a token to send in it: (the slot, the token); None
+    when the run stops meanwhile, or ``still_mine`` says the order is another's. The token is
+    taken after the wait, right before sending, so that a long wait never sends a token that
+    expired meanwhile; a refresh's wait, or a slot reached late (a frozen process), makes the
+    slot stale, and another is taken."""
+    while True:
+        due = await limiter.acquire()
+        if stopping() or (still_mine is not None and not await still_mine()):
+            return None
+        token = tokens.ready()
+        if token is None:
+            await tokens.get()
+        elif not limiter.late(due):
+            return due, token
+
+
+def obey(limiter: RateLimiter, decision: Decision, slot: float, hint_per_s: float | None) -> None:
+    """What a decision asks of the limiter: a slower pace (``hint_per_s``: the gateway's own
+    limit, when it said it), a pause for everyone."""
+    if decision.slow_down:
+        limiter.slow_down(slot, hint_per_s)
+    if decision.pause_s is not None:
+        limiter.pause(decision.pause_s)
 
 
 class RetriesExhaustedError(FatalApiError):
@@ -191,10 +222,7 @@ class Reader:
             )
             decision = decide(verdict, answer, situation, api.backoff, what)
             failures += decision.counted
-            if decision.slow_down:
-                api.limiter.slow_down(slot, answer.limit_per_s)
-            if decision.pause_s is not None:
-                api.limiter.pause(decision.pause_s)
+            obey(api.limiter, decision, slot, answer.limit_per_s)
             if decision.step is Step.RECORD:
                 if decision.outcome is Outcome.RETRYABLE_FAILED:
                     raise RetriesExhaustedError(url, answer)
@@ -213,15 +241,10 @@ class Reader:
         """One GET when the limiter admits it: (token, its generation, answer, body, the
         limiter slot it went in)."""
         api = self._api
-        while True:
-            due = await api.limiter.acquire()
-            if self._stopping is not None and self._stopping():
-                raise StoppingError(what)
-            token = api.tokens.ready()  # after the wait: never a token that expired meanwhile
-            if token is None:  # a refresh: its wait makes the slot stale, so take another
-                await api.tokens.get()
-            elif not api.limiter.late(due):
-                break
+        taken = await slot_and_token(api.limiter, api.tokens, self._stopping or _never)
+        if taken is None:
+            raise StoppingError(what)
+        due, token = taken
         generation = api.tokens.generation
         self.requests += 1
         if self._on_request is not None:
@@ -232,3 +255,7 @@ class Reader:
         if self._metrics is not None:
             self._metrics.answered(answer)
         return token, generation, answer, body, due
+
+
+def _never() -> bool:
+    return False

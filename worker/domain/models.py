@@ -128,6 +128,7 @@ class RunOptions:
     plan: str = ""  # `apply`: the digest of the plan it sends
     who: RunRecord | None = None  # who started it and why, recorded with the run
     approved: int | None = None  # orders the confirmation or --max-orders counted: no more
+    predict: bool = False  # `check`: each order's GET says what its DELETE would answer
 
 
 @dataclass

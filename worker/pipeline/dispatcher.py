@@ -10,13 +10,21 @@ import structlog
 
 from worker.api.auth import TokenProvider
 from worker.api.client import MouvoneClient
-from worker.api.connection import AccessParts, Reader, StoppingError
+from worker.api.connection import (
+    AccessParts,
+    Reader,
+    RetriesExhaustedError,
+    StoppingError,
+    obey,
+    slot_and_token,
+)
 from worker.api.limiter import RateLimiter
 from worker.domain.answer import Answer
-from worker.domain.classifier import Action, OutcomeTable
+from worker.domain.classifier import Action, OutcomeTable, error_code_for
 from worker.domain.decision import Decision, Situation, Step, decide, retry_reason
 from worker.domain.errors import ApiConfigError, FatalApiError
 from worker.domain.models import Outcome, Result
+from worker.domain.prediction import predict
 from worker.domain.retry import RetryPolicy
 from worker.pipeline.breaker import CircuitBreaker
 from worker.pipeline.control import RunControl
@@ -26,6 +34,9 @@ from worker.runtime.clock import Clock
 from worker.runtime.metrics import Metrics
 
 log = structlog.get_logger(__name__)
+
+# why an order was not sent when its slot came: the run stopping, or it was found another's
+NOT_SENT = {False: "not sent: the run was stopping", True: "not sent: another consumer has it"}
 
 
 class Dispatcher:
@@ -49,6 +60,7 @@ class Dispatcher:
         still_mine: Callable[[OrderState], Awaitable[bool]] | None = None,
         metrics: Metrics | None = None,
         required: frozenset[str] | None = None,
+        predict: bool = False,
     ) -> None:
         self._client = client
         self._tokens = tokens
@@ -61,6 +73,7 @@ class Dispatcher:
         self._breaker = breaker
         self._still_mine = still_mine  # checked after the limiter, right before sending
         self._required = required  # --require-status: the statuses (lower case) it may be sent in
+        self._predict = predict  # `check`: a GET predicts each order's outcome; no DELETE
         self._metrics = metrics or Metrics()
         # every answered request (order, method, its number, answer): the sink's attempt log
         self.on_attempt: Callable[[OrderState, str, int, Answer], None] | None = None
@@ -95,6 +108,8 @@ class Dispatcher:
         if not self._credentials_accepted.is_set():
             await self._enter_probe(state)
         try:
+            if self._predict:
+                return await self._predicted(state)
             if (state.verify or self._required is not None) and not state.resumed:
                 settled = await self._look_up(state)
                 if settled is not None:
@@ -103,11 +118,7 @@ class Dispatcher:
                 try:
                     sent = await self._attempt(state)
                     if sent is None:
-                        if state.lost:
-                            return state.result(
-                                Outcome.PENDING, "not sent: another consumer has it"
-                            )
-                        return state.result(Outcome.PENDING, "not sent: the run was stopping")
+                        return state.result(Outcome.PENDING, NOT_SENT[state.lost])
                     done = await self._handle(state, *sent)
                 except FatalApiError as exc:
                     return self._stop(state, str(exc), exc.exit_code)
@@ -162,11 +173,9 @@ class Dispatcher:
     async def _carry_out(self, state: OrderState, decision: Decision) -> Result | None:
         if decision.counted:
             state.failures += 1
-        if decision.slow_down:
-            last = state.last
-            self._limiter.slow_down(state.slot, last.limit_per_s if last is not None else None)
+        last = state.last
+        obey(self._limiter, decision, state.slot, last.limit_per_s if last is not None else None)
         if decision.pause_s is not None:
-            self._limiter.pause(decision.pause_s)
             self._metrics.waited("retry_after", decision.pause_s)
         step = decision.step
         if step is Step.RECORD:
@@ -201,10 +210,8 @@ class Dispatcher:
 
     async def _attempt(self, state: OrderState) -> tuple[Answer, int] | None:
         """Send one DELETE when the breaker and the limiter admit it; None if the run stops
-        before that. The token is taken after the limiter's wait, right before sending, so that
-        a long wait never sends a token that expired meanwhile. (The send is inline, not a
-        method of its own: every coroutine frame is resumed again at each suspension of the
-        request.)"""
+        before that, or the order is found another's. (The send is inline, not a method of its
+        own: every coroutine frame is resumed again at each suspension of the request.)"""
         breaker = self._breaker
         admitted = await breaker.admit() if breaker.is_open else None
         if admitted is False:
@@ -217,19 +224,11 @@ class Dispatcher:
         answer: Answer | None = None
         try:
             tokens = self._tokens
-            limiter = self._limiter
-            while True:
-                due = await limiter.acquire()
-                if self._control.stopping:
-                    return None
-                if self._still_mine is not None and not await self._still_mine(state):
-                    state.lost = True
-                    return None
-                token = tokens.ready()
-                if token is None:  # a refresh: its wait makes the slot stale, so take another
-                    await tokens.get()
-                elif not limiter.late(due):  # a slot reached late (a frozen process) is retaken
-                    break
+            mine = None if self._still_mine is None else partial(self._mine, state)
+            taken = await slot_and_token(self._limiter, tokens, self._stopped, mine)
+            if taken is None:
+                return None
+            due, token = taken
             state.token = token
             state.slot = due
             generation = tokens.generation
@@ -247,6 +246,15 @@ class Dispatcher:
                 breaker.release_probe()
         self._noted(state, answer, probe)
         return answer, generation
+
+    def _stopped(self) -> bool:
+        return self._control.stopping
+
+    async def _mine(self, state: OrderState) -> bool:
+        """Still this run's, right before its DELETE (its source's check); lost when not."""
+        assert self._still_mine is not None
+        state.lost = not await self._still_mine(state)
+        return not state.lost
 
     def _noted(self, state: OrderState, answer: Answer, probe: bool) -> None:
         """What one answer tells the run: metrics, the breaker, credentials accepted."""
@@ -285,6 +293,22 @@ class Dispatcher:
         if settled is not None:
             log.info("order_settled_by_get", order_id=state.order_id, outcome=settled.outcome.value)
         return settled
+
+    async def _predicted(self, state: OrderState) -> Result:
+        """`check`: what the DELETE would answer, from what a GET answers (nothing is sent
+        that changes an order)."""
+        url = self._client.order_url(state.order_id)
+        try:
+            answer, body = await self._reader.get(url, partial(self._looked_up, state))
+        except RetriesExhaustedError as exc:
+            last = exc.answer
+            code = error_code_for(last.status, last.code, last.failure)
+            return Result(state.order_id, Outcome.RETRYABLE_FAILED, last.status, code, str(exc))
+        except StoppingError:
+            return state.pending()
+        except FatalApiError as exc:
+            return self._stop(state, str(exc), exc.exit_code)
+        return predict(state.order_id, answer, body, self._table)
 
     def _looked_up(self, state: OrderState, answer: Answer) -> None:
         """A GET before the DELETE was answered: the attempt log has it too, and an answer

@@ -70,6 +70,7 @@ class Pool:
         *,
         still_mine: Callable[[OrderState], Awaitable[bool]] | None = None,
         ask: Callable[[list[Result]], bool] | None = None,
+        predict: bool = False,
     ) -> None:
         self._settings = s = settings
         self.control = control
@@ -93,6 +94,7 @@ class Pool:
             still_mine=still_mine,
             metrics=metrics,
             required=s.required_statuses,
+            predict=predict,
         )
         self.orders = OrderPicker(RetryShelf(clock), lambda: control.stopping)
         self._after_canary: list[OrderState] = []  # tried by an earlier run: after the canary
@@ -297,10 +299,12 @@ async def send_through_pool(
     limiter: RateLimiter | None = None,
     ask: Callable[[list[Result]], bool] | None = None,
     channel: ControlChannel | None = None,
+    predict: bool = False,
 ) -> PoolStats:
     """Connect to the API, run a pool between ``source`` and ``sink`` until the source is dry
     or the run stops, close the connection: the one place a pool is built, for every command
-    that sends (``limiter``: a group's shared one)."""
+    that sends or predicts (``limiter``: a group's shared one; ``predict``: `check`, a GET
+    for each order and no DELETE)."""
     api = connect(settings, run.clock, limiter, run.metrics)
     try:
         pool = Pool(
@@ -313,6 +317,7 @@ async def send_through_pool(
             run.summary,
             still_mine=source.ownership(),
             ask=ask,
+            predict=predict,
         )
         await pool.run(source, sink, progress, channel)
     finally:

@@ -40,7 +40,8 @@ from worker.sources.claimed import ClaimedInput
 log = structlog.get_logger(__name__)
 
 RECORDED_LIMITS = ("rate", "concurrency", "max_attempts", "timeout", "max_wait")  # retry reuses
-FIRST_INVALID = 5  # where the first invalid IDs are, for the dry run's summary
+RUN_EVENTS = ("run_started", "run_summary")
+NO_LEDGER = "none (a check records nothing)"
 
 
 class Runner:
@@ -71,7 +72,11 @@ class Runner:
         self.run_id = new_run_id()
         self.summary = RunSummary()
         writer = None if options.dry_run else self._ledger
-        self._sink = LedgerSink(writer, self.run_id, self.summary, self.metrics)
+        self._sink = LedgerSink(
+            writer, self.run_id, self.summary, self.metrics, logged=not options.predict
+        )
+        # a check's events are named so: its outcomes are predictions, nothing was cancelled
+        self._events = ("check_started", "check_summary") if options.predict else RUN_EVENTS
         self._input = ClaimedInput(
             settings, source, self._ledger, self.run_id, options, self.control, self._sink
         )
@@ -103,7 +108,7 @@ class Runner:
                 self._options.who,
             )
         log.info(
-            "run_started",
+            self._events[0],
             run_id=self.run_id,
             command=self._options.command,
             target=self._settings.target_label if self._settings.base_url else None,
@@ -131,7 +136,7 @@ class Runner:
             except LedgerError as exc:  # the orders' rows are what matters; say it and go on
                 log.error("run_summary_not_recorded", error=str(exc))  # noqa: TRY400 - expected
         self._ledger.close()
-        log.info("run_summary", **report.as_dict())
+        log.info(self._events[1], **report.as_dict())
         flush_logs()
         return report
 
@@ -142,7 +147,7 @@ class Runner:
             channel = LedgerChannel(self._ledger, self.run_id)
             self._stats = await send_through_pool(
                 self._settings, self._input, self._sink, self._progress, parts, ask=self._ask,
-                channel=channel,
+                channel=channel, predict=self._options.predict,
             )  # fmt: skip
         finally:
             flusher.cancel()
@@ -195,7 +200,7 @@ class Runner:
             self._options.dry_run,
             self.control.reason,
             dict(self._input.skipped),
-            str(self._settings.ledger),
+            NO_LEDGER if self._options.predict else str(self._settings.ledger),
             not_read=max(0, total - self.summary.read) if total is not None else 0,
             layout=dict(getattr(self._source, "layout", {})),
             limits={key: getattr(self._settings, key) for key in RECORDED_LIMITS},

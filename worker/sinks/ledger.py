@@ -86,9 +86,11 @@ class LedgerSink:
         metrics: Metrics | None = None,
         *,
         counted: bool = True,
+        logged: bool = True,
     ) -> None:
         self._ledger = ledger  # None in a dry run: nothing is written
         self._counted = counted  # False: a copy of results counted and logged elsewhere
+        self._logged = logged  # False: predictions (`check`), which its report shows
         self._metrics = metrics or Metrics()
         self._run_id = run_id
         self.summary = summary
@@ -114,7 +116,8 @@ class LedgerSink:
             return
         self.summary.add(result)
         self._metrics.finished(result)
-        info_event("order", result.log_fields())
+        if self._logged:
+            info_event("order", result.log_fields())
 
     def attempt(self, state: _Order, method: str, number: int, answer: Answer) -> None:
         """Buffer one answered request for the attempt log: written in the same transaction
