@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from worker import __version__
-from worker.cli.common import Parser, add_report_format, harden, say
+from worker.cli.common import Parser, add_no_progress, add_report_format, harden, say
 from worker.cli.filters import add_filter_arguments
 from worker.cli.flags import (
     CONSUME_GROUPS,
@@ -75,7 +75,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--yes", action="store_true", help="send without asking (needed when not on a terminal)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(parser)
     add_settings(parser, RUN_SETTINGS)
 
 
@@ -116,7 +116,7 @@ def _add_plan_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     plan.add_argument(
         "--expires-in", metavar="DURATION", default="24h", help="how long it may be applied (24h)"
     )
-    plan.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_no_progress(plan)
     add_filter_arguments(plan)
     add_settings(plan, RUN_SETTINGS)
 
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument(
         "--output", metavar="FILE", default="-", help="where to write the IDs (- for stdout)"
     )
-    select.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_no_progress(select)
     add_filter_arguments(select)
     add_settings(select, RUN_SETTINGS)
 

@@ -96,6 +96,11 @@ def say(stream: TextIO, text: str) -> None:
         silence(stream)
 
 
+def add_no_progress(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``, for every command that shows progress on a terminal."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
+
+
 def add_report_format(parser: argparse.ArgumentParser, *, html: bool = False) -> None:
     formats = ("table", "json", "csv", "html") if html else ("table", "json", "csv")
     parser.add_argument("--format", choices=formats, default="table")

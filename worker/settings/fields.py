@@ -15,6 +15,12 @@ ENV_PREFIX = "MOUVONE_"
 INTEGRATION_BASE_URL = "https://soget-api-integration.azure-api.net/customer-orders/v1"
 DEFAULT_NAMESPACE = "cancel-orders"
 
+# The units of the settings, in their types: a duration is in seconds, a rate in requests a
+# second (every field and parameter of the code that carries one is named with ``_s`` or
+# ``_per_s``, or typed so).
+Seconds = float
+PerSecond = float
+
 
 def _f(group: str, metavar: str, help_text: str, default: Any = None, **kwargs: Any) -> Any:
     """A setting's field: its group and metavar for the command line, its help text as the
@@ -77,8 +83,10 @@ class SettingsFields(BaseSettings):
         default=...,
         union_mode="left_to_right",
     )
-    rate: float = _f("rate", "R", "requests per second, all requests together", gt=0, default=...)
-    max_rate: float | None = _f(
+    rate: PerSecond = _f(
+        "rate", "R", "requests per second, all requests together", gt=0, default=...
+    )
+    max_rate: PerSecond | None = _f(
         "rate",
         "R",
         "the highest rate `control rate` may set for this run (unset: --rate)",
@@ -89,8 +97,8 @@ class SettingsFields(BaseSettings):
     max_attempts: int = _f(
         "retry", "N", "attempts per order, the first included", ge=1, le=100, default=...
     )
-    timeout: float = _f("network", "S", "seconds per request", gt=0, default=...)
-    max_wait: float = _f(
+    timeout: Seconds = _f("network", "S", "seconds per request", gt=0, default=...)
+    max_wait: Seconds = _f(
         "retry", "S", "longest Retry-After pause before stopping", ge=0, default=...
     )
     id_pattern: str = _f("input", "REGEX", "valid order ID", default=...)
@@ -103,16 +111,16 @@ class SettingsFields(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = _f(
         "logs", "LEVEL", "debug, info, warning, error", default=...
     )
-    backoff_base: float = _f("retry", "S", "first retry delay ceiling", gt=0, default=...)
-    backoff_cap: float = _f("retry", "S", "longest retry delay", gt=0, default=...)
-    grace: float = _f(
+    backoff_base: Seconds = _f("retry", "S", "first retry delay ceiling", gt=0, default=...)
+    backoff_cap: Seconds = _f("retry", "S", "longest retry delay", gt=0, default=...)
+    grace: Seconds = _f(
         "stops", "S", "seconds in-flight requests get after a signal", ge=0, default=...
     )
-    progress_interval: float = _f(
+    progress_interval: Seconds = _f(
         "progress", "S", "seconds between progress events off a terminal", gt=0, default=...
     )
     outcome_table: Path | None = _f("retry", "FILE", "outcome table replacing the shipped one")
-    outage_timeout: float = _f(
+    outage_timeout: Seconds = _f(
         "retry",
         "S",
         "longest API outage before the run stops, orders left pending",
@@ -180,7 +188,7 @@ class SettingsFields(BaseSettings):
     dead_letter_stream: str | None = _f(
         "queue", "NAME", "dead-letter stream (derived from the stream's name: X:requests -> X:dead)"
     )
-    claim_idle: float = _f(
+    claim_idle: Seconds = _f(
         "lease",
         "S",
         "seconds without a renewal before a run's lease on a shared (PostgreSQL) ledger lapses, "
