@@ -210,8 +210,8 @@ class Dispatcher:
 
     async def _attempt(self, state: OrderState) -> tuple[Answer, int] | None:
         """Send one DELETE when the breaker and the limiter admit it; None if the run stops
-        before that, or the order is found another's. (The send is inline, not a method of its
-        own: every coroutine frame is resumed again at each suspension of the request.)"""
+        before that, or the order is found another's. (The send is inline: docs/development.md,
+        "The hot path".)"""
         breaker = self._breaker
         admitted = await breaker.admit() if breaker.is_open else None
         if admitted is False:

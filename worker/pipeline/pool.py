@@ -233,15 +233,13 @@ class Pool:
         control = self.control
         while not control.stopping:
             lane.state = None
-            # Let the other workers answered in this turn of the event loop record their
-            # results first: the next requests then leave together, and the other end wakes
-            # once for the lot instead of once for each (at zero latency on loopback, a wake-up
-            # for every request cost about 6 microseconds of kernel time per request).
+            # the other workers answered in this turn go first: the next requests leave together
+            # (docs/development.md, "The hot path")
             await asyncio.sleep(0)
             # the first N go alone, the others wait for their verdict (no call once it passed)
             canary = not self.canary.passed and await self.canary.admit()
             orders = self.orders
-            # nothing waits for a retry: straight from the source (one coroutine less)
+            # nothing waits for a retry: straight from the source
             state = await (source.take() if orders.straight_from_source else orders.next(source))
             if state is None or canary or control.stopping:  # the rare paths, apart
                 taken = await self._rarely(state, source, canary)

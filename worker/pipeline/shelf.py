@@ -96,7 +96,7 @@ class OrderPicker:
         self._taking: asyncio.Future[OrderState | None] | None = None
         self._dry = False  # the source has no more orders
         # nothing on the shelf, no take shared, the source not dry: a worker takes straight
-        # from the source (an attribute: it is read for every order)
+        # from the source
         self.straight_from_source = True
         shelf.on_change = self._look
 

@@ -29,14 +29,9 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 def settle_gc() -> None:
     """Before the requests start: move what is loaded so far out of the collector's sight (it
-    lives as long as the process), and collect the young generation less often. (No full
-    collection first: at start-up it found some 65 unreachable objects and cost 18 ms.)
-
-    A request leaves a few hundred short-lived objects (coroutines, futures, aiohttp's request
-    and response), which reference counting frees. At Python's default threshold (700) the
-    young generation was still collected every 26 orders at zero latency: 8 microseconds per
-    order, 7% of the run. Cyclic garbage, which only the collector frees, still triggers a
-    collection once 10,000 objects are waiting.
+    lives as long as the process), and collect the young generation less often; cyclic
+    garbage, which only the collector frees, still triggers a collection once 10,000 objects
+    are waiting. (What it saves: docs/development.md, "The hot path".)
     """
     gc.freeze()
     gc.set_threshold(YOUNG_GC_THRESHOLD)

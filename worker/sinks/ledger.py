@@ -5,9 +5,8 @@ cancelled the next instant; ``flush`` writes the buffer in one transaction on th
 The flusher writes one transaction at a time (group commit), at most FLUSH_DELAY_S after the
 first result it has not written yet, or as soon as FLUSH_EVERY are waiting: under load each
 transaction takes everything that arrived meanwhile, and a crash loses only the answers of the
-last tenth of a second, whose orders a resume looks up before sending again. Every ledger call
-hands the GIL to the ledger thread and back: at thousands of answers a second, fewer and larger
-transactions leave more of the process to the requests.
+last tenth of a second, whose orders a resume looks up before sending again (why fewer and
+larger transactions: docs/development.md, "The hot path").
 """
 
 from __future__ import annotations
