@@ -19,6 +19,7 @@ from worker.domain.models import RunReport, RunSummary, new_run_id
 from worker.pipeline.control import RunControl
 from worker.pipeline.pool import RunParts, send_through_pool
 from worker.pipeline.progress import ProgressReporter
+from worker.pipeline.tally import Tally
 from worker.queue import streams as streams_module
 from worker.queue.limiter import GroupRateLimiter
 from worker.queue.steering import GroupChannel
@@ -63,8 +64,9 @@ class Consumer:
             lambda *entry: self._results.finish(*entry),  # noqa: PLW0108 - made below
             exit_when_empty=exit_when_empty,
         )
+        tally = Tally(self.summary, self.metrics, fields={"consumer": self._names.consumer})
         self._results = ResultsStream(
-            streams, self.run_id, self.control, self.summary, self.metrics, self._entries.release
+            streams, self.run_id, self.control, tally, self._entries.release
         )
 
     async def run(self) -> RunReport:

@@ -28,6 +28,7 @@ from worker.ledger import Ledger
 from worker.pipeline.control import RunControl
 from worker.pipeline.pool import PoolStats, RunParts, send_through_pool
 from worker.pipeline.progress import ProgressReporter
+from worker.pipeline.tally import Tally
 from worker.runtime.clock import Clock, SystemClock
 from worker.runtime.logs import flush_logs, lost_lines
 from worker.runtime.loop import settle_gc
@@ -72,14 +73,14 @@ class Runner:
         self.run_id = new_run_id()
         self.summary = RunSummary()
         writer = None if options.dry_run else self._ledger
-        self._sink = LedgerSink(
-            writer, self.run_id, self.summary, self.metrics, logged=not options.predict
-        )
+        tally = Tally(self.summary, self.metrics, logged=not options.predict)
+        self._sink = LedgerSink(writer, self.run_id, tally)
         # a check's events are named so: its outcomes are predictions, nothing was cancelled
         self._events = ("check_started", "check_summary") if options.predict else RUN_EVENTS
         self._input = ClaimedInput(
-            settings, source, self._ledger, self.run_id, options, self.control, self._sink
-        )
+            settings, source, self._ledger, self.run_id, options, self.control, self._sink,
+            self.summary,
+        )  # fmt: skip
         self._stats: PoolStats | None = None  # the pool's, once it ran
         self._ask = ask  # a person's word on a canary that was not clean (None: stop, exit 4)
         self._progress = ProgressReporter(

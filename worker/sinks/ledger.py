@@ -1,4 +1,4 @@
-"""The results sink: counts, logs and batches every result into the ledger.
+"""The ledger as a run's sink: every result counted (``Tally``) and batched into the ledger.
 
 ``add`` never awaits, so a result that has been received is buffered even if its worker is
 cancelled the next instant; ``flush`` writes the buffer in one transaction on the ledger thread.
@@ -21,11 +21,10 @@ import structlog
 
 from worker.domain.answer import Answer
 from worker.domain.errors import LedgerError
-from worker.domain.models import Result, RunSummary
+from worker.domain.models import Result
 from worker.ledger import Ledger
 from worker.ledger.audit import attempt_row
-from worker.runtime.logs import info_event
-from worker.runtime.metrics import Metrics
+from worker.pipeline.tally import Tally
 
 log = structlog.get_logger(__name__)
 
@@ -81,18 +80,11 @@ class LedgerSink:
         self,
         ledger: LedgerThread | None,
         run_id: str,
-        summary: RunSummary,
-        metrics: Metrics | None = None,
-        *,
-        counted: bool = True,
-        logged: bool = True,
+        tally: Tally | None,
     ) -> None:
         self._ledger = ledger  # None in a dry run: nothing is written
-        self._counted = counted  # False: a copy of results counted and logged elsewhere
-        self._logged = logged  # False: predictions (`check`), which its report shows
-        self._metrics = metrics or Metrics()
+        self._tally = tally  # None: a copy of results counted elsewhere (a consumer's)
         self._run_id = run_id
-        self.summary = summary
         self._buffer: list[Result] = []
         self._attempts: list[tuple[object, ...]] = []  # the attempt log's rows not yet written
         # a write whose flush was cancelled: its future, its results and its attempts
@@ -111,12 +103,8 @@ class LedgerSink:
             self._waiting.set()
             if len(self._buffer) >= FLUSH_EVERY:
                 self._full.set()
-        if not self._counted:
-            return
-        self.summary.add(result)
-        self._metrics.finished(result)
-        if self._logged:
-            info_event("order", result.log_fields())
+        if self._tally is not None:
+            self._tally.count(result)
 
     def attempt(self, state: _Order, method: str, number: int, answer: Answer) -> None:
         """Buffer one answered request for the attempt log: written in the same transaction

@@ -12,7 +12,7 @@ import structlog
 
 from worker.domain.errors import ConfigError, LedgerError
 from worker.domain.location import PostgresUrl
-from worker.domain.models import Result, RunReport, RunSummary
+from worker.domain.models import Result, RunReport
 from worker.ledger import check_target, ledger_at
 from worker.pipeline.control import RunControl
 from worker.settings import Settings
@@ -43,7 +43,7 @@ class LedgerCopy:
         self._control = control
         ledger = ledger_at(settings.ledger, claim_idle=settings.claim_idle)
         self._thread = LedgerThread(ledger)
-        self._sink = LedgerSink(self._thread, run_id, RunSummary(), counted=False)
+        self._sink = LedgerSink(self._thread, run_id, None)  # the consumer counts them
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

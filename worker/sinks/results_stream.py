@@ -14,15 +14,14 @@ from functools import partial
 import structlog
 
 from worker.domain.answer import Answer
-from worker.domain.models import FINAL, Outcome, Result, RunSummary
+from worker.domain.models import FINAL, Outcome, Result
 from worker.ledger.audit import attempt_row
 from worker.ledger.schema import ATTEMPT_COLUMNS
 from worker.pipeline.control import RunControl
 from worker.pipeline.order import OrderState
+from worker.pipeline.tally import Tally
 from worker.queue.streams import Streams, patiently, result_fields
 from worker.runtime.clock import iso_from_epoch, now_iso
-from worker.runtime.logs import info_event
-from worker.runtime.metrics import Metrics
 from worker.sinks.ledger_copy import LedgerCopy
 
 log = structlog.get_logger(__name__)
@@ -36,16 +35,14 @@ class ResultsStream:
         streams: Streams,
         run_id: str,
         control: RunControl,
-        summary: RunSummary,
-        metrics: Metrics,
+        tally: Tally,
         release: Callable[[str], None],
     ) -> None:
         self._streams = streams
         self._consumer = streams.names.consumer
         self._run_id = run_id
         self._control = control
-        self._summary = summary
-        self._metrics = metrics
+        self._tally = tally
         self._release = release  # the entry is no longer held by this consumer
         self.copy: LedgerCopy | None = None  # --ledger postgresql://: results recorded there
 
@@ -103,9 +100,7 @@ class ResultsStream:
         if result is not None and done:
             if self.copy is not None:
                 self.copy.add(result, tried)
-            self._summary.add(result)
-            self._metrics.finished(result)
-            info_event("order", {**result.log_fields(), "consumer": self._consumer})
+            self._tally.count(result)
         elif done is False:
             log.warning("entry_lost_before_ack", entry_id=entry_id, order_id=order_id)
         self._release(entry_id)

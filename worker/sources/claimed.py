@@ -44,6 +44,7 @@ class ClaimedInput:
         options: RunOptions,
         control: RunControl,
         sink: LedgerSink,
+        summary: RunSummary,
     ) -> None:
         self._settings = settings
         self._source = source
@@ -52,7 +53,7 @@ class ClaimedInput:
         self._options = options
         self._control = control
         self._sink = sink  # where invalid IDs are recorded
-        self._summary: RunSummary = sink.summary
+        self._summary = summary
         self.skipped: dict[str, int] = {}  # outcome -> orders found final, not sent again
         self._uncertain: set[str] = set()  # queued orders an earlier run may have sent
         self._claimed = 0  # orders claimed to be sent (held to options.approved)
