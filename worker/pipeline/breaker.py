@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import suppress
 from itertools import count
 
 import structlog
 
 from worker.domain.answer import Answer
 from worker.domain.decision import Outage, is_outage
-from worker.runtime.clock import Clock
+from worker.runtime.clock import Clock, first_of
 
 log = structlog.get_logger(__name__)
 
@@ -181,12 +180,4 @@ class CircuitBreaker:
 
     async def _wait(self, seconds: float) -> None:
         """Until the state changes or ``seconds`` have passed on the injected clock."""
-        changed = asyncio.ensure_future(self._changed.wait())
-        timer = asyncio.ensure_future(self._clock.sleep(max(seconds, 0.0)))
-        try:
-            await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (changed, timer):
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
+        await first_of(self._clock, seconds, self._changed.wait())

@@ -34,7 +34,7 @@ from worker.pipeline.ports import Sink, Source
 from worker.pipeline.progress import ProgressReporter
 from worker.pipeline.shelf import OrderPicker, RetryShelf
 from worker.pipeline.steering import ControlChannel, Steering
-from worker.runtime.clock import Clock, now_iso
+from worker.runtime.clock import Clock, first_of, now_iso
 from worker.runtime.metrics import Metrics
 from worker.settings import Settings
 
@@ -118,7 +118,7 @@ class Pool:
         if channel is not None:
             status = partial(self._status, progress)
             ceiling = self._settings.rate_ceiling
-            steering = Steering(channel, self.limiter, control, status, ceiling)
+            steering = Steering(channel, self.limiter, control, status, ceiling, self._clock)
             await steering.step()  # before anything is read or sent
         helpers = self._helpers(source, progress, steering)
         kept = [self._spawn(c) for c in source.keepers()]
@@ -141,7 +141,7 @@ class Pool:
                         lane.task.cancel()
                 busy = [w for w in workers if not w.done()]
                 if busy:
-                    await drain(busy, control, self._settings.grace)
+                    await drain(busy, control, self._settings.grace, self._clock)
         finally:
             stop.cancel()
             for task in helpers:
@@ -360,13 +360,13 @@ def check_failure_rate(settings: Settings, summary: RunSummary, control: RunCont
         )
 
 
-async def drain(busy: Sequence[asyncio.Future[None]], control: RunControl, grace_s: float) -> None:
-    """Give requests in flight ``grace_s`` seconds (less after a second signal), then cancel."""
+async def drain(
+    busy: Sequence[asyncio.Future[None]], control: RunControl, grace_s: float, clock: Clock
+) -> None:
+    """Give requests in flight ``grace_s`` seconds on ``clock`` (less after a second signal),
+    then cancel them."""
     finished = asyncio.gather(*busy, return_exceptions=True)
-    hurry = asyncio.ensure_future(control.hurry_event.wait())
-    waits: set[asyncio.Future[Any]] = {finished, hurry}
-    await asyncio.wait(waits, timeout=grace_s, return_when=asyncio.FIRST_COMPLETED)
-    hurry.cancel()
+    await first_of(clock, grace_s, finished, control.hurry_event.wait())
     for worker in busy:
         worker.cancel()
-    await asyncio.gather(finished, hurry, return_exceptions=True)
+    await asyncio.gather(*busy, return_exceptions=True)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -12,6 +10,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from worker.domain.models import RunSummary
+from worker.runtime.clock import Clock, SystemClock
 from worker.runtime.logs import flush_logs
 
 if TYPE_CHECKING:
@@ -37,14 +36,21 @@ class ProgressReporter:
     """Shows how far a run is; reads the summary, never slows the workers."""
 
     def __init__(
-        self, summary: RunSummary, requests: Callable[[], int], *, bar: bool, interval_s: float
+        self,
+        summary: RunSummary,
+        requests: Callable[[], int],
+        *,
+        bar: bool,
+        interval_s: float,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or SystemClock()
         self._summary = summary
         self._requests = requests
         self._bar = bar
         self._interval_s = interval_s
         self.total: int | None = None
-        self._started = time.monotonic()
+        self._started = self._clock.monotonic()
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._recent: deque[tuple[float, int]] = deque()  # (time, requests) for the rate
@@ -58,13 +64,13 @@ class ProgressReporter:
         """Update until cancelled; gathered log lines are written at every tick."""
         if self._bar:
             self._start_bar()
-        next_event = time.monotonic() + self._interval_s
+        next_event = self._clock.monotonic() + self._interval_s
         try:
             while True:
-                await asyncio.sleep(TICK_S)
+                await self._clock.sleep(TICK_S)
                 if self._bar:
                     self.update()
-                elif time.monotonic() >= next_event:
+                elif self._clock.monotonic() >= next_event:
                     next_event += self._interval_s
                     self.update()
                 flush_logs()
@@ -78,7 +84,7 @@ class ProgressReporter:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=done, total=self.total, counts=self.line())
             return
-        elapsed = time.monotonic() - self._started
+        elapsed = self._clock.monotonic() - self._started
         log.info(
             "progress",
             done=done,
@@ -90,7 +96,7 @@ class ProgressReporter:
 
     def line(self) -> str:
         """Counts by outcome and the current rate, for the progress line."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         requests = self._requests()
         recent = self._recent
         recent.append((now, requests))

@@ -7,7 +7,6 @@ stops a run by itself."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -17,6 +16,7 @@ import structlog
 from worker.api.limiter import RateLimiter
 from worker.domain.errors import WorkerError
 from worker.pipeline.control import RunControl
+from worker.runtime.clock import Clock, SystemClock
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +45,9 @@ class Steering:
         control: RunControl,
         status: Callable[[], dict[str, Any]],
         ceiling: float = math.inf,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or SystemClock()
         self._channel = channel
         self._limiter = limiter
         self._control = control
@@ -71,7 +73,7 @@ class Steering:
     async def run(self) -> None:
         """Step every POLL_S until cancelled."""
         while True:
-            await asyncio.sleep(POLL_S)
+            await self._clock.sleep(POLL_S)
             await self.step()
 
 

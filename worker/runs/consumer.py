@@ -63,6 +63,7 @@ class Consumer:
             self.control,
             lambda *entry: self._results.finish(*entry),  # noqa: PLW0108 - made below
             exit_when_empty=exit_when_empty,
+            clock=self._clock,
         )
         tally = Tally(self.summary, self.metrics, fields={"consumer": self._names.consumer})
         self._results = ResultsStream(
@@ -94,7 +95,11 @@ class Consumer:
                 where = f"{s.metrics_host}:{s.metrics_port}"
                 raise ConfigError(f"--metrics-port: cannot listen on {where}: {exc}") from None
         progress = ProgressReporter(
-            self.summary, lambda: self.control.requests, bar=False, interval_s=s.progress_interval
+            self.summary,
+            lambda: self.control.requests,
+            bar=False,
+            interval_s=s.progress_interval,
+            clock=self._clock,
         )
         copy = self._results.copy = (
             LedgerCopy(s, self.run_id, self.control) if isinstance(s.ledger, PostgresUrl) else None

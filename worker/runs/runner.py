@@ -74,12 +74,12 @@ class Runner:
         self.summary = RunSummary()
         writer = None if options.dry_run else self._ledger
         tally = Tally(self.summary, self.metrics, logged=not options.predict)
-        self._sink = LedgerSink(writer, self.run_id, tally)
+        self._sink = LedgerSink(writer, self.run_id, tally, self._clock)
         # a check's events are named so: its outcomes are predictions, nothing was cancelled
         self._events = ("check_started", "check_summary") if options.predict else RUN_EVENTS
         self._input = ClaimedInput(
             settings, source, self._ledger, self.run_id, options, self.control, self._sink,
-            self.summary,
+            self.summary, self._clock,
         )  # fmt: skip
         self._stats: PoolStats | None = None  # the pool's, once it ran
         self._ask = ask  # a person's word on a canary that was not clean (None: stop, exit 4)
@@ -88,6 +88,7 @@ class Runner:
             lambda: self.control.requests,
             bar=options.progress_bar,
             interval_s=settings.progress_interval,
+            clock=self._clock,
         )
         self._progress.total = options.total
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -30,6 +31,22 @@ class SystemClock:
         """asyncio.sleep, skipped for non-positive durations."""
         if seconds > 0:
             await asyncio.sleep(seconds)
+
+
+async def first_of(clock: Clock, seconds: float, *waits: Awaitable[object]) -> bool:
+    """Wait until one of ``waits`` is done or ``seconds`` have passed on ``clock``; True when one
+    of them finished first. What has not finished by then is cancelled, the timer included."""
+    futures = [asyncio.ensure_future(w) for w in waits]
+    timer = asyncio.ensure_future(clock.sleep(max(seconds, 0.0)))
+    everything = [timer, *futures]
+    try:
+        await asyncio.wait(everything, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        done = any(f.done() for f in futures)
+        for future in everything:
+            future.cancel()
+        await asyncio.gather(*everything, return_exceptions=True)
+    return done
 
 
 def now_iso() -> str:

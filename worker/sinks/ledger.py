@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 import structlog
@@ -25,6 +24,7 @@ from worker.domain.models import Result
 from worker.ledger import Ledger
 from worker.ledger.audit import attempt_row
 from worker.pipeline.tally import Tally
+from worker.runtime.clock import Clock, SystemClock, first_of
 
 log = structlog.get_logger(__name__)
 
@@ -81,8 +81,10 @@ class LedgerSink:
         ledger: LedgerThread | None,
         run_id: str,
         tally: Tally | None,
+        clock: Clock | None = None,
     ) -> None:
         self._ledger = ledger  # None in a dry run: nothing is written
+        self._clock = clock or SystemClock()  # the flusher's delays run on it
         self._tally = tally  # None: a copy of results counted elsewhere (a consumer's)
         self._run_id = run_id
         self._buffer: list[Result] = []
@@ -171,8 +173,7 @@ class LedgerSink:
         until cancelled."""
         while True:
             await self._waiting.wait()
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), FLUSH_DELAY_S)
+            await first_of(self._clock, FLUSH_DELAY_S, self._full.wait())
             try:
                 await self.flush()
             except LedgerError as exc:

@@ -22,6 +22,7 @@ from worker.pipeline.control import RunControl
 from worker.pipeline.feed import Feed
 from worker.pipeline.order import OrderState
 from worker.pipeline.pool import check_failure_rate
+from worker.runtime.clock import Clock
 from worker.settings import Settings
 from worker.sinks.ledger import LedgerSink, LedgerThread
 from worker.sources import Batch, OrderInput
@@ -45,7 +46,9 @@ class ClaimedInput:
         control: RunControl,
         sink: LedgerSink,
         summary: RunSummary,
+        clock: Clock,
     ) -> None:
+        self._clock = clock  # the lease's renewals and the asks for held orders run on it
         self._settings = settings
         self._source = source
         self._ledger = ledger
@@ -58,7 +61,7 @@ class ClaimedInput:
         self._uncertain: set[str] = set()  # queued orders an earlier run may have sent
         self._claimed = 0  # orders claimed to be sent (held to options.approved)
         self._feed = Feed(low=settings.concurrency)
-        self._held = HeldByOthers(settings, shared=ledger.ledger.lease_every_s is not None)
+        self._held = HeldByOthers(settings, clock, shared=ledger.ledger.lease_every_s is not None)
 
     # -- the pool's source --------------------------------------------------------------------
 
@@ -68,7 +71,7 @@ class ClaimedInput:
 
     def keepers(self) -> list[Coroutine[Any, Any, None]]:
         """The run's lease on the orders it claimed (a shared ledger's)."""
-        return [keep_lease(self._ledger, self._run_id, self._feed)]
+        return [keep_lease(self._ledger, self._run_id, self._feed, self._clock)]
 
     def ownership(self) -> Callable[[OrderState], Awaitable[bool]] | None:
         """None: what this run claimed is its own while its lease lives."""

@@ -5,13 +5,13 @@ finishes them (skipped) or dies and its lease lapses (taken, looked up first).""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 
 from worker.domain.errors import LedgerError
 from worker.pipeline.feed import Feed
+from worker.runtime.clock import Clock
 from worker.settings import Settings
 from worker.sinks.ledger import LedgerThread
 
@@ -22,7 +22,7 @@ SHARED_BATCH = 100  # on a shared ledger: the most of 100 and half a second's wo
 LAPSE = 3  # renewal periods without one: the lease (``claim_idle``) may have been lost
 
 
-async def keep_lease(ledger: LedgerThread, run_id: str, feed: Feed) -> None:
+async def keep_lease(ledger: LedgerThread, run_id: str, feed: Feed, clock: Clock) -> None:
     """Renew the run's lease until cancelled, on a thread and a connection of its own (a slow
     write of results never delays it); at once when the ledger has no leases (a file).
 
@@ -30,14 +30,14 @@ async def keep_lease(ledger: LedgerThread, run_id: str, feed: Feed) -> None:
     ``claim_idle``) may have let another run take orders this one has queued: the queue is
     then checked against the ledger and keeps only the orders still this run's."""
     every_s = ledger.ledger.lease_every_s
-    renewed = time.monotonic()
+    renewed = clock.monotonic()
     while every_s is not None:
         try:
             await asyncio.to_thread(ledger.ledger.renew, run_id)
         except LedgerError as exc:  # tried again at the next turn; the writes will tell
             log.warning("lease_not_renewed", error=str(exc))
         else:
-            now = time.monotonic()
+            now = clock.monotonic()
             lapsed = now - renewed > every_s * LAPSE
             renewed = now
             queued = feed.lapse() if lapsed else feed.suspect
@@ -47,13 +47,14 @@ async def keep_lease(ledger: LedgerThread, run_id: str, feed: Feed) -> None:
                 taken = len(queued) - len(mine)
                 log.warning("lease_lapsed", queued=len(queued), taken_by_others=taken)
                 await feed.put(mine)
-        await asyncio.sleep(every_s)
+        await clock.sleep(every_s)
 
 
 class HeldByOthers:
     """Orders of the input that another live run holds."""
 
-    def __init__(self, settings: Settings, *, shared: bool) -> None:
+    def __init__(self, settings: Settings, clock: Clock, *, shared: bool) -> None:
+        self._clock = clock
         self.ids: list[str] = []
         self._every_s = min(max(settings.claim_idle / 4, 0.2), 5.0)
         # IDs claimed at a time: on a shared ledger few are held ahead of the workers
@@ -69,7 +70,7 @@ class HeldByOthers:
         if self.ids:
             log.info("orders_held_by_other_runs", orders=len(self.ids))
         while self.ids and not stopping():
-            await asyncio.sleep(self._every_s)
+            await self._clock.sleep(self._every_s)
             ids, self.ids = self.ids, []
             for start in range(0, len(ids), self.batch):
                 if stopping():

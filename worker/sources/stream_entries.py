@@ -10,7 +10,6 @@ checked to be still this consumer's when a worker takes it.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +21,7 @@ from worker.domain.models import Outcome, Result
 from worker.pipeline.control import RunControl
 from worker.pipeline.order import OrderState
 from worker.queue.streams import Streams, patiently
+from worker.runtime.clock import Clock, SystemClock
 from worker.settings import Settings
 from worker.sources import IdValidator
 
@@ -58,7 +58,9 @@ class StreamEntries:
         finish: Finish,
         *,
         exit_when_empty: bool = False,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or SystemClock()  # its loops' pauses run on it
         self._settings = settings
         self._streams = streams
         self._names = streams.names
@@ -70,7 +72,7 @@ class StreamEntries:
         self._queue: asyncio.Queue[Entry | None] = asyncio.Queue()
         self._space = asyncio.Event()
         self._limit = settings.concurrency * 2
-        self._started = time.monotonic()
+        self._started = self._clock.monotonic()
 
     def _stopping(self) -> bool:
         return self._control.stopping
@@ -142,7 +144,7 @@ class StreamEntries:
         while True:  # polled: Redis tells no one when the group empties
             if await self._empty():
                 break
-            await asyncio.sleep(EMPTY_CHECK_S)
+            await self._clock.sleep(EMPTY_CHECK_S)
         log.info("queue_empty", consumer=self._names.consumer)
         self._queue.put_nowait(None)
 
@@ -213,7 +215,7 @@ class StreamEntries:
                     await self._admit(Entry(entry_id, fields.get("order_id", ""), deliveries))
                 if start == "0-0":
                     break
-            await asyncio.sleep(every)
+            await self._clock.sleep(every)
 
     async def _take_back(self) -> None:
         """Take back the entries Redis counts as this consumer's that nothing here holds.
@@ -237,7 +239,7 @@ class StreamEntries:
             idle=int(TAKE_BACK_S * 1000),
         )
         while not self._control.stopping:
-            await asyncio.sleep(TAKE_BACK_S)
+            await self._clock.sleep(TAKE_BACK_S)
             for row in await patiently(mine, self._stopping, "own pending") or []:
                 entry_id = str(row["message_id"])
                 if entry_id in self.held:
@@ -249,7 +251,7 @@ class StreamEntries:
                     continue  # deleted from the stream: the claim loop drops it from the list
                 deliveries = int(row["times_delivered"])
                 idle_s = int(row["time_since_delivered"]) / 1000
-                earlier = idle_s > time.monotonic() - self._started
+                earlier = idle_s > self._clock.monotonic() - self._started
                 log.info("entry_taken_back", entry_id=entry_id, deliveries=deliveries)
                 order_id = str((found[0][1] or {}).get("order_id", ""))
                 await self._admit(Entry(entry_id, order_id, deliveries, earlier))
@@ -267,7 +269,7 @@ class StreamEntries:
         cancelled, after the requests in flight are drained)."""
         every = max(self._settings.claim_idle / 3, 0.1)
         while True:
-            await asyncio.sleep(every)
+            await self._clock.sleep(every)
             held = list(self.held)
             for start in range(0, len(held), 200):
                 chunk = held[start : start + 200]
