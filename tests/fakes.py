@@ -31,6 +31,19 @@ class FakeClock:
         heapq.heappush(self._sleepers, (self.now + seconds, next(self._seq), future))
         await future
 
+    @property
+    def sleepers(self) -> int:
+        """How many tasks are parked on the clock."""
+        return sum(1 for _, _, future in self._sleepers if not future.done())
+
+    def advance(self, seconds: float) -> None:
+        """Move virtual time on by ``seconds``, waking every sleeper due by then."""
+        self.now += seconds
+        while self._sleepers and self._sleepers[0][0] <= self.now:
+            _, _, future = heapq.heappop(self._sleepers)
+            if not future.done():
+                future.set_result(None)
+
     async def run(self, *tasks: asyncio.Task[object]) -> None:
         """Drive virtual time until these tasks are done."""
         while not all(t.done() for t in tasks):

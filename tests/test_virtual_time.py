@@ -1,0 +1,145 @@
+"""What waits on time, on a virtual clock (milliseconds of real time): the drain's grace, the
+ledger sink's flusher, the lease's renewal and its lapse after a freeze."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.fakes import FakeClock
+from worker.domain.models import Outcome, Result, RunSummary
+from worker.ledger import SqliteLedger
+from worker.pipeline.control import RunControl
+from worker.pipeline.feed import Feed
+from worker.pipeline.pool import drain
+from worker.pipeline.tally import Tally
+from worker.runtime.metrics import Metrics
+from worker.sinks.ledger import FLUSH_DELAY_S, LedgerSink, LedgerThread
+from worker.sources.lease import LAPSE, keep_lease
+
+
+async def test_requests_in_flight_get_the_grace_then_are_cancelled() -> None:
+    """A request answered within --grace is waited for; one that is not is cancelled when the
+    grace is over, on the clock the run was given; a second signal cuts the grace short."""
+    clock = FakeClock()
+    control = RunControl()
+    never = asyncio.get_running_loop().create_future()
+    answered_at: list[float] = []
+
+    async def answered_after(seconds: float) -> None:
+        await clock.sleep(seconds)
+        answered_at.append(clock.monotonic())
+
+    async def hangs() -> None:
+        await never
+
+    start = clock.monotonic()
+    quick = asyncio.ensure_future(answered_after(2))
+    slow = asyncio.ensure_future(hangs())
+    real = time.monotonic()
+    await clock.run(asyncio.ensure_future(drain([quick, slow], control, 35.0, clock)))
+    assert answered_at == [start + 2]
+    assert slow.cancelled()
+    assert clock.monotonic() - start == 35.0
+    assert time.monotonic() - real < 5  # virtual seconds, not real ones
+
+    hurried = RunControl()
+    stuck = asyncio.ensure_future(hangs())
+    draining = asyncio.ensure_future(drain([stuck], hurried, 35.0, clock))
+
+    async def second_signal() -> None:
+        await clock.sleep(3)
+        hurried.hurry_event.set()
+
+    before = clock.monotonic()
+    await clock.run(draining, asyncio.ensure_future(second_signal()))
+    assert stuck.cancelled()
+    assert clock.monotonic() - before == 3.0
+
+
+async def test_the_flusher_writes_a_result_at_most_the_delay_after_it_arrives(
+    tmp_path: Path,
+) -> None:
+    """A result received is in the ledger FLUSH_DELAY_S later (virtual), not before the first
+    tick, and the flusher's wait costs no real time."""
+    clock = FakeClock()
+    ledger = SqliteLedger(tmp_path / "l.sqlite")
+    thread = LedgerThread(ledger)
+    sink = LedgerSink(thread, "run1", Tally(RunSummary(), Metrics(), logged=False), clock)
+    errors: list[str] = []
+    flusher = asyncio.ensure_future(sink.run(errors.append))
+    try:
+        sink.add(Result("CDE0000000001", Outcome.CANCELLED, 200, None, None, 1))
+        written_at: list[float] = []
+
+        async def watch() -> None:
+            while not list(ledger.rows()):
+                await clock.sleep(FLUSH_DELAY_S / 10)
+                await asyncio.to_thread(lambda: None)  # let the ledger thread commit
+            written_at.append(clock.monotonic())
+
+        start = clock.monotonic()
+        await clock.run(asyncio.ensure_future(watch()))
+        assert start + FLUSH_DELAY_S <= written_at[0] <= start + 2 * FLUSH_DELAY_S
+        assert errors == []
+    finally:
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        thread.close()
+        ledger.close()
+
+
+class _SharedLedger:
+    """A shared ledger's lease as the keeper sees it: renewals, and which orders are still
+    this run's (another run took ``taken``)."""
+
+    lease_every_s = 10.0
+
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = taken
+        self.renewals = 0
+
+    def renew(self, _run_id: str) -> None:
+        self.renewals += 1
+
+    def still_mine(self, order_ids: list[str], _run_id: str) -> list[str]:
+        return [order_id for order_id in order_ids if order_id not in self.taken]
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    """Until ``done()``: the keeper's calls run on threads, which the virtual clock does not
+    drive (a condition awaited, with a deadline, never a fixed sleep)."""
+    deadline = time.monotonic() + 10
+    while not done():
+        assert time.monotonic() < deadline, "the condition never came true"
+        await asyncio.sleep(0.001)
+
+
+async def test_a_lease_lapsed_by_a_freeze_keeps_only_the_orders_still_ours() -> None:
+    """The lease is renewed every lease_every_s of the clock; after a freeze longer than
+    LAPSE renewals, the orders queued are checked against the ledger and those another run
+    took meanwhile are dropped from the queue."""
+    clock = FakeClock()
+    shared = _SharedLedger(taken={"CDE0000000002"})
+    thread = LedgerThread(shared)  # type: ignore[arg-type]  # the part of a Ledger it uses
+    feed = Feed(low=100)
+    await feed.put(["CDE0000000001", "CDE0000000002", "CDE0000000003"])
+    keeper = asyncio.ensure_future(keep_lease(thread, "run1", feed, clock))
+    every = shared.lease_every_s
+    try:
+        for renewed in range(1, 4):  # renewed on time: nothing is checked
+            await _until(lambda n=renewed: shared.renewals == n and bool(clock.sleepers))
+            clock.advance(every)
+        await _until(lambda: shared.renewals == 4 and bool(clock.sleepers))
+        assert feed.epoch == 0
+        clock.now += every * (LAPSE + 1)  # the process was frozen
+        clock.advance(every)
+        await _until(lambda: feed.epoch == 1 and bool(clock.sleepers))
+        queued = [await feed.get(), await feed.get()]
+        assert queued == ["CDE0000000001", "CDE0000000003"]
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        thread.close()
