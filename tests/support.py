@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import pty
 import sqlite3
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,8 +22,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from worker.domain.location import PostgresUrl
 from worker.domain.models import RunOptions, RunReport
-from worker.ledger import open_ledger
+from worker.ledger import ledger_at, open_ledger
 from worker.queue.streams import Names
 from worker.runs.runner import Runner
 from worker.settings import Settings, load_settings
@@ -66,6 +69,41 @@ class Queue:
     async def results(self) -> list[dict[str, str]]:
         """Every entry of the results stream."""
         return [fields for _, fields in await self.redis.xrange(self.names.results)]
+
+    async def send_times(self) -> list[float]:
+        """When each request of the group left its consumer (the result entries' attempt
+        logs), in seconds since the epoch."""
+        return [
+            _epoch(str(attempt["sent_at"]))
+            for fields in await self.results()
+            for attempt in json.loads(fields.get("attempt_log") or "[]")
+        ]
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def send_times(ledger: Path | str) -> list[float]:
+    """When each request left the client (the attempt log), in seconds since the epoch: rates
+    are measured where the limiter acts, not at a server sharing the CPU."""
+    location = PostgresUrl(str(ledger)) if "://" in str(ledger) else Path(ledger)
+    opened = ledger_at(location, readonly=True)
+    try:
+        return [_epoch(str(a["sent_at"])) for a in opened.audit().attempts()]
+    finally:
+        opened.close()
+
+
+def max_in_window(times: Iterable[float], window: float = 1.0) -> int:
+    """The most of these times in any ``window`` seconds."""
+    ordered = sorted(times)
+    best, start = 0, 0
+    for end, moment in enumerate(ordered):
+        while moment - ordered[start] >= window - 1e-9:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 def sim_env(running: RunningSimulator, ledger: Path | str, **extra: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ import itertools
 import pytest
 
 from tests.fakes import FakeClock
+from tests.support import max_in_window
 from worker.api.headers import limit_per_s
 from worker.api.limiter import LEARNED_SHARE, RateLimiter
 
@@ -22,16 +23,6 @@ async def _admit(limiter: RateLimiter, clock: FakeClock, n: int) -> list[tuple[i
     tasks = [asyncio.create_task(one(i)) for i in range(n)]
     await clock.run(*tasks)
     return admitted
-
-
-def _max_in_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window - 1e-9:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 async def test_even_spacing_no_burst() -> None:
@@ -49,7 +40,7 @@ async def test_never_more_than_rate_in_any_second(rate: float) -> None:
     clock = FakeClock()
     limiter = RateLimiter(rate, clock, hard_cap=False)
     admitted = await _admit(limiter, clock, int(rate * 3) + 5)
-    assert _max_in_window([t for _, t in admitted]) <= rate
+    assert max_in_window([t for _, t in admitted]) <= rate
     # ...and it still achieves at least 97% of the rate.
     span = admitted[-1][1] - admitted[0][1]
     assert (len(admitted) - 1) / span >= 0.97 * rate
@@ -81,7 +72,7 @@ async def test_pause_holds_everyone() -> None:
 
     await clock.run(*[asyncio.create_task(watch(t)) for t in tasks])
     assert min(times) >= start + 3.0
-    assert _max_in_window(times) <= 10
+    assert max_in_window(times) <= 10
 
 
 async def test_pause_never_shortens() -> None:
@@ -163,7 +154,7 @@ async def test_callers_that_missed_their_slots_in_a_stall_go_evenly_spaced() -> 
     assert len(first) == 1
     assert woken[0] >= 1003.0
     assert min(b - a for a, b in itertools.pairwise(woken)) >= 0.1 - 1e-9
-    assert _max_in_window([*first, *woken]) <= 10
+    assert max_in_window([*first, *woken]) <= 10
 
 
 async def _behind_a_gateway(rate: float, limit: int, orders: int) -> tuple[list, list]:
@@ -208,7 +199,7 @@ async def test_an_unknown_gateway_limit_is_learned_where_the_429s_begin(factor: 
     arrivals, (limiter,) = await _behind_a_gateway(50 * factor, 50, 3000)
     first = min(t for t, ok in arrivals if not ok)
     after = [t for t, _ in arrivals if t >= first]
-    assert _max_in_window(after) <= 50
+    assert max_in_window(after) <= 50
     refused = sum(1 for _, ok in arrivals if not ok)
     assert refused / len(arrivals) < 0.02
     done = [t for t, ok in arrivals if ok]
