@@ -1,5 +1,6 @@
 """What waits on time, on a virtual clock (milliseconds of real time): the drain's grace, the
-ledger sink's flusher, the lease's renewal and its lapse after a freeze."""
+ledger sink's flusher, the lease's renewal, its lapse after a freeze, and the check before a
+DELETE that an order is still the run's."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.fakes import FakeClock
-from worker.domain.models import Outcome, Result, RunSummary
+from tests.support import mocked_api_settings
+from worker.domain.models import Outcome, Result, RunOptions, RunSummary
 from worker.ledger import SqliteLedger
 from worker.pipeline.control import RunControl
 from worker.pipeline.feed import Feed
+from worker.pipeline.order import OrderState
 from worker.pipeline.pool import drain
 from worker.pipeline.tally import Tally
 from worker.runtime.metrics import Metrics
 from worker.sinks.ledger import FLUSH_DELAY_S, LedgerSink, LedgerThread
+from worker.sources import IdValidator
+from worker.sources.claimed import ClaimedInput
 from worker.sources.lease import LAPSE, keep_lease
+from worker.sources.plan import PlanSource
 
 
 async def test_requests_in_flight_get_the_grace_then_are_cancelled() -> None:
@@ -100,11 +106,13 @@ class _SharedLedger:
     def __init__(self, taken: set[str]) -> None:
         self.taken = taken
         self.renewals = 0
+        self.asked: list[str] = []
 
     def renew(self, _run_id: str) -> None:
         self.renewals += 1
 
     def still_mine(self, order_ids: list[str], _run_id: str) -> list[str]:
+        self.asked.extend(order_ids)
         return [order_id for order_id in order_ids if order_id not in self.taken]
 
 
@@ -143,3 +151,56 @@ async def test_a_lease_lapsed_by_a_freeze_keeps_only_the_orders_still_ours() -> 
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
         thread.close()
+
+
+async def test_an_order_is_confirmed_ours_before_its_delete_once_the_lease_may_have_lapsed(
+    tmp_path: Path,
+) -> None:
+    """On a shared ledger, right before each DELETE: while the lease is fresh and the order was
+    taken in the feed's current epoch, no question is asked; once the lease is older than two
+    thirds of its term (a freeze), or the order was taken before a lapse, the ledger is asked,
+    and an order another run took is not sent (its row is that run's to write)."""
+    clock = FakeClock()
+    shared = _SharedLedger(taken={"CDE0000000002"})
+    thread = LedgerThread(shared)  # type: ignore[arg-type]  # the part of a Ledger it uses
+    settings = mocked_api_settings(tmp_path, claim_idle=30)
+    summary = RunSummary()
+    sink = LedgerSink(None, "run1", None)
+    claimed = ClaimedInput(
+        settings, PlanSource([], "none", IdValidator(settings.id_pattern)), thread, "run1",
+        RunOptions(), RunControl(), sink, summary, clock,
+    )  # fmt: skip
+    still_mine = claimed.ownership()
+    assert still_mine is not None
+    try:
+        mine = OrderState("CDE0000000001", handle="0")
+        taken = OrderState("CDE0000000002", handle="0")
+        assert await still_mine(mine)
+        assert await still_mine(taken)  # a fresh lease: nobody can have taken it
+        assert shared.asked == []
+        clock.now += 21  # frozen past two thirds of the 30 s term
+        assert await still_mine(mine)
+        assert not await still_mine(taken)
+        assert shared.asked == ["CDE0000000001", "CDE0000000002"]
+        lost = OrderState("CDE0000000002", handle="0", lost=True)
+        await sink.record(lost, lost.result(Outcome.PENDING, "not sent"))
+        assert summary.answered == 0
+    finally:
+        thread.close()
+
+
+def test_a_file_ledger_needs_no_check_before_a_delete(tmp_path: Path) -> None:
+    """A ledger file is locked by the run: nothing else can take its orders, no check."""
+    ledger = SqliteLedger(tmp_path / "l.sqlite")
+    thread = LedgerThread(ledger)
+    settings = mocked_api_settings(tmp_path)
+    try:
+        claimed = ClaimedInput(
+            settings, PlanSource([], "none", IdValidator(settings.id_pattern)), thread, "run1",
+            RunOptions(), RunControl(), LedgerSink(None, "run1", None), RunSummary(),
+            FakeClock(),
+        )  # fmt: skip
+        assert claimed.ownership() is None
+    finally:
+        thread.close()
+        ledger.close()

@@ -36,7 +36,7 @@ from worker.runtime.metrics import Metrics
 log = structlog.get_logger(__name__)
 
 # why an order was not sent when its slot came: the run stopping, or it was found another's
-NOT_SENT = {False: "not sent: the run was stopping", True: "not sent: another consumer has it"}
+NOT_SENT = {False: "not sent: the run was stopping", True: "not sent: another run holds it now"}
 
 
 class Dispatcher:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
@@ -23,6 +23,7 @@ from worker.domain.errors import LedgerError
 from worker.domain.models import Result
 from worker.ledger import Ledger
 from worker.ledger.audit import attempt_row
+from worker.pipeline.order import OrderState
 from worker.pipeline.tally import Tally
 from worker.runtime.clock import Clock, SystemClock, first_of
 
@@ -69,10 +70,6 @@ def _consume(future: asyncio.Future[Any]) -> None:
         log.debug("ledger_call_failed_after_cancel", error=str(error))
 
 
-class _Order(Protocol):
-    order_id: str
-
-
 class LedgerSink:
     """Receives results from every worker."""
 
@@ -108,7 +105,7 @@ class LedgerSink:
         if self._tally is not None:
             self._tally.count(result)
 
-    def attempt(self, state: _Order, method: str, number: int, answer: Answer) -> None:
+    def attempt(self, state: OrderState, method: str, number: int, answer: Answer) -> None:
         """Buffer one answered request for the attempt log: written in the same transaction
         as the results that arrived with it, never after its order's result."""
         if self._ledger is not None:
@@ -122,8 +119,12 @@ class LedgerSink:
             self._attempts += rows
             self._waiting.set()
 
-    async def record(self, _order: object, result: Result) -> None:
-        """The pool's sink: buffer the result."""
+    async def record(self, state: OrderState, result: Result) -> None:
+        """The pool's sink: buffer the result; nothing for an order found another run's before
+        its DELETE (its row is that run's to write)."""
+        if state.lost:
+            log.info("order_taken_by_another_run", order_id=state.order_id)
+            return
         self.add(result)
 
     def interrupted(self, _order: object, result: Result) -> None:

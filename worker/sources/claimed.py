@@ -26,7 +26,7 @@ from worker.runtime.clock import Clock
 from worker.settings import Settings
 from worker.sinks.ledger import LedgerSink, LedgerThread
 from worker.sources import Batch, OrderInput
-from worker.sources.lease import HeldByOthers, keep_lease
+from worker.sources.lease import HeldByOthers, Lease, keep_lease
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +61,11 @@ class ClaimedInput:
         self._uncertain: set[str] = set()  # queued orders an earlier run may have sent
         self._claimed = 0  # orders claimed to be sent (held to options.approved)
         self._feed = Feed(low=settings.concurrency)
-        self._held = HeldByOthers(settings, clock, shared=ledger.ledger.lease_every_s is not None)
+        shared = ledger.ledger.lease_every_s is not None
+        self._held = HeldByOthers(settings, clock, shared=shared)
+        # a shared ledger's lease: an order is confirmed still this run's before its DELETE
+        # when the lease may have lapsed since it was taken
+        self._lease = Lease(settings.claim_idle, clock.monotonic()) if shared else None
 
     # -- the pool's source --------------------------------------------------------------------
 
@@ -71,11 +75,27 @@ class ClaimedInput:
 
     def keepers(self) -> list[Coroutine[Any, Any, None]]:
         """The run's lease on the orders it claimed (a shared ledger's)."""
-        return [keep_lease(self._ledger, self._run_id, self._feed, self._clock)]
+        return [keep_lease(self._ledger, self._run_id, self._feed, self._clock, self._lease)]
 
     def ownership(self) -> Callable[[OrderState], Awaitable[bool]] | None:
-        """None: what this run claimed is its own while its lease lives."""
-        return None
+        """On a shared ledger, the check before each DELETE; None on a file this run holds
+        locked (nothing else can take its orders)."""
+        return None if self._lease is None else self._still_mine
+
+    async def _still_mine(self, state: OrderState) -> bool:
+        """Still this run's: at no cost while the lease is fresh and the order was taken in
+        its current epoch; else asked of the ledger (the process was frozen, or the database
+        unreachable: another run may have judged the lease lapsed and taken the order)."""
+        lease = self._lease
+        assert lease is not None
+        if lease.fresh(self._clock.monotonic()) and state.handle == str(self._feed.epoch):
+            return True
+        mine = await self._ledger.call(
+            self._ledger.ledger.still_mine, [state.order_id], self._run_id
+        )
+        if mine:
+            state.handle = str(self._feed.epoch)  # confirmed in this epoch
+        return bool(mine)
 
     async def take(self) -> OrderState | None:
         """The next claimed order; one an earlier run may have sent is looked up first."""
@@ -85,7 +105,7 @@ class ClaimedInput:
         uncertain = order_id in self._uncertain
         if uncertain:
             self._uncertain.discard(order_id)
-        return OrderState(order_id, verify=uncertain)
+        return OrderState(order_id, verify=uncertain, handle=str(self._feed.epoch))
 
     # -- reading and claiming -----------------------------------------------------------------
 

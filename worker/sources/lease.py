@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -22,13 +23,30 @@ SHARED_BATCH = 100  # on a shared ledger: the most of 100 and half a second's wo
 LAPSE = 3  # renewal periods without one: the lease (``claim_idle``) may have been lost
 
 
-async def keep_lease(ledger: LedgerThread, run_id: str, feed: Feed, clock: Clock) -> None:
+@dataclass
+class Lease:
+    """This run's lease as the run knows it: when it was last renewed, on the run's clock, and
+    its term (``claim_idle``, which it wrote for the other runs to judge it by)."""
+
+    term_s: float
+    renewed_at: float
+
+    def fresh(self, now: float) -> bool:
+        """Renewed recently enough that no other run can have judged it lapsed (a third of
+        the term kept as a margin)."""
+        return now - self.renewed_at < self.term_s * 2 / 3
+
+
+async def keep_lease(
+    ledger: LedgerThread, run_id: str, feed: Feed, clock: Clock, lease: Lease | None = None
+) -> None:
     """Renew the run's lease until cancelled, on a thread and a connection of its own (a slow
     write of results never delays it); at once when the ledger has no leases (a file).
 
     A lease that lapsed (the process was frozen, or the database unreachable, for longer than
     ``claim_idle``) may have let another run take orders this one has queued: the queue is
-    then checked against the ledger and keeps only the orders still this run's."""
+    then checked against the ledger and keeps only the orders still this run's (a new epoch of
+    the feed: the orders taken before it are checked again before their DELETE)."""
     every_s = ledger.ledger.lease_every_s
     renewed = clock.monotonic()
     while every_s is not None:
@@ -41,6 +59,8 @@ async def keep_lease(ledger: LedgerThread, run_id: str, feed: Feed, clock: Clock
             lapsed = now - renewed > every_s * LAPSE
             renewed = now
             queued = feed.lapse() if lapsed else feed.suspect
+            if lease is not None:  # after the lapse's new epoch, never before it
+                lease.renewed_at = now
             if queued:  # what may have been taken is checked against the ledger
                 feed.suspect = []
                 mine = await ledger.call(ledger.ledger.still_mine, queued, run_id)
