@@ -173,16 +173,40 @@ async def test_orders_that_always_fail_among_good_ones(make_sim: Any, tmp_path: 
     assert all(rows[k]["attempts"] == 4 for k in failed)
 
 
-async def test_every_order_failing_is_an_outage(make_sim: Any, tmp_path: Path) -> None:
-    """When every order answers 500 the API is down as far as anyone can tell: the run stops
-    at the outage timeout with the orders pending, instead of marking them all failed."""
+async def test_orders_that_always_fail_are_not_an_outage(make_sim: Any, tmp_path: Path) -> None:
+    """Every order's DELETE answers 500 while the API answers GETs: the breaker opens, its GET
+    probe finds the API up, and the orders' failures are their own: each spends its attempts
+    and ends retryable_failed (exit 1), the run is not stopped as an outage (exit 3)."""
     running = await make_sim()
     batch = ids("ERR", 100, last_digit=0)
-    report = await run_ids(running, tmp_path, batch, concurrency=16, outage_timeout=2)
-    assert report.exit_code == 3
-    assert sum(running.sim.stats.deletes.values()) < 40
+    report = await run_ids(
+        running, tmp_path, batch, concurrency=16, outage_timeout=5, max_attempts=3
+    )
+    assert report.exit_code == 1, report.reason
     rows = ledger_rows(tmp_path / "ledger.sqlite")
-    assert sum(r["outcome"] == "pending" for r in rows.values()) >= 90
+    assert {r["outcome"] for r in rows.values()} == {"retryable_failed"}
+    assert min(r["attempts"] for r in rows.values()) >= 3
+    assert sum(running.sim.stats.gets.values()) >= 1  # the probes
+
+
+async def test_a_few_bad_orders_among_good_ones_end_failed_not_as_an_outage(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """Twenty orders that always answer 500 at the head of 300 good ones: the good ones are
+    cancelled, the bad ones end retryable_failed after their attempts, and the run is not
+    stopped as an outage however short --outage-timeout is."""
+    running = await make_sim()
+    bad = ids("ERR", 20, last_digit=0)
+    good = ids("CDE", 300)
+    report = await run_ids(
+        running, tmp_path, [*bad, *good], rate=RATE, concurrency=16, outage_timeout=3,
+        max_attempts=4,
+    )  # fmt: skip
+    assert report.exit_code == 1, report.reason
+    rows = ledger_rows(tmp_path / "ledger.sqlite")
+    assert {rows[o]["outcome"] for o in bad} == {"retryable_failed"}
+    assert {rows[o]["outcome"] for o in good} == {"cancelled"}
+    assert_clean(running, tmp_path)
 
 
 async def test_failure_threshold_needs_min_orders(make_sim: Any, tmp_path: Path) -> None:

@@ -128,7 +128,9 @@ async def test_control_pauses_rerates_and_stops_a_running_run(
     resume brings them back, `rate 5` holds the run at 5 a second, stop ends it with exit 4,
     and the same command afterwards finishes the rest."""
     ledger = tmp_path / "l.sqlite"
-    src = write_ids(tmp_path / "o.csv", ids("CDE", 120))
+    # enough orders that the run cannot finish while the `control` commands start (seconds
+    # each on a busy machine): at 20/s, 20 s of them
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 400))
     env = sim_env(sim, ledger, MOUVONE_RATE="20", MOUVONE_CONCURRENCY="4")
     proc = await cli.start("run", str(src), "--yes", env=env)
     await asyncio.wait_for(sim.sim.wait_for_deletes(10), 30)
@@ -152,7 +154,7 @@ async def test_control_pauses_rerates_and_stops_a_running_run(
     assert "pending" in {r["outcome"] for r in rows.values()}
     again = await cli.run("run", str(src), "--yes", "--rate", "500", env=env)
     assert again.code == 0, again.stderr[-2000:]
-    assert len(sim.sim.stats.deletes) == 120
+    assert len(sim.sim.stats.deletes) == 400
     gone = await cli.run("control", "--ledger", str(ledger), "status")
     assert gone.code == 2
     assert "no run is running" in gone.stderr

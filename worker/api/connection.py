@@ -237,6 +237,11 @@ class Reader:
             log.debug("read_retry", path=url.path, status=answer.status, delay_s=decision.delay_s)
             await self._clock.sleep(decision.delay_s)
 
+    async def once(self, url: URL) -> Answer:
+        """One GET when the limiter admits it, its answer as it came (no retry, no decision):
+        a health probe's. StoppingError when the run stops first."""
+        return (await self._send(url, f"GET {url.path}"))[2]
+
     async def _send(self, url: URL, what: str) -> tuple[str, int, Answer, object, float]:
         """One GET when the limiter admits it: (token, its generation, answer, body, the
         limiter slot it went in)."""

@@ -8,10 +8,16 @@ of requests already in flight do not count against their orders. Short of that, 
 more of them last failed so it *suspects* an outage: an order whose last attempt fails then
 waits up to VERDICT_S for the breaker's verdict (``verdict``) before it is recorded as failed.
 
-Open, after ``cooldown_s`` one caller is let through as the probe; any other answer than an
-outage failure closes the breaker, another failure opens it again for twice as long (up to
+Open, after ``cooldown_s`` one caller is let through as the probe (the dispatcher sends a GET,
+which any API that is up answers, whatever the orders' own DELETEs do); any other answer than
+an outage failure closes the breaker, another failure opens it again for twice as long (up to
 ``max_cooldown_s``). An outage longer than ``outage_timeout_s`` makes ``admit`` answer False:
 the run then stops with its orders still `pending`.
+
+The orders that were failing when the API proved itself up are *excused*: their failures are
+their own (orders that fail again and again, not an outage), and no longer count; they spend
+their attempts and end `retryable_failed`, while an outage still opens the breaker on the
+failures of the other orders.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class CircuitBreaker:
         self._clock = clock
         self._timeout_s = outage_timeout_s
         self._recent: OrderedDict[object, bool] = OrderedDict()  # order -> last was outage
+        self._excused: set[object] = set()  # orders failing when the API proved itself up
         self._failed = 0  # how many of them last failed (kept, not summed, on every answer)
         self._window = window
         self._anonymous = count()  # a key for answers recorded without an order
@@ -105,6 +112,8 @@ class CircuitBreaker:
         probe."""
         outage = is_outage(answer)
         if self._opened_at is None:
+            if order in self._excused:
+                return  # its failures are its own
             recent = self._recent
             key = next(self._anonymous) if order is None else order
             self._failed += outage - recent.pop(key, False)
@@ -168,6 +177,7 @@ class CircuitBreaker:
         self.outage_total_s += lasted
         self._opened_at = None
         self._probing = False
+        self._excused.update(order for order, failed in self._recent.items() if failed)
         self._recent.clear()
         self._failed = 0
         self.on_state(False)

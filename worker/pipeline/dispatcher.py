@@ -21,7 +21,7 @@ from worker.api.connection import (
 from worker.api.limiter import RateLimiter
 from worker.domain.answer import Answer
 from worker.domain.classifier import Action, OutcomeTable, error_code_for
-from worker.domain.decision import Decision, Situation, Step, decide, retry_reason
+from worker.domain.decision import Decision, Situation, Step, decide, is_outage, retry_reason
 from worker.domain.errors import ApiConfigError, FatalApiError
 from worker.domain.models import Outcome, Result
 from worker.domain.prediction import predict
@@ -160,7 +160,6 @@ class Dispatcher:
                 refused_after_refresh=refused,
                 quota_streak_s=self._quota_streak_s(verdict.action),
                 outage=self._breaker.view(),
-                probe=state.breaker_probe,
                 held=state.held,
             )
             decision = decide(verdict, answer, situation, self._policy.backoff, state.what)
@@ -214,38 +213,52 @@ class Dispatcher:
         "The hot path".)"""
         breaker = self._breaker
         admitted = await breaker.admit() if breaker.is_open else None
+        while admitted is True and not await self._api_is_up(state):
+            if self._control.stopping:
+                return None
+            admitted = await breaker.admit() if breaker.is_open else None
         if admitted is False:
             self._control.abort(
                 f"the API has been failing (5xx, timeouts, connection errors) for more than "
                 f"{breaker.outage_s():.0f}s (outage timeout): resume the run later"
             )
             return None
-        state.breaker_probe = probe = admitted is True
-        answer: Answer | None = None
+        if self._control.stopping:
+            return None
+        tokens = self._tokens
+        mine = None if self._still_mine is None else partial(self._mine, state)
+        taken = await slot_and_token(self._limiter, tokens, self._stopped, mine)
+        if taken is None:
+            return None
+        due, token = taken
+        state.token = token
+        state.slot = due
+        generation = tokens.generation
+        state.attempts += 1
+        self._control.requests += 1
+        state.in_flight = True
+        self._metrics.in_flight += 1
         try:
-            tokens = self._tokens
-            mine = None if self._still_mine is None else partial(self._mine, state)
-            taken = await slot_and_token(self._limiter, tokens, self._stopped, mine)
-            if taken is None:
-                return None
-            due, token = taken
-            state.token = token
-            state.slot = due
-            generation = tokens.generation
-            state.attempts += 1
-            self._control.requests += 1
-            state.in_flight = True
-            self._metrics.in_flight += 1
-            try:
-                answer = await self._client.cancel(state.order_id, token)
-            finally:
-                state.in_flight = False
-                self._metrics.in_flight -= 1
+            answer = await self._client.cancel(state.order_id, token)
         finally:
-            if probe and answer is None:
-                breaker.release_probe()
-        self._noted(state, answer, probe)
+            state.in_flight = False
+            self._metrics.in_flight -= 1
+        self._noted(state, answer)
         return answer, generation
+
+    async def _api_is_up(self, state: OrderState) -> bool:
+        """The breaker's probe: one GET of this order, which any API that is up answers
+        (whatever the order's own DELETE does: orders that fail again and again are not an
+        outage). Its answer goes to the breaker (closing it, or opening it again for longer)
+        and to the attempt log; False while the API is down, or when the run stops."""
+        try:
+            answer = await self._reader.once(self._client.order_url(state.order_id))
+        except StoppingError:
+            self._breaker.release_probe()
+            return False
+        self._looked_up(state, answer)
+        self._breaker.record(answer, probe=True, order=state.order_id)
+        return not is_outage(answer)
 
     def _stopped(self) -> bool:
         return self._control.stopping
@@ -256,7 +269,7 @@ class Dispatcher:
         state.lost = not await self._still_mine(state)
         return not state.lost
 
-    def _noted(self, state: OrderState, answer: Answer, probe: bool) -> None:
+    def _noted(self, state: OrderState, answer: Answer) -> None:
         """What one answer tells the run: metrics, the breaker, credentials accepted."""
         self._metrics.answered(answer)
         if answer.status is None:
@@ -272,7 +285,7 @@ class Dispatcher:
         if self.on_attempt is not None:
             self.on_attempt(state, "DELETE", state.attempts, answer)
         state.last = answer
-        self._breaker.record(answer, probe=probe, order=state.order_id)
+        self._breaker.record(answer, probe=False, order=state.order_id)
         if answer.status is not None and answer.status not in (401, 403):
             self._credentials_accepted.set()
             self._end_probe(state)  # the others need not wait for this order to end

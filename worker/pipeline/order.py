@@ -23,7 +23,6 @@ class OrderState:
     token: str = ""  # the token its last request carried
     in_flight: bool = False  # a request for it is on the wire
     probing: bool = False  # it holds the probe lock (credentials not yet proven)
-    breaker_probe: bool = False  # its request is the circuit breaker's probe
     lost: bool = False  # its source found it taken by another run before it was sent
     handle: str = ""  # its source's own reference to it (a stream entry's ID)
     verify: bool = False  # an earlier request may have reached the API: GET before sending
