@@ -49,8 +49,8 @@ async def test_scattered_failures_keep_it_closed() -> None:
 
 
 async def test_opens_then_one_probe_then_closes() -> None:
-    """Most recent answers failing opens it; after the cooldown exactly one caller probes, the
-    others wait, and the probe's success lets everyone go."""
+    """Most recent answers failing opens it; at once exactly one caller probes, the others
+    wait, and the probe's success lets everyone go."""
     clock = FakeClock()
     b = breaker(clock)
     for _ in range(10):
@@ -69,11 +69,12 @@ async def test_opens_then_one_probe_then_closes() -> None:
     assert admitted.count(True) == 1
     assert admitted.count(None) == 4
     assert not b.is_open
-    assert b.outage_total_s == pytest.approx(1.0)
+    assert b.outage_total_s == pytest.approx(0.0)
 
 
 async def test_failed_probe_doubles_the_cooldown() -> None:
-    """A probe that fails opens the breaker again for twice as long."""
+    """The first probe goes at once; each that fails keeps the breaker open, for 1 s, then
+    twice as long."""
     clock = FakeClock()
     b = breaker(clock)
     for _ in range(10):
@@ -87,7 +88,7 @@ async def test_failed_probe_doubles_the_cooldown() -> None:
             b.record(answer, probe=True)
 
     await clock.run(asyncio.ensure_future(probe_until_up()))
-    assert [round(t - 1000.0, 3) for t in starts] == [1.0, 3.0, 7.0]
+    assert [round(t - 1000.0, 3) for t in starts] == [0.0, 1.0, 3.0]
     assert not b.is_open
 
 

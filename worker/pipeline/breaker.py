@@ -8,11 +8,12 @@ of requests already in flight do not count against their orders. Short of that, 
 more of them last failed so it *suspects* an outage: an order whose last attempt fails then
 waits up to VERDICT_S for the breaker's verdict (``verdict``) before it is recorded as failed.
 
-Open, after ``cooldown_s`` one caller is let through as the probe (the dispatcher sends a GET,
-which any API that is up answers, whatever the orders' own DELETEs do); any other answer than
-an outage failure closes the breaker, another failure opens it again for twice as long (up to
-``max_cooldown_s``). An outage longer than ``outage_timeout_s`` makes ``admit`` answer False:
-the run then stops with its orders still `pending`.
+Open, one caller is let through at once as the probe (the dispatcher sends a GET, which any API
+that is up answers, whatever the orders' own DELETEs do); any other answer than an outage
+failure closes the breaker, a failure keeps it open for ``cooldown_s`` before the next probe,
+then twice as long each time (up to ``max_cooldown_s``). An outage longer than
+``outage_timeout_s`` makes ``admit`` answer False: the run then stops with its orders still
+`pending`.
 
 The orders that were failing when the API proved itself up are *excused*: their failures are
 their own (orders that fail again and again, not an outage), and no longer count; they spend
@@ -129,9 +130,9 @@ class CircuitBreaker:
             self._close()
         elif probe:
             self._probing = False
-            self._cooldown_s = min(self._max_cooldown_s, self._cooldown_s * 2)
             self._retry_at = self._clock.monotonic() + self._cooldown_s
             log.warning("circuit_still_open", retry_in_s=self._cooldown_s, outage_s=self.outage_s())
+            self._cooldown_s = min(self._max_cooldown_s, self._cooldown_s * 2)
             self._wake()
 
     def release_probe(self) -> None:
@@ -160,15 +161,14 @@ class CircuitBreaker:
         now = self._clock.monotonic()
         self._opened_at = now
         self._cooldown_s = self._base_cooldown_s
-        self._retry_at = now + self._cooldown_s
+        self._retry_at = now  # the probe goes at once: orders that fail are no outage
         self.outages += 1
         self.on_state(True)
         log.warning(
             "circuit_opened",
             failed=failed,
             of=len(self._recent),
-            retry_in_s=self._cooldown_s,
-            detail="most recent requests failed (5xx, timeouts, connection errors): pausing",
+            detail="most recent requests failed (5xx, timeouts, connection errors): probing",
         )
 
     def _close(self) -> None:
