@@ -21,6 +21,7 @@ import pytest
 
 from tests.support import Cli, at_the_prompt, ledger_rows, sim_env, write_ids
 from worker.domain.models import FINAL
+from worker.ledger import SqliteLedger
 from worker.simulator import RunningSimulator
 
 MIXED = [
@@ -672,3 +673,37 @@ async def test_what_was_confirmed_is_what_is_sent(
     assert "About to cancel 60 orders" in asked
     assert code == 0, said[-2000:]
     assert len(sim.sim.stats.deletes) == 60
+
+
+async def test_a_request_abandoned_in_flight_is_in_the_attempt_log(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """SIGTERM while a DELETE is on the wire and unanswered past --grace: the abandoned
+    request is an attempt-log row with its X-Request-ID and no answer (NO_ANSWER), so that
+    `history` shows what went out; the order stays pending."""
+    ledger = tmp_path / "l.sqlite"
+    src = write_ids(tmp_path / "o.csv", [f"CDE{n:010d}" for n in range(1, 11)])
+    env = sim_env(sim, ledger, MOUVONE_CONCURRENCY="2", MOUVONE_GRACE="0.5")
+    sim.sim.hold()
+    proc = await cli.start("run", str(src), "--yes", env=env)
+    await sim.sim.wait_for_held(1)  # the first order goes alone (credentials unproven)
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    sim.sim.release()
+    assert proc.returncode == 143, err.decode()[-2000:]
+    opened = SqliteLedger(ledger, readonly=True)
+    try:
+        abandoned = list(opened.audit().attempts())
+    finally:
+        opened.close()
+    assert len(abandoned) == 1, err.decode()[-3000:]  # the DELETE held on the wire
+    for row in abandoned:
+        order = str(row["order_id"])
+        shown = await cli.run("history", order, "--format", "json", env=env)
+        assert shown.code == 0, shown.stderr
+        attempts = json.loads(shown.stdout)["attempts"]
+        assert [(a["method"], a["http_status"], a["error_code"]) for a in attempts] == [
+            ("DELETE", None, "NO_ANSWER")
+        ]
+        assert attempts[0]["request_id"]
+        assert ledger_rows(ledger)[order]["outcome"] == "pending"

@@ -103,10 +103,13 @@ class MouvoneClient:
         self._token = ""
         self._headers: CIMultiDict[str] = CIMultiDict()
 
-    def cancel(self, order_id: str, token: str) -> Coroutine[Any, Any, Answer]:
-        """One DELETE; the answer, or the transport failure, as an Answer. (A plain method
-        returning the request's coroutine: one frame less to resume at every suspension.)"""
-        return self._call("DELETE", self._order_url(order_id), token)
+    def cancel(
+        self, order_id: str, token: str, request_id: str | None = None
+    ) -> Coroutine[Any, Any, Answer]:
+        """One DELETE (its X-Request-ID ``request_id``, when the caller made it); the answer, or
+        the transport failure, as an Answer. (A plain method returning the request's
+        coroutine: one frame less to resume at every suspension.)"""
+        return self._call("DELETE", self._order_url(order_id), token, request_id)
 
     async def fetch(self, url: URL, token: str) -> tuple[Answer, object]:
         """One GET; the answer, and the JSON body of a 200 (None when it is not JSON: the
@@ -122,12 +125,14 @@ class MouvoneClient:
         """``{base}/customer-orders/{id}``, the ID one segment."""
         return self._order_url(order_id)
 
-    async def _call(self, method: str, url: URL, token: str) -> Answer:
+    async def _call(
+        self, method: str, url: URL, token: str, request_id: str | None = None
+    ) -> Answer:
         """One request with its own X-Request-ID; the answer says which, and when it left.
         (One coroutine: every frame between the worker and aiohttp is resumed again at each
         suspension of the request.)"""
         base = self._headers if token == self._token else self._credentials(token)
-        request_id = request_ids()
+        request_id = request_id or request_ids()
         headers = base.copy()  # a CIMultiDict: aiohttp takes it as it is (a dict is converted)
         headers.add("X-Request-ID", request_id)
         sent_at = time.time()

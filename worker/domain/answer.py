@@ -13,7 +13,7 @@ class Answer:
     code: str | None = None
     message: str | None = None
     retry_after_s: float | None = None
-    failure: str | None = None  # "timeout" | "connection" | "unreadable"
+    failure: str | None = None  # "timeout" | "connection" | "unreadable" | "abandoned"
     latency_ms: float = 0.0
     body: object = None  # a GET's 200: its JSON
     unreachable: str | None = None  # no connection could be made: host, port and why

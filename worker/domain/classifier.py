@@ -33,6 +33,7 @@ TRANSPORT_CODES = {
     "timeout": "TIMEOUT",
     "connection": "CONNECTION_ERROR",
     "unreadable": "UNREADABLE_RESPONSE",
+    "abandoned": "NO_ANSWER",  # the run stopped before the answer came
 }
 
 

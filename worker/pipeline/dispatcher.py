@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -18,6 +19,7 @@ from worker.api.connection import (
     obey,
     slot_and_token,
 )
+from worker.api.headers import request_ids
 from worker.api.limiter import RateLimiter
 from worker.domain.answer import Answer
 from worker.domain.classifier import Action, OutcomeTable, error_code_for
@@ -238,13 +240,33 @@ class Dispatcher:
         self._control.requests += 1
         state.in_flight = True
         self._metrics.in_flight += 1
+        request_id = request_ids()
+        sent_at = time.time()
         try:
-            answer = await self._client.cancel(state.order_id, token)
+            answer = await self._client.cancel(state.order_id, token, request_id)
+        except asyncio.CancelledError:
+            self._abandoned(state, request_id, sent_at)
+            raise
         finally:
             state.in_flight = False
             self._metrics.in_flight -= 1
         self._noted(state, answer)
         return answer, generation
+
+    def _abandoned(self, state: OrderState, request_id: str, sent_at: float) -> None:
+        """The run stopped with this DELETE on the wire (the end of --grace, a second signal):
+        the attempt log keeps it, its request id and no answer, so that the API's owner can
+        look it up."""
+        if self.on_attempt is not None:
+            answer = Answer(
+                None,
+                failure="abandoned",
+                message="no answer: the run stopped before it came (end of --grace, or a "
+                "second signal); the order may have been cancelled",
+                request_id=request_id,
+                sent_at=sent_at,
+            )
+            self.on_attempt(state, "DELETE", state.attempts, answer)
 
     async def _api_is_up(self, state: OrderState) -> bool:
         """The breaker's probe: one GET of this order, which any API that is up answers
