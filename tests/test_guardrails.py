@@ -223,6 +223,17 @@ async def test_plan_then_apply_sends_exactly_the_plan(
     assert checked.code == 0, checked.stderr[-2000:]
     assert json.loads(checked_file.read_text())["predictions"] == dict.fromkeys(wanted, "cancelled")
     assert sim.sim.stats.deletes == {}  # --check looks up, never cancels
+    reviewed = await cli.run(
+        "plan", str(src), "--output", str(checked_file), "--check", "--reason", "T-2",
+        "--ticket", "OPS-7", env=env,
+    )  # fmt: skip
+    assert reviewed.code == 0, reviewed.stderr[-2000:]
+    shown = await cli.run("apply", str(checked_file), "--dry-run", env=env)
+    assert shown.code == 0, shown.stderr[-2000:]
+    assert "About to cancel 10 orders" in shown.stderr  # what its prompt would show
+    assert "Reason:  T-2 (ticket OPS-7)" in shown.stderr
+    assert "Checked: predicted when planned: cancelled 10" in shown.stderr
+    assert sim.sim.stats.deletes == {}
     applied = await cli.run("apply", str(plan_file), "--yes", env=env)
     assert applied.code == 0, applied.stderr[-2000:]
     assert sorted(sim.sim.stats.deletes) == wanted

@@ -282,3 +282,21 @@ async def test_check_is_a_run_with_the_runs_brakes(cli: Cli, make_sim: Any, tmp_
     assert sum(running.sim.stats.gets.values()) < len(seeded)
     assert sum(running.sim.stats.deletes.values()) == 0
     assert not ledger.exists()
+
+
+async def test_plan_check_shows_its_progress(cli: Cli, make_sim: Any, tmp_path: Path) -> None:
+    """`plan --check` looks every order up at --rate and says how far it is, as a run does
+    (progress events off a terminal, with the count to do)."""
+    running = await make_sim(orders=40, seed=4)
+    src = write_ids(tmp_path / "o.csv", sorted(running.sim.book.orders))
+    env = sim_env(
+        running, tmp_path / "l.sqlite", MOUVONE_RATE="40", MOUVONE_PROGRESS_INTERVAL="0.2"
+    )
+    planned = await cli.run(
+        "plan", str(src), "--output", str(tmp_path / "p.json"), "--check", env=env
+    )
+    assert planned.code == 0, planned.stderr[-2000:]
+    events = [json.loads(line) for line in planned.stderr.splitlines() if line.startswith("{")]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress
+    assert progress[-1]["total"] == 40

@@ -45,7 +45,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
             settings.require_credentials()
             validator = IdValidator(settings.id_pattern)
-            predicted = predictions(settings, plans.PlanSource(order_ids, "the plan", validator))
+            predicted = predictions(
+                settings,
+                plans.PlanSource(order_ids, "the plan", validator),
+                progress_bar=sys.stderr.isatty() and not args.no_progress,
+            )
     key = settings.signing_key
     content = plans.make(
         order_ids,

@@ -58,4 +58,5 @@ def cmd_check(args: argparse.Namespace) -> int:
         source = source_from(args, settings, stack)
         source.scan()
         out = open_output(args.output, stack)
-        return run_check(settings, source, out, args.format, args.outcome)
+        bar = sys.stderr.isatty()
+        return run_check(settings, source, out, args.format, args.outcome, progress_bar=bar)

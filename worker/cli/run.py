@@ -31,6 +31,7 @@ from worker.runtime import loop as event_loop
 from worker.runtime.redaction import printable, redact
 from worker.settings import Settings, given_elsewhere, revalidated
 from worker.sources import OrderInput
+from worker.sources import plan as plans
 
 log = structlog.get_logger(__name__)
 
@@ -63,13 +64,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             settings.ledger, dry=args.dry_run, stack=stack, claim_idle=settings.claim_idle
         )
         approved = None
+        force = getattr(args, "force", False)
         if not args.dry_run and (not args.yes or settings.max_orders is not None):
-            force = getattr(args, "force", False)
             plan = count_to_send(source, settings.ledger, force=force)
             cap(plan.to_send, settings)
             if not args.yes:
                 _confirm(source, settings, plan, total)
             approved = plan.to_send
+        elif args.dry_run and args.command == "apply":  # what its prompt would show
+            plan = count_to_send(source, settings.ledger, force=force)
+            shown = confirmation(source, settings, plan, total)
+            say(sys.stderr, f"{shown}\n(--dry-run: nothing is asked, nothing is sent)\n")
         options = RunOptions(
             command=args.command,
             force=getattr(args, "force", False),
@@ -128,28 +133,36 @@ def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Setti
     return settings
 
 
+def confirmation(source: OrderInput, settings: Settings, plan: Counts, total: int) -> str:
+    """The plan as a person needs it before sending: target, input, what will be sent and what
+    not, how long it takes at --rate; for a plan file, its reason and its predictions."""
+    minutes = plan.to_send / settings.rate / 60
+    took = f"{minutes:.0f} min" if minutes >= 1 else f"{plan.to_send / settings.rate:.0f} s"
+    lines = [
+        f"About to cancel {plan.to_send} orders at {settings.target_label} "
+        f"(tokens from {settings.token_host})",
+        f"Input:   {source.name}, {total} IDs",
+        f"Ledger:  {settings.ledger}",
+        f"Plan:    cancel {plan.to_send} orders; not sent: {plan.final} already final, "
+        f"{plan.invalid} invalid, {plan.duplicates} duplicates",
+        f"Time:    about {took} at --rate {settings.rate:g}",
+    ]
+    reviewed = getattr(source, "plan", None)
+    if isinstance(reviewed, plans.Plan):
+        lines += plans.review_lines(reviewed)
+    return "\n".join(lines)
+
+
 def _confirm(source: OrderInput, settings: Settings, plan: Counts, total: int) -> None:
-    """Show the plan as a person needs it (target, input, what will be sent and what not, how
-    long it takes at --rate) and ask for "yes", on the terminal even when the orders come on
+    """Show the confirmation and ask for "yes", on the terminal even when the orders come on
     standard input; nothing to send: nothing to ask. Refuse when nobody can be asked."""
     if plan.to_send == 0:
         return  # nothing will be sent: the run only records what is invalid
     answer_from = terminal()
     if answer_from is None:
         raise ConfigError("not on a terminal, so nobody can confirm: pass --yes to send")
-    minutes = plan.to_send / settings.rate / 60
-    took = f"{minutes:.0f} min" if minutes >= 1 else f"{plan.to_send / settings.rate:.0f} s"
-    say(
-        sys.stderr,
-        f"About to cancel {plan.to_send} orders at {settings.target_label} "
-        f"(tokens from {settings.token_host})\n"
-        f"Input:   {source.name}, {total} IDs\n"
-        f"Ledger:  {settings.ledger}\n"
-        f"Plan:    cancel {plan.to_send} orders; not sent: {plan.final} already final, "
-        f"{plan.invalid} invalid, {plan.duplicates} duplicates\n"
-        f"Time:    about {took} at --rate {settings.rate:g}\n"
-        "A cancellation cannot be undone. Type 'yes' to go on: ",
-    )
+    shown = confirmation(source, settings, plan, total)
+    say(sys.stderr, f"{shown}\nA cancellation cannot be undone. Type 'yes' to go on: ")
     with answer_from:
         if answer_from.readline().strip().lower() != "yes":
             raise ConfigError("not confirmed: nothing was sent")

@@ -22,10 +22,14 @@ from worker.settings import Settings
 from worker.sources import OrderInput
 
 
-async def _predict_into(settings: Settings, source: OrderInput, ledger: SqliteLedger) -> None:
+async def _predict_into(
+    settings: Settings, source: OrderInput, ledger: SqliteLedger, progress_bar: bool
+) -> None:
     """Predict every order of the input into ``ledger`` (a scratch ledger); FatalApiError
     (or the stop's own exit status) when the check stopped before the end."""
-    options = RunOptions(command="check", force=True, predict=True)
+    options = RunOptions(
+        command="check", force=True, predict=True, progress_bar=progress_bar, total=source.scan()
+    )
     predicting = settings.model_copy(update={"canary": 0, "max_failure_rate": None})
     report = await Runner(predicting, source, ledger, options).execute()
     if report.reason is not None:
@@ -35,10 +39,12 @@ async def _predict_into(settings: Settings, source: OrderInput, ledger: SqliteLe
         raise stopped
 
 
-def _predicted(settings: Settings, source: OrderInput, folder: str) -> SqliteLedger:
+def _predicted(
+    settings: Settings, source: OrderInput, folder: str, progress_bar: bool
+) -> SqliteLedger:
     ledger = SqliteLedger(Path(folder) / "preflight.sqlite")
     try:
-        event_loop.run(_predict_into(settings, source, ledger))
+        event_loop.run(_predict_into(settings, source, ledger, progress_bar))
     except BaseException:
         ledger.close()
         raise
@@ -46,12 +52,18 @@ def _predicted(settings: Settings, source: OrderInput, folder: str) -> SqliteLed
 
 
 def run_check(
-    settings: Settings, source: OrderInput, out: TextIO, fmt: str, outcome: str | None
+    settings: Settings,
+    source: OrderInput,
+    out: TextIO,
+    fmt: str,
+    outcome: str | None,
+    *,
+    progress_bar: bool = False,
 ) -> int:
     """Predict, print the report; 0 when every order would end cancelled or already
     cancelled, else 1."""
     with tempfile.TemporaryDirectory(prefix="cancel-orders-check-") as folder:
-        ledger = _predicted(settings, source, folder)
+        ledger = _predicted(settings, source, folder, progress_bar)
         try:
             label = f"preflight of {source.name} (predicted outcomes: nothing was cancelled)"
             write_report(ledger, out, fmt, outcome, label)
@@ -62,10 +74,12 @@ def run_check(
     return 0 if failing == 0 else 1
 
 
-def predictions(settings: Settings, source: OrderInput) -> dict[str, str]:
+def predictions(
+    settings: Settings, source: OrderInput, *, progress_bar: bool = False
+) -> dict[str, str]:
     """Each order's predicted outcome (for `plan --check`)."""
     with tempfile.TemporaryDirectory(prefix="cancel-orders-check-") as folder:
-        ledger = _predicted(settings, source, folder)
+        ledger = _predicted(settings, source, folder, progress_bar)
         try:
             return {str(row[0]): str(row[1]) for row in ledger.rows()}
         finally:

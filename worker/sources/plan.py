@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -112,6 +113,7 @@ class Plan:
     reason: str | None = None
     ticket: str | None = None
     token_host: str = ""
+    predictions: dict[str, str] | None = None  # `plan --check`: order -> predicted outcome
 
     @property
     def age(self) -> str:
@@ -169,7 +171,27 @@ def load(path: Path, seal: Seal, now: datetime | None = None) -> Plan:
         reason=_text(data, "reason"),
         ticket=_text(data, "ticket"),
         token_host=_text(data, "token_host") or "",
+        predictions=_predictions(data),
     )
+
+
+def _predictions(data: Mapping[str, Any]) -> dict[str, str] | None:
+    found = data.get("predictions")
+    if not isinstance(found, dict):
+        return None
+    return {str(order): str(outcome) for order, outcome in found.items()}
+
+
+def review_lines(plan: Plan) -> list[str]:
+    """What a person confirming `apply` needs of the plan beyond its count: why it was made
+    (reason, ticket) and, with `plan --check`, the outcomes predicted then (escaped)."""
+    why = plan.reason or "(no reason given)"
+    lines = [f"Reason:  {why}" + (f" (ticket {plan.ticket})" if plan.ticket else "")]
+    if plan.predictions:
+        counted = Counter(plan.predictions.values())
+        shown = ", ".join(f"{outcome} {n}" for outcome, n in counted.most_common())
+        lines.append(f"Checked: predicted when planned: {shown}")
+    return [printable(line) for line in lines]
 
 
 def _read(path: Path) -> dict[str, Any]:
