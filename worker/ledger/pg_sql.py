@@ -4,16 +4,8 @@ one array parameter)."""
 
 from __future__ import annotations
 
+from worker.ledger import statements as common
 from worker.ledger.schema import ATTEMPT_COLUMNS, CSV_COLUMNS, FINAL_SQL
-from worker.ledger.statements import (
-    CODES,
-    LAST_RUN,
-    OUTCOMES,
-    ROWS,
-    RUNS,
-    TIMELINE,
-    Statements,
-)
 
 # Every table of the SQLite ledger, with the same columns, plus what sharing needs: a run's
 # lease (``heartbeat_at``, renewed while it lives, and ``lease_s``, its term: the run holding it
@@ -92,7 +84,7 @@ INSERT INTO orders (order_id, outcome, http_status, error_code, message, attempt
                     created_at, updated_at)
 SELECT DISTINCT ON (r.order_id) r.order_id, r.outcome, r.http_status, r.error_code, r.message,
        coalesce(r.attempts, 0), %(run)s, %(at)s, %(at)s
-FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb) AS (order_id text, outcome text,
+FROM common.ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb) AS (order_id text, outcome text,
           http_status int, error_code text, message text, attempts int))
      WITH ORDINALITY AS r(order_id, outcome, http_status, error_code, message, attempts, n)
 ORDER BY r.order_id, r.outcome = 'pending', r.n DESC
@@ -134,37 +126,32 @@ FOR UPDATE OF o SKIP LOCKED
 _CSV = ", ".join(CSV_COLUMNS)
 _ATTEMPTS = ", ".join(ATTEMPT_COLUMNS)
 
-STATEMENTS = Statements(
-    outcomes=OUTCOMES,
+STATEMENTS = common.Statements(
+    outcomes=common.OUTCOMES,
     outcomes_of="SELECT outcome, COUNT(*) FROM orders WHERE outcome = %s GROUP BY outcome",
-    codes=CODES,
+    codes=common.CODES,
     codes_of="SELECT error_code, COUNT(*) FROM orders WHERE outcome = %s AND error_code IS NOT "
     "NULL GROUP BY error_code",
     run_outcomes="SELECT outcome, COUNT(*) FROM orders WHERE run_id = %s GROUP BY outcome",
     run_codes="SELECT error_code, COUNT(*) FROM orders WHERE run_id = %s AND error_code IS NOT "
     "NULL GROUP BY error_code",
-    rows=ROWS,
+    rows=common.ROWS,
     rows_with=f"SELECT {_CSV} FROM orders WHERE outcome = %s ORDER BY order_id",
     rows_of=f"SELECT {_CSV} FROM orders WHERE order_id = ANY(%s) ORDER BY order_id",
-    timeline=TIMELINE,
-    last_run=LAST_RUN,
+    timeline=common.TIMELINE,
+    last_run=common.LAST_RUN,
     still_mine="SELECT order_id FROM orders WHERE run_id = %s AND outcome = 'pending' AND "
     "order_id = ANY(%s)",
-    existing="SELECT o.order_id, o.outcome, o.run_id, o.outcome = 'retryable_failed' OR "
-    "(o.outcome = 'pending' AND (o.attempts > 0 OR r.finished_at IS NULL)) "
-    "FROM orders o LEFT JOIN runs r ON r.run_id = o.run_id WHERE o.order_id = ANY(%s)",
+    existing=f"{common.EXISTING_OF} WHERE o.order_id = ANY(%s)",
     candidates="SELECT order_id FROM orders WHERE outcome = ANY(%s) AND order_id > %s "
     "ORDER BY order_id LIMIT %s",
     target="SELECT base_url FROM runs WHERE base_url IS NOT NULL AND (finished_at IS NULL "
     "OR coalesce((summary::jsonb ->> 'requests')::bigint, 1) > 0) ORDER BY started_at LIMIT 1",
     end_run="UPDATE runs SET finished_at = %s, exit_code = %s, summary = %s WHERE run_id = %s",
     commands="SELECT key, value FROM control WHERE run_id = %s AND key <> 'status'",
-    runs=RUNS,
+    runs=common.RUNS,
     run_requests="SELECT COUNT(*) FROM attempts WHERE run_id = %s",
-    history="SELECT "
-    + ", ".join(f"a.{c}" for c in ATTEMPT_COLUMNS)
-    + ", r.command, r.operator, r.reason, r.ticket FROM attempts a "
-    "LEFT JOIN runs r ON r.run_id = a.run_id WHERE a.order_id = %s ORDER BY a.sent_at, a.seq",
+    history=f"{common.HISTORY_OF} WHERE a.order_id = %s ORDER BY a.sent_at, a.seq",
     attempts=f"SELECT {_ATTEMPTS} FROM attempts WHERE (%s::text IS NULL OR sent_at >= %s) "
     "AND (%s::text IS NULL OR run_id = %s) ORDER BY seq",
     run_orders=f"SELECT {_CSV} FROM orders WHERE run_id = %s OR order_id IN "

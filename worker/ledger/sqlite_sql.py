@@ -6,20 +6,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 
+from worker.ledger import statements as common
 from worker.ledger.schema import (
     ATTEMPT_COLUMNS,
     CSV_COLUMNS,
     FINAL_SQL,
     SCHEMA_VERSION,
-)
-from worker.ledger.statements import (
-    CODES,
-    LAST_RUN,
-    OUTCOMES,
-    ROWS,
-    RUNS,
-    TIMELINE,
-    Statements,
 )
 
 SCHEMA = f"""
@@ -140,37 +132,32 @@ _IN = "IN (SELECT value FROM json_each(?))"  # a list as one JSON parameter
 _CSV = ", ".join(CSV_COLUMNS)
 _ATTEMPTS = ", ".join(ATTEMPT_COLUMNS)
 
-STATEMENTS = Statements(
-    outcomes=OUTCOMES,
+STATEMENTS = common.Statements(
+    outcomes=common.OUTCOMES,
     outcomes_of="SELECT outcome, COUNT(*) FROM orders WHERE outcome = ? GROUP BY outcome",
-    codes=CODES,
+    codes=common.CODES,
     codes_of="SELECT error_code, COUNT(*) FROM orders WHERE outcome = ? AND error_code IS NOT "
     "NULL GROUP BY error_code",
     run_outcomes="SELECT outcome, COUNT(*) FROM orders WHERE run_id = ? GROUP BY outcome",
     run_codes="SELECT error_code, COUNT(*) FROM orders WHERE run_id = ? AND error_code IS NOT "
     "NULL GROUP BY error_code",
-    rows=ROWS,
+    rows=common.ROWS,
     rows_with=f"SELECT {_CSV} FROM orders WHERE outcome = ? ORDER BY order_id",
     rows_of=f"SELECT {_CSV} FROM orders WHERE order_id {_IN} ORDER BY order_id",
-    timeline=TIMELINE,
-    last_run=LAST_RUN,
+    timeline=common.TIMELINE,
+    last_run=common.LAST_RUN,
     still_mine="SELECT order_id FROM orders WHERE run_id = ? AND outcome = 'pending' AND "
     f"order_id {_IN}",
-    existing="SELECT o.order_id, o.outcome, o.run_id, o.outcome = 'retryable_failed' OR "
-    "(o.outcome = 'pending' AND (o.attempts > 0 OR r.finished_at IS NULL)) "
-    f"FROM orders o LEFT JOIN runs r ON r.run_id = o.run_id WHERE o.order_id {_IN}",
+    existing=f"{common.EXISTING_OF} WHERE o.order_id {_IN}",
     candidates=f"SELECT order_id FROM orders WHERE outcome {_IN} AND order_id > ? "
     "ORDER BY order_id LIMIT ?",
     target="SELECT base_url FROM runs WHERE base_url IS NOT NULL AND (finished_at IS NULL "
     "OR coalesce(json_extract(summary, '$.requests'), 1) > 0) ORDER BY started_at LIMIT 1",
     end_run="UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE run_id = ?",
     commands="SELECT key, value FROM control WHERE run_id = ? AND key != 'status'",
-    runs=RUNS,
+    runs=common.RUNS,
     run_requests="SELECT COUNT(*) FROM attempts WHERE run_id = ?",
-    history="SELECT "
-    + ", ".join(f"a.{c}" for c in ATTEMPT_COLUMNS)
-    + ", r.command, r.operator, r.reason, r.ticket FROM attempts a "
-    "LEFT JOIN runs r ON r.run_id = a.run_id WHERE a.order_id = ? ORDER BY a.sent_at, a.rowid",
+    history=f"{common.HISTORY_OF} WHERE a.order_id = ? ORDER BY a.sent_at, a.rowid",
     attempts=f"SELECT {_ATTEMPTS} FROM attempts WHERE (? IS NULL OR sent_at >= ?) "
     "AND (? IS NULL OR run_id = ?) ORDER BY rowid",
     run_orders=f"SELECT {_CSV} FROM orders WHERE run_id = ? OR order_id IN "

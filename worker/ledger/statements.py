@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from worker.ledger.schema import CSV_COLUMNS, RUN_COLUMNS
+from worker.ledger.schema import ATTEMPT_COLUMNS, CSV_COLUMNS, RUN_COLUMNS
 
 Row = tuple[object, ...]
 Attempts = Sequence[Sequence[object]]  # attempt log rows, in ATTEMPT_COLUMNS order
@@ -21,6 +21,19 @@ TIMELINE = (
 )
 LAST_RUN = f"SELECT {', '.join(RUN_COLUMNS[:7])} FROM runs ORDER BY started_at DESC LIMIT 1"
 RUNS = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY started_at DESC, run_id DESC"
+# The columns of an order's history: its attempts, each with its run's who and why
+HISTORY_OF = (
+    "SELECT "
+    + ", ".join(f"a.{c}" for c in ATTEMPT_COLUMNS)
+    + ", r.command, r.operator, r.reason, r.ticket FROM attempts a "
+    "LEFT JOIN runs r ON r.run_id = a.run_id"
+)
+# What the ledger knows of some orders: outcome, holder, and whether it may have been sent
+EXISTING_OF = (
+    "SELECT o.order_id, o.outcome, o.run_id, o.outcome = 'retryable_failed' OR "
+    "(o.outcome = 'pending' AND (o.attempts > 0 OR r.finished_at IS NULL)) "
+    "FROM orders o LEFT JOIN runs r ON r.run_id = o.run_id"
+)
 
 
 @dataclass(frozen=True, slots=True)
