@@ -84,7 +84,7 @@ INSERT INTO orders (order_id, outcome, http_status, error_code, message, attempt
                     created_at, updated_at)
 SELECT DISTINCT ON (r.order_id) r.order_id, r.outcome, r.http_status, r.error_code, r.message,
        coalesce(r.attempts, 0), %(run)s, %(at)s, %(at)s
-FROM common.ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb) AS (order_id text, outcome text,
+FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb) AS (order_id text, outcome text,
           http_status int, error_code text, message text, attempts int))
      WITH ORDINALITY AS r(order_id, outcome, http_status, error_code, message, attempts, n)
 ORDER BY r.order_id, r.outcome = 'pending', r.n DESC
