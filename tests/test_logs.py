@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 
 import pytest
 
+from tests.support import Cli, sim_env, write_ids
 from worker.runtime import logs
 from worker.runtime.logs import _json_line
 from worker.runtime.redaction import REDACTED, Redactor
+from worker.simulator import RunningSimulator
 
 
 class _Color(StrEnum):
@@ -67,3 +70,23 @@ def test_timestamp_is_iso_utc() -> None:
     stamped = logs.UtcTimestamp()(None, "info", {})["timestamp"]
     parsed = datetime.strptime(stamped, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     assert abs((datetime.now(UTC) - parsed).total_seconds()) < 5
+
+
+async def test_a_console_shows_nothing_per_order_and_the_log_file_has_them_all(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """On a console (a person's screen) a run prints no line per order, rejected ones included,
+    nor the pending orders of a stop: the progress display, the problems and the summary; with
+    --log-file every order's event is in the file as JSON."""
+    ledger = tmp_path / "l.sqlite"
+    orders = [f"CDE{n:010d}" for n in range(1, 21)] + ["SUB0000000001"]
+    src = write_ids(tmp_path / "o.csv", orders)
+    env = sim_env(sim, ledger, MOUVONE_LOG_FORMAT="console")
+    log_file = tmp_path / "run.jsonl"
+    done = await cli.run("run", str(src), "--yes", "--log-file", str(log_file), env=env)
+    assert done.code == 1, done.stderr[-2000:]
+    assert "order_id=" not in done.stderr
+    assert "run_started" in done.stderr
+    assert done.stderr.rstrip().splitlines()[-1].startswith("cancel-orders: ")
+    logged = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert sorted(e["order_id"] for e in logged if e["event"] == "order") == sorted(orders)

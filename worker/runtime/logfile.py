@@ -17,7 +17,8 @@ from worker.runtime.files import appended
 
 # Order events the console leaves to the log file (it shows the others: they need a person).
 QUIET_OUTCOMES = frozenset({"cancelled", "already_cancelled", "pending"})
-SHOWN_AS_TABLE = frozenset({"run_summary"})  # printed by the command at the end
+SHOWN_AS_TABLE = frozenset({"run_summary", "check_summary"})  # printed by the command at the end
+PER_ORDER = "order"  # one event per order: the JSON log's (a file, or stderr off a terminal)
 
 
 class LogFile:
@@ -100,8 +101,9 @@ class JsonTee:
 
 
 class ConsoleGate:
-    """First of the console chain: the event as JSON to the log file (when there is one); the
-    run's summary and, with a log file, the orders that went well are not printed."""
+    """First of the console chain, a person's screen: the event as JSON to the log file (when
+    there is one); nothing per order (the progress display counts them, the ledger and the JSON
+    log hold them) and not the run's summary (printed as a table)."""
 
     def __init__(self, render: Render | None) -> None:
         self._render = render
@@ -112,8 +114,7 @@ class ConsoleGate:
         """The structlog processor."""
         if self._render is not None:
             LOG_FILE.write(self._render(logger, method, dict(event_dict)))
-            if _quiet(event_dict):
-                raise structlog.DropEvent
-        if event_dict.get("event") in SHOWN_AS_TABLE:
+        event = event_dict.get("event")
+        if event == PER_ORDER or event in SHOWN_AS_TABLE:
             raise structlog.DropEvent
         return event_dict
