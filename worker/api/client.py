@@ -16,7 +16,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from worker.api.headers import limit_per_s, request_ids, response_id
+from worker.api.headers import limit_per_s, request_ids, response_id, traceparent
 from worker.domain.answer import Answer
 from worker.domain.retry import parse_retry_after
 from worker.runtime.redaction import redact
@@ -135,6 +135,7 @@ class MouvoneClient:
         request_id = request_id or request_ids()
         headers = base.copy()  # a CIMultiDict: aiohttp takes it as it is (a dict is converted)
         headers.add("X-Request-ID", request_id)
+        headers.add("traceparent", traceparent(request_id))
         sent_at = time.time()
         started = time.perf_counter()
         limit = MAX_ERROR_BODY if method == "DELETE" else MAX_READ_BODY

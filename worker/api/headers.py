@@ -60,3 +60,16 @@ class _RequestIds:
 
 
 request_ids = _RequestIds()
+
+
+def trace_id(request_id: str) -> str:
+    """The W3C trace id of a request: its X-Request-ID's 128 bits as 32 hex digits (one value
+    finds the request in the tool's attempt log and in the gateway's traces)."""
+    return request_id.replace("-", "")
+
+
+def traceparent(request_id: str) -> str:
+    """The W3C ``traceparent`` header sent with the request whose X-Request-ID this is: version
+    00, its trace id, a span id of the id's last 64 bits, sampled."""
+    trace = trace_id(request_id)
+    return f"00-{trace}-{trace[16:]}-01"

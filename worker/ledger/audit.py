@@ -131,4 +131,7 @@ def _clean(row: dict[str, object]) -> dict[str, object]:
     message = row.get("message")
     if isinstance(message, str):
         row["message"] = redact.clean(message)
+    request_id = row.get("request_id")
+    if isinstance(request_id, str):  # the W3C trace id the request carried (traceparent)
+        row["trace_id"] = request_id.replace("-", "")
     return row

@@ -14,6 +14,8 @@ from worker.ledger.schema import ATTEMPT_COLUMNS
 from worker.reports.report import safe_cell
 from worker.runtime.redaction import printable
 
+AUDIT_COLUMNS = (*ATTEMPT_COLUMNS, "trace_id")  # the trace id each request carried
+
 RUNS_CSV = (
     "run_id",
     "started_at",
@@ -145,9 +147,9 @@ def write_attempts(rows: Iterable[dict[str, object]], out: TextIO, fmt: str) -> 
     count = 0
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(ATTEMPT_COLUMNS)
+        writer.writerow(AUDIT_COLUMNS)
         for row in rows:
-            writer.writerow(safe_cell(row[c]) for c in ATTEMPT_COLUMNS)
+            writer.writerow(safe_cell(row.get(c)) for c in AUDIT_COLUMNS)
             count += 1
         return count
     for row in rows:

@@ -68,6 +68,7 @@ class SimStats:
     max_in_flight: int = 0  # the most DELETEs ever being answered at once
     # every API request: (method, order ID or "", its X-Request-ID, the simulator's own id)
     journal: list[tuple[str, str, str, str]] = field(default_factory=list)
+    traceparents: dict[str, str] = field(default_factory=dict)  # X-Request-ID -> traceparent
 
     def max_in_window(self, window_s: float = 1.0) -> int:
         """The most API requests that arrived within any sliding window of this length."""

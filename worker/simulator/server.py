@@ -68,9 +68,9 @@ class Simulator(SimControls):
             return await handler(request)
         own = f"sim-{len(self.stats.journal) + 1}"
         order_id = order_id_of(request, self.config.base_path) or ""
-        self.stats.journal.append(
-            (request.method, order_id, request.headers.get("X-Request-ID", ""), own)
-        )
+        request_id = request.headers.get("X-Request-ID", "")
+        self.stats.journal.append((request.method, order_id, request_id, own))
+        self.stats.traceparents[request_id] = request.headers.get("traceparent", "")
         response = await handler(request)
         response.headers["x-ms-request-id"] = own
         return response
