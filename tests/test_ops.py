@@ -22,13 +22,20 @@ MIXED = ["CDE0000000001", "CDE0000000002", "CDE0000000003", "NFD0000000001", "CT
          "TMP0000000001", "bad-id"]  # fmt: skip
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """(sample name, sorted labels) -> value, from the Prometheus text format."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+def samples(
+    text: str, job: str | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels but the job) -> value, from the Prometheus text format;
+    every sample carries a job label (``job``, when given)."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            named = labels.pop("job", None)
+            assert named, sample
+            assert job is None or named == job, (sample, job)
+            found[sample.name, tuple(sorted(labels.items()))] = sample.value
+    return found
 
 
 def free_port() -> int:
@@ -51,7 +58,7 @@ async def test_metrics_textfile_after_a_run(
     )  # fmt: skip
     assert done.code == 1, done.stderr
     assert prom.stat().st_mode & 0o777 == 0o644
-    found = samples(prom.read_text())
+    found = samples(prom.read_text(), job="run-o")  # the command and the input's name
     outcome = "cancel_orders_outcomes_total"
     assert found[(outcome, (("error_code", ""), ("outcome", "cancelled")))] == 4
     assert found[(outcome, (("error_code", "CUSTOMER_ORDER_NOT_FOUND"), ("outcome", "not_found")))]
@@ -70,7 +77,7 @@ async def test_metrics_textfile_after_a_run(
         env=sim_env(sim, tmp_path / "l.sqlite", MOUVONE_BASE_URL=sim.base_url + "/wrong"),
     )  # fmt: skip
     assert failed.code == 2, failed.stderr[-2000:]  # another target for this ledger
-    again = samples(prom.read_text())
+    again = samples(prom.read_text(), job="run-o")
     assert again[("cancel_orders_last_run_exit_code", ())] == 2
     assert again[("cancel_orders_last_run_end_timestamp_seconds", ())] > ended
     assert again[("cancel_orders_last_success_timestamp_seconds", ())] == ended
@@ -79,7 +86,8 @@ async def test_metrics_textfile_after_a_run(
 async def test_metrics_pushed_to_a_pushgateway(
     cli: Cli, sim: RunningSimulator, tmp_path: Path
 ) -> None:
-    """--pushgateway URL: the run's metrics are pushed once at the end, grouped by command."""
+    """--pushgateway URL: the run's metrics are pushed once at the end, grouped by job and
+    command."""
     pushed: list[tuple[str, str, bytes]] = []
 
     async def receive(request: web.Request) -> web.Response:
@@ -104,10 +112,12 @@ async def test_metrics_pushed_to_a_pushgateway(
     assert len(pushed) == 1
     method, path, body = pushed[0]
     # POST: the families pushed replace theirs only, so a failed run keeps the last success
-    assert (method, path) == ("POST", "/metrics/job/cancel-orders/command/run")
-    assert b"cancel_orders_last_run_exit_code 0.0" in body
+    assert (method, path) == ("POST", "/metrics/job/run-o/command/run")
+    assert b'cancel_orders_last_run_exit_code{job="run-o"} 0.0' in body
     assert b"cancel_orders_last_success_timestamp_seconds" in body
-    assert b'cancel_orders_outcomes_total{error_code="",outcome="cancelled"} 2.0' in body
+    assert (
+        b'cancel_orders_outcomes_total{error_code="",job="run-o",outcome="cancelled"} 2.0' in body
+    )
 
 
 async def test_consumer_serves_metrics_and_health(
@@ -248,3 +258,37 @@ async def test_html_report_in_headless_chromium(
     text = " ".join(dom.text)
     assert "CTR0000000001" in text
     assert "CANNOT_CANCEL_ORDER_WITH_ASSOCIATED_CONTAINER" in text
+
+
+async def test_two_jobs_on_one_host_never_share_a_series(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Two nightly jobs (two inputs, and a --job given) write their textfiles side by side:
+    read together as node-exporter's collector reads them, no series appears twice, and each
+    job's exit status is its own."""
+    env = sim_env(sim, tmp_path / "l.sqlite")
+    first = write_ids(tmp_path / "drafts.csv", MIXED[:2])
+    second = write_ids(tmp_path / "closed.csv", ["CDE0000000009"])
+    one, two = tmp_path / "drafts.prom", tmp_path / "closed.prom"
+    done = await cli.run("run", str(first), "--yes", "--metrics-textfile", str(one), env=env)
+    assert done.code == 0, done.stderr[-2000:]
+    done = await cli.run(
+        "run", str(second), "--yes", "--job", "terminal-closure", "--metrics-textfile", str(two),
+        env=sim_env(sim, tmp_path / "other.sqlite", MOUVONE_BASE_URL=sim.base_url + "/wrong"),
+    )  # fmt: skip
+    assert done.code != 0
+    together = one.read_text() + two.read_text()
+    seen = [
+        (s.name, tuple(sorted(s.labels.items())))
+        for family in text_string_to_metric_families(together)
+        for s in family.samples
+    ]
+    assert len(seen) == len(set(seen))
+    exits = {
+        s.labels["job"]: s.value
+        for family in text_string_to_metric_families(together)
+        for s in family.samples
+        if s.name == "cancel_orders_last_run_exit_code"
+    }
+    assert exits["run-drafts"] == 0
+    assert exits["terminal-closure"] == done.code

@@ -39,6 +39,7 @@ GROUPS = {  # name -> title in --help, in the order shown
     "queue": "queue mode (Redis)",
     "serve": "metrics endpoint",
     "export": "metrics at the end",
+    "job": "job name",
     "logs": "logs",
     "audit": "audit and notifications",
     "plan": "plan seal",
@@ -46,7 +47,7 @@ GROUPS = {  # name -> title in --help, in the order shown
 RUN = ("target", "auth", "network", "rate", "retry", "input", "ledger", "lease", "failures", "cap")
 RUN_GROUPS = (
     *RUN,
-    *("preconditions", "canary", "stops", "progress", "export", "logs", "audit", "plan"),
+    *("preconditions", "canary", "stops", "progress", "export", "job", "logs", "audit", "plan"),
 )
 CONSUME_GROUPS = (
     *(g for g in RUN_GROUPS if g not in ("cap", "canary", "export", "audit", "plan")),

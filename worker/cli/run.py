@@ -24,6 +24,7 @@ from worker.runs.lifecycle import (
     cap,
     count_to_send,
     export_metrics,
+    job_name,
     refused,
 )
 from worker.runs.runner import RECORDED_LIMITS, Runner
@@ -40,6 +41,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`run` and `retry`; a run refused before it starts still writes its metrics (exit 2),
     so that a scheduled job that never ran alerts as one that failed."""
     settings = settings_from(args, keys_of(RUN_GROUPS))
+    if settings.job is None:  # the same name whether the run is refused or ends
+        given = "select" if getattr(args, "select", False) else getattr(args, "input", None)
+        given = getattr(args, "plan", None) or given
+        settings = settings.model_copy(update={"job": job_name(args.command, given)})
     try:
         return _run(args, settings)
     except WorkerError as exc:

@@ -56,7 +56,7 @@ class Consumer:
         self._table = OutcomeTable.load(settings.outcome_table)
         self.summary = RunSummary()
         self.run_id = new_run_id()
-        self.metrics = Metrics()
+        self.metrics = Metrics(job=settings.job or streams.names.group)
         self._entries = StreamEntries(
             settings,
             streams,

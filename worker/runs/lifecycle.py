@@ -9,11 +9,13 @@ same ledger, guardrails and audit, for runbooks and notebooks (docs/python-api.m
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
@@ -116,9 +118,21 @@ async def refused(
     await announce_end(settings, command, ended_as, who)
 
 
+def job_name(command: str, given: str | None) -> str:
+    """The default job name: the command and its input's name (``run-orders`` for
+    ``run orders.csv``, ``run-stdin``, ``run-select``, ``apply-plan``), or the command alone."""
+    if given == "-":
+        stem = "stdin"
+    else:
+        stem = re.sub(r"[^A-Za-z0-9_.:-]", "_", Path(given).stem)[:60] if given else ""
+    return f"{command}-{stem}" if stem else command
+
+
 def export_metrics(metrics: Metrics, settings: Settings, command: str, exit_code: int) -> None:
     """The run's metrics, with how it ended, to the textfile and the Pushgateway, as the
-    settings ask; a failure is a warning, never the run's exit status."""
+    settings ask (labelled with the settings' job, else the command); a failure is a warning,
+    never the run's exit status."""
+    metrics.job = settings.job or command
     metrics.ended(exit_code)
     if settings.metrics_textfile is not None:
         try:
@@ -127,7 +141,7 @@ def export_metrics(metrics: Metrics, settings: Settings, command: str, exit_code
             with suppress(OSError, ValueError):  # a closed stderr loses only the warning
                 sys.stderr.write(f"cancel-orders: warning: metrics not written: {exc}\n")
     if settings.pushgateway:
-        metrics.push(settings.pushgateway, "cancel-orders", command)
+        metrics.push(settings.pushgateway, command)
 
 
 async def announce_end(

@@ -40,7 +40,8 @@ class Metrics:
     event loop's thread, once or twice per request: no lock, no label lookup) and turned into
     Prometheus families only when they are collected."""
 
-    def __init__(self) -> None:
+    def __init__(self, job: str = "") -> None:
+        self.job = job  # the `job` label of every series (two jobs on one host never share one)
         self.requests: Counter[str] = Counter()  # status or transport failure -> requests
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (outcome, error code) -> orders
         self.retries: Counter[str] = Counter()  # reason -> requests sent again
@@ -123,7 +124,7 @@ class Metrics:
             out.write(generate_latest(self.registry).decode())
         log.info("metrics_written", path=str(path))
 
-    def push(self, url: str, job: str, command: str) -> None:
+    def push(self, url: str, command: str) -> None:
         """Push to a Pushgateway; a failure is logged, never fatal."""
         from prometheus_client import pushadd_to_gateway  # noqa: PLC0415
         from prometheus_client.exposition import (  # noqa: PLC0415
@@ -150,7 +151,7 @@ class Metrics:
             # succeed, which has no last-success family, leaves the last success recorded.
             pushadd_to_gateway(
                 bare,
-                job=job,
+                job=self.job or "cancel-orders",
                 registry=self.registry,
                 grouping_key={"command": command},
                 handler=handler if user is not None else default_handler,
@@ -176,12 +177,19 @@ class _Collector:
         )
 
         m = self._m
+        job = m.job
 
         def counter(name: str, doc: str, labels: list[str], items: Iterable[Any]) -> Metric:
-            family = CounterMetricFamily(name, doc, labels=labels)
+            family = CounterMetricFamily(name, doc, labels=["job", *labels])
             for key, value in sorted(items):
-                family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+                family.add_metric([job, *(key if isinstance(key, tuple) else [key])], value)
             return family
+
+        def one(kind: type[Any], name: str, doc: str, value: float) -> Metric:
+            family: Any = kind(name, doc, labels=["job"])
+            family.add_metric([job], value)
+            metric: Metric = family
+            return metric
 
         yield counter(
             "cancel_orders_requests",
@@ -197,9 +205,11 @@ class _Collector:
         )
         buckets, total = m.histogram()
         latency = HistogramMetricFamily(
-            "cancel_orders_request_duration_seconds", "Time from sending a request to its answer"
+            "cancel_orders_request_duration_seconds",
+            "Time from sending a request to its answer",
+            labels=["job"],
         )
-        latency.add_metric([], buckets, total)
+        latency.add_metric([job], buckets, total)
         yield latency
         yield counter(
             "cancel_orders_retries",
@@ -213,33 +223,43 @@ class _Collector:
             ["kind"],
             m.waits.items(),
         )
-        yield GaugeMetricFamily(
-            "cancel_orders_requests_in_flight", "Requests on the wire now", value=m.in_flight
+        yield one(
+            GaugeMetricFamily,
+            "cancel_orders_requests_in_flight",
+            "Requests on the wire now",
+            m.in_flight,
         )
-        yield CounterMetricFamily(
-            "cancel_orders_token_refreshes", "Access tokens fetched", value=m.token_refreshes
+        yield one(
+            CounterMetricFamily,
+            "cancel_orders_token_refreshes",
+            "Access tokens fetched",
+            m.token_refreshes,
         )
-        yield GaugeMetricFamily(
+        yield one(
+            GaugeMetricFamily,
             "cancel_orders_circuit_open",
             "1 while the circuit breaker is open",
-            value=m.circuit_open,
+            m.circuit_open,
         )
         if m.last_exit_code is not None and m.last_end_s is not None:
-            yield GaugeMetricFamily(
+            yield one(
+                GaugeMetricFamily,
                 "cancel_orders_last_run_exit_code",
                 "Exit status of the last run (0, 1: success; 2 and above: alert)",
-                value=m.last_exit_code,
+                m.last_exit_code,
             )
-            yield GaugeMetricFamily(
+            yield one(
+                GaugeMetricFamily,
                 "cancel_orders_last_run_end_timestamp_seconds",
                 "When the last run ended (Unix time)",
-                value=m.last_end_s,
+                m.last_end_s,
             )
         if m.last_success_s is not None:
-            yield GaugeMetricFamily(
+            yield one(
+                GaugeMetricFamily,
                 LAST_SUCCESS,
                 "When a run last ended with exit 0 or 1 (Unix time)",
-                value=m.last_success_s,
+                m.last_success_s,
             )
 
 
@@ -250,8 +270,8 @@ def _recorded(path: Path, name: str) -> float | None:
     """The value of a metric in a textfile written before (None when absent or unreadable)."""
     try:
         for line in path.read_text(encoding="utf-8").splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
+            if line.startswith((name + " ", name + "{")):
+                return float(line.rsplit(maxsplit=1)[1])
     except (OSError, ValueError, IndexError):
         return None
     return None

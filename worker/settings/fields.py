@@ -203,6 +203,13 @@ class SettingsFields(BaseSettings):
         "export", "PATH", "write Prometheus metrics there at the end (node-exporter textfile)"
     )
     pushgateway: str | None = _f("export", "URL", "push Prometheus metrics there at the end")
+    job: str | None = _f(
+        "job",
+        "NAME",
+        "the job's name: a label on every metric and the Pushgateway's grouping key (default: "
+        "the command and the input, or the queue namespace)",
+        pattern=r"^[A-Za-z0-9_.:-]{1,100}$",
+    )
     metrics_port: int | None = _f(
         "serve", "PORT", "consume: serve /metrics and /healthz", ge=0, le=65535
     )
