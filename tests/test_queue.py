@@ -130,6 +130,7 @@ async def test_group_rate_limit_across_three_consumers(
     ]
     done = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 60)
     assert [p.returncode for p in procs] == [0, 0, 0], [e.decode()[-500:] for _, e in done]
+    assert [e.decode().strip().splitlines()[-1] for _, e in done] == ["cancel-orders: done"] * 3
     sent = await queue.send_times()
     assert max_in_window(sent) <= 60
     span = max(sent) - min(sent)

@@ -12,9 +12,10 @@ from typing import TextIO
 
 import structlog
 
-from worker.cli.common import confirm, settings_from
+from worker.cli.common import confirm, say, settings_from
 from worker.cli.flags import CONSUME_GROUPS, ENQUEUE_GROUPS, keys_of
 from worker.cli.inputs import source_from
+from worker.cli.run import ending
 from worker.domain.models import Result, RunReport
 from worker.ledger import SqliteLedger
 from worker.pipeline.control import with_signals
@@ -73,8 +74,7 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
 
     report = event_loop.run(main())
     sys.stdout.write(render_consumed(report, settings))
-    if report.reason and report.exit_code == 3:
-        print(f"cancel-orders: {report.reason}", file=sys.stderr)
+    say(sys.stderr, f"cancel-orders: {ending(report)}\n")  # the last line, as every run's
     return report.exit_code
 
 

@@ -8,7 +8,7 @@ import sys
 from contextlib import ExitStack
 from typing import TextIO
 
-from worker.cli.common import settings_from
+from worker.cli.common import say, settings_from
 from worker.cli.flags import REPORT_KEYS, RUN_GROUPS, keys_of
 from worker.cli.inputs import source_from
 from worker.domain.errors import ConfigError
@@ -59,4 +59,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         source.scan()
         out = open_output(args.output, stack)
         bar = sys.stderr.isatty()
-        return run_check(settings, source, out, args.format, args.outcome, progress_bar=bar)
+        code = run_check(settings, source, out, args.format, args.outcome, progress_bar=bar)
+    said = "done" if code == 0 else "checked; some orders would not be cancelled (the report)"
+    say(sys.stderr, f"cancel-orders: {said}\n")  # the last line, as every run's
+    return code
