@@ -38,6 +38,7 @@ def _normal(text: str, sim: RunningSimulator, ledger: str, tmp: Path) -> list[st
         (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?", "<time>"),
         (r"\d\d:\d\d:\d\d", "<clock>"),
         (r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "<uuid>"),
+        (r"\b[0-9a-f]{32}\b", "<trace>"),  # a request's trace id
         (r"\d+\.\d+", "<n>"),
         (r"127\.0\.0\.1:\d+", "<host>"),
         (r'"(host|operator)": "[^"]*"', r'"\1": "<who>"'),

@@ -4,7 +4,7 @@ one array parameter)."""
 
 from __future__ import annotations
 
-from worker.ledger import statements as common
+import worker.ledger.statements as common
 from worker.ledger.schema import ATTEMPT_COLUMNS, CSV_COLUMNS, FINAL_SQL
 
 # Every table of the SQLite ledger, with the same columns, plus what sharing needs: a run's

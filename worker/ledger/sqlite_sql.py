@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 
-from worker.ledger import statements as common
+import worker.ledger.statements as common
 from worker.ledger.schema import (
     ATTEMPT_COLUMNS,
     CSV_COLUMNS,
