@@ -27,8 +27,8 @@ from tests.support import (
     sim_env,
     write_ids,
 )
-from worker.queue.enqueue import enqueue
 from worker.queue.streams import Names, Streams
+from worker.runs.enqueue import enqueue
 from worker.simulator import RunningSimulator
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource
@@ -50,7 +50,7 @@ async def test_enqueue_counts_and_never_duplicates(queue: Queue, tmp_path: Path)
         counts = await enqueue(streams, CsvSource(src, IdValidator("^[A-Z]{3}[0-9]{10}$")))
         assert counts == (1200, 1, 1)
         entries = await queue.redis.xrange(queue.names.stream, count=5)
-        from worker.queue.enqueue import _append  # noqa: PLC0415 - the retry path itself
+        from worker.runs.enqueue import _append  # noqa: PLC0415 - the retry path itself
 
         await _append(streams, [(e, f["order_id"]) for e, f in entries])
     finally:

@@ -20,10 +20,10 @@ from worker.domain.models import Result, RunReport
 from worker.ledger import SqliteLedger
 from worker.pipeline.control import with_signals
 from worker.queue.connection import names, open_redis_problem, streams_for
-from worker.queue.enqueue import enqueue, redrive
 from worker.queue.results import read_results
 from worker.reports.report import write_report
 from worker.runs.consumer import Consumer
+from worker.runs.enqueue import enqueue, redrive
 from worker.runs.lifecycle import cap
 from worker.runtime import loop as event_loop
 from worker.settings import Settings, safe_url
