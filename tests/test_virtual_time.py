@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.fakes import FakeClock
 from tests.support import mocked_api_settings
+from worker.domain.errors import LedgerError
 from worker.domain.models import Outcome, Result, RunOptions, RunSummary
 from worker.ledger import SqliteLedger
 from worker.pipeline.control import RunControl
@@ -204,3 +205,31 @@ def test_a_file_ledger_needs_no_check_before_a_delete(tmp_path: Path) -> None:
     finally:
         thread.close()
         ledger.close()
+
+
+async def test_a_ledger_that_cannot_confirm_stops_the_run(tmp_path: Path) -> None:
+    """The lease may have lapsed and the ledger cannot be asked (the database is unreachable):
+    the order is not sent and the run stops, naming why."""
+
+    class _Unreachable(_SharedLedger):
+        def still_mine(self, order_ids: list[str], _run_id: str) -> list[str]:
+            raise LedgerError("postgresql://db: cannot read the ledger: connection refused")
+
+    clock = FakeClock()
+    shared = _Unreachable(taken=set())
+    thread = LedgerThread(shared)  # type: ignore[arg-type]  # the part of a Ledger it uses
+    settings = mocked_api_settings(tmp_path, claim_idle=30)
+    control = RunControl()
+    claimed = ClaimedInput(
+        settings, PlanSource([], "none", IdValidator(settings.id_pattern)), thread, "run1",
+        RunOptions(), control, LedgerSink(None, "run1", None), RunSummary(), clock,
+    )  # fmt: skip
+    still_mine = claimed.ownership()
+    assert still_mine is not None
+    try:
+        clock.now += 21
+        assert not await still_mine(OrderState("CDE0000000001", handle="0"))
+        assert control.stopping
+        assert "cannot confirm" in (control.reason or "")
+    finally:
+        thread.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from worker.domain.errors import WorkerError
+from worker.domain.errors import LedgerError, WorkerError
 from worker.domain.models import RunOptions, RunSummary
 from worker.pipeline.control import RunControl
 from worker.pipeline.feed import Feed
@@ -90,9 +90,13 @@ class ClaimedInput:
         assert lease is not None
         if lease.fresh(self._clock.monotonic()) and state.handle == str(self._feed.epoch):
             return True
-        mine = await self._ledger.call(
-            self._ledger.ledger.still_mine, [state.order_id], self._run_id
-        )
+        try:
+            mine = await self._ledger.call(
+                self._ledger.ledger.still_mine, [state.order_id], self._run_id
+            )
+        except LedgerError as exc:  # nothing it sends now could be recorded either
+            self._control.abort(f"the ledger cannot confirm an order is still this run's: {exc}")
+            return False
         if mine:
             state.handle = str(self._feed.epoch)  # confirmed in this epoch
         return bool(mine)
