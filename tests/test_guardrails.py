@@ -135,7 +135,7 @@ async def test_control_pauses_rerates_and_stops_a_running_run(
     proc = await cli.start("run", str(src), "--yes", env=env)
     await asyncio.wait_for(sim.sim.wait_for_deletes(10), 30)
     assert (await cli.run("control", "--ledger", str(ledger), "pause")).code == 0
-    assert "paused" in await _until_status(cli, ledger, "paused")
+    assert "paused (control)" in await _until_status(cli, ledger, "paused")  # the stage
     held = len(sim.sim.stats.arrivals)
     await asyncio.sleep(1.5)  # an observation window: nothing may arrive in it
     assert len(sim.sim.stats.arrivals) - held <= 4  # at most the requests already in flight

@@ -134,8 +134,9 @@ def render_status(title: str, statuses: list[dict[str, Any]]) -> str:
         counts = sorted(found.items()) if isinstance(found, dict) else []
         outcomes = ", ".join(f"{k} {v}" for k, v in counts)
         paused = "paused" if status.get("paused") else "running"
+        stage = status.get("stage") or paused  # a run of an earlier version published no stage
         lines.append(
-            f"{who}{paused}, {done} done, rate {status.get('rate')}/s "
+            f"{who}{stage}, {done} done, rate {status.get('rate')}/s "
             f"(set {status.get('configured_rate')}), requests {status.get('requests')}, "
             f"at {status.get('updated_at')}"
         )

@@ -211,9 +211,27 @@ class Pool:
             sink.interrupted(state, state.result(Outcome.PENDING, "not sent: the canary stopped"))
         self._after_canary.clear()
 
+    def _stage(self) -> str:
+        """What the run is doing now, in words: the waits first, so that none looks like a
+        hang."""
+        now = self._clock.monotonic()
+        limiter, breaker = self.limiter, self.breaker
+        if self.control.stopping:
+            return "stopping"
+        if limiter.held:
+            return "paused (control)"
+        if breaker.is_open:
+            return f"API outage for {breaker.outage_s():.0f} s: probing"
+        if limiter.paused_until > now:
+            return f"waiting {limiter.paused_until - now:.0f} s (Retry-After)"
+        if not self.canary.passed and self.canary.size:
+            return f"canary of {self.canary.size} orders"
+        return "sending"
+
     def _status(self, progress: ProgressReporter) -> dict[str, Any]:
         """What `control status` shows of this run."""
         return {
+            "stage": self._stage(),
             "done": progress.done(),
             "total": progress.total,
             "outcomes": dict(self._summary.outcomes),
