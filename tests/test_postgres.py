@@ -180,11 +180,11 @@ async def test_two_hosts_share_one_input_and_ledger(
     status = ""
     for _ in range(200):  # until both have taken the pause and published it
         status = (await cli.run("control", "status", env=env)).stdout
-        if status.count("paused,") == 2:
+        if status.count("paused (control),") == 2:
             break
         await asyncio.sleep(0.05)
     assert status.startswith("2 runs on"), status
-    assert status.count("paused,") == 2, status
+    assert status.count("paused (control),") == 2, status
     sim.sim.release()
     assert (await cli.run("control", "resume", env=env)).code == 0
     outs = [await asyncio.wait_for(p.communicate(), 60) for p in (first, second)]
