@@ -12,8 +12,9 @@ against the paced limiter, 64 waiters at 300/s), ``guardrails`` (--require-statu
 (a 50/s gateway limit the operator does not know, --rate at 1.2x, 2x and 5x of it),
 ``retries`` (30% of orders answering 503 twice, --rate 100, 16 in flight), ``postgresql``
 (the PostgreSQL ledger beside SQLite's at 0 and 50 ms; $BENCH_POSTGRES_URL, default the local
-server), ``scale`` (dry run and resume of 10,000,000 lines; not in the default set: it takes
-several minutes).
+server), ``scale`` (dry run and resume of 10,000,000 lines) and ``night`` (5,000 orders with every
+kind of trouble, applied with the runbook's flags, interrupted and resumed: ``benchmarks/night.py``); those two are not in the default
+set: each takes several minutes.
 
 The simulator runs in its own process on loopback. Throughput is read at the server (first to
 last DELETE arrival) so that both clients are measured the same way; CPU time and peak memory
@@ -37,6 +38,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchmarks.night import scenario_night
 
 BARE = r"""
 import asyncio, sys, aiohttp
@@ -592,6 +595,7 @@ SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "retries": scenario_retries,
     "scale": scenario_scale,
     "postgresql": scenario_postgresql,
+    "night": scenario_night,
 }
 
 
@@ -602,7 +606,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of tool and bare (3)")
     parser.add_argument("--orders", type=int, default=30000, help="orders at zero latency")
     args = parser.parse_args()
-    chosen = args.scenarios or [name for name in SCENARIOS if name != "scale"]
+    chosen = args.scenarios or [name for name in SCENARIOS if name not in ("scale", "night")]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario {', '.join(sorted(unknown))}: {', '.join(SCENARIOS)}")
