@@ -12,9 +12,9 @@ against the paced limiter, 64 waiters at 300/s), ``guardrails`` (--require-statu
 (a 50/s gateway limit the operator does not know, --rate at 1.2x, 2x and 5x of it),
 ``retries`` (30% of orders answering 503 twice, --rate 100, 16 in flight), ``postgresql``
 (the PostgreSQL ledger beside SQLite's at 0 and 50 ms; $BENCH_POSTGRES_URL, default the local
-server), ``scale`` (dry run and resume of 10,000,000 lines) and ``night`` (5,000 orders with every
-kind of trouble, applied with the runbook's flags, interrupted and resumed: ``benchmarks/night.py``); those two are not in the default
-set: each takes several minutes.
+server), ``scale`` (dry run and resume of 10,000,000 lines) and ``night`` (5,000 orders with
+every kind of trouble, applied with the runbook's flags, interrupted and resumed: see
+``benchmarks/night.py``); those two are not in the default set: each takes several minutes.
 
 The simulator runs in its own process on loopback. Throughput is read at the server (first to
 last DELETE arrival) so that both clients are measured the same way; CPU time and peak memory

@@ -53,7 +53,7 @@ def _ids(work: Path) -> Path:
         for prefix, (count, _) in KINDS.items()
         for i in range(count)
     ]
-    random.Random(7).shuffle(ids)  # noqa: S311 - a fixed shuffle, not a secret
+    random.Random(7).shuffle(ids)
     path = work / "night.csv"
     path.write_text("orderId\n" + "".join(f"{i}\n" for i in ids))
     return path
