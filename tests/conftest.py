@@ -195,3 +195,15 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     yield hook, f"http://127.0.0.1:{port}/hook/T0KEN"
     await runner.cleanup()
+
+
+@pytest.fixture
+async def spawned() -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    """Processes a test starts: killed at its end if still running (a failed assertion
+    must not leave a paused run behind)."""
+    procs: list[asyncio.subprocess.Process] = []
+    yield procs
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -11,12 +11,10 @@ import os
 import re
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.support import Cli, Queue, ids, ledger_rows, sim_env, table_rows, write_ids
 from worker.ledger import SCHEMA_VERSION
@@ -96,18 +94,6 @@ async def test_every_command_answers_as_on_a_file(
     for name, (code, lines) in on_file.items():
         assert on_pg[name][0] == code, name
         assert on_pg[name][1] == lines, name
-
-
-@pytest.fixture
-async def spawned() -> AsyncIterator[list[asyncio.subprocess.Process]]:
-    """Processes a test starts: killed at its end if still running (a failed assertion
-    must not leave a paused run behind)."""
-    procs: list[asyncio.subprocess.Process] = []
-    yield procs
-    for proc in procs:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def _run(cli: Cli, spawned: list[Any], src: Path, env: dict[str, str], *flags: str) -> Any:

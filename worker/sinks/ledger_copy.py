@@ -1,5 +1,5 @@
 """`consume --ledger postgresql://...`: each result the consumer writes to the results stream
-is recorded in the shared ledger too, with its attempts, in group-committed batches; the
+is recorded in the shared ledger first, with its attempts, in group-committed batches; the
 consumer's run is in its ``runs``. `report`, `runs`, `history` and `audit` then cover queue mode
 from one place."""
 
@@ -52,10 +52,18 @@ class LedgerCopy:
         await self._thread.call(ledger.begin_run, self._run_id, "consume", self._settings.api_url)
         self._flusher = asyncio.create_task(self._sink.run(self._failed))
 
-    def add(self, result: Result, tried: list[tuple[object, ...]] | None) -> None:
-        """Buffer one result (already in the results stream) and its attempts."""
+    async def write(self, result: Result, tried: list[tuple[object, ...]] | None) -> None:
+        """Record one result and its attempts before its entry is acknowledged: a consumer
+        killed between the two leaves the entry pending (another consumer looks the order up
+        and finishes it), never an acknowledged result the ledger lacks. The writes of workers
+        waiting together go in one transaction. A ledger that refuses stops the consumer; the
+        result still goes to the results stream."""
         self._sink.attempts(tried or [])
         self._sink.add(result)
+        try:
+            await self._sink.flush()
+        except LedgerError as exc:
+            self._failed(str(exc))
 
     async def close(self, report: RunReport) -> None:
         """Write what is left, note how the consumer ended, close."""

@@ -3,7 +3,7 @@
 Each result is written and its entry acknowledged in one script, which first checks that the
 entry is still this consumer's; a `pending` result leaves the entry for another consumer. The
 attempts of an order are kept with it and written in its result entry (and, with
-``--ledger postgresql://``, copied into the shared ledger)."""
+``--ledger postgresql://``, recorded in the shared ledger before the entry is acknowledged)."""
 
 from __future__ import annotations
 
@@ -92,14 +92,14 @@ class ResultsStream:
                 }
             )
         written_id = order_id if result is None else result.order_id  # an invalid ID: cut
+        if result is not None and self.copy is not None:
+            await self.copy.write(result, tried)  # before the acknowledgement, never after
         done = await patiently(
             partial(self._streams.finish, entry_id, written_id, final, dead_reason, fields),
             self._control.hurry_event.is_set,
             "finish",
         )
         if result is not None and done:
-            if self.copy is not None:
-                self.copy.add(result, tried)
             self._tally.count(result)
         elif done is False:
             log.warning("entry_lost_before_ack", entry_id=entry_id, order_id=order_id)
