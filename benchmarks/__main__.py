@@ -12,9 +12,11 @@ against the paced limiter, 64 waiters at 300/s), ``guardrails`` (--require-statu
 (a 50/s gateway limit the operator does not know, --rate at 1.2x, 2x and 5x of it),
 ``retries`` (30% of orders answering 503 twice, --rate 100, 16 in flight), ``postgresql``
 (the PostgreSQL ledger beside SQLite's at 0 and 50 ms; $BENCH_POSTGRES_URL, default the local
-server), ``scale`` (dry run and resume of 10,000,000 lines) and ``night`` (5,000 orders with
-every kind of trouble, applied with the runbook's flags, interrupted and resumed: see
-``benchmarks/night.py``); those two are not in the default set: each takes several minutes.
+server), ``scaleout`` (1, 2 and 4 runs sharing one PostgreSQL ledger and one input, under a
+200/s gateway limit and unlimited), ``scale`` (dry run and resume of 10,000,000 lines) and
+``night`` (5,000 orders with every kind of trouble, applied with the runbook's flags,
+interrupted and resumed: see ``benchmarks/night.py``); those two are not in the default set:
+each takes several minutes.
 
 The simulator runs in its own process on loopback. Throughput is read at the server (first to
 last DELETE arrival) so that both clients are measured the same way; CPU time and peak memory
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.night import scenario_night
+from benchmarks.scaleout import scenario_scaleout
 
 BARE = r"""
 import asyncio, sys, aiohttp
@@ -595,6 +598,7 @@ SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "retries": scenario_retries,
     "scale": scenario_scale,
     "postgresql": scenario_postgresql,
+    "scaleout": scenario_scaleout,
     "night": scenario_night,
 }
 
