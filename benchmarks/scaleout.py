@@ -50,7 +50,8 @@ def _together(bench: Bench, sim: Simulator, hosts: int, n: int, flags: list[str]
     refused = statuses.get("429", 0) / max(sum(statuses.values()), 1)
     line = (
         f"{hosts} run(s): {per_s:,.0f} DELETEs/s ({steady:,.0f}/s steady), "
-        f"busiest second {stats['max_per_second']}, 429s {100 * refused:.1f}%, {deletes} DELETEs for {n} orders "
+        f"busiest second {stats['max_per_second']}, 429s {100 * refused:.1f}%, "
+        f"{deletes} DELETEs for {n} orders "
         f"({int(str(stats['resent_final']))} after a final answer), {wall:.1f} s, exits {codes}"
     )
     print(f"  {line}", flush=True)
