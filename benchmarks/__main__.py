@@ -13,10 +13,11 @@ against the paced limiter, 64 waiters at 300/s), ``guardrails`` (--require-statu
 ``retries`` (30% of orders answering 503 twice, --rate 100, 16 in flight), ``postgresql``
 (the PostgreSQL ledger beside SQLite's at 0 and 50 ms; $BENCH_POSTGRES_URL, default the local
 server), ``scaleout`` (1, 2 and 4 runs sharing one PostgreSQL ledger and one input, under a
-200/s gateway limit and unlimited), ``scale`` (dry run and resume of 10,000,000 lines) and
-``night`` (5,000 orders with every kind of trouble, applied with the runbook's flags,
-interrupted and resumed: see ``benchmarks/night.py``); those two are not in the default set:
-each takes several minutes.
+200/s gateway limit and unlimited), ``chaos`` (the suite's test of several hosts through kills,
+freezes and connection cuts, ``--rounds`` times in a row), ``scale`` (dry run and resume of
+10,000,000 lines) and ``night`` (5,000 orders with every kind of trouble, applied with the
+runbook's flags, interrupted and resumed: see ``benchmarks/night.py``); those two are not in
+the default set: each takes several minutes.
 
 The simulator runs in its own process on loopback. Throughput is read at the server (first to
 last DELETE arrival) so that both clients are measured the same way; CPU time and peak memory
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.night import scenario_night
-from benchmarks.scaleout import scenario_scaleout
+from benchmarks.scaleout import scenario_chaos, scenario_scaleout
 
 BARE = r"""
 import asyncio, sys, aiohttp
@@ -599,6 +600,7 @@ SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "scale": scenario_scale,
     "postgresql": scenario_postgresql,
     "scaleout": scenario_scaleout,
+    "chaos": scenario_chaos,
     "night": scenario_night,
 }
 

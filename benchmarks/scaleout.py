@@ -105,3 +105,27 @@ def scenario_scaleout(bench: Bench, sims: dict[float, Simulator], _orders: int) 
         flags = ["--rate", "1000000", "--concurrency", str(64 // hosts)]
         figure = _together(bench, sims[0.0], hosts, 30000, flags).split(" first")[0]
         bench.add(f"scale-out, {hosts} run(s), no limit, 0 ms", figure, f"{os.cpu_count()} CPUs")
+
+
+def scenario_chaos(bench: Bench, _sims: dict[float, Simulator], _orders: int) -> None:
+    """The suite's chaos test of several hosts (tests/test_chaos.py), ``--rounds`` times in a
+    row: it passes or it does not, and how long each round took."""
+    import sys  # noqa: PLC0415
+
+    passed, times = 0, []
+    for round_ in range(bench.rounds):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--no-cov", "-n", "0",
+             "-q", "tests/test_chaos.py"],
+            check=False, capture_output=True, text=True,
+        )  # fmt: skip
+        times.append(time.perf_counter() - started)
+        passed += done.returncode == 0
+        last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-300:]
+        print(f"  round {round_ + 1}: {last}", flush=True)
+    bench.add(
+        "chaos: runs and a group on one ledger, kills, freezes, cuts",
+        f"passed {passed} of {bench.rounds} in a row, {min(times):.0f} to {max(times):.0f} s each",
+        "met" if passed == bench.rounds else "NOT MET",
+    )
