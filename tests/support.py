@@ -11,6 +11,7 @@ import os
 import pty
 import sqlite3
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -93,6 +94,13 @@ def send_times(ledger: Path | str) -> list[float]:
         return [_epoch(str(a["sent_at"])) for a in opened.audit().attempts()]
     finally:
         opened.close()
+
+
+def assert_one_result_each(results: list[dict[str, str]], expected: set[str]) -> None:
+    """Every order has exactly one result entry."""
+    per_order = Counter(r["order_id"] for r in results)
+    assert set(per_order) == expected
+    assert max(per_order.values()) == 1, [k for k, n in per_order.items() if n > 1][:5]
 
 
 def max_in_window(times: Iterable[float], window: float = 1.0) -> int:

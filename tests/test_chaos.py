@@ -18,8 +18,16 @@ from typing import Any
 
 import psycopg
 
-from tests.support import Cli, Queue, ids, ledger_rows, max_in_window, table_rows, write_ids
-from tests.test_queue import assert_one_result_each
+from tests.support import (
+    Cli,
+    Queue,
+    assert_one_result_each,
+    ids,
+    ledger_rows,
+    max_in_window,
+    table_rows,
+    write_ids,
+)
 from worker.simulator import RunningSimulator
 
 RUN_ORDERS = ids("CDE", 1500)

@@ -21,6 +21,7 @@ from tests.support import (
     REDIS_URL,
     Cli,
     Queue,
+    assert_one_result_each,
     at_the_prompt,
     ids,
     max_in_window,
@@ -32,13 +33,6 @@ from worker.runs.enqueue import enqueue
 from worker.simulator import RunningSimulator
 from worker.sources import IdValidator
 from worker.sources.csv_file import CsvSource
-
-
-def assert_one_result_each(results: list[dict[str, str]], expected: set[str]) -> None:
-    """Every order has exactly one result entry."""
-    per_order = Counter(r["order_id"] for r in results)
-    assert set(per_order) == expected
-    assert max(per_order.values()) == 1, [k for k, n in per_order.items() if n > 1][:5]
 
 
 async def test_enqueue_counts_and_never_duplicates(queue: Queue, tmp_path: Path) -> None:
