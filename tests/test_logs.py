@@ -90,3 +90,28 @@ async def test_a_console_shows_nothing_per_order_and_the_log_file_has_them_all(
     assert done.stderr.rstrip().splitlines()[-1].startswith("cancel-orders: ")
     logged = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert sorted(e["order_id"] for e in logged if e["event"] == "order") == sorted(orders)
+
+
+async def test_the_ending_line_is_the_summarys_and_the_run_records(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """The last line of standard error, `cancel-orders: <ending>`, is the JSON summary's
+    `ending` and the run record's, for a run that ends 0 (`done`), 1 and 4."""
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(sim, ledger, MOUVONE_LOG_FORMAT="json")
+    runs = {
+        0: write_ids(tmp_path / "ok.csv", ["CDE0000000001"]),
+        1: write_ids(tmp_path / "bad.csv", ["SUB0000000001"]),
+        4: write_ids(tmp_path / "late.csv", ["CDE0000000002"]),
+    }
+    for code, src in runs.items():
+        extra = ["--until", "2000-01-01T00:00:00Z"] if code == 4 else []
+        done = await cli.run("run", str(src), "--yes", *extra, env=env)
+        assert done.code == code, done.stderr[-2000:]
+        last = done.stderr.rstrip().splitlines()[-1]
+        events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+        (summary,) = [e for e in events if e["event"] == "run_summary"]
+        assert last == f"cancel-orders: {summary['ending']}"
+        listed = json.loads((await cli.run("runs", "--format", "json", env=env)).stdout)
+        assert listed[0]["ending"] == summary["ending"]
+    assert last.endswith("resume with the same command")

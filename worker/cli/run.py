@@ -105,19 +105,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 def ending(report: RunReport) -> str:
     """How the run ended, in the one line that ends its standard error (what a job's alert
-    quotes): `done` on exit 0."""
-    code = report.exit_code
-    reason = printable(redact.text(report.reason or ""))
-    if code == 0:
-        return "done"
-    if code == 1:
-        if report.dry_run:
-            return "some IDs of the input are invalid (above); nothing was sent"
-        return "finished; some orders need a person: cancel-orders report"
-    if code in (3, 4, 130, 143):
-        first = "fix that, then " if code == 3 else ""
-        return f"{reason}; unanswered orders stay pending: {first}resume with the same command"
-    return reason or f"exit {code}"
+    quotes), as the JSON summary and the run record hold it, made safe for a terminal."""
+    return printable(redact.text(report.ending))
 
 
 def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Settings:

@@ -150,6 +150,23 @@ class RunReport:
     resume: str = ""  # the command line that resumes it
     plan: str = ""  # the digest of the plan it applied
 
+    @property
+    def ending(self) -> str:
+        """How the run ended, in one line (`done` on exit 0): the last line of its standard
+        error, and ``ending`` in its JSON summary and run record."""
+        code = self.exit_code
+        if code == 0:
+            return "done"
+        if code == 1:
+            if self.dry_run:
+                return "some IDs of the input are invalid (above); nothing was sent"
+            return "finished; some orders need a person: cancel-orders report"
+        if code in (3, 4, 130, 143):
+            first = "fix that, then " if code == 3 else ""
+            why = self.reason or f"exit {code}"
+            return f"{why}; unanswered orders stay pending: {first}resume with the same command"
+        return self.reason or f"exit {code}"
+
     def as_dict(self) -> dict[str, object]:
         """The summary event's fields."""
         s = self.summary
@@ -158,6 +175,7 @@ class RunReport:
             "target": self.target,
             "exit_code": self.exit_code,
             "reason": self.reason,
+            "ending": self.ending,
             "dry_run": self.dry_run,
             "orders_read": s.read,
             "outcomes": {o.value: s.outcomes.get(o.value, 0) for o in Outcome},

@@ -60,6 +60,7 @@ class AuditLog:
             summary = _object(run.pop("summary"))
             run["details"] = _object(run["details"])
             counted = summary.get("outcomes")
+            run["ending"] = summary.get("ending")  # the run's last line; None while it runs
             if summary:
                 run["requests"] = summary.get("requests", summary.get("would_send", 0))
                 run["outcomes"] = (
