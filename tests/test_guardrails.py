@@ -233,6 +233,11 @@ async def test_plan_then_apply_sends_exactly_the_plan(
     assert "About to cancel 10 orders" in shown.stderr  # what its prompt would show
     assert "Reason:  T-2 (ticket OPS-7)" in shown.stderr
     assert "Checked: predicted when planned: cancelled 10" in shown.stderr
+    assert "Time:    about 0 s at --rate 200\n" in shown.stderr
+    looked = await cli.run("apply", str(checked_file), "--dry-run", "--require-status", "Draft",
+                           "--rate", "10", env=env)  # fmt: skip
+    # a look-up before each DELETE: twice the requests, twice the time
+    assert "about 2 s at --rate 10 (a look-up and a DELETE per order)" in looked.stderr
     assert sim.sim.stats.deletes == {}
     applied = await cli.run("apply", str(plan_file), "--yes", env=env)
     assert applied.code == 0, applied.stderr[-2000:]
@@ -521,3 +526,27 @@ async def test_a_resume_with_a_canary_sends_untried_orders_first(
     rows = ledger_rows(ledger)
     assert {rows[o]["outcome"] for o in good} == {"cancelled"}
     assert {rows[o]["outcome"] for o in bad} == {"retryable_failed"}
+
+
+async def test_the_progress_names_the_canary_and_a_request_waiting(
+    cli: Cli, make_sim: Any, tmp_path: Path
+) -> None:
+    """While a canary waits on one order the API takes 11.5 s to answer, the progress (the
+    line on a terminal, the `progress` event off one) says how far the canary is and that a
+    request has waited over 10 s, not only "0.0 req/s"."""
+    running = await make_sim(stall_s=11.5)
+    cde = ids("CDE", 5)  # the first answer proves the credentials: the others go at once
+    orders = [cde[0], "SLO0000000001", *cde[1:]]
+    env = sim_env(running, tmp_path / "l.sqlite", MOUVONE_PROGRESS_INTERVAL="0.2")
+    src = write_ids(tmp_path / "o.csv", orders)
+    proc = await cli.start("run", str(src), "--yes", "--canary", "5", env=env)
+    assert proc.stderr is not None
+    stages: list[str] = []
+    while not any("waiting over 10 s" in stage for stage in stages):
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert line, stages
+        if line.startswith(b"{") and (event := json.loads(line))["event"] == "progress":
+            stages.append(event["stage"])
+    assert stages[-1] == "canary 4/5, 1 waiting over 10 s", stages
+    _, rest = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, rest.decode()[-2000:]

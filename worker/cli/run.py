@@ -130,8 +130,10 @@ def _with_recorded_limits(settings: Settings, args: argparse.Namespace) -> Setti
 def confirmation(source: OrderInput, settings: Settings, plan: Counts, total: int) -> str:
     """The plan as a person needs it before sending: target, input, what will be sent and what
     not, how long it takes at --rate; for a plan file, its reason and its predictions."""
-    minutes = plan.to_send / settings.rate / 60
-    took = f"{minutes:.0f} min" if minutes >= 1 else f"{plan.to_send / settings.rate:.0f} s"
+    per_order = 2 if settings.required_statuses else 1  # --require-status: a GET before each
+    seconds = plan.to_send * per_order / settings.rate
+    took = f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+    how = " (a look-up and a DELETE per order)" if per_order == 2 else ""
     lines = [
         f"About to cancel {plan.to_send} orders at {settings.target_label} "
         f"(tokens from {settings.token_host})",
@@ -139,7 +141,7 @@ def confirmation(source: OrderInput, settings: Settings, plan: Counts, total: in
         f"Ledger:  {settings.ledger}",
         f"Plan:    cancel {plan.to_send} orders; not sent: {plan.final} already final, "
         f"{plan.invalid} invalid, {plan.duplicates} duplicates",
-        f"Time:    about {took} at --rate {settings.rate:g}",
+        f"Time:    about {took} at --rate {settings.rate:g}{how}",
     ]
     reviewed = getattr(source, "plan", None)
     if isinstance(reviewed, plans.Plan):

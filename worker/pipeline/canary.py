@@ -50,6 +50,11 @@ class Canary:
             self._open.set()
 
     @property
+    def answered(self) -> int:
+        """Canary orders with a result so far."""
+        return len(self._results)
+
+    @property
     def passed(self) -> bool:
         """Off, or its orders ended well (or a person let the run go on)."""
         return self._open.is_set()

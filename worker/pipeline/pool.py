@@ -40,6 +40,8 @@ from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+SLOW_S = 10.0  # a request on the wire this long is named on the progress line
+
 
 @dataclass
 class Lane:
@@ -120,9 +122,10 @@ class Pool:
             ceiling = self._settings.rate_ceiling
             steering = Steering(channel, self.limiter, control, status, ceiling, self._clock)
             await steering.step()  # before anything is read or sent
+        lanes = [Lane() for _ in range(self._settings.concurrency)]
+        progress.stage = partial(self._screen_stage, lanes)
         helpers = self._helpers(source, progress, steering)
         kept = [self._spawn(c) for c in source.keepers()]
-        lanes = [Lane() for _ in range(self._settings.concurrency)]
         for lane in lanes:
             lane.task = self._spawn(self._work(source, sink, lane))
         workers = [lane.task for lane in lanes if lane.task is not None]
@@ -227,6 +230,28 @@ class Pool:
         if not self.canary.passed and self.canary.size:
             return f"canary of {self.canary.size} orders"
         return "sending"
+
+    def _screen_stage(self, lanes: list[Lane]) -> str:
+        """The stage as the progress line shows it, with what a person would otherwise take for
+        a hang: the canary's count, requests slow to answer, the learned limit when under
+        --rate. Empty while the run simply sends."""
+        stage = self._stage()
+        canary = self.canary
+        if stage.startswith("canary"):
+            stage = f"canary {canary.answered}/{canary.size}"
+        parts = [] if stage == "sending" else [stage]
+        now = self._clock.monotonic()
+        slow = sum(
+            1
+            for lane in lanes
+            if lane.state is not None and lane.state.in_flight and now - lane.state.slot > SLOW_S
+        )
+        if slow:
+            parts.append(f"{slow} waiting over {SLOW_S:.0f} s")
+        limiter = self.limiter
+        if limiter.pace_per_s < limiter.rate_per_s:
+            parts.append(f"limit {limiter.pace_per_s:.0f}/s")
+        return ", ".join(parts)
 
     def _status(self, progress: ProgressReporter) -> dict[str, Any]:
         """What `control status` shows of this run."""

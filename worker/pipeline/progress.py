@@ -54,6 +54,7 @@ class ProgressReporter:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._recent: deque[tuple[float, int]] = deque()  # (time, requests) for the rate
+        self.stage: Callable[[], str] = str  # what the run waits for, told by the pool
 
     def done(self) -> int:
         """Orders dealt with so far (answered, invalid, skipped or duplicate)."""
@@ -92,6 +93,7 @@ class ProgressReporter:
             requests=self._requests(),
             elapsed_s=round(elapsed, 1),
             outcomes=dict(self._summary.outcomes),
+            stage=self.stage() or "sending",
         )
 
     def line(self) -> str:
@@ -106,7 +108,8 @@ class ProgressReporter:
         rate = (requests - recent[0][1]) / span if span > 0 else 0.0
         counts = self._summary.outcomes
         shown = " ".join(f"{SHORT.get(o, o)} {n}" for o, n in counts.items() if n)
-        return f"{shown or 'starting'} | {rate:.1f} req/s"
+        stage = self.stage()
+        return f"{shown or 'starting'} | {rate:.1f} req/s" + (f" | {stage}" if stage else "")
 
     def _start_bar(self) -> None:
         from rich.console import Console  # noqa: PLC0415 - only on a terminal
