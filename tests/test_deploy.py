@@ -3,6 +3,7 @@ systemd-analyze; every command line in deploy/ and every MOUVONE_* variable it s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shlex
@@ -11,9 +12,11 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import unavailable
 from worker.cli import build_parser
@@ -238,3 +241,71 @@ def test_nightly_alert_names_an_unreachable_api(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     reason = next(x for x in (tmp_path / "mailbox").read_text().splitlines() if "Reason:" in x)
     assert "cannot reach the token endpoint 127.0.0.1:9" in reason
+
+
+async def test_two_nightly_jobs_on_one_host_alert_separately(tmp_path: Path, make_sim: Any) -> None:
+    """Four jobs from nightly.sh on one host, each in its folder with its credentials, one
+    mailbox and one textfile directory: an unreachable API, a wrong secret, an outage and a
+    finished run with an order refused each reach the mailbox under their own job's name with
+    their own reason, and each job's textfile holds its own exit status under its job label."""
+    sim = await make_sim()
+    bin_dir, textfiles = tmp_path / "bin", tmp_path / "textfile"
+    bin_dir.mkdir()
+    textfiles.mkdir()
+    (bin_dir / "mail").write_text('#!/bin/sh\necho "SUBJECT $2" >> "$MAILBOX"; cat >> "$MAILBOX"\n')
+    (bin_dir / "mail").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOUVONE_")}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", MAILBOX=str(tmp_path / "mailbox"))
+    good = {"MOUVONE_BASE_URL": sim.base_url, "MOUVONE_TOKEN_URL": sim.token_url,
+            "MOUVONE_CLIENT_ID": "demo-client", "MOUVONE_CLIENT_SECRET": "demo-secret",
+            "MOUVONE_API_KEY": "demo-key", "MOUVONE_OUTAGE_TIMEOUT": "1"}  # fmt: skip
+    jobs = {  # name -> (credentials unlike the good ones, order, exit status)
+        "exports": ({"MOUVONE_BASE_URL": "http://127.0.0.1:9/v1",
+                     "MOUVONE_TOKEN_URL": "http://127.0.0.1:9/t"}, "CDE0000000001", 2),
+        "drafts": ({"MOUVONE_CLIENT_SECRET": "not-the-secret"}, "CDE0000000002", 3),
+        "terminal": ({}, "\n".join(f"CDE{n:010d}" for n in range(3, 43)), 3),
+        "closures": ({}, "SUB0000000001", 1),
+    }  # fmt: skip
+    for name, (changed, order, status) in jobs.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(DEPLOY / "cron" / "nightly.sh", folder / "nightly.sh")
+        lines = [f"{k}={v}" for k, v in {**good, **changed}.items()]
+        (folder / "credentials.env").write_text("\n".join(lines) + "\n")
+        (folder / "o.csv").write_text(f"orderId\n{order}\n")
+        if name == "terminal":
+            sim.sim.outage(120)  # every request answers 503 for this job's whole run
+        done = await asyncio.to_thread(
+            subprocess.run,
+            ["./nightly.sh", name, str(BIN / "cancel-orders"), "run", "o.csv", "--yes",
+             "--job", name, "--ledger", f"ledgers/{name}.sqlite",
+             "--metrics-textfile", str(textfiles / f"cancel_orders_{name}.prom")],
+            cwd=folder, env=env, capture_output=True, text=True, timeout=90, check=False,
+        )  # fmt: skip
+        sim.sim.outage(0)
+        assert done.returncode == status, (name, done.stdout + done.stderr)
+    mails = (tmp_path / "mailbox").read_text().split("SUBJECT ")[1:]
+    by_job = {mail.split()[1].rstrip(":"): mail for mail in mails}
+    assert sorted(by_job) == sorted(jobs)
+    assert "FAILED (exit 2)" in by_job["exports"]
+    assert "cannot reach the token endpoint 127.0.0.1:9" in by_job["exports"]
+    assert "FAILED (exit 3)" in by_job["drafts"]
+    assert "client" in _reason(by_job["drafts"])  # the credentials were refused
+    assert "FAILED (exit 3)" in by_job["terminal"]
+    assert _reason(by_job["terminal"]).endswith(
+        "(outage timeout); unanswered orders stay pending: resume with the same command once "
+        "the API answers again"
+    )
+    assert "finished, some orders need a person" in by_job["closures"]
+    assert "SUB0000000001" in by_job["closures"]
+    exits = {}
+    for prom in textfiles.iterdir():
+        for family in text_string_to_metric_families(prom.read_text()):
+            for sample in family.samples:
+                if sample.name == "cancel_orders_last_run_exit_code":
+                    exits[sample.labels["job"]] = sample.value
+    assert exits == {name: status for name, (_, _, status) in jobs.items()}
+
+
+def _reason(mail: str) -> str:
+    return next(line for line in mail.splitlines() if line.startswith("Reason:"))

@@ -2,7 +2,8 @@
 # Runs one cancel-orders command for cron, from the folder that holds credentials.env:
 #   nightly.sh NAME /opt/cancel-orders/bin/cancel-orders run ... --ledger ledgers/NAME.sqlite
 # Logs to logs/NAME-DATE.log. Mails nothing on exit 0; the report on exit 1 (finished, some
-# orders need a person: a success with a report); an alert on exit 2 and above, with the
+# orders need a person: a success with a report, and up to 20 of those orders per outcome as
+# CSV lines); an alert on exit 2 and above, with the
 # reason (the run's last line, `cancel-orders: <reason>`), the ledger and the command that
 # shows the report. MAILTO_ADDR names the recipient; MAIL_COMMAND the program that sends
 # (default `mail`: Debian's bsd-mailx or mailutils). Without it nothing runs: exit 69, said on
@@ -34,7 +35,13 @@ done
 program=$1
 report="$program report${ledger:+ --ledger $PWD/$ledger}"
 if [ "$status" -eq 1 ]; then
-    $report 2>&1 | "$mailer" -s "cancel-orders $name: finished, some orders need a person" "$to"
+    {
+        $report 2>&1
+        # the orders a person must look at, 20 of each outcome at most
+        for outcome in rejected not_found invalid skipped retryable_failed; do
+            $report --outcome "$outcome" --format csv 2>/dev/null | head -n 21 | sed 1d
+        done
+    } | "$mailer" -s "cancel-orders $name: finished, some orders need a person" "$to"
 elif [ "$status" -ge 2 ]; then
     {
         echo "cancel-orders $name ended with exit $status on $(hostname) at $(date)."

@@ -154,7 +154,7 @@ def _m(answer: Answer) -> str:
 def _too_long(wait_s: float, max_wait_s: float) -> str:
     return (
         f"the API asked to wait {wait_s:.0f}s (Retry-After), longer than max_wait "
-        f"{max_wait_s:.0f}s (MOUVONE_MAX_WAIT): resume the run later"
+        f"{max_wait_s:.0f}s (MOUVONE_MAX_WAIT)"
     )
 
 

@@ -162,9 +162,12 @@ class RunReport:
                 return "some IDs of the input are invalid (above); nothing was sent"
             return "finished; some orders need a person: cancel-orders report"
         if code in (3, 4, 130, 143):
-            first = "fix that, then " if code == 3 else ""
             why = self.reason or f"exit {code}"
-            return f"{why}; unanswered orders stay pending: {first}resume with the same command"
+            then = "resume with the same command"
+            if code == 3:  # the API's trouble passes by itself; anything else needs a fix first
+                waited = "(outage timeout)" in why or "(MOUVONE_MAX_WAIT)" in why
+                then = f"{then} once the API answers again" if waited else f"fix that, then {then}"
+            return f"{why}; unanswered orders stay pending: {then}"
         return self.reason or f"exit {code}"
 
     def as_dict(self) -> dict[str, object]:

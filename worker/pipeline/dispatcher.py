@@ -222,7 +222,7 @@ class Dispatcher:
         if admitted is False:
             self._control.abort(
                 f"the API has been failing (5xx, timeouts, connection errors) for more than "
-                f"{breaker.outage_s():.0f}s (outage timeout): resume the run later"
+                f"{breaker.outage_s():.0f}s (outage timeout)"
             )
             return None
         if self._control.stopping:
