@@ -15,9 +15,10 @@ against the paced limiter, 64 waiters at 300/s), ``guardrails`` (--require-statu
 server), ``scaleout`` (1, 2 and 4 runs sharing one PostgreSQL ledger and one input, under a
 200/s gateway limit and unlimited), ``chaos`` (the suite's test of several hosts through kills,
 freezes and connection cuts, ``--rounds`` times in a row), ``scale`` (dry run and resume of
-10,000,000 lines) and ``night`` (5,000 orders with every kind of trouble, applied with the
-runbook's flags, interrupted and resumed: see ``benchmarks/night.py``); those two are not in
-the default set: each takes several minutes.
+10,000,000 lines), ``night`` (5,000 orders with every kind of trouble, applied with the
+runbook's flags, interrupted and resumed: see ``benchmarks/night.py``) and ``screen`` (the
+terminal of a 5,000-order run through a canary, a slow order, a Ctrl-C and a resume, captured
+at every stage in tmux); those three are not in the default set: they take minutes, or tmux.
 
 The simulator runs in its own process on loopback. Throughput is read at the server (first to
 last DELETE arrival) so that both clients are measured the same way; CPU time and peak memory
@@ -44,6 +45,7 @@ from pathlib import Path
 
 from benchmarks.night import scenario_night
 from benchmarks.scaleout import scenario_chaos, scenario_scaleout
+from benchmarks.screen import scenario_screen
 
 BARE = r"""
 import asyncio, sys, aiohttp
@@ -601,6 +603,7 @@ SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "postgresql": scenario_postgresql,
     "scaleout": scenario_scaleout,
     "chaos": scenario_chaos,
+    "screen": scenario_screen,
     "night": scenario_night,
 }
 
@@ -612,7 +615,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of tool and bare (3)")
     parser.add_argument("--orders", type=int, default=30000, help="orders at zero latency")
     args = parser.parse_args()
-    chosen = args.scenarios or [name for name in SCENARIOS if name not in ("scale", "night")]
+    chosen = args.scenarios or [
+        name for name in SCENARIOS if name not in ("scale", "night", "screen")
+    ]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario {', '.join(sorted(unknown))}: {', '.join(SCENARIOS)}")

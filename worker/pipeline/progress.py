@@ -108,8 +108,8 @@ class ProgressReporter:
         rate = (requests - recent[0][1]) / span if span > 0 else 0.0
         counts = self._summary.outcomes
         shown = " ".join(f"{SHORT.get(o, o)} {n}" for o, n in counts.items() if n)
-        stage = self.stage()
-        return f"{shown or 'starting'} | {rate:.1f} req/s" + (f" | {stage}" if stage else "")
+        stage = self.stage()  # first: a narrow terminal cuts the end of the line, not the wait
+        return (f"{stage} | " if stage else "") + f"{rate:.1f} req/s | {shown or 'starting'}"
 
     def _start_bar(self) -> None:
         from rich.console import Console  # noqa: PLC0415 - only on a terminal
@@ -118,18 +118,15 @@ class ProgressReporter:
             MofNCompleteColumn,
             Progress,
             TextColumn,
-            TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
         self._progress = Progress(
-            TextColumn("cancelling"),
-            BarColumn(bar_width=24),
+            BarColumn(bar_width=12),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[counts]}"),
             console=Console(file=sys.stderr),
             transient=True,
         )
