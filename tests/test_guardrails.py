@@ -531,10 +531,10 @@ async def test_a_resume_with_a_canary_sends_untried_orders_first(
 async def test_the_progress_names_the_canary_and_a_request_waiting(
     cli: Cli, make_sim: Any, tmp_path: Path
 ) -> None:
-    """While a canary waits on one order the API takes 11.5 s to answer, the progress (the
-    line on a terminal, the `progress` event off one) says how far the canary is and that a
-    request has waited over 10 s, not only "0.0 req/s"."""
-    running = await make_sim(stall_s=11.5)
+    """While a canary waits on one order the API takes 13 s to answer, the progress (the line
+    on a terminal, the `progress` event off one) and `control status` say how far the canary is
+    and that a request has waited over 10 s, not only "0.0 req/s"."""
+    running = await make_sim(stall_s=13)
     cde = ids("CDE", 5)  # the first answer proves the credentials: the others go at once
     orders = [cde[0], "SLO0000000001", *cde[1:]]
     env = sim_env(running, tmp_path / "l.sqlite", MOUVONE_PROGRESS_INTERVAL="0.2")
@@ -548,5 +548,7 @@ async def test_the_progress_names_the_canary_and_a_request_waiting(
         if line.startswith(b"{") and (event := json.loads(line))["event"] == "progress":
             stages.append(event["stage"])
     assert stages[-1] == "canary 4/5, 1 waiting over 10 s", stages
+    status = await cli.run("control", "status", env=env)  # the same stage there
+    assert "canary 4/5, 1 waiting over 10 s" in status.stdout, status.stdout + status.stderr
     _, rest = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, rest.decode()[-2000:]

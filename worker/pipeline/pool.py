@@ -116,13 +116,13 @@ class Pool:
         self.dispatcher.may_shelve = lambda: (
             self.canary.passed
         )  # a canary order waits in its worker
+        lanes = [Lane() for _ in range(self._settings.concurrency)]
         steering = None
         if channel is not None:
-            status = partial(self._status, progress)
+            status = partial(self._status, progress, lanes)
             ceiling = self._settings.rate_ceiling
             steering = Steering(channel, self.limiter, control, status, ceiling, self._clock)
             await steering.step()  # before anything is read or sent
-        lanes = [Lane() for _ in range(self._settings.concurrency)]
         progress.stage = partial(self._screen_stage, lanes)
         helpers = self._helpers(source, progress, steering)
         kept = [self._spawn(c) for c in source.keepers()]
@@ -253,10 +253,10 @@ class Pool:
             parts.append(f"limit {limiter.pace_per_s:.0f}/s")
         return ", ".join(parts)
 
-    def _status(self, progress: ProgressReporter) -> dict[str, Any]:
-        """What `control status` shows of this run."""
+    def _status(self, progress: ProgressReporter, lanes: list[Lane]) -> dict[str, Any]:
+        """What `control status` shows of this run: the progress line's stage."""
         return {
-            "stage": self._stage(),
+            "stage": self._screen_stage(lanes) or "sending",
             "done": progress.done(),
             "total": progress.total,
             "outcomes": dict(self._summary.outcomes),
