@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from tests.fakes import FakeClock
 from tests.support import Cli, ids, ledger_rows, sim_env, write_ids
+from worker.domain.location import PostgresUrl
+from worker.ledger import ledger_at
 from worker.pipeline.order import OrderState
 from worker.pipeline.shelf import OrderPicker, RetryShelf
 from worker.simulator import RunningSimulator
@@ -91,3 +94,23 @@ async def test_a_due_retry_goes_before_the_source_and_a_stop_keeps_what_waits() 
     left = list(orders.leftovers())
     assert [(s.order_id, "retry" in why) for s, why in left] == [("CDE0000000002", True)]
     assert await orders.next(source) is None
+
+
+async def test_the_ledger_remembers_the_busiest_second_the_gateway_took(
+    cli: Cli, make_sim: Any, tmp_path: Path, ledger_location: str
+) -> None:
+    """A run against a 40/s gateway limit at --rate 80: the ledger's memory of the busiest
+    second answered without a 429 (what a resumed run's pace may climb back to) is what the
+    attempt log shows, at or under the limit, and near it."""
+    running = await make_sim(rate_limit=40)
+    env = sim_env(running, ledger_location, MOUVONE_RATE="80")
+    done = await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 300))), "--yes",
+                         env=env)  # fmt: skip
+    assert done.code == 0, done.stderr[-2000:]
+    opened = ledger_at(PostgresUrl(ledger_location) if "://" in ledger_location
+                       else Path(ledger_location), readonly=True)  # fmt: skip
+    try:
+        remembered = opened.busiest_clean_second()
+    finally:
+        opened.close()
+    assert 30 <= remembered <= 40, remembered

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from datetime import UTC, datetime
 
 import pytest
 
@@ -11,6 +12,7 @@ from tests.fakes import FakeClock
 from tests.support import max_in_window
 from worker.api.headers import limit_per_s
 from worker.api.limiter import LEARNED_SHARE, RateLimiter
+from worker.ledger.base import busiest_clean_second
 
 
 async def _admit(limiter: RateLimiter, clock: FakeClock, n: int) -> list[tuple[int, float]]:
@@ -103,15 +105,31 @@ def test_429_halves_the_pace_once_a_second() -> None:
     assert limiter.lowest_pace_per_s == 25
 
 
-def test_successes_raise_the_pace_back_to_the_rate_and_no_higher() -> None:
-    """Additive increase: about 2% of the rate per second of successes, capped at the rate."""
+def test_a_lowered_pace_climbs_back_to_the_busiest_clean_second_and_no_higher() -> None:
+    """The gateway answered 80 requests in a second without a 429, then a 429 halved the pace:
+    after the hold it climbs a step every half second, back to 80 and not past it (a limit
+    that was real is not crossed again); only after ten quiet minutes does it go on to the
+    rate, never above it."""
     clock = FakeClock()
     limiter = RateLimiter(100, clock)
+    limiter.admitted.extend(clock.now - 1.49 + i / 80 for i in range(80))  # 80 in one second
+    limiter.speed_up()  # counts that second: no 429 in it
+    assert limiter.clean_best == 80
+    clock.now += 1.0
     limiter.slow_down()
-    for _ in range(50):  # one second of successes at 50/s
+    assert limiter.pace_per_s == 50
+    climbed = []
+    for _ in range(40):  # 20 s of successes, a look every half second
+        clock.now += 0.5
         limiter.speed_up()
-    assert 51.5 < limiter.pace_per_s < 52.5
-    for _ in range(10_000):
+        climbed.append(limiter.pace_per_s)
+    assert climbed[1] == 50  # held for HOLD_S after the 429
+    assert climbed[3] > 50
+    assert max(climbed) == 80
+    assert climbed.index(80) <= 12  # back within about six seconds
+    clock.now += 601
+    for _ in range(20):
+        clock.now += 0.5
         limiter.speed_up()
     assert limiter.pace_per_s == 100
 
@@ -157,15 +175,28 @@ async def test_callers_that_missed_their_slots_in_a_stall_go_evenly_spaced() -> 
     assert max_in_window([*first, *woken]) <= 10
 
 
-async def _behind_a_gateway(rate: float, limit: int, orders: int) -> tuple[list, list]:
+async def _behind_a_gateway(
+    rate: float, limit: int, orders: int, neighbour: tuple[float, float, float] | None = None
+) -> tuple[list, list]:
     """16 workers sending ``orders`` through a limiter at ``rate`` to a gateway that admits
     ``limit`` requests in any sliding second (50 ms latency, 429 with Retry-After: 1, refused
-    orders sent again); (arrival times with True when admitted, the limiter)."""
+    orders sent again), shared with ``neighbour`` (another client sending (per second, from,
+    until) seconds after the start); (arrival times with True when admitted, the limiter)."""
     clock = FakeClock()
     limiter = RateLimiter(rate, clock, hard_cap=False)
     admitted: list[float] = []
     arrivals: list[tuple[float, bool]] = []
     left = [orders]
+    start = clock.now
+
+    async def other() -> None:
+        assert neighbour is not None
+        per_s, begins, ends = neighbour
+        await clock.sleep(begins)
+        while clock.now < start + ends:
+            if sum(1 for t in admitted if t > clock.now - 1.0) < limit:
+                admitted.append(clock.now)
+            await clock.sleep(1 / per_s)
 
     async def worker() -> None:
         while left[0] > 0:
@@ -186,7 +217,10 @@ async def _behind_a_gateway(rate: float, limit: int, orders: int) -> tuple[list,
                 limiter.slow_down(slot)
                 limiter.pause(1.0)
 
-    await clock.run(*(asyncio.ensure_future(worker()) for _ in range(16)))
+    tasks = [asyncio.ensure_future(worker()) for _ in range(16)]
+    if neighbour is not None:
+        tasks.append(asyncio.ensure_future(other()))
+    await clock.run(*tasks)
     return arrivals, [limiter]
 
 
@@ -206,6 +240,22 @@ async def test_an_unknown_gateway_limit_is_learned_where_the_429s_begin(factor: 
     assert (len(done) - 1) / (done[-1] - done[0]) >= 0.95 * 50
     assert limiter.learned_per_s is not None
     assert 47 <= limiter.learned_per_s <= 50
+
+
+async def test_the_pace_climbs_back_when_a_neighbour_leaves() -> None:
+    """A run at --rate 100 against a 100/s gateway limit; another client takes 50/s of it from
+    10 s to 20 s, then leaves: the run drops to what is left, and is back at 0.9 of the limit
+    or more within 10 s of the neighbour leaving, with under 2% of its requests refused."""
+    arrivals, (limiter,) = await _behind_a_gateway(100, 100, 4000, neighbour=(50, 10, 20))
+    start = min(t for t, _ in arrivals)
+    done = [t - start for t, ok in arrivals if ok]
+    during = sum(1 for t in done if 12 <= t < 20) / 8
+    assert during <= 55  # it made room
+    after = sum(1 for t in done if 30 <= t < 35) / 5
+    assert after >= 90, after
+    refused = sum(1 for _, ok in arrivals if not ok)
+    assert refused / len(arrivals) < 0.02
+    assert limiter.pace_per_s <= 100
 
 
 def test_the_gateway_s_own_limit_is_taken_when_it_says_it() -> None:
@@ -234,3 +284,20 @@ def test_rate_limit_headers() -> None:
     assert limit_per_s({"X-RateLimit-Limit": "30"}) == 30
     assert limit_per_s({"RateLimit-Limit": "nan"}) is None
     assert limit_per_s({}) is None
+
+
+def test_the_busiest_clean_second_leaves_out_seconds_with_a_429() -> None:
+    """The ledger's memory of what the gateway took: the most requests answered (not 429) in
+    one second that holds no 429; sends older than the cut-off and unanswered ones are not
+    counted."""
+    base = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+
+    def at(offset: float) -> str:
+        return datetime.fromtimestamp(base + offset, UTC).isoformat().replace("+00:00", "Z")
+
+    sends = [(at(i / 50), 200) for i in range(50)]  # 50 in the first second
+    sends += [(at(2 + i / 80), 200) for i in range(80)] + [(at(2.5), 429)]  # 80, one refused
+    sends += [(at(5 + i / 30), 200) for i in range(30)] + [(at(5.5), None)]
+    sends += [(at(-100 + i / 200), 200) for i in range(200)]  # before the cut-off
+    assert busiest_clean_second(sends, base - 10) == 50
+    assert busiest_clean_second([], base) == 0

@@ -16,10 +16,20 @@ also lowers the pace (at most once a second: the answers of one burst are one si
 gateway's limit, learned where the 429s begin: the gateway's own figure when the answer carries
 one (``RateLimit-Policy``, ``X-RateLimit-Limit``), else the requests the gateway admitted in
 the second before the refused one (counted again with the burst's later answers). The pace is
-then set at that limit (the margin keeps it 2% under) and stays there (a 429 within RELEARN_S
-lowers the limit by 3%; with nothing to learn from, the pace is halved); only after QUIET_S
-without a 429 does it climb again by small steps, to find a limit that was raised. The pace never
-goes above the configured rate, and the hard cap never moves.
+then set at that limit (the margin keeps it 2% under; a 429 within RELEARN_S lowers the limit
+by 3%; with nothing to learn from, the pace is halved).
+
+A limit learned from 429s may be another client's doing (a second team on the subscription, a
+neighbour's retry storm, a killed run's last second), gone a few seconds later; so the pace
+climbs back. After HOLD_S without a 429 it rises by STEP_UP every STEP_S, up to the busiest
+second the gateway has answered without a 429 (``clean_best``: in this run, or in the ledger's
+attempts of the last hour, so that a resumed run starts with what the one before it saw), never
+over it: what the gateway took before it takes again, and a limit that is real is not crossed
+again by the climb. A 429 soon after a climb step means the neighbour is still there: the next
+climb waits twice as long (up to MAX_HOLD_S), and when climbs keep failing at the longest wait
+(STALE_AFTER times, about a minute), that busiest second is forgotten as stale. Only after
+QUIET_S without a 429 does the pace climb past it, to find a limit that was raised. The pace
+never goes above the configured rate, and the hard cap never moves.
 """
 
 from __future__ import annotations
@@ -51,12 +61,19 @@ DECREASE_FACTOR = 0.5  # a 429 that teaches nothing halves the pace
 LEARNED_SHARE = 1.0  # the pace once a limit is learned: 2% under it with the margin (jitter room)
 RELEARN_S = 10.0  # a 429 this soon after a limit was learned: the limit is a little lower
 STEP_DOWN = 0.97  # ... by this much
-QUIET_S = 600.0  # a limit learned holds this long without a 429; then the pace climbs to re-probe
+QUIET_S = 600.0  # a limit the gateway stated holds this long without a 429
 WINDOW_S = 1.0  # the gateway's window the limit is counted in
 ADMITTED_KEPT = 65_536  # admitted slots kept: the limit is counted among the last second's
 RECOUNT_AFTER_S = 0.5  # the answers admitted before the teaching 429 have all come by then
-INCREASE_PER_S = 0.02  # successes raise the pace by this share of the rate per second of them
 MIN_SHARE = 0.01  # the pace never falls under this share of the rate
+HOLD_S = 1.5  # after a 429, the pace holds this long before it climbs back...
+MAX_HOLD_S = 6.0  # ... twice as long after each climb a 429 cut short, up to this
+STEP_S = 0.5  # a climbing pace rises once per this (and the clean seconds are counted)...
+STEP_UP = 1.1  # ... by this factor
+FAILED_CLIMB_S = 5.0  # a 429 this soon after a climb step: the climb found the limit
+STALE_AFTER = 8  # climbs failed in a row at the longest hold before clean_best is forgotten
+ANSWERED_IN_S = 0.5  # the answers to a second's requests have all come this long after it
+ADMITTED_SLACK = 4096  # admitted slots looked at past the counted second (answers reorder)
 
 
 class RateLimiter:
@@ -94,6 +111,13 @@ class RateLimiter:
         # without a method call: it happens for every request
         self.admitted: deque[float] = deque(maxlen=ADMITTED_KEPT)
         self._teacher: float | None = None  # the slot of the 429 that taught the limit
+        self._hold_s = HOLD_S  # how long a lowered pace holds before climbing back
+        self._climb_after = 0.0  # the pace holds until then
+        self._next_look = 0.0  # when the pace may next rise, and the clean second be counted
+        self._stepped_at: float | None = None  # when it last rose
+        self._last_429 = -math.inf  # when the last 429 came
+        self.clean_best = 0.0  # the busiest second answered without a 429 (requests)
+        self._failed_climbs = 0  # climbs a 429 cut short at the longest hold, in a row
         self._make_cap()
 
     def _make_cap(self) -> None:
@@ -186,10 +210,18 @@ class RateLimiter:
         ``hint_per_s`` when it said: set the pace under the limit learned (a little lower at a
         429 soon after), or halve it when nothing can be learned; once a second at most."""
         now = self._clock.monotonic()
+        self._last_429 = now
         if self._lowered_at is not None and now - self._lowered_at < 1.0:
             self._recount(slot)
             return
         self._lowered_at = now
+        if self._stepped_at is not None and now - self._stepped_at < FAILED_CLIMB_S:
+            if self._hold_s >= MAX_HOLD_S:
+                self._failed_climbs += 1
+                if self._failed_climbs >= STALE_AFTER:  # for a minute: that second is past
+                    self.clean_best = min(self.clean_best, self.pace_per_s)
+            self._hold_s = min(MAX_HOLD_S, self._hold_s * 2)  # the neighbour is still there
+        self._climb_after = now + self._hold_s
         learned = self._learn(slot, hint_per_s, now)
         self._teacher = slot if learned is not None and hint_per_s is None else None
         if learned is not None:
@@ -215,8 +247,15 @@ class RateLimiter:
             self._set_pace(min(self.rate_per_s, counted * LEARNED_SHARE))
 
     def _admitted_before(self, slot: float) -> float:
-        """Requests admitted in the second before ``slot``, per second."""
-        return float(sum(1 for t in self.admitted if slot - WINDOW_S < t < slot)) / WINDOW_S
+        """Requests admitted in the second before ``slot``, per second (the newest slots are
+        at the right, give or take the order their answers came in)."""
+        counted = 0
+        for seen, t in enumerate(reversed(self.admitted)):
+            if slot - WINDOW_S < t < slot:
+                counted += 1
+            elif t <= slot - WINDOW_S and seen > counted + ADMITTED_SLACK:
+                break  # well past the second: the rest are older still
+        return counted / WINDOW_S
 
     def _learn(self, slot: float | None, hint_per_s: float | None, now: float) -> float | None:
         """The gateway's limit per second: its own word, else the requests it admitted in the
@@ -237,15 +276,27 @@ class RateLimiter:
         return accepted
 
     def speed_up(self) -> None:
-        """A success: raise the pace by a small step, never above the configured rate (after
-        a limit was learned, only once QUIET_S passed without a 429)."""
-        if self.pace_per_s >= self.rate_per_s:
+        """A success. At most once per STEP_S: count the last answered second if no 429 came
+        in it, and, once a lowered pace has held long enough, climb one step toward the
+        busiest such second (toward the configured rate once QUIET_S passed without a 429)."""
+        now = self._clock.monotonic()
+        if now < self._next_look:
             return
-        if self._learned_at is not None and self._clock.monotonic() - self._learned_at < QUIET_S:
+        self._next_look = now + STEP_S
+        if now - self._last_429 > WINDOW_S + ANSWERED_IN_S:
+            self.clean_best = max(self.clean_best, self._admitted_before(now - ANSWERED_IN_S))
+        pace = self.pace_per_s
+        if pace >= self.rate_per_s or now < self._climb_after:
             return
-        step = self.rate_per_s * INCREASE_PER_S / self.pace_per_s
-        self._set_pace(min(self.rate_per_s, self.pace_per_s + step))
+        quiet = now - self._last_429 >= QUIET_S
+        ceiling = self.rate_per_s if quiet else min(self.rate_per_s, self.clean_best)
+        if pace >= ceiling:
+            self._hold_s, self._failed_climbs = HOLD_S, 0  # climbed back: the way is clear
+            return
+        self._stepped_at = now
+        self._set_pace(min(ceiling, pace * STEP_UP))
         if self.pace_per_s >= self.rate_per_s:
+            self._hold_s = HOLD_S
             log.info("rate_restored", pace_per_s=self.pace_per_s)
 
     def _set_pace(self, pace_per_s: float) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 
 import orjson
 
@@ -191,6 +193,13 @@ class Ledger(ABC):
             )
         return _counted(self._fetch(self.sql.outcomes)), _counted(self._fetch(self.sql.codes))
 
+    def busiest_clean_second(self, within_s: float = 3600.0, newest: int = 20_000) -> float:
+        """Requests in the busiest second of the ledger's newest attempts (of the last
+        ``within_s``) in which the gateway refused none with a 429: what it has taken before,
+        which a resumed run's pace may climb back to. 0.0 when nothing is known."""
+        rows = self._fetch(self.sql.recent_sends, (newest,))
+        return busiest_clean_second(rows, time.time() - within_s)
+
     def run_counts(self, run_id: str) -> tuple[dict[str, int], dict[str, int]]:
         """(outcome -> count, error_code -> count) of the orders one run holds: what it
         answered, what it found invalid, and what it claimed and left `pending`."""
@@ -246,3 +255,28 @@ def _counted(rows: Iterable[Row]) -> dict[str, int]:
 def json_param(value: object) -> str:
     """JSON text for one batch parameter (orjson: dataclasses and enums natively, in C)."""
     return orjson.dumps(value).decode()
+
+
+def busiest_clean_second(sends: Iterable[Row], since: float) -> float:
+    """The most requests answered other than 429 within one second that holds no 429, among
+    ``sends`` ((sent_at ISO, http_status) rows) sent after ``since`` (epoch seconds)."""
+    moments = []
+    for sent_at, status in sends:
+        try:
+            at = datetime.fromisoformat(str(sent_at)).timestamp()
+        except ValueError:
+            continue
+        if at >= since:
+            moments.append((at, status == 429, status is not None and status != 429))
+    moments.sort()
+    best = refused = taken = start = 0
+    for at, was_refused, was_taken in moments:
+        refused += was_refused
+        taken += was_taken
+        while at - moments[start][0] >= 1.0:
+            refused -= moments[start][1]
+            taken -= moments[start][2]
+            start += 1
+        if not refused:
+            best = max(best, taken)
+    return float(best)

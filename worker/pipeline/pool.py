@@ -341,12 +341,15 @@ async def send_through_pool(
     ask: Callable[[list[Result]], bool] | None = None,
     channel: ControlChannel | None = None,
     predict: bool = False,
+    taken: float = 0.0,
 ) -> PoolStats:
     """Connect to the API, run a pool between ``source`` and ``sink`` until the source is dry
     or the run stops, close the connection: the one place a pool is built, for every command
     that sends or predicts (``limiter``: a group's shared one; ``predict``: `check`, a GET
-    for each order and no DELETE)."""
+    for each order and no DELETE; ``taken``: the busiest second the gateway took without a
+    429 in the ledger's memory, as high as the pace may climb back after 429s)."""
     api = connect(settings, run.clock, limiter, run.metrics)
+    api.limiter.clean_best = max(api.limiter.clean_best, taken)
     try:
         pool = Pool(
             settings,

@@ -149,12 +149,23 @@ class Runner:
             channel = LedgerChannel(self._ledger, self.run_id)
             self._stats = await send_through_pool(
                 self._settings, self._input, self._sink, self._progress, parts, ask=self._ask,
-                channel=channel, predict=self._options.predict,
+                channel=channel, predict=self._options.predict, taken=await self._taken_before(),
             )  # fmt: skip
         finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await self._final_flush()
+
+    async def _taken_before(self) -> float:
+        """The busiest second the gateway took without a 429 in the ledger's recent attempts
+        (a run stopped or killed an hour ago included): how high a pace lowered by 429s may
+        climb back (0.0: unknown, or a check, which only looks)."""
+        if self._options.predict:
+            return 0.0
+        try:
+            return await self._ledger.call(self._ledger.ledger.busiest_clean_second)
+        except LedgerError:
+            return 0.0
 
     def _ledger_failed(self, message: str) -> None:
         self.control.abort(f"ledger write failed: {message}")
