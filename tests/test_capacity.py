@@ -104,7 +104,7 @@ async def test_the_ledger_remembers_the_busiest_second_the_gateway_took(
     attempt log shows, at or under the limit, and near it."""
     running = await make_sim(rate_limit=40)
     env = sim_env(running, ledger_location, MOUVONE_RATE="80")
-    done = await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 300))), "--yes",
+    done = await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 120))), "--yes",
                          env=env)  # fmt: skip
     assert done.code == 0, done.stderr[-2000:]
     opened = ledger_at(PostgresUrl(ledger_location) if "://" in ledger_location
