@@ -14,7 +14,8 @@ against the paced limiter, 64 waiters at 300/s), ``guardrails`` (--require-statu
 (the PostgreSQL ledger beside SQLite's at 0 and 50 ms; $BENCH_POSTGRES_URL, default the local
 server), ``scaleout`` (1, 2 and 4 runs sharing one PostgreSQL ledger and one input, under a
 200/s gateway limit and unlimited), ``chaos`` (the suite's test of several hosts through kills,
-freezes and connection cuts, ``--rounds`` times in a row), ``scale`` (dry run and resume of
+freezes and connection cuts, ``--rounds`` times in a row), ``relearn`` (the pace after 429s
+that were a killed run's or a neighbour's doing), ``scale`` (dry run and resume of
 10,000,000 lines), ``night`` (5,000 orders with every kind of trouble, applied with the
 runbook's flags, interrupted and resumed: see ``benchmarks/night.py``) and ``screen`` (the
 terminal of a 5,000-order run through a canary, a slow order, a Ctrl-C and a resume, captured
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.night import scenario_night
+from benchmarks.relearn import scenario_relearn
 from benchmarks.scaleout import scenario_chaos, scenario_scaleout
 from benchmarks.screen import scenario_screen
 
@@ -604,6 +606,7 @@ SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "scaleout": scenario_scaleout,
     "chaos": scenario_chaos,
     "screen": scenario_screen,
+    "relearn": scenario_relearn,
     "night": scenario_night,
 }
 

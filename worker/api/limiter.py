@@ -17,7 +17,8 @@ gateway's limit, learned where the 429s begin: the gateway's own figure when the
 one (``RateLimit-Policy``, ``X-RateLimit-Limit``), else the requests the gateway admitted in
 the second before the refused one (counted again with the burst's later answers). The pace is
 then set at that limit (the margin keeps it 2% under; a 429 within RELEARN_S lowers the limit
-by 3%; with nothing to learn from, the pace is halved).
+by 3%; with nothing to learn from, the pace is halved, or lowered by a tenth at a pace the
+gateway answered before without a 429: a lone 429 there is a neighbour's burst).
 
 A limit learned from 429s may be another client's doing (a second team on the subscription, a
 neighbour's retry storm, a killed run's last second), gone a few seconds later; so the pace
@@ -57,7 +58,8 @@ CAP_PERIOD_S = 1.02  # the hard cap's window: floor(rate) requests in any 1.02 s
 # from the ones before it
 STALL_S = 0.2  # a slot reached this late belongs to a stall (see acquire)
 MIN_SLEEP_S = 0.001  # a slot closer than this is taken at once: an event-loop timer costs more
-DECREASE_FACTOR = 0.5  # a 429 that teaches nothing halves the pace
+DECREASE_FACTOR = 0.5  # a 429 that teaches nothing halves the pace...
+KNOWN_DECREASE = 0.9  # ... or lowers it by a tenth at a pace the gateway took before
 LEARNED_SHARE = 1.0  # the pace once a limit is learned: 2% under it with the margin (jitter room)
 RELEARN_S = 10.0  # a 429 this soon after a limit was learned: the limit is a little lower
 STEP_DOWN = 0.97  # ... by this much
@@ -69,7 +71,7 @@ MIN_SHARE = 0.01  # the pace never falls under this share of the rate
 HOLD_S = 1.5  # after a 429, the pace holds this long before it climbs back...
 MAX_HOLD_S = 6.0  # ... twice as long after each climb a 429 cut short, up to this
 STEP_S = 0.5  # a climbing pace rises once per this (and the clean seconds are counted)...
-STEP_UP = 1.1  # ... by this factor
+STEP_UP = 1.2  # ... by this factor
 FAILED_CLIMB_S = 5.0  # a 429 this soon after a climb step: the climb found the limit
 STALE_AFTER = 8  # climbs failed in a row at the longest hold before clean_best is forgotten
 ANSWERED_IN_S = 0.5  # the answers to a second's requests have all come this long after it
@@ -231,7 +233,12 @@ class RateLimiter:
             log.warning("rate_limit_learned", limit_per_s=round(learned, 2), rate=self.rate_per_s)
         else:
             floor = self.rate_per_s * MIN_SHARE
-            self._set_pace(max(floor, self.pace_per_s * DECREASE_FACTOR))
+            # at a pace the gateway took before without a 429, a lone 429 is someone else's
+            # burst (or one order's): a small step down, not half
+            known = self.pace_per_s <= self.clean_best
+            self._set_pace(
+                max(floor, self.pace_per_s * (KNOWN_DECREASE if known else DECREASE_FACTOR))
+            )
             log.warning("rate_lowered", pace_per_s=round(self.pace_per_s, 2), rate=self.rate_per_s)
         self.lowest_pace_per_s = min(self.lowest_pace_per_s, self.pace_per_s)
 
