@@ -547,8 +547,30 @@ async def test_the_progress_names_the_canary_and_a_request_waiting(
         assert line, stages
         if line.startswith(b"{") and (event := json.loads(line))["event"] == "progress":
             stages.append(event["stage"])
-    assert stages[-1] == "canary 4/5, 1 waiting over 10 s", stages
+    assert stages[-1].startswith("canary 4/5, 1 waiting over 10 s"), stages
     status = await cli.run("control", "status", env=env)  # the same stage there
     assert "canary 4/5, 1 waiting over 10 s" in status.stdout, status.stdout + status.stderr
     _, rest = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, rest.decode()[-2000:]
+
+
+async def test_an_outage_during_look_ups_holds_the_orders_instead_of_failing_them(
+    cli: Cli, make_sim: Any, tmp_path: Path
+) -> None:
+    """--require-status and a 3-s outage (every request answers 503): the look-ups' failures
+    open the breaker as the DELETEs' do, and the orders wait for the API instead of ending
+    `retryable_failed` ("its status could not be read"), which counted toward
+    --max-failure-rate and stopped a night with exit 3."""
+    running = await make_sim(latency_ms=5)
+    wanted = ids("CDE", 150)
+    env = sim_env(running, tmp_path / "l.sqlite", MOUVONE_RATE="100")
+    src = write_ids(tmp_path / "o.csv", wanted)
+    proc = await cli.start("run", str(src), "--yes", "--require-status", "Draft,Valid",
+                           "--max-failure-rate", "5", env=env)  # fmt: skip
+    await asyncio.wait_for(running.sim.wait_for_deletes(20), 30)
+    running.sim.outage(3)
+    _, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    rows = ledger_rows(tmp_path / "l.sqlite")
+    assert Counter(r["outcome"] for r in rows.values()) == {"cancelled": len(wanted)}
+    assert running.sim.stats.outage_answers > 0

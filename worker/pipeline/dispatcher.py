@@ -213,19 +213,7 @@ class Dispatcher:
         """Send one DELETE when the breaker and the limiter admit it; None if the run stops
         before that, or the order is found another's. (The send is inline: docs/development.md,
         "The hot path".)"""
-        breaker = self._breaker
-        admitted = await breaker.admit() if breaker.is_open else None
-        while admitted is True and not await self._api_is_up(state):
-            if self._control.stopping:
-                return None
-            admitted = await breaker.admit() if breaker.is_open else None
-        if admitted is False:
-            self._control.abort(
-                f"the API has been failing (5xx, timeouts, connection errors) for more than "
-                f"{breaker.outage_s():.0f}s (outage timeout)"
-            )
-            return None
-        if self._control.stopping:
+        if (self._breaker.is_open or self._control.stopping) and not await self._admitted_by(state):
             return None
         tokens = self._tokens
         mine = None if self._still_mine is None else partial(self._mine, state)
@@ -267,6 +255,23 @@ class Dispatcher:
                 sent_at=sent_at,
             )
             self.on_attempt(state, "DELETE", state.attempts, answer)
+
+    async def _admitted_by(self, state: OrderState) -> bool:
+        """Through an open breaker: True once a probe has shown the API up; False when the run
+        stops, or the outage outlasted its timeout (the run is aborted)."""
+        breaker = self._breaker
+        admitted = await breaker.admit() if breaker.is_open else None
+        while admitted is True and not await self._api_is_up(state):
+            if self._control.stopping:
+                return False
+            admitted = await breaker.admit() if breaker.is_open else None
+        if admitted is False:
+            self._control.abort(
+                f"the API has been failing (5xx, timeouts, connection errors) for more than "
+                f"{breaker.outage_s():.0f}s (outage timeout)"
+            )
+            return False
+        return not self._control.stopping
 
     async def _api_is_up(self, state: OrderState) -> bool:
         """The breaker's probe: one GET of this order, which any API that is up answers
@@ -317,14 +322,23 @@ class Dispatcher:
         """The GET before the DELETE (worker.pipeline.lookup): the order's result when that
         settles it, None to send it."""
         url = self._client.order_url(state.order_id)
-        try:
-            settled = await before_sending(
-                self._reader, state, url, self._required, partial(self._looked_up, state)
-            )
-        except StoppingError:
-            return state.pending()
-        except FatalApiError as exc:
-            return self._stop(state, str(exc), exc.exit_code)
+        while True:
+            breaker = self._breaker
+            if (breaker.is_open or self._control.stopping) and not await self._admitted_by(state):
+                return state.pending()
+            try:
+                settled = await before_sending(
+                    self._reader, state, url, self._required, partial(self._before_sending, state)
+                )
+            except StoppingError:
+                return state.pending()
+            except FatalApiError as exc:
+                return self._stop(state, str(exc), exc.exit_code)
+            if settled is None or settled.outcome is not Outcome.RETRYABLE_FAILED:
+                break
+            if not breaker.is_open:
+                break  # its own failures: the order's outcome
+            # an outage's failures, not the order's: look again once a probe shows the API up
         if settled is not None:
             log.info("order_settled_by_get", order_id=state.order_id, outcome=settled.outcome.value)
         return settled
@@ -344,6 +358,12 @@ class Dispatcher:
         except FatalApiError as exc:
             return self._stop(state, str(exc), exc.exit_code)
         return predict(state.order_id, answer, body, self._table)
+
+    def _before_sending(self, state: OrderState, answer: Answer) -> None:
+        """A look-up before the DELETE was answered: as any GET, and counted by the breaker
+        (an outage seen through look-ups opens it, as through DELETEs)."""
+        self._looked_up(state, answer)
+        self._breaker.record(answer, probe=False, order=state.order_id)
 
     def _looked_up(self, state: OrderState, answer: Answer) -> None:
         """A GET before the DELETE was answered: the attempt log has it too, and an answer
