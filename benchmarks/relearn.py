@@ -54,20 +54,25 @@ def _per_second(ledger: Path) -> tuple[float, dict[int, int], int, int]:
     return first, dict(taken), refused, len(times)
 
 
-def _deletes(sim: Simulator) -> int:
-    return int(str(sim.call("/_sim/stats")["deletes"]))
+def _started(
+    bench: Bench, sim: Simulator, n: int, rate: int, *, until_deletes: int
+) -> tuple[Path, list[str], subprocess.Popen[bytes]]:
+    """A run of ``n`` fresh orders at ``rate`` started, once the gateway saw ``until_deletes``
+    DELETEs: its ledger, its command line and its process."""
+    ids = bench.ids(n)
+    ledger = ids.with_suffix(".sqlite")
+    command = bench.tool(ids, "--rate", str(rate), "--concurrency", "16", ledger=ledger)
+    sim.call("/_sim/reset", "POST")
+    proc = subprocess.Popen(
+        command, env=sim.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    while int(str(sim.call("/_sim/stats")["deletes"])) < until_deletes:
+        time.sleep(0.05)
+    return ledger, command, proc
 
 
 def _resume_after_kill(bench: Bench, sim: Simulator) -> None:
-    ids = bench.ids(12000)
-    ledger = ids.with_suffix(".sqlite")
-    command = bench.tool(ids, "--rate", "400", "--concurrency", "16", ledger=ledger)
-    sim.call("/_sim/reset", "POST")
-    first = subprocess.Popen(
-        command, env=sim.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    while _deletes(sim) < 3000:
-        time.sleep(0.05)
+    ledger, command, first = _started(bench, sim, 12000, 400, until_deletes=3000)
     first.send_signal(signal.SIGKILL)
     first.wait()
     killed_at = time.time()
@@ -87,15 +92,7 @@ def _resume_after_kill(bench: Bench, sim: Simulator) -> None:
 
 
 def _neighbour(bench: Bench, sim: Simulator) -> None:
-    ids = bench.ids(4500)
-    ledger = ids.with_suffix(".sqlite")
-    command = bench.tool(ids, "--rate", "100", "--concurrency", "16", ledger=ledger)
-    sim.call("/_sim/reset", "POST")
-    run = subprocess.Popen(
-        command, env=sim.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    while _deletes(sim) < 1000:  # 10 s in
-        time.sleep(0.05)
+    ledger, _, run = _started(bench, sim, 4500, 100, until_deletes=1000)  # 10 s in
     subprocess.run([sys.executable, "-c", NEIGHBOUR, sim.root, "50", "10"], check=True)
     gone_at = time.time()
     run.wait()

@@ -103,6 +103,21 @@ def assert_one_result_each(results: list[dict[str, str]], expected: set[str]) ->
     assert max(per_order.values()) == 1, [k for k, n in per_order.items() if n > 1][:5]
 
 
+def cut_database(pg_url: str) -> int:
+    """End every connection the test's processes hold to PostgreSQL (the schema's URL names
+    their application name); how many."""
+    import psycopg  # noqa: PLC0415 - only the PostgreSQL tests need it
+
+    app = pg_url.rsplit("application_name=", 1)[1]
+    with psycopg.connect(pg_url.split("?", maxsplit=1)[0], autocommit=True) as admin:
+        cut = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (app,),
+        ).fetchone()
+    return int(cut[0]) if cut else 0
+
+
 def max_in_window(times: Iterable[float], window: float = 1.0) -> int:
     """The most of these times in any ``window`` seconds."""
     ordered = sorted(times)

@@ -22,6 +22,7 @@ from tests.support import (
     Cli,
     Queue,
     assert_one_result_each,
+    cut_database,
     ids,
     ledger_rows,
     max_in_window,
@@ -64,18 +65,6 @@ async def _lease_lapsed(pg_url: str, pid: int) -> None:
                 return
             await asyncio.sleep(0.05)
     raise AssertionError(f"the lease of process {pid} never lapsed")
-
-
-def _cut_database(pg_url: str) -> int:
-    """End every connection the test's processes hold to PostgreSQL."""
-    app = pg_url.rsplit("application_name=", 1)[1]
-    with psycopg.connect(pg_url.split("?", maxsplit=1)[0], autocommit=True) as admin:
-        cut = admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = %s AND pid <> pg_backend_pid()",
-            (app,),
-        ).fetchone()
-    return int(cut[0]) if cut else 0
 
 
 async def _cut_redis(queue: Queue) -> int:
@@ -126,13 +115,13 @@ async def test_runs_and_a_group_on_one_ledger_through_kills_freezes_and_cuts(
     try:
         await _lease_lapsed(pg_url, frozen_run.pid)
         await _answered(pg_url, "FGH", 600)  # the others went on without the frozen consumer
-        assert _cut_database(pg_url) >= 1
+        assert cut_database(pg_url) >= 1
         assert await _cut_redis(queue) >= 1
     finally:
         for proc in (frozen_run, frozen_consumer):
             proc.send_signal(signal.SIGCONT)
     await _answered(pg_url, "CDE", 1000)
-    assert _cut_database(pg_url) >= 1
+    assert cut_database(pg_url) >= 1
     assert await _cut_redis(queue) >= 1
 
     survivors = [frozen_run, third_run, *consumers[1:]]

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from tests.support import Cli, Queue, ids, ledger_rows, sim_env, table_rows, write_ids
+from tests.support import Cli, Queue, cut_database, ids, ledger_rows, sim_env, table_rows, write_ids
 from worker.ledger import SCHEMA_VERSION
 from worker.simulator import RunningSimulator
 
@@ -314,17 +314,9 @@ async def test_a_cut_connection_loses_nothing(
     src = write_ids(tmp_path / "in.csv", wanted)
     env = sim_env(sim, pg_url, MOUVONE_RATE="150")
     proc = await _run(cli, spawned, src, env)
-    app = pg_url.rsplit("application_name=", 1)[1]
     for at in (50, 200):
         await _progress(pg_url, at)
-        with psycopg.connect(pg_url.split("?", maxsplit=1)[0], autocommit=True) as admin:
-            cut = admin.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = %s AND pid <> pg_backend_pid()",
-                (app,),
-            ).fetchone()
-        assert cut is not None
-        assert cut[0] >= 1
+        assert cut_database(pg_url) >= 1
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()[-2000:]
     rows = ledger_rows(pg_url)
