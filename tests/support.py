@@ -149,6 +149,13 @@ def sim_env(running: RunningSimulator, ledger: Path | str, **extra: str) -> dict
     return env
 
 
+def untraced(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without coverage's subprocess measurement: for the volume tests (thousands of
+    orders through several processes), whose lines the other tests cover, and whose tracing
+    cost the suite more CPU time than anything else."""
+    return {k: v for k, v in env.items() if k != "COVERAGE_PROCESS_CONFIG"}
+
+
 def settings_for(running: RunningSimulator, ledger: Path, **flags: Any) -> Settings:
     """Settings for an in-process run against this simulator."""
     c = running.sim.config

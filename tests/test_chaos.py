@@ -27,12 +27,13 @@ from tests.support import (
     ledger_rows,
     max_in_window,
     table_rows,
+    untraced,
     write_ids,
 )
 from worker.simulator import RunningSimulator
 
-RUN_ORDERS = ids("CDE", 1500)
-QUEUE_ORDERS = ids("FGH", 1200)
+RUN_ORDERS = ids("CDE", 1000)
+QUEUE_ORDERS = ids("FGH", 900)
 GROUP_RATE = 150
 FINAL = {"cancelled", "already_cancelled"}
 
@@ -84,7 +85,7 @@ async def test_runs_and_a_group_on_one_ledger_through_kills_freezes_and_cuts(
     consumers, one killed and one frozen; the database and Redis cut twice each."""
     sim: RunningSimulator = await make_sim(latency_ms=5)
     queue = private_queue
-    env = queue.env(sim, tmp_path, MOUVONE_LEDGER=pg_url, MOUVONE_RATE="100")
+    env = untraced(queue.env(sim, tmp_path, MOUVONE_LEDGER=pg_url, MOUVONE_RATE="100"))
     src = write_ids(tmp_path / "runs.csv", RUN_ORDERS)
     enqueued = await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "q.csv", QUEUE_ORDERS)),
                              env=env)  # fmt: skip
@@ -114,13 +115,13 @@ async def test_runs_and_a_group_on_one_ledger_through_kills_freezes_and_cuts(
         proc.send_signal(signal.SIGSTOP)
     try:
         await _lease_lapsed(pg_url, frozen_run.pid)
-        await _answered(pg_url, "FGH", 600)  # the others went on without the frozen consumer
+        await _answered(pg_url, "FGH", 500)  # the others went on without the frozen consumer
         assert cut_database(pg_url) >= 1
         assert await _cut_redis(queue) >= 1
     finally:
         for proc in (frozen_run, frozen_consumer):
             proc.send_signal(signal.SIGCONT)
-    await _answered(pg_url, "CDE", 1000)
+    await _answered(pg_url, "CDE", 700)
     assert cut_database(pg_url) >= 1
     assert await _cut_redis(queue) >= 1
 

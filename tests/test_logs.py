@@ -104,6 +104,7 @@ async def test_the_ending_line_is_the_summarys_and_the_run_records(
         1: write_ids(tmp_path / "bad.csv", ["SUB0000000001"]),
         4: write_ids(tmp_path / "late.csv", ["CDE0000000002"]),
     }
+    endings = []
     for code, src in runs.items():
         extra = ["--until", "2000-01-01T00:00:00Z"] if code == 4 else []
         done = await cli.run("run", str(src), "--yes", *extra, env=env)
@@ -112,6 +113,8 @@ async def test_the_ending_line_is_the_summarys_and_the_run_records(
         events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
         (summary,) = [e for e in events if e["event"] == "run_summary"]
         assert last == f"cancel-orders: {summary['ending']}"
-        listed = json.loads((await cli.run("runs", "--format", "json", env=env)).stdout)
-        assert listed[0]["ending"] == summary["ending"]
+        endings.append(summary["ending"])
+    assert endings[0] == "done"
     assert last.endswith("resume with the same command")
+    listed = json.loads((await cli.run("runs", "--format", "json", env=env)).stdout)
+    assert [run["ending"] for run in listed] == endings[::-1]  # newest first

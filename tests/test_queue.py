@@ -26,6 +26,7 @@ from tests.support import (
     ids,
     max_in_window,
     sim_env,
+    untraced,
     write_ids,
 )
 from worker.queue.streams import Names, Streams
@@ -59,7 +60,7 @@ async def test_enqueue_survives_dropped_connections(
     queue = private_queue  # its clients are killed: a server of its own
     wanted = ids("CDE", 30_000)
     src = write_ids(tmp_path / "o.csv", wanted)
-    proc = await cli.start("enqueue", "--yes", str(src), env=queue.env(sim, tmp_path))
+    proc = await cli.start("enqueue", "--yes", str(src), env=untraced(queue.env(sim, tmp_path)))
     killed = 0
     while proc.returncode is None and killed < 40:
         await asyncio.sleep(0.01)
@@ -348,8 +349,10 @@ async def test_group_rate_holds_when_a_frozen_replica_wakes(
     at the server carries more than 150."""
     running = await make_sim(latency_ms=20)
     wanted = ids("CDE", 2400)
-    env = queue.env(
-        running, tmp_path, MOUVONE_RATE="150", MOUVONE_CONCURRENCY="16", MOUVONE_CLAIM_IDLE="30"
+    env = untraced(
+        queue.env(
+            running, tmp_path, MOUVONE_RATE="150", MOUVONE_CONCURRENCY="16", MOUVONE_CLAIM_IDLE="30"
+        )
     )
     assert (
         await cli.run("enqueue", "--yes", str(write_ids(tmp_path / "o.csv", wanted)), env=env)
