@@ -38,9 +38,8 @@ if [ "$status" -eq 1 ]; then
     {
         $report 2>&1
         # the orders a person must look at, 20 of each outcome at most
-        for outcome in rejected not_found invalid skipped retryable_failed; do
-            $report --outcome "$outcome" --format csv 2>/dev/null | head -n 21 | sed 1d
-        done
+        $report --format csv 2>/dev/null | awk -F, 'NR > 1 && $2 != "cancelled" &&
+            $2 != "already_cancelled" && $2 != "pending" && seen[$2]++ < 20'
     } | "$mailer" -s "cancel-orders $name: finished, some orders need a person" "$to"
 elif [ "$status" -ge 2 ]; then
     {
