@@ -25,12 +25,13 @@ neighbour's retry storm, a killed run's last second), gone a few seconds later; 
 climbs back. After HOLD_S without a 429 it rises by STEP_UP every STEP_S, up to the busiest
 second the gateway has answered without a 429 (``clean_best``: in this run, or in the ledger's
 attempts of the last hour, so that a resumed run starts with what the one before it saw), never
-over it: what the gateway took before it takes again, and a limit that is real is not crossed
-again by the climb. A 429 soon after a climb step means the neighbour is still there: the next
-climb waits twice as long (up to MAX_HOLD_S), and when climbs keep failing at the longest wait
-(STALE_AFTER times, about a minute), that busiest second is forgotten as stale. Only after
-QUIET_S without a 429 does the pace climb past it, to find a limit that was raised. The pace
-never goes above the configured rate, and the hard cap never moves.
+over it (nor past a limit the gateway stated in its answer): what the gateway took before it
+takes again, and a limit that is real is not crossed again by the climb. A 429 soon after a
+climb step means the neighbour is still there: the next climb waits twice as long (up to
+MAX_HOLD_S), and when climbs keep failing at the longest wait (STALE_AFTER times, about a
+minute), that busiest second is forgotten as stale. Only after QUIET_S without a 429 does the
+pace climb past it, to find a limit that was raised. The pace never goes above the configured
+rate, and the hard cap never moves.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ KNOWN_DECREASE = 0.9  # ... or lowers it by a tenth at a pace the gateway took b
 LEARNED_SHARE = 1.0  # the pace once a limit is learned: 2% under it with the margin (jitter room)
 RELEARN_S = 10.0  # a 429 this soon after a limit was learned: the limit is a little lower
 STEP_DOWN = 0.97  # ... by this much
-QUIET_S = 600.0  # a limit the gateway stated holds this long without a 429
+QUIET_S = 600.0  # without a 429 this long, the pace may climb past the busiest clean second
 WINDOW_S = 1.0  # the gateway's window the limit is counted in
 ADMITTED_KEPT = 65_536  # admitted slots kept: the limit is counted among the last second's
 RECOUNT_AFTER_S = 0.5  # the answers admitted before the teaching 429 have all come by then
@@ -227,6 +228,8 @@ class RateLimiter:
         learned = self._learn(slot, hint_per_s, now)
         self._teacher = slot if learned is not None and hint_per_s is None else None
         if learned is not None:
+            if hint_per_s is not None:  # the gateway's own word: no climbing back past it
+                self.clean_best = min(self.clean_best, learned)
             self.learned_per_s = learned
             self._learned_at = now
             self._set_pace(min(self.rate_per_s, learned * LEARNED_SHARE))
