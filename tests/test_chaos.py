@@ -33,8 +33,8 @@ from tests.support import (
 from worker.simulator import RunningSimulator
 
 RUN_ORDERS = ids("CDE", 1000)
-QUEUE_ORDERS = ids("FGH", 900)
-GROUP_RATE = 150
+QUEUE_ORDERS = ids("FGH", 1200)
+GROUP_RATE = 100
 FINAL = {"cancelled", "already_cancelled"}
 
 
@@ -121,9 +121,10 @@ async def test_runs_and_a_group_on_one_ledger_through_kills_freezes_and_cuts(
     finally:
         for proc in (frozen_run, frozen_consumer):
             proc.send_signal(signal.SIGCONT)
+    await _answered(pg_url, "FGH", 700)  # the group is back at work, connected again
+    assert await _cut_redis(queue) >= 1
     await _answered(pg_url, "CDE", 700)
     assert cut_database(pg_url) >= 1
-    assert await _cut_redis(queue) >= 1
 
     survivors = [frozen_run, third_run, *consumers[1:]]
     ends = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in survivors)), 150)
