@@ -1,6 +1,6 @@
 """The benchmark suite: the tool beside a bare aiohttp loop, against the same simulator.
 
-    python -m benchmarks                      # every scenario (about three minutes)
+    python -m benchmarks                      # the default scenarios (about ten minutes)
     python -m benchmarks throughput latency   # some of them
     python -m benchmarks --rounds 5 --orders 30000
 
