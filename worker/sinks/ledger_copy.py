@@ -5,7 +5,6 @@ from one place."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import structlog
@@ -44,13 +43,11 @@ class LedgerCopy:
         ledger = ledger_at(settings.ledger, claim_idle=settings.claim_idle)
         self._thread = LedgerThread(ledger)
         self._sink = LedgerSink(self._thread, run_id, None)  # the consumer counts them
-        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Note the consumer's run; start writing."""
+        """Note the consumer's run (each result is then written by ``write``)."""
         ledger = self._thread.ledger
         await self._thread.call(ledger.begin_run, self._run_id, "consume", self._settings.api_url)
-        self._flusher = asyncio.create_task(self._sink.run(self._failed))
 
     async def write(self, result: Result, tried: list[tuple[object, ...]] | None) -> None:
         """Record one result and its attempts before its entry is acknowledged: a consumer
@@ -66,10 +63,7 @@ class LedgerCopy:
             self._failed(str(exc))
 
     async def close(self, report: RunReport) -> None:
-        """Write what is left, note how the consumer ended, close."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        """Write what is left (what a refused write kept), note how the consumer ended, close."""
         try:
             await self._sink.flush()
             ledger = self._thread.ledger
