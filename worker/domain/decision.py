@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from worker.domain.answer import Answer
 from worker.domain.classifier import Action, Verdict
-from worker.domain.models import Outcome
+from worker.domain.models import MAX_WAIT, Outcome
 from worker.domain.retry import Backoff
 
 DEFAULT_THROTTLE_PAUSE_S = 1.0  # a 429 without Retry-After still slows everyone down
@@ -154,7 +154,7 @@ def _m(answer: Answer) -> str:
 def _too_long(wait_s: float, max_wait_s: float) -> str:
     return (
         f"the API asked to wait {wait_s:.0f}s (Retry-After), longer than max_wait "
-        f"{max_wait_s:.0f}s (MOUVONE_MAX_WAIT)"
+        f"{max_wait_s:.0f}s {MAX_WAIT}"
     )
 
 

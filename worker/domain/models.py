@@ -48,6 +48,13 @@ RETRYABLE: frozenset[Outcome] = frozenset({Outcome.RETRYABLE_FAILED, Outcome.PEN
 SUCCESS: frozenset[Outcome] = frozenset({Outcome.CANCELLED, Outcome.ALREADY_CANCELLED})
 
 
+# How the reasons of the stops that end by themselves end (an outage past its timeout, a
+# Retry-After past --max-wait): the run's next step is to resume once the API answers again.
+OUTAGE_TIMEOUT = "(outage timeout)"
+MAX_WAIT = "(MOUVONE_MAX_WAIT)"
+API_WAITS = (OUTAGE_TIMEOUT, MAX_WAIT)
+
+
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs a call per field
 class Result:
     """One order's recorded outcome."""
@@ -165,7 +172,7 @@ class RunReport:
             why = self.reason or f"exit {code}"
             then = "resume with the same command"
             if code == 3:  # the API's trouble passes by itself; anything else needs a fix first
-                waited = "(outage timeout)" in why or "(MOUVONE_MAX_WAIT)" in why
+                waited = why.endswith(API_WAITS)
                 then = f"{then} once the API answers again" if waited else f"fix that, then {then}"
             return f"{why}; unanswered orders stay pending: {then}"
         return self.reason or f"exit {code}"

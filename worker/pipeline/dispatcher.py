@@ -25,7 +25,7 @@ from worker.domain.answer import Answer
 from worker.domain.classifier import Action, OutcomeTable, error_code_for
 from worker.domain.decision import Decision, Situation, Step, decide, is_outage, retry_reason
 from worker.domain.errors import ApiConfigError, FatalApiError
-from worker.domain.models import Outcome, Result
+from worker.domain.models import OUTAGE_TIMEOUT, Outcome, Result
 from worker.domain.prediction import predict
 from worker.domain.retry import RetryPolicy
 from worker.pipeline.breaker import CircuitBreaker
@@ -268,7 +268,7 @@ class Dispatcher:
         if admitted is False:
             self._control.abort(
                 f"the API has been failing (5xx, timeouts, connection errors) for more than "
-                f"{breaker.outage_s():.0f}s (outage timeout)"
+                f"{breaker.outage_s():.0f}s {OUTAGE_TIMEOUT}"
             )
             return False
         return not self._control.stopping
