@@ -303,3 +303,21 @@ def test_the_busiest_clean_second_leaves_out_seconds_with_a_429() -> None:
     sends += [(at(-100 + i / 200), 200) for i in range(200)]  # before the cut-off
     assert busiest_clean_second(sends, base - 10) == 50
     assert busiest_clean_second([], base) == 0
+
+
+def test_a_replica_that_learns_nothing_creeps_back_to_the_rate_and_no_higher() -> None:
+    """A consumer group's replica (its requests are a share of the group's, so its 429s teach
+    no limit): a 429 halves its pace, and successes raise it by about 2% of the rate per second
+    of them, capped at the rate."""
+    clock = FakeClock()
+    limiter = RateLimiter(100, clock)
+    limiter.learns = False
+    limiter.clean_best = 80  # what it saw says nothing of the group: still halved
+    limiter.slow_down()
+    assert limiter.pace_per_s == 50
+    for _ in range(50):  # one second of successes at 50/s
+        limiter.speed_up()
+    assert 51.5 < limiter.pace_per_s < 52.5
+    for _ in range(10_000):
+        limiter.speed_up()
+    assert limiter.pace_per_s == 100

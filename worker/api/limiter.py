@@ -30,7 +30,9 @@ takes again, and a limit that is real is not crossed again by the climb. A 429 s
 climb step means the neighbour is still there: the next climb waits twice as long (up to
 MAX_HOLD_S), and when climbs keep failing at the longest wait (STALE_AFTER times, about a
 minute), that busiest second is forgotten as stale. Only after QUIET_S without a 429 does the
-pace climb past it, to find a limit that was raised. The pace never goes above the configured
+pace climb past it, to find a limit that was raised. A consumer group's replica learns nothing
+from its own requests (they are a share of the group's): its pace, halved by a 429, creeps back
+by INCREASE_PER_S of the rate per second of successes. The pace never goes above the configured
 rate, and the hard cap never moves.
 """
 
@@ -69,6 +71,7 @@ WINDOW_S = 1.0  # the gateway's window the limit is counted in
 ADMITTED_KEPT = 65_536  # admitted slots kept: the limit is counted among the last second's
 RECOUNT_AFTER_S = 0.5  # the answers admitted before the teaching 429 have all come by then
 MIN_SHARE = 0.01  # the pace never falls under this share of the rate
+INCREASE_PER_S = 0.02  # a group replica's pace creeps back by this share of the rate per second
 HOLD_S = 1.5  # after a 429, the pace holds this long before it climbs back...
 MAX_HOLD_S = 6.0  # ... twice as long after each climb a 429 cut short, up to this
 STEP_S = 0.5  # a climbing pace rises once per this (and the clean seconds are counted)...
@@ -238,7 +241,7 @@ class RateLimiter:
             floor = self.rate_per_s * MIN_SHARE
             # at a pace the gateway took before without a 429, a lone 429 is someone else's
             # burst (or one order's): a small step down, not half
-            known = self.pace_per_s <= self.clean_best
+            known = self.learns and self.pace_per_s <= self.clean_best
             self._set_pace(
                 max(floor, self.pace_per_s * (KNOWN_DECREASE if known else DECREASE_FACTOR))
             )
@@ -289,6 +292,9 @@ class RateLimiter:
         """A success. At most once per STEP_S: count the last answered second if no 429 came
         in it, and, once a lowered pace has held long enough, climb one step toward the
         busiest such second (toward the configured rate once QUIET_S passed without a 429)."""
+        if not self.learns:  # a group's replica: its own requests say nothing of the group's
+            self._creep_up()
+            return
         now = self._clock.monotonic()
         if now < self._next_look:
             return
@@ -307,6 +313,16 @@ class RateLimiter:
         self._set_pace(min(ceiling, pace * STEP_UP))
         if self.pace_per_s >= self.rate_per_s:
             self._hold_s = HOLD_S
+            log.info("rate_restored", pace_per_s=self.pace_per_s)
+
+    def _creep_up(self) -> None:
+        """A success where nothing was learned: raise the pace by a small step (INCREASE_PER_S
+        of the rate per second of successes), never above the configured rate."""
+        if self.pace_per_s >= self.rate_per_s:
+            return
+        step = self.rate_per_s * INCREASE_PER_S / self.pace_per_s
+        self._set_pace(min(self.rate_per_s, self.pace_per_s + step))
+        if self.pace_per_s >= self.rate_per_s:
             log.info("rate_restored", pace_per_s=self.pace_per_s)
 
     def _set_pace(self, pace_per_s: float) -> None:
