@@ -5,6 +5,7 @@ backends); a file's lock and schema (SQLite's own)."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -290,3 +291,23 @@ def test_run_counts_and_timeline(ledger: Ledger) -> None:
     assert sorted((o, n) for _, o, n in ledger.timeline()) == [("cancelled", 1), ("rejected", 1)]
     assert [r[0] for r in ledger.rows_of([C, A, "ABC0000000009"])] == [A, C]
     assert [r[0] for r in ledger.rows("pending")] == [C]
+
+
+def test_each_run_s_busiest_second_is_remembered_apart(ledger_location: str) -> None:
+    """Two runs sharing a ledger and a gateway, 50 requests each in the same second: the
+    busiest second the ledger remembers is one run's (50), the most a run resuming alone may
+    climb back to, not the two together's (100); a second with a 429 is not counted."""
+    location = PostgresUrl(ledger_location) if "://" in ledger_location else Path(ledger_location)
+    ledger = ledger_at(location)
+    now = time.time()
+    try:
+        for run in ("a", "b"):
+            ledger.begin_run(run, "run", "http://127.0.0.1:9/v1")
+            rows = [(run, f"CDE{i:010d}", 1, "DELETE", now - 5 + i / 50, 1.0, 200, None, None,
+                     f"{run}-{i}", None) for i in range(50)]  # fmt: skip
+            rows.append((run, "CDE0000000099", 1, "DELETE", now - 3.5, 1.0, 429, "HTTP_429",
+                         None, f"{run}-late", None))  # fmt: skip
+            ledger.record([], run, rows)
+        assert ledger.busiest_clean_second() == 50
+    finally:
+        ledger.close()

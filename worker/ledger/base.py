@@ -194,11 +194,15 @@ class Ledger(ABC):
         return _counted(self._fetch(self.sql.outcomes)), _counted(self._fetch(self.sql.codes))
 
     def busiest_clean_second(self, within_s: float = 3600.0, newest: int = 20_000) -> float:
-        """Requests in the busiest second of the ledger's newest attempts (of the last
-        ``within_s``) in which the gateway refused none with a 429: what it has taken before,
-        which a resumed run's pace may climb back to. 0.0 when nothing is known."""
-        rows = self._fetch(self.sql.recent_sends, (newest,))
-        return busiest_clean_second(rows, time.time() - within_s)
+        """Requests in the busiest second one run of the ledger's newest attempts (of the last
+        ``within_s``) sent without a 429 answering any of its requests in it: what the gateway
+        has taken from one run, which a resumed run's pace may climb back to (runs sharing a
+        ledger each count their own). 0.0 when nothing is known."""
+        by_run: dict[object, list[Row]] = {}
+        for sent_at, status, run_id in self._fetch(self.sql.recent_sends, (newest,)):
+            by_run.setdefault(run_id, []).append((sent_at, status))
+        since = time.time() - within_s
+        return max((busiest_clean_second(rows, since) for rows in by_run.values()), default=0.0)
 
     def run_counts(self, run_id: str) -> tuple[dict[str, int], dict[str, int]]:
         """(outcome -> count, error_code -> count) of the orders one run holds: what it

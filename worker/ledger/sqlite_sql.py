@@ -154,7 +154,7 @@ STATEMENTS = common.Statements(
     target="SELECT base_url FROM runs WHERE base_url IS NOT NULL AND (finished_at IS NULL "
     "OR coalesce(json_extract(summary, '$.requests'), 1) > 0) ORDER BY started_at LIMIT 1",
     end_run="UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE run_id = ?",
-    recent_sends="SELECT sent_at, http_status FROM attempts ORDER BY rowid DESC LIMIT ?",
+    recent_sends="SELECT sent_at, http_status, run_id FROM attempts ORDER BY rowid DESC LIMIT ?",
     commands="SELECT key, value FROM control WHERE run_id = ? AND key != 'status'",
     runs=common.RUNS,
     run_requests="SELECT COUNT(*) FROM attempts WHERE run_id = ?",
