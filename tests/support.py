@@ -215,14 +215,38 @@ class Cli:
     ) -> Completed:
         """Run the CLI to its end; killed (and the test failed) after ``timeout`` seconds."""
         proc = await self.start(*args, env=env, stdin=stdin)
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        feed = asyncio.ensure_future(_feed(proc, stdin))
+        out = asyncio.ensure_future(proc.stdout.read())
+        err = asyncio.ensure_future(proc.stderr.read())
         try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+            await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            raise AssertionError(f"{' '.join(args[:2])}: still running after {timeout}s") from None
+            feed.cancel()
+            said = (await err).decode()[-3000:]
+            raise AssertionError(
+                f"{' '.join(args[:2])}: still running after {timeout}s; its last words:\n{said}"
+            ) from None
         assert proc.returncode is not None
-        return Completed(proc.returncode, out.decode(), err.decode())
+        await feed
+        return Completed(proc.returncode, (await out).decode(), (await err).decode())
+
+
+async def _feed(proc: asyncio.subprocess.Process, data: bytes | None) -> None:
+    """Write ``data`` to the process's standard input and close it; a process that ends
+    without reading it all is not an error here (its exit status says what happened)."""
+    if proc.stdin is None:
+        return
+    try:
+        if data:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        proc.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
 
 
 def _clean_env() -> dict[str, str]:

@@ -393,6 +393,35 @@ async def test_finish_sent_twice_counts_once(queue: Queue) -> None:
         await other.close()
 
 
+async def test_a_task_cancelled_during_a_command_ends_cancelled(queue: Queue) -> None:
+    """A task cancelled while its Redis command is being sent ends cancelled: on Python 3.11,
+    ``asyncio.wait_for`` (through which redis-py sends with a socket timeout) loses a cancel
+    that arrives as the send finishes, and the task went on (a consumer's steering loop kept
+    polling after the group was empty, and the process never exited)."""
+    streams = Streams(REDIS_URL, queue.names)
+    answered = 0
+
+    async def poll() -> None:
+        nonlocal answered
+        while True:  # as the steering loop does
+            await streams.redis.hgetall(f"{queue.names.group}:control")
+            answered += 1
+
+    try:
+        await streams.redis.ping()
+        for turns in range(400):
+            task = asyncio.ensure_future(poll())
+            for _ in range(turns % 25):  # cancelled at each step of a command in turn
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=10)
+            assert done, f"cancelled after {turns % 25} turns, the task went on"
+            assert task.cancelled()
+        assert answered > 0, "no command was ever answered before its cancel"
+    finally:
+        await streams.close()
+
+
 async def test_enqueue_to_a_redis_out_of_memory(
     private_redis: str, cli: Cli, sim: RunningSimulator, tmp_path: Path
 ) -> None:

@@ -35,6 +35,7 @@ from worker.pipeline.progress import ProgressReporter
 from worker.pipeline.shelf import OrderPicker, RetryShelf
 from worker.pipeline.steering import ControlChannel, Steering
 from worker.runtime.clock import Clock, first_of, now_iso
+from worker.runtime.loop import cancel_all
 from worker.runtime.metrics import Metrics
 from worker.settings import Settings
 
@@ -146,14 +147,10 @@ class Pool:
                 if busy:
                     await drain(busy, control, self._settings.grace, self._clock)
         finally:
-            stop.cancel()
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(everything, stop, *helpers, return_exceptions=True)
+            await cancel_all([stop, *helpers])
+            await asyncio.gather(everything, return_exceptions=True)
             self._unshelve(sink)
-            for task in kept:
-                task.cancel()
-            await asyncio.gather(*kept, return_exceptions=True)
+            await cancel_all(kept)
 
     def _helpers(
         self, source: Source, progress: ProgressReporter, steering: Steering | None
@@ -413,6 +410,4 @@ async def drain(
     then cancel them."""
     finished = asyncio.gather(*busy, return_exceptions=True)
     await first_of(clock, grace_s, finished, control.hurry_event.wait())
-    for worker in busy:
-        worker.cancel()
-    await asyncio.gather(*busy, return_exceptions=True)
+    await cancel_all(busy)

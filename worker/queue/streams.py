@@ -159,6 +159,27 @@ return string.format('%.3f', slot - now)
 """
 
 
+class _Redis(aioredis.Redis):
+    """redis-py's client, with no cancellation lost.
+
+    On Python 3.11, ``asyncio.wait_for`` returns its awaitable's result when a cancellation
+    arrives just as that awaitable finishes, and the cancellation is lost (gh-86296, fixed in
+    3.12); redis-py sends every command through it when a socket timeout is set. A task
+    cancelled at that moment went on as if it had not been: a consumer's steering loop, stopped
+    once the group was empty, polled Redis for ever and the process never exited. A command
+    during which the task was asked to stop ends as cancelled, whatever it answered.
+    """
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        task = asyncio.current_task()
+        asked = task.cancelling() if task is not None else 0
+        try:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        finally:
+            if task is not None and task.cancelling() > asked:
+                raise asyncio.CancelledError
+
+
 class Streams:
     """One Redis connection with the scripts registered."""
 
@@ -166,7 +187,7 @@ class Streams:
         self.names = names
         self.url = url
         try:
-            self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            self.redis: aioredis.Redis = _Redis.from_url(
                 url,
                 decode_responses=True,
                 encoding_errors="replace",  # an entry that is not UTF-8 is read, then refused

@@ -31,7 +31,7 @@ from worker.pipeline.progress import ProgressReporter
 from worker.pipeline.tally import Tally
 from worker.runtime.clock import Clock, SystemClock
 from worker.runtime.logs import flush_logs, lost_lines
-from worker.runtime.loop import settle_gc
+from worker.runtime.loop import cancel_all, settle_gc
 from worker.runtime.metrics import Metrics
 from worker.settings import Settings
 from worker.sinks.ledger import LedgerChannel, LedgerSink, LedgerThread
@@ -123,8 +123,7 @@ class Runner:
             try:
                 await self._input.produce(None)
             finally:
-                progress.cancel()
-                await asyncio.gather(progress, return_exceptions=True)
+                await cancel_all([progress])
         else:
             await self._send_all()
         if not self._options.dry_run:
@@ -152,8 +151,7 @@ class Runner:
                 channel=channel, predict=self._options.predict, taken=await self._taken_before(),
             )  # fmt: skip
         finally:
-            flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
+            await cancel_all([flusher])
             await self._final_flush()
 
     async def _taken_before(self) -> float:

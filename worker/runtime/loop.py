@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 YOUNG_GC_THRESHOLD = 10_000  # objects allocated and not yet freed before a young collection
+RECANCEL_S = 1.0  # a task still running this long after its cancel is cancelled again
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -25,6 +26,26 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again any that is
+    still running a second later.
+
+    A library may lose a cancellation: on Python 3.11, ``asyncio.wait_for`` returns its
+    awaitable's result when the cancel arrives just as that awaitable finishes (gh-86296), and
+    the task goes on. The run's end must not wait on it for ever (a scheduled job that never
+    exits holds the next one back); its errors are the task's done-callbacks' to report.
+    """
+    every = list(tasks)
+    running = {task for task in every if not task.done()}
+    while running:
+        for task in running:
+            task.cancel()
+        _, running = await asyncio.wait(running, timeout=RECANCEL_S)
+    for task in every:  # retrieved, as gather(return_exceptions=True) would
+        if not task.cancelled():
+            task.exception()
 
 
 def settle_gc() -> None:
