@@ -311,3 +311,76 @@ def test_each_run_s_busiest_second_is_remembered_apart(ledger_location: str) -> 
         assert ledger.busiest_clean_second() == 50
     finally:
         ledger.close()
+
+
+# A ledger of schema 4 as that version wrote it: the attempt log a table of text columns.
+SCHEMA_4 = """
+CREATE TABLE orders (order_id TEXT PRIMARY KEY, outcome TEXT NOT NULL, http_status INTEGER,
+    error_code TEXT, message TEXT, attempts INTEGER NOT NULL DEFAULT 0, run_id TEXT NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX orders_by_outcome ON orders(outcome, order_id);
+CREATE TABLE runs (run_id TEXT PRIMARY KEY, command TEXT NOT NULL, base_url TEXT,
+    started_at TEXT NOT NULL, finished_at TEXT, exit_code INTEGER, summary TEXT, operator TEXT,
+    host TEXT, reason TEXT, ticket TEXT, details TEXT);
+CREATE TABLE attempts (run_id TEXT NOT NULL, order_id TEXT NOT NULL, attempt INTEGER NOT NULL,
+    method TEXT NOT NULL, sent_at TEXT NOT NULL, latency_ms REAL, http_status INTEGER,
+    error_code TEXT, message TEXT, request_id TEXT NOT NULL, response_id TEXT);
+CREATE INDEX attempts_by_order ON attempts(order_id);
+CREATE TABLE control (run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    updated_at TEXT NOT NULL, PRIMARY KEY (run_id, key)) WITHOUT ROWID;
+INSERT INTO runs (run_id, command, started_at, operator, reason)
+    VALUES ('20261101T020000Z-aaaaaa', 'run', '2026-11-01T02:00:00.000Z', 'ops', 'cleanup');
+INSERT INTO orders VALUES ('ABC0000000001', 'cancelled', 200, NULL, NULL, 2,
+    '20261101T020000Z-aaaaaa', '2026-11-01T02:00:00.000Z', '2026-11-01T02:00:01.500Z');
+INSERT INTO attempts VALUES
+    ('20261101T020000Z-aaaaaa', 'ABC0000000001', 1, 'DELETE', '2026-11-01T02:00:00.250Z', 30.5,
+     503, 'HTTP_503', 'busy', '0b7e0d4c-1f2a-4b3c-9d8e-7f6a5b4c3d2e', NULL),
+    ('20261101T020000Z-aaaaaa', 'ABC0000000001', 2, 'DELETE', '2026-11-01T02:00:01.499Z', 12.0,
+     200, NULL, NULL, '0b7e0d4c-1f2a-4b3c-9d8e-7f6a5b4c3d2f', 'resp-1');
+PRAGMA user_version = 4;
+"""
+OLD_ROWS = [
+    ("20261101T020000Z-aaaaaa", A, 1, "DELETE", "2026-11-01T02:00:00.250Z", 30.5, 503,
+     "HTTP_503", "busy", "0b7e0d4c-1f2a-4b3c-9d8e-7f6a5b4c3d2e", None),
+    ("20261101T020000Z-aaaaaa", A, 2, "DELETE", "2026-11-01T02:00:01.499Z", 12.0, 200,
+     None, None, "0b7e0d4c-1f2a-4b3c-9d8e-7f6a5b4c3d2f", "resp-1"),
+]  # fmt: skip
+
+
+def test_a_schema_4_ledger_keeps_its_attempt_log_compacted(tmp_path: Path) -> None:
+    """A ledger of schema 4 opened by this version: its attempt log moves to the compact table
+    in place, and the view ``attempts`` reads as the old table did (the same columns, the same
+    text), to the tool and to a person's SQL; new rows are stored compact and read the same."""
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA_4)
+    db.close()
+    ledger = SqliteLedger(path)
+    try:
+        request_id = "5f0c2a1e-8b3d-4e6f-a7b8-c9d0e1f2a3b4"
+        sent_at = 1_796_090_400.125  # 2026-12-01T02:00:00.125Z
+        row = ("20261201T020000Z-bbbbbb", B, 1, "DELETE", sent_at, 8.2, 200, None, None,
+               request_id, "RESP-XYZ")  # fmt: skip
+        ledger.record([Result(B, Outcome.CANCELLED, 200, None, None, 1)], row[0], [row])
+        history = ledger.audit().history(A)
+    finally:
+        ledger.close()
+    assert [h["request_id"] for h in history] == [r[9] for r in OLD_ROWS]
+    assert [h["sent_at"] for h in history] == [r[4] for r in OLD_ROWS]
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        kinds = dict(db.execute("SELECT name, type FROM sqlite_master"))
+        assert kinds["attempts"] == "view"
+        assert "attempts_schema4" not in kinds
+        read = db.execute("SELECT * FROM attempts ORDER BY sent_at").fetchall()
+        new = ("20261201T020000Z-bbbbbb", B, 1, "DELETE", "2026-12-01T02:00:00.125Z", 8.2, 200,
+               None, None, request_id, "RESP-XYZ")  # fmt: skip
+        assert read == [*OLD_ROWS, new]
+        stored = db.execute("SELECT typeof(request_id), length(request_id), typeof(sent_ms) "
+                            "FROM attempt_log WHERE order_id = ?", (B,)).fetchone()  # fmt: skip
+        assert stored == ("blob", 16, "integer")
+        runbook = "SELECT run_id, http_status FROM attempts WHERE order_id = ? ORDER BY attempt"
+        assert db.execute(runbook, (A,)).fetchall() == [(r[0], r[6]) for r in OLD_ROWS]
+    finally:
+        db.close()

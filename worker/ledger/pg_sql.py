@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS control (
 # Steps from each earlier version of a PostgreSQL ledger to the next (3 was the first).
 MIGRATIONS: dict[int, str] = {
     3: "ALTER TABLE runs ADD COLUMN IF NOT EXISTS lease_s double precision;",
+    4: "SELECT 1;",  # schema 5 compacts the SQLite attempt log only
 }
 
 INSERT_NEW = (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from worker.domain.errors import ConfigError, LedgerError
 from worker.ledger.schema import RUN_COLUMNS_ADDED
-from worker.ledger.sqlite_sql import SCHEMA
+from worker.ledger.sqlite_sql import COMPACT_ATTEMPT_LOG, COPY_ATTEMPT_LOG, SCHEMA
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:
@@ -87,6 +87,9 @@ def upgrade(db: sqlite3.Connection) -> None:
         for column in RUN_COLUMNS_ADDED:
             if column not in present:
                 db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+    old_log = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'attempts' AND type = 'table'")
+    if old_log.fetchone():
+        db.executescript(f"BEGIN IMMEDIATE;{COMPACT_ATTEMPT_LOG}{SCHEMA}{COPY_ATTEMPT_LOG}COMMIT;")
     db.executescript(SCHEMA)
 
 

@@ -23,6 +23,8 @@ from worker.ledger.sqlite import Transaction, connect_readonly, lock, upgrade, u
 from worker.ledger.sqlite_sql import (
     BEGIN_RUN,
     CLAIM_BATCH,
+    NEW_RUN_KEY,
+    RUN_KEY,
     STATEMENTS,
     UPSERT_BATCH,
     insert_attempts,
@@ -41,6 +43,7 @@ class SqliteLedger(Ledger):
         self.path = path
         self.readonly = readonly
         self._lock_fd: int | None = None
+        self._run_keys: dict[str, int] = {}  # run_id -> its key in the attempt log
         try:
             if readonly:
                 if not path.is_file():
@@ -120,11 +123,23 @@ class SqliteLedger(Ledger):
         in one statement, their rows one JSON parameter serialised in C; the attempts 200 rows a
         statement)."""
         if results or attempts:
-            with self._transaction():
-                for sql, values in insert_attempts(attempts):
-                    self._db.execute(sql, values)
-                if results:
-                    self._db.execute(UPSERT_BATCH, (json_param(results), run_id, now_iso()))
+            try:
+                with self._transaction():
+                    for sql, values in insert_attempts(attempts, self._run_key):
+                        self._db.execute(sql, values)
+                    if results:
+                        self._db.execute(UPSERT_BATCH, (json_param(results), run_id, now_iso()))
+            except BaseException:
+                self._run_keys.clear()  # a key made in a transaction rolled back is no key
+                raise
+
+    def _run_key(self, run_id: str) -> int:
+        """The run's integer key in the attempt log, made on its first attempt."""
+        key = self._run_keys.get(run_id)
+        if key is None:
+            self._db.execute(NEW_RUN_KEY, (run_id,))
+            key = self._run_keys[run_id] = int(self._db.execute(RUN_KEY, (run_id,)).fetchone()[0])
+        return key
 
     def publish(self, run_id: str, status: dict[str, object]) -> None:
         """This run's status, for `control status`."""

@@ -3,8 +3,9 @@ statements in SQLite's dialect (``?`` placeholders; a list is one JSON parameter
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 
 import worker.ledger.statements as common
 from worker.ledger.schema import (
@@ -13,6 +14,38 @@ from worker.ledger.schema import (
     FINAL_SQL,
     SCHEMA_VERSION,
 )
+
+
+def _uuid_text(column: str) -> str:
+    """A UUID kept as its 16 bytes, read as its text (any other value as it was written)."""
+    h = f"lower(hex({column}))"
+    parts = "||'-'||".join(f"substr({h}, {a}, {n})" for a, n in ((1, 8), (9, 4), (13, 4), (17, 4)))
+    return (
+        f"CASE WHEN typeof({column}) = 'blob' THEN {parts}||'-'||substr({h}, 21) ELSE {column} END"
+    )
+
+
+# The attempt log as it is stored (``attempt_log``: the run as an integer key into
+# ``run_keys``, the time in integer milliseconds since the epoch, a UUID as 16 bytes) and as it
+# reads (the view ``attempts``, with the columns and the text of schema 4): each column of
+# ATTEMPT_COLUMNS as an expression over ``attempt_log a`` joined to ``run_keys k``.
+SENT_AT = "strftime('%Y-%m-%dT%H:%M:%fZ', a.sent_ms / 1000.0, 'unixepoch')"
+READABLE = (
+    "k.run_id",
+    "a.order_id",
+    "a.attempt",
+    "a.method",
+    SENT_AT,
+    "a.latency_ms",
+    "a.http_status",
+    "a.error_code",
+    "a.message",
+    _uuid_text("a.request_id"),
+    _uuid_text("a.response_id"),
+)
+_LOG = "attempt_log a JOIN run_keys k ON k.key = a.run"
+STORED_COLUMNS = ("run", *ATTEMPT_COLUMNS[1:4], "sent_ms", *ATTEMPT_COLUMNS[5:])
+_AS_READ = ", ".join(f"{e} AS {c}" for c, e in zip(ATTEMPT_COLUMNS, READABLE, strict=True))
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS orders (
@@ -41,20 +74,25 @@ CREATE TABLE IF NOT EXISTS runs (
     ticket      TEXT,
     details     TEXT
 );
-CREATE TABLE IF NOT EXISTS attempts (
-    run_id      TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS run_keys (
+    key         INTEGER PRIMARY KEY,
+    run_id      TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS attempt_log (
+    run         INTEGER NOT NULL,
     order_id    TEXT NOT NULL,
     attempt     INTEGER NOT NULL,
     method      TEXT NOT NULL,
-    sent_at     TEXT NOT NULL,
+    sent_ms     INTEGER NOT NULL,
     latency_ms  REAL,
     http_status INTEGER,
     error_code  TEXT,
     message     TEXT,
-    request_id  TEXT NOT NULL,
-    response_id TEXT
+    request_id  BLOB NOT NULL,
+    response_id BLOB
 );
-CREATE INDEX IF NOT EXISTS attempts_by_order ON attempts(order_id);
+CREATE INDEX IF NOT EXISTS attempt_log_by_order ON attempt_log(order_id);
+CREATE VIEW IF NOT EXISTS attempts AS SELECT {_AS_READ} FROM {_LOG};
 CREATE TABLE IF NOT EXISTS control (
     run_id      TEXT NOT NULL,
     key         TEXT NOT NULL,
@@ -63,6 +101,24 @@ CREATE TABLE IF NOT EXISTS control (
     PRIMARY KEY (run_id, key)
 ) WITHOUT ROWID;
 PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+# Schema 5 keeps the attempt log compact: a ledger of schema 3 or 4 has its table ``attempts``
+# set aside, the new tables and the view made (SCHEMA), its rows copied in the order written
+# (a request id stays text: SQLite 3.40 has no unhex()), and the old table dropped; one
+# transaction.
+COMPACT_ATTEMPT_LOG = """
+DROP INDEX IF EXISTS attempts_by_order;
+ALTER TABLE attempts RENAME TO attempts_schema4;
+"""
+COPY_ATTEMPT_LOG = f"""
+INSERT OR IGNORE INTO run_keys (run_id) SELECT run_id FROM attempts_schema4 ORDER BY rowid;
+INSERT INTO attempt_log ({", ".join(STORED_COLUMNS)})
+SELECT k.key, a.order_id, a.attempt, a.method,
+       coalesce(CAST(round((julianday(a.sent_at) - 2440587.5) * 86400000.0) AS INTEGER), 0),
+       a.latency_ms, a.http_status, a.error_code, a.message, a.request_id, a.response_id
+FROM attempts_schema4 a JOIN run_keys k ON k.run_id = a.run_id ORDER BY a.rowid;
+DROP TABLE attempts_schema4;
 """
 
 # The batch forms: one statement per batch, its rows in one JSON parameter, so that the whole
@@ -100,24 +156,19 @@ BEGIN_RUN = (
 )
 
 ROWS_PER_INSERT = 200  # attempt rows in one INSERT statement (2,200 parameters)
-_SENT_AT = ATTEMPT_COLUMNS.index("sent_at")
-_ONE_ROW = (
-    "("
-    + ",".join(
-        "strftime('%Y-%m-%dT%H:%M:%fZ', ?, 'unixepoch')" if k == _SENT_AT else "?"
-        for k in range(len(ATTEMPT_COLUMNS))
-    )
-    + ")"
-)
-_INSERT = f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES "
+_ONE_ROW = "(" + ",".join("?" * len(STORED_COLUMNS)) + ")"
+_INSERT = f"INSERT INTO attempt_log ({', '.join(STORED_COLUMNS)}) VALUES "
 _FULL_INSERT = _INSERT + ",".join([_ONE_ROW] * ROWS_PER_INSERT)
+RUN_KEY = "SELECT key FROM run_keys WHERE run_id = ?"
+NEW_RUN_KEY = "INSERT OR IGNORE INTO run_keys (run_id) VALUES (?)"
 
 
 def insert_attempts(
-    rows: Sequence[Sequence[object]],
+    rows: Sequence[Sequence[object]], run_key: Callable[[str], int]
 ) -> Iterator[tuple[str, list[object]]]:
-    """(SQL, parameters) appending these attempt rows, ROWS_PER_INSERT rows a statement
-    (fewer statements to step through than one per row)."""
+    """(SQL, parameters) appending these attempt rows (in ATTEMPT_COLUMNS order, the time in
+    seconds since the epoch) as they are stored, ROWS_PER_INSERT rows a statement (fewer
+    statements to step through than one per row); ``run_key`` gives a run's integer key."""
     for start in range(0, len(rows), ROWS_PER_INSERT):
         chunk = rows[start : start + ROWS_PER_INSERT]
         sql = (
@@ -125,12 +176,36 @@ def insert_attempts(
             if len(chunk) == ROWS_PER_INSERT
             else _INSERT + ",".join([_ONE_ROW] * len(chunk))
         )
-        yield sql, list(itertools.chain.from_iterable(chunk))
+        values: list[object] = []
+        for run_id, order_id, attempt, method, sent_at, *answer, request_id, response_id in chunk:
+            values += (run_key(str(run_id)), order_id, attempt, method, _ms(sent_at), *answer)
+            values += (_compact(request_id), _compact(response_id))
+        yield sql, values
+
+
+def _ms(sent_at: object) -> int:
+    """Integer milliseconds since the epoch of seconds since the epoch or an ISO time."""
+    if isinstance(sent_at, str):
+        sent_at = datetime.fromisoformat(sent_at.replace("Z", "+00:00")).timestamp()
+    return round(float(sent_at) * 1000)  # type: ignore[arg-type]
+
+
+def _compact(value: object) -> object:
+    """A UUID in its canonical text as its 16 bytes (the view reads that text back); any
+    other value as it is."""
+    if isinstance(value, str) and len(value) == 36:
+        try:
+            parsed = uuid.UUID(value)
+        except ValueError:
+            return value
+        if str(parsed) == value:
+            return parsed.bytes
+    return value
 
 
 _IN = "IN (SELECT value FROM json_each(?))"  # a list as one JSON parameter
 _CSV = ", ".join(CSV_COLUMNS)
-_ATTEMPTS = ", ".join(ATTEMPT_COLUMNS)
+_READABLE = ", ".join(READABLE)
 
 STATEMENTS = common.Statements(
     outcomes=common.OUTCOMES,
@@ -154,14 +229,16 @@ STATEMENTS = common.Statements(
     target="SELECT base_url FROM runs WHERE base_url IS NOT NULL AND (finished_at IS NULL "
     "OR coalesce(json_extract(summary, '$.requests'), 1) > 0) ORDER BY started_at LIMIT 1",
     end_run="UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE run_id = ?",
-    recent_sends="SELECT sent_at, http_status, run_id FROM attempts ORDER BY rowid DESC LIMIT ?",
+    recent_sends=f"SELECT {SENT_AT}, a.http_status, k.run_id FROM {_LOG} "
+    "ORDER BY a.rowid DESC LIMIT ?",
     commands="SELECT key, value FROM control WHERE run_id = ? AND key != 'status'",
     runs=common.RUNS,
-    run_requests="SELECT COUNT(*) FROM attempts WHERE run_id = ?",
-    history=f"{common.HISTORY_OF} WHERE a.order_id = ? ORDER BY a.sent_at, a.rowid",
-    attempts=f"SELECT {_ATTEMPTS} FROM attempts WHERE (? IS NULL OR sent_at >= ?) "
-    "AND (? IS NULL OR run_id = ?) ORDER BY rowid",
+    run_requests=f"SELECT COUNT(*) FROM attempt_log WHERE run = ({RUN_KEY})",
+    history=f"SELECT {_READABLE}, r.command, r.operator, r.reason, r.ticket FROM {_LOG} "
+    "LEFT JOIN runs r ON r.run_id = k.run_id WHERE a.order_id = ? ORDER BY a.sent_ms, a.rowid",
+    attempts=f"SELECT {_READABLE} FROM {_LOG} WHERE (? IS NULL OR {SENT_AT} >= ?) "
+    "AND (? IS NULL OR k.run_id = ?) ORDER BY a.rowid",
     run_orders=f"SELECT {_CSV} FROM orders WHERE run_id = ? OR order_id IN "
-    "(SELECT order_id FROM attempts WHERE run_id = ?) ORDER BY order_id",
-    prune="DELETE FROM attempts WHERE sent_at < ?",
+    f"(SELECT order_id FROM attempt_log WHERE run = ({RUN_KEY})) ORDER BY order_id",
+    prune=f"DELETE FROM attempt_log WHERE {SENT_AT.replace('a.', '')} < ?",
 )
