@@ -384,3 +384,24 @@ def test_a_schema_4_ledger_keeps_its_attempt_log_compacted(tmp_path: Path) -> No
         assert db.execute(runbook, (A,)).fetchall() == [(r[0], r[6]) for r in OLD_ROWS]
     finally:
         db.close()
+
+
+def test_request_ids_read_back_as_written(file_ledger: Ledger) -> None:
+    """A request or response id reads back from ``attempts`` exactly as it was written: a
+    canonical UUID is stored as its 16 bytes, any other text (upper case, no dashes, braces, a
+    gateway's own id) as text."""
+    canonical = "0b7e0d4c-1f2a-4b3c-9d8e-7f6a5b4c3d2e"
+    ids = [canonical, canonical.upper(), canonical.replace("-", ""), "{" + canonical + "}",
+           "0b7e0d4c 1f2a-4b3c-9d8e-7f6a5b4c3d2e", "apim-7f6a5b4c", "x" * 36]  # fmt: skip
+    rows = [("run1", A, n + 1, "DELETE", 1_796_090_400.5, 1.0, 200, None, None, i, i)
+            for n, i in enumerate(ids)]  # fmt: skip
+    file_ledger.record([], "run1", rows)
+    assert isinstance(file_ledger, SqliteLedger)
+    db = sqlite3.connect(file_ledger.path)
+    try:
+        read = db.execute("SELECT request_id, response_id FROM attempts ORDER BY attempt")
+        assert read.fetchall() == [(i, i) for i in ids]
+        kinds = db.execute("SELECT typeof(request_id) FROM attempt_log ORDER BY attempt")
+        assert [k for (k,) in kinds] == ["blob"] + ["text"] * (len(ids) - 1)
+    finally:
+        db.close()

@@ -3,7 +3,6 @@ statements in SQLite's dialect (``?`` placeholders; a list is one JSON parameter
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 
@@ -191,15 +190,19 @@ def _ms(sent_at: object) -> int:
 
 
 def _compact(value: object) -> object:
-    """A UUID in its canonical text as its 16 bytes (the view reads that text back); any
-    other value as it is."""
-    if isinstance(value, str) and len(value) == 36:
+    """A UUID in its canonical text (lowercase, 8-4-4-4-12) as its 16 bytes, which the view
+    reads back as that text; any other value as it is. (On the ledger's thread, holding the
+    GIL: the test is the cheap one, about 0.4 µs, not uuid.UUID's parse.)"""
+    if isinstance(value, str) and len(value) == 36 and value[8] == value[13] == value[18] == "-":
+        digits = value.replace("-", "")
+        if value[23] != "-" or len(digits) != 32:
+            return value
         try:
-            parsed = uuid.UUID(value)
+            raw = bytes.fromhex(digits)
         except ValueError:
             return value
-        if str(parsed) == value:
-            return parsed.bytes
+        if raw.hex() == digits:
+            return raw
     return value
 
 
