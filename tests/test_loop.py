@@ -34,3 +34,32 @@ def test_settle_gc_freezes_what_is_loaded_and_collects_young_objects_less_often(
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+async def test_cancel_all_ends_a_task_that_lost_its_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task that goes on after its cancel (a library lost it, as Python 3.11's wait_for
+    does) is cancelled again until it ends; the others end at the first."""
+    monkeypatch.setattr(loop, "RECANCEL_S", 0.01)
+    stubborn_cancels = 0
+
+    async def stubborn() -> None:
+        nonlocal stubborn_cancels
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                stubborn_cancels += 1
+                if stubborn_cancels == 1:
+                    continue  # the first cancel lost
+                raise
+
+    async def failing() -> None:
+        raise ValueError("its own error")
+
+    tasks = [asyncio.ensure_future(stubborn()), asyncio.ensure_future(asyncio.sleep(3600))]
+    broken = asyncio.ensure_future(failing())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(loop.cancel_all([*tasks, broken]), 10)
+    assert all(task.cancelled() for task in tasks)
+    assert stubborn_cancels == 2
+    assert isinstance(broken.exception(), ValueError)  # retrieved, not raised
