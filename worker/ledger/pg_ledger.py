@@ -160,12 +160,12 @@ class PgLedger(Ledger):
         """Upsert a batch of results and append their attempts in one transaction."""
         if not (results or attempts):
             return
-        columns = [list(c) for c in zip(*attempts, strict=True)] if attempts else []
+        tried = json_param(attempts) if attempts else None
         rows = json_param(results) if results else None
 
         def write(conn: psycopg.Connection[Any]) -> None:
-            if columns:
-                conn.execute(ATTEMPTS, columns)
+            if tried is not None:
+                conn.execute(ATTEMPTS, (tried,))
             if rows is not None:
                 conn.execute(UPSERT, {"rows": rows, "run": run_id, "at": now_iso()})
 

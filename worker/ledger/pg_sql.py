@@ -96,20 +96,21 @@ ON CONFLICT (order_id) DO UPDATE SET
 WHERE excluded.outcome <> 'pending' OR orders.outcome NOT IN ({FINAL_SQL})
 """
 
+# The attempt rows as one JSON array of arrays (ATTEMPT_COLUMNS order; serialised in C by
+# orjson): as one text array per column, psycopg quoted each of their elements in Python (two
+# thirds of a batch's client time).
 TYPES = ("text", "text", "int", "text", "float8", "float8", "int", "text", "text", "text", "text")
 ATTEMPTS = (
     f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) SELECT "
     + ", ".join(
-        "to_char(to_timestamp(c5) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+        "to_char(to_timestamp((r->>4)::float8) AT TIME ZONE 'UTC', "
+        '\'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\')'
         if k == ATTEMPT_COLUMNS.index("sent_at")
-        else f"c{k + 1}"
-        for k in range(len(ATTEMPT_COLUMNS))
+        else (f"r->>{k}" if t == "text" else f"(r->>{k})::{t}")
+        for k, t in enumerate(TYPES)
     )
-    + " FROM unnest("
-    + ", ".join(f"%s::{t}[]" for t in TYPES)
-    + ") AS a("
-    + ", ".join(f"c{k + 1}" for k in range(len(ATTEMPT_COLUMNS)))
-    + ") ON CONFLICT (request_id) DO NOTHING"
+    + " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(r, n) ORDER BY n"
+    + " ON CONFLICT (request_id) DO NOTHING"
 )
 
 LOCK_HELD = f"""
