@@ -405,3 +405,33 @@ def test_request_ids_read_back_as_written(file_ledger: Ledger) -> None:
         assert [k for (k,) in kinds] == ["blob"] + ["text"] * (len(ids) - 1)
     finally:
         db.close()
+
+
+def test_attempt_rows_go_in_a_few_statement_texts(file_ledger: Ledger) -> None:
+    """Batches of every size from 1 to 300 rows: every row is written, and with at most eight
+    statement texts, which the connection keeps prepared (one text per batch size filled the
+    statement cache with large statements: 20 MiB more over a 100,000-order run)."""
+    from worker.ledger.sqlite_sql import insert_attempts  # noqa: PLC0415 - the batching itself
+
+    texts: set[str] = set()
+    written = 0
+    for size in range(1, 301):
+        rows = [("run1", f"ABC{written + n:010d}", 1, "DELETE", 1_796_090_400.0, 1.0, 200,
+                 None, None, f"id-{written + n}", None) for n in range(size)]  # fmt: skip
+        for sql, values in insert_attempts(rows, lambda _run: 1):
+            texts.add(sql)
+            assert len(values) == sql.count("(?") * 11
+        file_ledger.record([], "run1", rows)
+        written += size
+    assert len(texts) <= 8
+    assert isinstance(file_ledger, SqliteLedger)
+    db = sqlite3.connect(file_ledger.path)
+    try:
+        assert db.execute(
+            "SELECT count(*), count(DISTINCT request_id) FROM attempts"
+        ).fetchone() == (
+            written,
+            written,
+        )
+    finally:
+        db.close()
