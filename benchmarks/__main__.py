@@ -34,6 +34,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -631,6 +632,9 @@ def main() -> None:
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(SCENARIOS))
     parser.add_argument("--rounds", type=int, default=3, help="rounds of tool and bare (3)")
     parser.add_argument("--orders", type=int, default=30000, help="orders at zero latency")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the inputs, ledgers and logs (else removed)"
+    )
     args = parser.parse_args()
     chosen = args.scenarios or [
         name for name in SCENARIOS if name not in ("scale", "night", "screen")
@@ -647,6 +651,10 @@ def main() -> None:
     finally:
         for sim in sims.values():
             sim.close()
+        if args.keep:
+            print(f"inputs, ledgers and logs kept in {bench.work}")
+        else:
+            shutil.rmtree(bench.work, ignore_errors=True)  # up to a few GiB
     print(
         f"\n{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"best of {args.rounds} rounds\n"
