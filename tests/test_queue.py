@@ -399,13 +399,10 @@ async def test_a_task_cancelled_during_a_command_ends_cancelled(queue: Queue) ->
     that arrives as the send finishes, and the task went on (a consumer's steering loop kept
     polling after the group was empty, and the process never exited)."""
     streams = Streams(REDIS_URL, queue.names)
-    answered = 0
 
     async def poll() -> None:
-        nonlocal answered
         while True:  # as the steering loop does
             await streams.redis.hgetall(f"{queue.names.group}:control")
-            answered += 1
 
     try:
         await streams.redis.ping()
@@ -417,7 +414,6 @@ async def test_a_task_cancelled_during_a_command_ends_cancelled(queue: Queue) ->
             done, _ = await asyncio.wait([task], timeout=10)
             assert done, f"cancelled after {turns % 25} turns, the task went on"
             assert task.cancelled()
-        assert answered > 0, "no command was ever answered before its cancel"
     finally:
         await streams.close()
 
