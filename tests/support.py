@@ -267,7 +267,8 @@ def ledger_rows(path: Path | str) -> dict[str, dict[str, Any]]:
 
 def table_rows(location: Path | str, sql: str) -> list[dict[str, Any]]:
     """Rows of a query, read straight from a SQLite ledger file or a PostgreSQL ledger (its
-    URL); ``ORDER BY written`` is the attempt log's order of writing in either."""
+    URL); ``ORDER BY written`` is the attempt log's order of writing in either (its ``seq``,
+    left out of the rows)."""
     if str(location).startswith("postgresql://"):
         import psycopg  # noqa: PLC0415
         from psycopg.rows import dict_row  # noqa: PLC0415
@@ -278,7 +279,8 @@ def table_rows(location: Path | str, sql: str) -> list[dict[str, Any]]:
     db = sqlite3.connect(location)
     db.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in db.execute(sql.replace("ORDER BY written", "ORDER BY rowid"))]
+        rows = db.execute(sql.replace("ORDER BY written", "ORDER BY seq"))
+        return [{k: v for k, v in dict(r).items() if k != "seq"} for r in rows]
     finally:
         db.close()
 

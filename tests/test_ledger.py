@@ -16,6 +16,7 @@ from worker.domain.location import Location, PostgresUrl
 from worker.domain.models import Outcome, Result, RunRecord
 from worker.ledger import SCHEMA_VERSION, Ledger, SqliteLedger, ledger_at
 from worker.ledger import control as file_control
+from worker.ledger.schema import ATTEMPT_COLUMNS
 
 A, B, C = "ABC0000000001", "ABC0000000002", "ABC0000000003"
 
@@ -373,7 +374,8 @@ def test_a_schema_4_ledger_keeps_its_attempt_log_compacted(tmp_path: Path) -> No
         kinds = dict(db.execute("SELECT name, type FROM sqlite_master"))
         assert kinds["attempts"] == "view"
         assert "attempts_schema4" not in kinds
-        read = db.execute("SELECT * FROM attempts ORDER BY sent_at").fetchall()
+        columns = ", ".join(ATTEMPT_COLUMNS)
+        read = db.execute(f"SELECT {columns} FROM attempts ORDER BY seq").fetchall()
         new = ("20261201T020000Z-bbbbbb", B, 1, "DELETE", "2026-12-01T02:00:00.125Z", 8.2, 200,
                None, None, request_id, "RESP-XYZ")  # fmt: skip
         assert read == [*OLD_ROWS, new]

@@ -20,7 +20,18 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from tests.support import REDIS_URL, Cli, Queue, ids, ledger_rows, lookalike_env, sim_env, write_ids
+from tests.support import (
+    REDIS_URL,
+    Cli,
+    Queue,
+    fixed_token,
+    ids,
+    ledger_rows,
+    lookalike_env,
+    sim_env,
+    table_rows,
+    write_ids,
+)
 from worker.simulator import RunningSimulator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -393,3 +404,28 @@ async def test_csv_exports_are_safe_in_a_spreadsheet(
     assert ledger_rows(ledger)["FRM0000000001"]["message"].startswith("=HYPERLINK")
     checked = await cli.run("check", str(src), "--format", "csv", env=env)
     assert ",=" not in checked.stdout
+
+
+async def test_an_answer_carrying_a_nul_is_recorded(
+    cli: Cli, serve: Any, ledger_location: str, tmp_path: Path
+) -> None:
+    """A refusal whose message and code carry U+0000 (which PostgreSQL's text and jsonb cannot
+    hold, and SQLite's JSON functions cut the text at): every order's outcome is recorded in
+    either ledger, the character shown as U+FFFD, and the run ends as its answers say (exit 1),
+    not on a ledger failure that would take the batch's other outcomes with it."""
+
+    async def delete(request: web.Request) -> web.Response:
+        if request.match_info["id"].endswith("1"):
+            return web.json_response({"code": "BAD\u0000CODE", "message": "a\u0000b"}, status=400)
+        return web.json_response({}, status=200)
+
+    root = await serve({"/token": fixed_token, "/v1/customer-orders/{id}": delete})
+    env = lookalike_env(root, MOUVONE_LEDGER=ledger_location)
+    done = await cli.run("run", str(write_ids(tmp_path / "o.csv", ids("CDE", 4))), "--yes", env=env)
+    assert done.code == 1, done.stderr[-2000:]
+    rows = ledger_rows(ledger_location)
+    assert {r["outcome"] for r in rows.values()} == {"cancelled", "rejected"}
+    assert len(rows) == 4
+    assert rows["CDE0000000001"]["message"] == "a\ufffdb"
+    logged = table_rows(ledger_location, "SELECT message FROM attempts ORDER BY written")
+    assert len(logged) == 4

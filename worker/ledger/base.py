@@ -10,6 +10,7 @@ attempt log's reads, a dry run's claim, is written here once against ``Statement
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -257,8 +258,16 @@ def _counted(rows: Iterable[Row]) -> dict[str, int]:
 
 
 def json_param(value: object) -> str:
-    """JSON text for one batch parameter (orjson: dataclasses and enums natively, in C)."""
-    return orjson.dumps(value).decode()
+    """JSON text for one batch parameter (orjson: dataclasses and enums natively, in C), every
+    U+0000 in its strings replaced by U+FFFD: PostgreSQL's text and jsonb cannot hold it (one API
+    message carrying it failed the whole batch's transaction, the other orders' outcomes with
+    it), and SQLite's JSON functions cut the text there."""
+    text = orjson.dumps(value).decode()
+    return _NUL.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
+
+
+# A JSON escape of U+0000: a backslash that is not itself escaped, then u0000
+_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 def busiest_clean_second(sends: Iterable[Row], since: float) -> float:

@@ -26,8 +26,8 @@ def _uuid_text(column: str) -> str:
 
 # The attempt log as it is stored (``attempt_log``: the run as an integer key into
 # ``run_keys``, the time in integer milliseconds since the epoch, a UUID as 16 bytes) and as it
-# reads (the view ``attempts``, with the columns and the text of schema 4): each column of
-# ATTEMPT_COLUMNS as an expression over ``attempt_log a`` joined to ``run_keys k``.
+# reads (the view ``attempts``, with the columns and the text of schema 4, and ``seq``): each
+# column of ATTEMPT_COLUMNS as an expression over ``attempt_log a`` joined to ``run_keys k``.
 SENT_AT = "strftime('%Y-%m-%dT%H:%M:%fZ', a.sent_ms / 1000.0, 'unixepoch')"
 READABLE = (
     "k.run_id",
@@ -45,6 +45,9 @@ READABLE = (
 _LOG = "attempt_log a JOIN run_keys k ON k.key = a.run"
 STORED_COLUMNS = ("run", *ATTEMPT_COLUMNS[1:4], "sent_ms", *ATTEMPT_COLUMNS[5:])
 _AS_READ = ", ".join(f"{e} AS {c}" for c, e in zip(ATTEMPT_COLUMNS, READABLE, strict=True))
+_AS_READ += (
+    ", a.rowid AS seq"  # the order written, as PostgreSQL's attempts.seq (a view has no rowid)
+)
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS orders (
