@@ -150,7 +150,8 @@ STATEMENTS = common.Statements(
     target="SELECT base_url FROM runs WHERE base_url IS NOT NULL AND (finished_at IS NULL "
     "OR coalesce((summary::jsonb ->> 'requests')::bigint, 1) > 0) ORDER BY started_at LIMIT 1",
     end_run="UPDATE runs SET finished_at = %s, exit_code = %s, summary = %s WHERE run_id = %s",
-    recent_sends="SELECT sent_at, http_status, run_id FROM attempts ORDER BY seq DESC LIMIT %s",
+    recent_sends="SELECT extract(epoch FROM sent_at::timestamptz)::float8, http_status, run_id "
+    "FROM attempts ORDER BY seq DESC LIMIT %s",
     commands="SELECT key, value FROM control WHERE run_id = %s AND key <> 'status'",
     runs=common.RUNS,
     run_requests="SELECT COUNT(*) FROM attempts WHERE run_id = %s",

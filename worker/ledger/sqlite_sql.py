@@ -4,7 +4,6 @@ statements in SQLite's dialect (``?`` placeholders; a list is one JSON parameter
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
 
 import worker.ledger.statements as common
 from worker.ledger.schema import (
@@ -190,9 +189,7 @@ def insert_attempts(
 
 
 def _ms(sent_at: object) -> int:
-    """Integer milliseconds since the epoch of seconds since the epoch or an ISO time."""
-    if isinstance(sent_at, str):
-        sent_at = datetime.fromisoformat(sent_at.replace("Z", "+00:00")).timestamp()
+    """Integer milliseconds since the epoch of seconds since the epoch."""
     return round(float(sent_at) * 1000)  # type: ignore[arg-type]
 
 
@@ -239,7 +236,7 @@ STATEMENTS = common.Statements(
     target="SELECT base_url FROM runs WHERE base_url IS NOT NULL AND (finished_at IS NULL "
     "OR coalesce(json_extract(summary, '$.requests'), 1) > 0) ORDER BY started_at LIMIT 1",
     end_run="UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE run_id = ?",
-    recent_sends=f"SELECT {SENT_AT}, a.http_status, k.run_id FROM {_LOG} "
+    recent_sends=f"SELECT a.sent_ms / 1000.0, a.http_status, k.run_id FROM {_LOG} "
     "ORDER BY a.rowid DESC LIMIT ?",
     commands="SELECT key, value FROM control WHERE run_id = ? AND key != 'status'",
     runs=common.RUNS,

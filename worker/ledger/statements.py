@@ -58,7 +58,7 @@ class Statements:
     candidates: str  # (outcomes, after, limit): IDs of these outcomes after ``after``
     target: str  # the base URL of the first run that may have sent something
     end_run: str  # (finished_at, exit_code, summary, run_id)
-    recent_sends: str  # (limit): (sent_at, http_status, run_id) of the newest attempts
+    recent_sends: str  # (limit): (sent at, epoch seconds; http_status; run_id), newest first
     commands: str  # (run_id): a run's standing `control` commands, (key, value)
     runs: str  # every run in RUN_COLUMNS, newest first
     run_requests: str  # (run_id): how many requests a run sent
