@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -546,30 +547,31 @@ def _final_ledger(bench: Bench, ids: Path, n: int, base_url: str) -> Path:
     directly in SQLite: what a finished run of them leaves, without sending them."""
     import sqlite3  # noqa: PLC0415
 
-    from worker.ledger import Ledger  # noqa: PLC0415
+    from worker.ledger import SqliteLedger  # noqa: PLC0415
 
     path = ids.with_suffix(".final.sqlite")
-    Ledger(path).close()  # the schema
+    SqliteLedger(path).close()  # the schema
     db = sqlite3.connect(path)
-    stamp = "2026-11-29T02:00:00.000Z"
+    stamp = "2026-12-01T02:00:00.000Z"
     db.execute(
         "INSERT INTO runs (run_id, command, base_url, started_at, finished_at, exit_code, summary)"
         " VALUES ('bench', 'run', ?, ?, ?, 0, '{\"requests\": 1}')",
         (base_url, stamp, stamp),
     )
+    db.execute("INSERT INTO run_keys (key, run_id) VALUES (1, 'bench')")
     prefix = ids.stem
-    rows = ((f"{prefix}{i:010d}", stamp) for i in range(n))
-    db.executemany(
-        "INSERT INTO orders (order_id, outcome, http_status, attempts, run_id, created_at,"
-        " updated_at) VALUES (?, 'cancelled', 200, 1, 'bench', ?2, ?2)",
-        rows,
+    ms = 1_796_090_400_000  # the stamp, as the tables keep it
+    db.executemany(  # the compact tables behind the views orders and attempts (schema 6)
+        "INSERT INTO order_state (order_id, outcome, http_status, attempts, run, created_ms,"
+        " updated_ms) VALUES (?, 'cancelled', 200, 1, 1, ?2, ?2)",
+        ((f"{prefix}{i:010d}", ms) for i in range(n)),
     )
     attempts = (
-        ("bench", f"{prefix}{i:010d}", 1, "DELETE", stamp, 1.0, 200, None, None,
-         f"00000000-0000-4000-8000-{i:012x}", f"sim-{i}")
+        (1, f"{prefix}{i:010d}", 1, "DELETE", ms, 1.0, 200, None, None,
+         uuid.UUID(int=(4 << 76) | (2 << 62) | i).bytes, f"sim-{i}")
         for i in range(n)
     )  # fmt: skip
-    db.executemany("INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?)", attempts)
+    db.executemany("INSERT INTO attempt_log VALUES (?,?,?,?,?,?,?,?,?,?,?)", attempts)
     db.commit()
     db.execute("VACUUM")
     db.close()

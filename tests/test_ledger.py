@@ -388,6 +388,101 @@ def test_a_schema_4_ledger_keeps_its_attempt_log_compacted(tmp_path: Path) -> No
         db.close()
 
 
+# The same ledger as schema 5 wrote it: the attempt log compact behind its view, the orders a
+# table of text columns.
+_ATTEMPTS_4 = SCHEMA_4[
+    SCHEMA_4.index("CREATE TABLE attempts") : SCHEMA_4.index("CREATE TABLE control")
+]
+_ROWS_4 = SCHEMA_4[SCHEMA_4.index("INSERT INTO attempts") : SCHEMA_4.index("PRAGMA")]
+SCHEMA_5 = (
+    SCHEMA_4.replace(_ATTEMPTS_4, """
+CREATE TABLE run_keys (key INTEGER PRIMARY KEY, run_id TEXT NOT NULL UNIQUE);
+CREATE TABLE attempt_log (run INTEGER NOT NULL, order_id TEXT NOT NULL, attempt INTEGER NOT NULL,
+    method TEXT NOT NULL, sent_ms INTEGER NOT NULL, latency_ms REAL, http_status INTEGER,
+    error_code TEXT, message TEXT, request_id BLOB NOT NULL, response_id BLOB);
+CREATE INDEX attempt_log_by_order ON attempt_log(order_id);
+CREATE VIEW attempts AS SELECT k.run_id AS run_id, a.order_id AS order_id, a.attempt AS attempt,
+    a.method AS method, strftime('%Y-%m-%dT%H:%M:%fZ', a.sent_ms / 1000.0, 'unixepoch') AS sent_at,
+    a.latency_ms AS latency_ms, a.http_status AS http_status, a.error_code AS error_code,
+    a.message AS message, a.request_id AS request_id, a.response_id AS response_id, a.rowid AS seq
+    FROM attempt_log a JOIN run_keys k ON k.key = a.run;
+""")
+    .replace(_ROWS_4, """
+INSERT INTO run_keys VALUES (1, '20261101T020000Z-aaaaaa');
+INSERT INTO attempt_log VALUES
+    (1, 'ABC0000000001', 1, 'DELETE', 1793498400250, 30.5, 503, 'HTTP_503', 'busy',
+     '0b7e0d4c-1f2a-4b3c-9d8e-7f6a5b4c3d2e', NULL),
+    (1, 'ABC0000000001', 2, 'DELETE', 1793498401499, 12.0, 200, NULL, NULL,
+     '0b7e0d4c-1f2a-4b3c-9d8e-7f6a5b4c3d2f', 'resp-1');
+""")
+    .replace("user_version = 4", "user_version = 5")
+)  # fmt: skip
+OLD_ORDER = ("ABC0000000001", "cancelled", 200, None, None, 2, "20261101T020000Z-aaaaaa",
+             "2026-11-01T02:00:00.000Z", "2026-11-01T02:00:01.500Z")  # fmt: skip
+
+
+@pytest.mark.parametrize("old", [SCHEMA_4, SCHEMA_5], ids=["schema4", "schema5"])
+def test_an_older_ledger_keeps_its_orders_compacted(tmp_path: Path, old: str) -> None:
+    """A ledger of schema 4 or 5 opened by this version: its orders move to the compact table
+    in place (the run as its key, the times as integer milliseconds), and the view ``orders``
+    reads as the old table did, to the tool and to the runbook's SQL; a person's INSERT, UPDATE
+    and DELETE on either view still change the ledger."""
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(old)
+    db.close()
+    ledger = SqliteLedger(path)
+    try:
+        assert list(ledger.rows_of([A])) == [OLD_ORDER[:6] + OLD_ORDER[8:]]
+        ledger.record([Result(B, Outcome.REJECTED, 409, "ORDER_CLOSED", "closed", 1)], "run-b")
+        assert ledger.counts() == ({"cancelled": 1, "rejected": 1}, {"ORDER_CLOSED": 1})
+        history = ledger.audit().history(A)
+    finally:
+        ledger.close()
+    assert [h["request_id"] for h in history] == [r[9] for r in OLD_ROWS]
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        kinds = dict(db.execute("SELECT name, type FROM sqlite_master"))
+        assert (kinds["orders"], kinds["attempts"]) == ("view", "view")
+        assert "orders_schema5" not in kinds
+        assert db.execute("SELECT * FROM orders WHERE order_id = ?", (A,)).fetchall() == [OLD_ORDER]
+        stored = db.execute("SELECT typeof(run), typeof(created_ms), typeof(updated_ms) "
+                            "FROM order_state").fetchall()  # fmt: skip
+        assert stored == [("integer", "integer", "integer")] * 2
+        runbook = (  # deploy/RUNBOOK.md, what happened to order X
+            "SELECT o.outcome, o.updated_at, a.sent_at, a.http_status, r.operator FROM orders o "
+            "LEFT JOIN attempts a ON a.order_id = o.order_id "
+            "LEFT JOIN runs r ON r.run_id = a.run_id WHERE o.order_id = ? ORDER BY a.seq"
+        )
+        assert db.execute(runbook, (A,)).fetchall() == [
+            ("cancelled", OLD_ORDER[8], r[4], r[6], "ops") for r in OLD_ROWS
+        ]
+        with db:  # a person's repairs, through the views
+            db.execute("UPDATE orders SET outcome = 'pending', updated_at = ? WHERE order_id = ?",
+                       ("2026-12-01T00:00:00.007Z", A))  # fmt: skip
+            db.execute("INSERT INTO orders (order_id, outcome, run_id, created_at, updated_at) "
+                       "VALUES (?, 'pending', 'by-hand', ?2, ?2)",
+                       (C, "2026-12-01T00:00:00.001Z"))  # fmt: skip
+            db.execute("INSERT INTO attempts (run_id, order_id, attempt, method, sent_at, "
+                       "request_id) VALUES ('by-hand', ?, 1, 'GET', ?, 'r-1')",
+                       (C, "2026-12-01T00:00:00.002Z"))  # fmt: skip
+            db.execute("DELETE FROM attempts WHERE order_id = ? AND attempt = 1", (A,))
+            db.execute("DELETE FROM orders WHERE order_id = ?", (B,))
+        read = db.execute("SELECT order_id, outcome, attempts, run_id, updated_at FROM orders")
+        assert read.fetchall() == [
+            (A, "pending", 2, OLD_ORDER[6], "2026-12-01T00:00:00.007Z"),
+            (C, "pending", 0, "by-hand", "2026-12-01T00:00:00.001Z"),
+        ]
+        read = db.execute("SELECT order_id, attempt, sent_at, run_id FROM attempts ORDER BY seq")
+        assert read.fetchall() == [
+            (A, 2, OLD_ROWS[1][4], OLD_ROWS[1][0]),
+            (C, 1, "2026-12-01T00:00:00.002Z", "by-hand"),
+        ]
+    finally:
+        db.close()
+
+
 def test_request_ids_read_back_as_written(file_ledger: Ledger) -> None:
     """A request or response id reads back from ``attempts`` exactly as it was written: a
     canonical UUID is stored as its 16 bytes, any other text (upper case, no dashes, braces, a

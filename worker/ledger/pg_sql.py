@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS control (
 MIGRATIONS: dict[int, str] = {
     3: "ALTER TABLE runs ADD COLUMN IF NOT EXISTS lease_s double precision;",
     4: "SELECT 1;",  # schema 5 compacts the SQLite attempt log only
+    5: "SELECT 1;",  # schema 6 compacts the SQLite orders only
 }
 
 INSERT_NEW = (

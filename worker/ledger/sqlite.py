@@ -12,7 +12,13 @@ from pathlib import Path
 
 from worker.domain.errors import ConfigError, LedgerError
 from worker.ledger.schema import RUN_COLUMNS_ADDED
-from worker.ledger.sqlite_sql import COMPACT_ATTEMPT_LOG, COPY_ATTEMPT_LOG, SCHEMA
+from worker.ledger.sqlite_sql import (
+    COMPACT_ATTEMPT_LOG,
+    COMPACT_ORDERS,
+    COPY_ATTEMPT_LOG,
+    COPY_ORDERS,
+    SCHEMA,
+)
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:
@@ -87,10 +93,20 @@ def upgrade(db: sqlite3.Connection) -> None:
         for column in RUN_COLUMNS_ADDED:
             if column not in present:
                 db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
-    old_log = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'attempts' AND type = 'table'")
-    if old_log.fetchone():
-        db.executescript(f"BEGIN IMMEDIATE;{COMPACT_ATTEMPT_LOG}{SCHEMA}{COPY_ATTEMPT_LOG}COMMIT;")
+    tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    moves = [(aside, copy) for name, aside, copy in _COMPACTED if name in tables]
+    if moves:  # the tables of an earlier schema moved to the compact ones, in one transaction
+        asides = "".join(aside for aside, _ in moves)
+        copies = "".join(copy for _, copy in moves)
+        db.executescript(f"BEGIN IMMEDIATE;{asides}{SCHEMA}{copies}COMMIT;")
     db.executescript(SCHEMA)
+
+
+# (a table of an earlier schema, the SQL that sets it aside, the SQL that copies its rows)
+_COMPACTED = (
+    ("attempts", COMPACT_ATTEMPT_LOG, COPY_ATTEMPT_LOG),  # schema 5
+    ("orders", COMPACT_ORDERS, COPY_ORDERS),  # schema 6
+)
 
 
 def upgrade_file(path: Path) -> None:

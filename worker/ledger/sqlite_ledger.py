@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from worker.domain.errors import LedgerError
@@ -31,6 +33,11 @@ from worker.ledger.sqlite_sql import (
 )
 from worker.ledger.statements import Attempts, Row
 from worker.runtime.clock import now_iso
+
+
+def _now_ms() -> int:
+    """Now, integer milliseconds since the epoch (the stored form of ``now_iso``)."""
+    return time.time_ns() // 1_000_000
 
 
 class SqliteLedger(Ledger):
@@ -110,31 +117,39 @@ class SqliteLedger(Ledger):
     def _claim(self, batch: Sequence[tuple[str, Result | None]], run_id: str, force: bool) -> Plan:
         """Decide a batch (no other run writes this file) and mark it in one transaction."""
         plan = decide_batch(batch, self.existing([i for i, _ in batch]), run_id, force)
-        stamp = now_iso()
-        with self._transaction():
-            if plan.to_send:
-                self._db.execute(CLAIM_BATCH, (json_param(plan.to_send), run_id, stamp))
-            if plan.invalid:
-                self._db.execute(UPSERT_BATCH, (json_param(plan.invalid), run_id, stamp))
+        if plan.to_send or plan.invalid:
+            with self._keyed_transaction():
+                stamp = (self._run_key(run_id), _now_ms())
+                if plan.to_send:
+                    self._db.execute(CLAIM_BATCH, (json_param(plan.to_send), *stamp))
+                if plan.invalid:
+                    self._db.execute(UPSERT_BATCH, (json_param(plan.invalid), *stamp))
         return plan
 
     def record(self, results: Sequence[Result], run_id: str, attempts: Attempts = ()) -> None:
         """Upsert a batch of results and append their attempts in one transaction (the results
-        in one statement, their rows one JSON parameter serialised in C; the attempts 200 rows a
+        in one statement, their rows one JSON parameter serialised in C; the attempts 128 rows a
         statement)."""
         if results or attempts:
-            try:
-                with self._transaction():
-                    for sql, values in insert_attempts(attempts, self._run_key):
-                        self._db.execute(sql, values)
-                    if results:
-                        self._db.execute(UPSERT_BATCH, (json_param(results), run_id, now_iso()))
-            except BaseException:
-                self._run_keys.clear()  # a key made in a transaction rolled back is no key
-                raise
+            with self._keyed_transaction():
+                for sql, values in insert_attempts(attempts, self._run_key):
+                    self._db.execute(sql, values)
+                if results:
+                    stamp = (self._run_key(run_id), _now_ms())
+                    self._db.execute(UPSERT_BATCH, (json_param(results), *stamp))
+
+    @contextmanager
+    def _keyed_transaction(self) -> Iterator[None]:
+        """A transaction that may make run keys: if it is rolled back, so are they."""
+        try:
+            with self._transaction():
+                yield
+        except BaseException:
+            self._run_keys.clear()  # a key made in a transaction rolled back is no key
+            raise
 
     def _run_key(self, run_id: str) -> int:
-        """The run's integer key in the attempt log, made on its first attempt."""
+        """The run's integer key in the orders and the attempt log, made on first use."""
         key = self._run_keys.get(run_id)
         if key is None:
             self._db.execute(NEW_RUN_KEY, (run_id,))

@@ -27,7 +27,20 @@ def _uuid_text(column: str) -> str:
 # ``run_keys``, the time in integer milliseconds since the epoch, a UUID as 16 bytes) and as it
 # reads (the view ``attempts``, with the columns and the text of schema 4, and ``seq``): each
 # column of ATTEMPT_COLUMNS as an expression over ``attempt_log a`` joined to ``run_keys k``.
-SENT_AT = "strftime('%Y-%m-%dT%H:%M:%fZ', a.sent_ms / 1000.0, 'unixepoch')"
+
+
+def _iso(ms: str) -> str:
+    """Integer milliseconds since the epoch as the ledger's time text (ISO-8601, milliseconds,
+    ``Z``: what ``iso_utc`` writes)."""
+    return f"strftime('%Y-%m-%dT%H:%M:%fZ', {ms} / 1000.0, 'unixepoch')"
+
+
+def _ms_of(iso: str) -> str:
+    """The ledger's time text as integer milliseconds since the epoch (NULL if not a time)."""
+    return f"CAST(round((julianday({iso}) - 2440587.5) * 86400000.0) AS INTEGER)"
+
+
+SENT_AT = _iso("a.sent_ms")
 READABLE = (
     "k.run_id",
     "a.order_id",
@@ -48,19 +61,80 @@ _AS_READ += (
     ", a.rowid AS seq"  # the order written, as PostgreSQL's attempts.seq (a view has no rowid)
 )
 
+# The orders as they are stored (``order_state``: the run as its key in ``run_keys``, the times
+# in integer milliseconds since the epoch) and as they read (the view ``orders``, with the
+# columns and the text of schema 5).
+ORDER_COLUMNS = (
+    "order_id",
+    "outcome",
+    "http_status",
+    "error_code",
+    "message",
+    "attempts",
+    "run_id",
+    "created_at",
+    "updated_at",
+)
+_ORDER_STORED = ("order_id", "outcome", "http_status", "error_code", "message", "attempts")
+_ORDER_READ = (
+    *(f"o.{c}" for c in _ORDER_STORED),
+    "k.run_id",
+    _iso("o.created_ms"),
+    _iso("o.updated_ms"),
+)
+_ORDERS_AS_READ = ", ".join(f"{e} AS {c}" for c, e in zip(ORDER_COLUMNS, _ORDER_READ, strict=True))
+ORDERS_VIEW = (
+    f"CREATE VIEW IF NOT EXISTS orders AS SELECT {_ORDERS_AS_READ} "
+    "FROM order_state o LEFT JOIN run_keys k ON k.key = o.run;"
+)
+_KEY_OF_NEW = "(SELECT key FROM run_keys WHERE run_id = NEW.run_id)"
+_NEW_KEY = "INSERT OR IGNORE INTO run_keys (run_id) VALUES (NEW.run_id);"
+# A person's INSERT, UPDATE or DELETE on either view (a runbook's repair, a test's set-up)
+# changes the stored rows, as it changed the tables of schema 5.
+WRITABLE_VIEWS = f"""
+CREATE TRIGGER IF NOT EXISTS orders_insert INSTEAD OF INSERT ON orders BEGIN
+    {_NEW_KEY}
+    INSERT INTO order_state ({", ".join(_ORDER_STORED)}, run, created_ms, updated_ms)
+    VALUES (NEW.order_id, NEW.outcome, NEW.http_status, NEW.error_code, NEW.message,
+            coalesce(NEW.attempts, 0), {_KEY_OF_NEW}, {_ms_of("NEW.created_at")},
+            {_ms_of("NEW.updated_at")});
+END;
+CREATE TRIGGER IF NOT EXISTS orders_update INSTEAD OF UPDATE ON orders BEGIN
+    {_NEW_KEY}
+    UPDATE order_state SET order_id = NEW.order_id, outcome = NEW.outcome,
+        http_status = NEW.http_status, error_code = NEW.error_code, message = NEW.message,
+        attempts = NEW.attempts, run = {_KEY_OF_NEW}, created_ms = {_ms_of("NEW.created_at")},
+        updated_ms = {_ms_of("NEW.updated_at")}
+    WHERE order_id = OLD.order_id;
+END;
+CREATE TRIGGER IF NOT EXISTS orders_delete INSTEAD OF DELETE ON orders BEGIN
+    DELETE FROM order_state WHERE order_id = OLD.order_id;
+END;
+CREATE TRIGGER IF NOT EXISTS attempts_insert INSTEAD OF INSERT ON attempts BEGIN
+    {_NEW_KEY}
+    INSERT INTO attempt_log ({", ".join(STORED_COLUMNS)})
+    VALUES ({_KEY_OF_NEW}, NEW.order_id, NEW.attempt, NEW.method, {_ms_of("NEW.sent_at")},
+            NEW.latency_ms, NEW.http_status, NEW.error_code, NEW.message, NEW.request_id,
+            NEW.response_id);
+END;
+CREATE TRIGGER IF NOT EXISTS attempts_delete INSTEAD OF DELETE ON attempts BEGIN
+    DELETE FROM attempt_log WHERE rowid = OLD.seq;
+END;
+"""
+
 SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS orders (
+CREATE TABLE IF NOT EXISTS order_state (
     order_id    TEXT PRIMARY KEY,
     outcome     TEXT NOT NULL,
     http_status INTEGER,
     error_code  TEXT,
     message     TEXT,
     attempts    INTEGER NOT NULL DEFAULT 0,
-    run_id      TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
+    run         INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS orders_by_outcome ON orders(outcome, order_id);
+CREATE INDEX IF NOT EXISTS orders_by_outcome ON order_state(outcome, order_id);
 CREATE TABLE IF NOT EXISTS runs (
     run_id      TEXT PRIMARY KEY,
     command     TEXT NOT NULL,
@@ -94,6 +168,8 @@ CREATE TABLE IF NOT EXISTS attempt_log (
 );
 CREATE INDEX IF NOT EXISTS attempt_log_by_order ON attempt_log(order_id);
 CREATE VIEW IF NOT EXISTS attempts AS SELECT {_AS_READ} FROM {_LOG};
+{ORDERS_VIEW}
+{WRITABLE_VIEWS}
 CREATE TABLE IF NOT EXISTS control (
     run_id      TEXT NOT NULL,
     key         TEXT NOT NULL,
@@ -104,10 +180,10 @@ CREATE TABLE IF NOT EXISTS control (
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
-# Schema 5 keeps the attempt log compact: a ledger of schema 3 or 4 has its table ``attempts``
-# set aside, the new tables and the view made (SCHEMA), its rows copied in the order written
-# (a request id stays text: SQLite 3.40 has no unhex()), and the old table dropped; one
-# transaction.
+# Schema 5 keeps the attempt log compact, schema 6 the orders: a ledger of an earlier schema has
+# its table ``attempts`` (before 5) and ``orders`` (before 6) set aside, the new tables, views
+# and triggers made (SCHEMA), the rows copied (a request id stays text: SQLite 3.40 has no
+# unhex()), and the old tables dropped; one transaction.
 COMPACT_ATTEMPT_LOG = """
 DROP INDEX IF EXISTS attempts_by_order;
 ALTER TABLE attempts RENAME TO attempts_schema4;
@@ -115,27 +191,38 @@ ALTER TABLE attempts RENAME TO attempts_schema4;
 COPY_ATTEMPT_LOG = f"""
 INSERT OR IGNORE INTO run_keys (run_id) SELECT run_id FROM attempts_schema4 ORDER BY rowid;
 INSERT INTO attempt_log ({", ".join(STORED_COLUMNS)})
-SELECT k.key, a.order_id, a.attempt, a.method,
-       coalesce(CAST(round((julianday(a.sent_at) - 2440587.5) * 86400000.0) AS INTEGER), 0),
+SELECT k.key, a.order_id, a.attempt, a.method, coalesce({_ms_of("a.sent_at")}, 0),
        a.latency_ms, a.http_status, a.error_code, a.message, a.request_id, a.response_id
 FROM attempts_schema4 a JOIN run_keys k ON k.run_id = a.run_id ORDER BY a.rowid;
 DROP TABLE attempts_schema4;
 """
+COMPACT_ORDERS = """
+DROP INDEX IF EXISTS orders_by_outcome;
+ALTER TABLE orders RENAME TO orders_schema5;
+"""
+COPY_ORDERS = f"""
+INSERT OR IGNORE INTO run_keys (run_id) SELECT DISTINCT run_id FROM orders_schema5;
+INSERT INTO order_state ({", ".join(_ORDER_STORED)}, run, created_ms, updated_ms)
+SELECT {", ".join(f"o.{c}" for c in _ORDER_STORED)}, k.key,
+       coalesce({_ms_of("o.created_at")}, 0), coalesce({_ms_of("o.updated_at")}, 0)
+FROM orders_schema5 o JOIN run_keys k ON k.run_id = o.run_id;
+DROP TABLE orders_schema5;
+"""
 
 # The batch forms: one statement per batch, its rows in one JSON parameter, so that the whole
 # batch runs inside SQLite (which releases the GIL) instead of row by row in Python.
-# ?1: JSON array of order IDs; ?2: run id; ?3: time stamp.
+# ?1: JSON array of order IDs; ?2: the run's key; ?3: the time, integer milliseconds.
 CLAIM_BATCH = """
-INSERT INTO orders (order_id, outcome, attempts, run_id, created_at, updated_at)
+INSERT INTO order_state (order_id, outcome, attempts, run, created_ms, updated_ms)
 SELECT value, 'pending', 0, ?2, ?3, ?3 FROM json_each(?1) WHERE true
-ON CONFLICT (order_id) DO UPDATE SET run_id = excluded.run_id, updated_at = excluded.updated_at
+ON CONFLICT (order_id) DO UPDATE SET run = excluded.run, updated_ms = excluded.updated_ms
 """
 
 # ?1: JSON array of results as objects (order_id, outcome, http_status, error_code, message,
-# attempts); ?2: run id; ?3: time stamp.
+# attempts); ?2: the run's key; ?3: the time, integer milliseconds.
 UPSERT_BATCH = f"""
-INSERT INTO orders (order_id, outcome, http_status, error_code, message, attempts, run_id,
-                    created_at, updated_at)
+INSERT INTO order_state (order_id, outcome, http_status, error_code, message, attempts, run,
+                         created_ms, updated_ms)
 SELECT json_extract(value, '$.order_id'), json_extract(value, '$.outcome'),
        json_extract(value, '$.http_status'), json_extract(value, '$.error_code'),
        json_extract(value, '$.message'), json_extract(value, '$.attempts'), ?2, ?3, ?3
@@ -143,8 +230,8 @@ FROM json_each(?1) WHERE true
 ON CONFLICT (order_id) DO UPDATE SET
     outcome = excluded.outcome, http_status = excluded.http_status,
     error_code = excluded.error_code, message = excluded.message, attempts = excluded.attempts,
-    run_id = excluded.run_id, updated_at = excluded.updated_at
-WHERE excluded.outcome != 'pending' OR orders.outcome NOT IN ({FINAL_SQL})
+    run = excluded.run, updated_ms = excluded.updated_ms
+WHERE excluded.outcome != 'pending' OR order_state.outcome NOT IN ({FINAL_SQL})
 """
 
 CONTROL_UPSERT = (
