@@ -12,6 +12,7 @@ import pty
 import random
 import signal
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -477,6 +478,56 @@ async def test_periodic_progress_events(cli: Cli, make_sim: Any, tmp_path: Path)
     assert progress
     assert progress[-1]["total"] == 60
     assert all(0 <= e["done"] <= 60 for e in progress)
+
+
+async def test_the_command_starts_without_rich_and_draws_its_bar_on_a_terminal(
+    cli: Cli, make_sim: Any, tmp_path: Path
+) -> None:
+    """The command imports structlog without rich and pygments (65 ms of every start), and rich
+    still draws the progress bar when standard error is a terminal."""
+    probe = (
+        "import sys; from worker.entry import _structlog_without_rich as first; first(); "
+        "import worker.cli.run, worker.runs.lifecycle; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'pygments')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=cli.cwd
+    )
+    assert loaded.stdout.strip() == "[]"
+    running = await make_sim(latency_ms=20)
+    src = write_ids(tmp_path / "o.csv", [f"CDE{n:010d}" for n in range(1, 201)])
+    env = {**sim_env(running, tmp_path / "l.sqlite", MOUVONE_RATE="400"), "COLUMNS": "100"}
+    master, slave = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker", "run", str(src), "--yes", "--concurrency", "4",
+            cwd=cli.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=slave,
+        )  # fmt: skip
+        os.close(slave)
+        slave = -1
+        screen = await asyncio.to_thread(_read_until_closed, master)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert "/200" in screen  # rich's count column: the bar was drawn
+    assert "ETA" in screen
+
+
+def _read_until_closed(fd: int) -> str:
+    """Everything written to a pseudo-terminal until its last writer closes it."""
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
 
 
 async def test_report_on_a_file_that_is_not_a_ledger(cli: Cli, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """``python -m worker`` is ``cancel-orders``."""
 
-from worker.cli import main
+from worker.entry import main
 
 raise SystemExit(main())
