@@ -224,13 +224,20 @@ async def test_a_lease_is_judged_by_its_holders_term(
 async def test_a_ledger_of_version_3_gets_the_lease_term(
     cli: Cli, sim: RunningSimulator, tmp_path: Path, pg_url: str
 ) -> None:
-    """A PostgreSQL ledger made by the previous version (schema 3: no lease term) is brought
-    to this one by the next run that opens it, its rows kept; runs record their term."""
+    """A PostgreSQL ledger made by an earlier version (schema 3: no lease term; before 6: the
+    attempt log's request ids unique on their own) is brought to this one by the next run that
+    opens it, its rows kept; runs record their term; the attempt log has one index beside its
+    key, (order, request id) unique."""
     env = sim_env(sim, pg_url)
     src = write_ids(tmp_path / "in.csv", ids("CDE", 2))
     assert (await cli.run("run", str(src), "--yes", env=env)).code == 0
     with psycopg.connect(pg_url, autocommit=True) as admin:
         admin.execute("ALTER TABLE runs DROP COLUMN lease_s")
+        admin.execute("DROP INDEX attempts_by_order")
+        admin.execute("CREATE INDEX attempts_by_order ON attempts (order_id)")
+        admin.execute(
+            "ALTER TABLE attempts ADD CONSTRAINT attempts_request_id_key UNIQUE (request_id)"
+        )
         admin.execute("UPDATE ledger_schema SET version = 3")
     more = write_ids(tmp_path / "more.csv", ids("CDE", 3))
     done = await cli.run("run", str(more), "--yes", "--claim-idle", "7", env=env)
@@ -239,6 +246,12 @@ async def test_a_ledger_of_version_3_gets_the_lease_term(
     terms = table_rows(pg_url, "SELECT lease_s FROM runs ORDER BY started_at")
     assert [t["lease_s"] for t in terms] == [None, 7.0]
     assert len(ledger_rows(pg_url)) == 3
+    indexes = table_rows(pg_url, "SELECT indexname, indexdef FROM pg_indexes "
+                         "WHERE tablename = 'attempts' ORDER BY indexname")  # fmt: skip
+    assert [i["indexname"] for i in indexes] == ["attempts_by_order", "attempts_pkey"]
+    assert "UNIQUE INDEX attempts_by_order" in indexes[0]["indexdef"]
+    assert "(order_id, request_id)" in indexes[0]["indexdef"]
+    assert len(table_rows(pg_url, "SELECT request_id FROM attempts")) == 3
 
 
 async def test_a_killed_host_leaves_its_orders_after_the_lease(

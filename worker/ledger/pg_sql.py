@@ -10,8 +10,8 @@ from worker.ledger.schema import ATTEMPT_COLUMNS, CSV_COLUMNS, FINAL_SQL
 # Every table of the SQLite ledger, with the same columns, plus what sharing needs: a run's
 # lease (``heartbeat_at``, renewed while it lives, and ``lease_s``, its term: the run holding it
 # sets it, every other run judges the lease by it) and its process (boot, PID namespace, PID:
-# a run on the same machine can tell it died), the attempt log's order (``seq``) and its
-# request ids unique (a transaction retried after a lost COMMIT writes nothing twice).
+# a run on the same machine can tell it died), the attempt log's order (``seq``) and each
+# order's request ids unique (a transaction retried after a lost COMMIT writes nothing twice).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS orders (
@@ -54,10 +54,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     http_status integer,
     error_code  text,
     message     text,
-    request_id  text NOT NULL UNIQUE,
+    request_id  text NOT NULL,
     response_id text
 );
-CREATE INDEX IF NOT EXISTS attempts_by_order ON attempts (order_id);
+CREATE UNIQUE INDEX IF NOT EXISTS attempts_by_order ON attempts (order_id, request_id);
 CREATE TABLE IF NOT EXISTS control (
     run_id      text NOT NULL,
     key         text NOT NULL,
@@ -71,7 +71,14 @@ CREATE TABLE IF NOT EXISTS control (
 MIGRATIONS: dict[int, str] = {
     3: "ALTER TABLE runs ADD COLUMN IF NOT EXISTS lease_s double precision;",
     4: "SELECT 1;",  # schema 5 compacts the SQLite attempt log only
-    5: "SELECT 1;",  # schema 6 compacts the SQLite orders only
+    # 6: one index of the attempt log where there were two (by order, and its request ids
+    # unique): (order, request id) unique finds an order's history and keeps a transaction
+    # retried after a lost COMMIT from writing twice (the SQLite orders are compacted too)
+    5: """
+DROP INDEX IF EXISTS attempts_by_order;
+CREATE UNIQUE INDEX attempts_by_order ON attempts (order_id, request_id);
+ALTER TABLE attempts DROP CONSTRAINT IF EXISTS attempts_request_id_key;
+""",
 }
 
 INSERT_NEW = (
@@ -111,7 +118,7 @@ ATTEMPTS = (
         for k, t in enumerate(TYPES)
     )
     + " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(r, n) ORDER BY n"
-    + " ON CONFLICT (request_id) DO NOTHING"
+    + " ON CONFLICT (order_id, request_id) DO NOTHING"
 )
 
 LOCK_HELD = f"""

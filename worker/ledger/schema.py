@@ -8,7 +8,8 @@ from worker.domain.models import FINAL
 # 2: the control table; 3: the attempt log, who ran each run and why; 4: a shared ledger's
 # lease term, written by the run that holds the lease (PostgreSQL; a file has no leases); 5: a
 # compact attempt log behind a view of the same columns (SQLite; nothing changes in PostgreSQL);
-# 6: the orders compact behind a view of the same columns, both views writable (SQLite)
+# 6: the orders compact behind a view of the same columns, both views writable (SQLite); one
+# index of the attempt log, (order, request id) unique, where there were two (PostgreSQL)
 SCHEMA_VERSION = 6
 FINAL_VALUES = frozenset(o.value for o in FINAL)  # the final outcomes, as the ledger writes them
 FINAL_SQL = ", ".join(f"'{o.value}'" for o in sorted(FINAL))
