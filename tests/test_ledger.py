@@ -348,14 +348,20 @@ OLD_ROWS = [
 ]  # fmt: skip
 
 
+def _ledger_of(tmp_path: Path, script: str) -> Path:
+    """A ledger file as an earlier version left it (its schema and rows in ``script``)."""
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(script)
+    db.close()
+    return path
+
+
 def test_a_schema_4_ledger_keeps_its_attempt_log_compacted(tmp_path: Path) -> None:
     """A ledger of schema 4 opened by this version: its attempt log moves to the compact table
     in place, and the view ``attempts`` reads as the old table did (the same columns, the same
     text), to the tool and to a person's SQL; new rows are stored compact and read the same."""
-    path = tmp_path / "old.sqlite"
-    db = sqlite3.connect(path)
-    db.executescript(SCHEMA_4)
-    db.close()
+    path = _ledger_of(tmp_path, SCHEMA_4)
     ledger = SqliteLedger(path)
     try:
         request_id = "5f0c2a1e-8b3d-4e6f-a7b8-c9d0e1f2a3b4"
@@ -427,10 +433,7 @@ def test_an_older_ledger_keeps_its_orders_compacted(tmp_path: Path, old: str) ->
     in place (the run as its key, the times as integer milliseconds), and the view ``orders``
     reads as the old table did, to the tool and to the runbook's SQL; a person's INSERT, UPDATE
     and DELETE on either view still change the ledger."""
-    path = tmp_path / "old.sqlite"
-    db = sqlite3.connect(path)
-    db.executescript(old)
-    db.close()
+    path = _ledger_of(tmp_path, old)
     ledger = SqliteLedger(path)
     try:
         assert list(ledger.rows_of([A])) == [OLD_ORDER[:6] + OLD_ORDER[8:]]

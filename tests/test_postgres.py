@@ -247,7 +247,8 @@ async def test_a_ledger_of_version_3_gets_the_lease_term(
     assert [t["lease_s"] for t in terms] == [None, 7.0]
     assert len(ledger_rows(pg_url)) == 3
     indexes = table_rows(pg_url, "SELECT indexname, indexdef FROM pg_indexes "
-                         "WHERE tablename = 'attempts' ORDER BY indexname")  # fmt: skip
+                         "WHERE tablename = 'attempts' AND schemaname = current_schema() "
+                         "ORDER BY indexname")  # fmt: skip
     assert [i["indexname"] for i in indexes] == ["attempts_by_order", "attempts_pkey"]
     assert "UNIQUE INDEX attempts_by_order" in indexes[0]["indexdef"]
     assert "(order_id, request_id)" in indexes[0]["indexdef"]

@@ -46,12 +46,15 @@ ATTEMPT_COLUMNS = (
     "response_id",
 )
 
-CSV_COLUMNS = (
+ORDER_COLUMNS = (  # the orders, as a person reads them (SQLite: the view over order_state)
     "order_id",
     "outcome",
     "http_status",
     "error_code",
     "message",
     "attempts",
+    "run_id",
+    "created_at",
     "updated_at",
 )
+CSV_COLUMNS = (*ORDER_COLUMNS[:6], "updated_at")

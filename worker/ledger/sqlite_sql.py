@@ -10,6 +10,7 @@ from worker.ledger.schema import (
     ATTEMPT_COLUMNS,
     CSV_COLUMNS,
     FINAL_SQL,
+    ORDER_COLUMNS,
     SCHEMA_VERSION,
 )
 
@@ -64,18 +65,7 @@ _AS_READ += (
 # The orders as they are stored (``order_state``: the run as its key in ``run_keys``, the times
 # in integer milliseconds since the epoch) and as they read (the view ``orders``, with the
 # columns and the text of schema 5).
-ORDER_COLUMNS = (
-    "order_id",
-    "outcome",
-    "http_status",
-    "error_code",
-    "message",
-    "attempts",
-    "run_id",
-    "created_at",
-    "updated_at",
-)
-_ORDER_STORED = ("order_id", "outcome", "http_status", "error_code", "message", "attempts")
+_ORDER_STORED = ORDER_COLUMNS[:6]  # as they read; the run and the times are stored compact
 _ORDER_READ = (
     *(f"o.{c}" for c in _ORDER_STORED),
     "k.run_id",
