@@ -68,15 +68,13 @@ _AS_READ += (
 _ORDER_STORED = ORDER_COLUMNS[:6]  # as they read; the run and the times are stored compact
 _ORDER_READ = (
     *(f"o.{c}" for c in _ORDER_STORED),
-    "k.run_id",
+    # looked up only where it is read (a join was made for every row, even to count outcomes)
+    "(SELECT run_id FROM run_keys WHERE key = o.run)",
     _iso("o.created_ms"),
     _iso("o.updated_ms"),
 )
 _ORDERS_AS_READ = ", ".join(f"{e} AS {c}" for c, e in zip(ORDER_COLUMNS, _ORDER_READ, strict=True))
-ORDERS_VIEW = (
-    f"CREATE VIEW IF NOT EXISTS orders AS SELECT {_ORDERS_AS_READ} "
-    "FROM order_state o LEFT JOIN run_keys k ON k.key = o.run;"
-)
+ORDERS_VIEW = f"CREATE VIEW IF NOT EXISTS orders AS SELECT {_ORDERS_AS_READ} FROM order_state o;"
 _KEY_OF_NEW = "(SELECT key FROM run_keys WHERE run_id = NEW.run_id)"
 _NEW_KEY = "INSERT OR IGNORE INTO run_keys (run_id) VALUES (NEW.run_id);"
 # A person's INSERT, UPDATE or DELETE on either view (a runbook's repair, a test's set-up)
@@ -297,16 +295,17 @@ STATEMENTS = common.Statements(
     codes=common.CODES,
     codes_of="SELECT error_code, COUNT(*) FROM orders WHERE outcome = ? AND error_code IS NOT "
     "NULL GROUP BY error_code",
-    run_outcomes="SELECT outcome, COUNT(*) FROM orders WHERE run_id = ? GROUP BY outcome",
-    run_codes="SELECT error_code, COUNT(*) FROM orders WHERE run_id = ? AND error_code IS NOT "
-    "NULL GROUP BY error_code",
+    run_outcomes=f"SELECT outcome, COUNT(*) FROM order_state WHERE run = ({RUN_KEY}) "
+    "GROUP BY outcome",
+    run_codes=f"SELECT error_code, COUNT(*) FROM order_state WHERE run = ({RUN_KEY}) AND "
+    "error_code IS NOT NULL GROUP BY error_code",
     rows=common.ROWS,
     rows_with=f"SELECT {_CSV} FROM orders WHERE outcome = ? ORDER BY order_id",
     rows_of=f"SELECT {_CSV} FROM orders WHERE order_id {_IN} ORDER BY order_id",
     timeline=common.TIMELINE,
     last_run=common.LAST_RUN,
-    still_mine="SELECT order_id FROM orders WHERE run_id = ? AND outcome = 'pending' AND "
-    f"order_id {_IN}",
+    still_mine=f"SELECT order_id FROM order_state WHERE run = ({RUN_KEY}) AND "
+    f"outcome = 'pending' AND order_id {_IN}",
     existing=f"{common.EXISTING_OF} WHERE o.order_id {_IN}",
     candidates=f"SELECT order_id FROM orders WHERE outcome {_IN} AND order_id > ? "
     "ORDER BY order_id LIMIT ?",
@@ -322,7 +321,8 @@ STATEMENTS = common.Statements(
     "LEFT JOIN runs r ON r.run_id = k.run_id WHERE a.order_id = ? ORDER BY a.sent_ms, a.rowid",
     attempts=f"SELECT {_READABLE} FROM {_LOG} WHERE (? IS NULL OR {SENT_AT} >= ?) "
     "AND (? IS NULL OR k.run_id = ?) ORDER BY a.rowid",
-    run_orders=f"SELECT {_CSV} FROM orders WHERE run_id = ? OR order_id IN "
-    f"(SELECT order_id FROM attempt_log WHERE run = ({RUN_KEY})) ORDER BY order_id",
+    run_orders=f"SELECT {_CSV} FROM orders WHERE order_id IN (SELECT order_id FROM order_state "
+    f"WHERE run = ({RUN_KEY}) UNION SELECT order_id FROM attempt_log WHERE run = ({RUN_KEY})) "
+    "ORDER BY order_id",
     prune=f"DELETE FROM attempt_log WHERE {SENT_AT.replace('a.', '')} < ?",
 )
