@@ -97,6 +97,29 @@ def test_record_is_idempotent(ledger: Ledger) -> None:
     assert [r[0] for r in ledger.rows()] == [A]
 
 
+def test_every_field_of_a_result_reads_back_as_written(ledger: Ledger) -> None:
+    """What an API answer may carry (quotes, backslashes, line breaks, JSON's own characters,
+    characters beyond the BMP, a line separator, an ID that looks like a number) is written and
+    read back unchanged, and the numbers stay numbers."""
+    message = 'say "no" \\ C:\\path\n{"a": [1, null]} \u2028 \U0001f6a2 ~ 0.5 -- ; DROP'
+    odd = [
+        Result(A, Outcome.REJECTED, 409, "R0008", message, 3),
+        Result("0000000000123", Outcome.INVALID, None, "WRONG_FORMAT", "line 2: not an ID", 0),
+        Result(B, Outcome.CANCELLED, 200, None, None, 1),
+    ]
+    ledger.record(odd, "run1")
+    rows = {r[0]: r for r in ledger.rows()}
+    for result in odd:
+        assert rows[result.order_id][:6] == (
+            result.order_id,
+            result.outcome.value,
+            result.http_status,
+            result.error_code,
+            result.message,
+            result.attempts,
+        )
+
+
 def test_invalid_ids_are_recorded(ledger: Ledger) -> None:
     """Invalid IDs are written with WRONG_FORMAT and never queued."""
     bad = Result("x", Outcome.INVALID, None, "WRONG_FORMAT", "in.csv:2: does not match", 0)

@@ -40,6 +40,16 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _result_rows(results: Sequence[Result]) -> str:
+    """Results as UPSERT_BATCH reads them: one JSON array of arrays."""
+    return json_param(
+        [
+            (r.order_id, r.outcome, r.http_status, r.error_code, r.message, r.attempts)
+            for r in results
+        ]
+    )
+
+
 class SqliteLedger(Ledger):
     """The ledger in a SQLite file. Not thread-safe: use it from one thread at a time."""
 
@@ -123,7 +133,7 @@ class SqliteLedger(Ledger):
                 if plan.to_send:
                     self._db.execute(CLAIM_BATCH, (json_param(plan.to_send), *stamp))
                 if plan.invalid:
-                    self._db.execute(UPSERT_BATCH, (json_param(plan.invalid), *stamp))
+                    self._db.execute(UPSERT_BATCH, (_result_rows(plan.invalid), *stamp))
         return plan
 
     def record(self, results: Sequence[Result], run_id: str, attempts: Attempts = ()) -> None:
@@ -136,7 +146,7 @@ class SqliteLedger(Ledger):
                     self._db.execute(sql, values)
                 if results:
                     stamp = (self._run_key(run_id), _now_ms())
-                    self._db.execute(UPSERT_BATCH, (json_param(results), *stamp))
+                    self._db.execute(UPSERT_BATCH, (_result_rows(results), *stamp))
 
     @contextmanager
     def _keyed_transaction(self) -> Iterator[None]:

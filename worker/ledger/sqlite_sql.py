@@ -206,14 +206,14 @@ SELECT value, 'pending', 0, ?2, ?3, ?3 FROM json_each(?1) WHERE true
 ON CONFLICT (order_id) DO UPDATE SET run = excluded.run, updated_ms = excluded.updated_ms
 """
 
-# ?1: JSON array of results as objects (order_id, outcome, http_status, error_code, message,
-# attempts); ?2: the run's key; ?3: the time, integer milliseconds.
+# ?1: JSON array of results, each an array (order_id, outcome, http_status, error_code,
+# message, attempts: ``result_rows``); ?2: the run's key; ?3: the time, integer milliseconds.
+# (Arrays, not objects: orjson writes them ten times faster, holding the GIL, and SQLite reads
+# an element by its place instead of parsing the object once for each field.)
 UPSERT_BATCH = f"""
 INSERT INTO order_state (order_id, outcome, http_status, error_code, message, attempts, run,
                          created_ms, updated_ms)
-SELECT json_extract(value, '$.order_id'), json_extract(value, '$.outcome'),
-       json_extract(value, '$.http_status'), json_extract(value, '$.error_code'),
-       json_extract(value, '$.message'), json_extract(value, '$.attempts'), ?2, ?3, ?3
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, ?2, ?3, ?3
 FROM json_each(?1) WHERE true
 ON CONFLICT (order_id) DO UPDATE SET
     outcome = excluded.outcome, http_status = excluded.http_status,
