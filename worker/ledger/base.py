@@ -256,6 +256,18 @@ def _counted(rows: Iterable[Row]) -> dict[str, int]:
     return {str(key): int(str(n)) for key, n in rows}
 
 
+def result_rows(results: Sequence[Result]) -> str:
+    """Results as both ledgers' batch upserts read them: one JSON array of arrays (order_id,
+    outcome, http_status, error_code, message, attempts). Arrays, not objects: orjson writes
+    them ten times faster, holding the GIL, and the database reads a field by its place."""
+    return json_param(
+        [
+            (r.order_id, r.outcome, r.http_status, r.error_code, r.message, r.attempts)
+            for r in results
+        ]
+    )
+
+
 def json_param(value: object) -> str:
     """JSON text for one batch parameter (orjson: dataclasses and enums natively, in C), every
     U+0000 in its strings replaced by U+FFFD: PostgreSQL's text and jsonb cannot hold it (one API

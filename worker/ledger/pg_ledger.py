@@ -21,7 +21,7 @@ import psycopg
 
 from worker.domain.location import PostgresUrl
 from worker.domain.models import Result, RunRecord
-from worker.ledger.base import Ledger, json_param
+from worker.ledger.base import Ledger, json_param, result_rows
 from worker.ledger.leases import alive, decide, process_prefix
 from worker.ledger.pg_sql import (
     ATTEMPTS,
@@ -151,7 +151,7 @@ class PgLedger(Ledger):
                 (run_id, stamp, taken),
             )
         if plan.invalid:
-            conn.execute(UPSERT, {"rows": json_param(plan.invalid), "run": run_id, "at": stamp})
+            conn.execute(UPSERT, {"rows": result_rows(plan.invalid), "run": run_id, "at": stamp})
         return plan
 
     # -- results ------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ class PgLedger(Ledger):
         if not (results or attempts):
             return
         tried = json_param(attempts) if attempts else None
-        rows = json_param(results) if results else None
+        rows = result_rows(results) if results else None
 
         def write(conn: psycopg.Connection[Any]) -> None:
             if tried is not None:

@@ -91,12 +91,10 @@ OUTCOMES_OF = "SELECT order_id, outcome FROM orders WHERE order_id = ANY(%s)"
 UPSERT = f"""
 INSERT INTO orders (order_id, outcome, http_status, error_code, message, attempts, run_id,
                     created_at, updated_at)
-SELECT DISTINCT ON (r.order_id) r.order_id, r.outcome, r.http_status, r.error_code, r.message,
-       coalesce(r.attempts, 0), %(run)s, %(at)s, %(at)s
-FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb) AS (order_id text, outcome text,
-          http_status int, error_code text, message text, attempts int))
-     WITH ORDINALITY AS r(order_id, outcome, http_status, error_code, message, attempts, n)
-ORDER BY r.order_id, r.outcome = 'pending', r.n DESC
+SELECT DISTINCT ON (r->>0) r->>0, r->>1, (r->>2)::int, r->>3, r->>4, coalesce((r->>5)::int, 0),
+       %(run)s, %(at)s, %(at)s
+FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS a(r, n)
+ORDER BY r->>0, r->>1 = 'pending', n DESC
 ON CONFLICT (order_id) DO UPDATE SET
     outcome = excluded.outcome, http_status = excluded.http_status,
     error_code = excluded.error_code, message = excluded.message, attempts = excluded.attempts,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from worker.domain.errors import LedgerError
 from worker.domain.models import Result, RunRecord
-from worker.ledger.base import Ledger, decide_batch, json_param
+from worker.ledger.base import Ledger, decide_batch, json_param, result_rows
 from worker.ledger.control import hold, publish
 from worker.ledger.plan import Plan
 from worker.ledger.schema import SCHEMA_VERSION
@@ -38,16 +38,6 @@ from worker.runtime.clock import now_iso
 def _now_ms() -> int:
     """Now, integer milliseconds since the epoch (the stored form of ``now_iso``)."""
     return time.time_ns() // 1_000_000
-
-
-def _result_rows(results: Sequence[Result]) -> str:
-    """Results as UPSERT_BATCH reads them: one JSON array of arrays."""
-    return json_param(
-        [
-            (r.order_id, r.outcome, r.http_status, r.error_code, r.message, r.attempts)
-            for r in results
-        ]
-    )
 
 
 class SqliteLedger(Ledger):
@@ -133,7 +123,7 @@ class SqliteLedger(Ledger):
                 if plan.to_send:
                     self._db.execute(CLAIM_BATCH, (json_param(plan.to_send), *stamp))
                 if plan.invalid:
-                    self._db.execute(UPSERT_BATCH, (_result_rows(plan.invalid), *stamp))
+                    self._db.execute(UPSERT_BATCH, (result_rows(plan.invalid), *stamp))
         return plan
 
     def record(self, results: Sequence[Result], run_id: str, attempts: Attempts = ()) -> None:
@@ -146,7 +136,7 @@ class SqliteLedger(Ledger):
                     self._db.execute(sql, values)
                 if results:
                     stamp = (self._run_key(run_id), _now_ms())
-                    self._db.execute(UPSERT_BATCH, (_result_rows(results), *stamp))
+                    self._db.execute(UPSERT_BATCH, (result_rows(results), *stamp))
 
     @contextmanager
     def _keyed_transaction(self) -> Iterator[None]:

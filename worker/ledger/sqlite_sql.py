@@ -207,9 +207,8 @@ ON CONFLICT (order_id) DO UPDATE SET run = excluded.run, updated_ms = excluded.u
 """
 
 # ?1: JSON array of results, each an array (order_id, outcome, http_status, error_code,
-# message, attempts: ``result_rows``); ?2: the run's key; ?3: the time, integer milliseconds.
-# (Arrays, not objects: orjson writes them ten times faster, holding the GIL, and SQLite reads
-# an element by its place instead of parsing the object once for each field.)
+# message, attempts: ``base.result_rows``); ?2: the run's key; ?3: the time, integer
+# milliseconds.
 UPSERT_BATCH = f"""
 INSERT INTO order_state (order_id, outcome, http_status, error_code, message, attempts, run,
                          created_ms, updated_ms)
