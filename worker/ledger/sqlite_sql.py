@@ -24,12 +24,6 @@ def _uuid_text(column: str) -> str:
     )
 
 
-# The attempt log as it is stored (``attempt_log``: the run as an integer key into
-# ``run_keys``, the time in integer milliseconds since the epoch, a UUID as 16 bytes) and as it
-# reads (the view ``attempts``, with the columns and the text of schema 4, and ``seq``): each
-# column of ATTEMPT_COLUMNS as an expression over ``attempt_log a`` joined to ``run_keys k``.
-
-
 def _iso(ms: str) -> str:
     """Integer milliseconds since the epoch as the ledger's time text (ISO-8601, milliseconds,
     ``Z``: what ``iso_utc`` writes)."""
@@ -41,6 +35,10 @@ def _ms_of(iso: str) -> str:
     return f"CAST(round((julianday({iso}) - 2440587.5) * 86400000.0) AS INTEGER)"
 
 
+# The attempt log as it is stored (``attempt_log``: the run as an integer key into
+# ``run_keys``, the time in integer milliseconds since the epoch, a UUID as 16 bytes) and as it
+# reads (the view ``attempts``, with the columns and the text of schema 4, and ``seq``): each
+# column of ATTEMPT_COLUMNS as an expression over ``attempt_log a`` joined to ``run_keys k``.
 SENT_AT = _iso("a.sent_ms")
 READABLE = (
     "k.run_id",
@@ -301,7 +299,9 @@ STATEMENTS = common.Statements(
     rows=common.ROWS,
     rows_with=f"SELECT {_CSV} FROM orders WHERE outcome = ? ORDER BY order_id",
     rows_of=f"SELECT {_CSV} FROM orders WHERE order_id {_IN} ORDER BY order_id",
-    timeline=common.TIMELINE,
+    timeline="SELECT strftime('%Y-%m-%dT%H:%M:%S', s, 'unixepoch'), outcome, n FROM (SELECT "
+    "updated_ms / 1000 AS s, outcome, COUNT(*) AS n FROM order_state WHERE outcome <> 'pending' "
+    "GROUP BY 1, 2) ORDER BY 1",  # each second formatted once, not each order
     last_run=common.LAST_RUN,
     still_mine=f"SELECT order_id FROM order_state WHERE run = ({RUN_KEY}) AND "
     f"outcome = 'pending' AND order_id {_IN}",
