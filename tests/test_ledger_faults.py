@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import Cli, ledger_rows, sim_env, write_ids
+from tests.test_ledger import OLD_ORDER, SCHEMA_5
 from worker.domain.models import FINAL
 from worker.ledger import SqliteLedger
 from worker.simulator import RunningSimulator
@@ -88,6 +89,51 @@ async def test_read_only_file_system(cli: Cli, sim: RunningSimulator, tmp_path: 
     report = await asyncio.to_thread(read_only, "report", "--format", "json")
     assert report.returncode == 0, report.stderr
     assert json.loads(report.stdout)["outcomes"]["cancelled"] == len(IDS)
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare -rm (user and mount namespaces)")
+async def test_a_read_only_copy_of_an_older_ledger_is_read_as_written(tmp_path: Path) -> None:
+    """A ledger of schema 5 on a read-only mount (it cannot be upgraded to the compact orders):
+    `report` in every format, `report --run` and `runs` read it as it was written."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    ledger = folder / "l.sqlite"
+    db = sqlite3.connect(ledger)
+    db.executescript(SCHEMA_5)
+    db.execute("UPDATE runs SET summary = NULL")  # a run that never ended: counted from its rows
+    db.commit()
+    db.close()
+    run_id = OLD_ORDER[6]
+
+    def read_only(*args: str) -> subprocess.CompletedProcess[str]:
+        mount = f'mount --bind -o ro "{folder}" "{folder}" && exec "$@"'
+        command = [sys.executable, "-m", "worker", *args, "--ledger", str(ledger)]
+        return subprocess.run(
+            ["unshare", "-rm", "sh", "-c", mount, "sh", *command],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            check=False,
+            timeout=60,
+        )
+
+    report = await asyncio.to_thread(read_only, "report", "--format", "json")
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["outcomes"]["cancelled"] == 1
+    html = await asyncio.to_thread(read_only, "report", "--format", "html")
+    assert html.returncode == 0, html.stderr
+    assert 'id="timeline"' in html.stdout
+    one_run = await asyncio.to_thread(read_only, "report", "--run", run_id, "--format", "csv")
+    assert one_run.returncode == 0, one_run.stderr
+    assert OLD_ORDER[0] in one_run.stdout
+    runs = await asyncio.to_thread(read_only, "runs", "--format", "json")
+    assert runs.returncode == 0, runs.stderr
+    assert json.loads(runs.stdout)[0]["outcomes"] == {"cancelled": 1}
+    db = sqlite3.connect(ledger)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5  # read, not upgraded
+    finally:
+        db.close()
 
 
 async def test_full_disk_stops_the_run_and_loses_nothing(make_sim: object, tmp_path: Path) -> None:

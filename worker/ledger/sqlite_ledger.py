@@ -26,6 +26,7 @@ from worker.ledger.sqlite_sql import (
     BEGIN_RUN,
     CLAIM_BATCH,
     NEW_RUN_KEY,
+    READ_AS_SCHEMA_5,
     RUN_KEY,
     STATEMENTS,
     UPSERT_BATCH,
@@ -87,6 +88,8 @@ class SqliteLedger(Ledger):
             self._db.close()  # upgraded in place when no run holds it, then read
             upgrade_file(self.path)
             self._db = connect_readonly(self.path)
+            if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                self.sql = READ_AS_SCHEMA_5  # a read-only copy, read as it was written
 
     @property
     def lease_every_s(self) -> float | None:

@@ -3,6 +3,7 @@ statements in SQLite's dialect (``?`` placeholders; a list is one JSON parameter
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
 import worker.ledger.statements as common
@@ -324,4 +325,19 @@ STATEMENTS = common.Statements(
     f"WHERE run = ({RUN_KEY}) UNION SELECT order_id FROM attempt_log WHERE run = ({RUN_KEY})) "
     "ORDER BY order_id",
     prune=f"DELETE FROM attempt_log WHERE {SENT_AT.replace('a.', '')} < ?",
+)
+
+# A ledger of schema 5 read as it is (a read-only copy, which cannot be upgraded): the
+# statements above that read order_state, in the form that reads schema 5's table `orders` (and
+# this schema's view as well).
+_OF_RUN = "FROM orders WHERE run_id = ?"
+READ_AS_SCHEMA_5 = dataclasses.replace(
+    STATEMENTS,
+    run_outcomes=f"SELECT outcome, COUNT(*) {_OF_RUN} GROUP BY outcome",
+    run_codes=f"SELECT error_code, COUNT(*) {_OF_RUN} AND error_code IS NOT NULL "
+    "GROUP BY error_code",
+    still_mine=f"SELECT order_id {_OF_RUN} AND outcome = 'pending' AND order_id {_IN}",
+    timeline=common.TIMELINE,
+    run_orders=f"SELECT {_CSV} {_OF_RUN} OR order_id IN "
+    f"(SELECT order_id FROM attempt_log WHERE run = ({RUN_KEY})) ORDER BY order_id",
 )
