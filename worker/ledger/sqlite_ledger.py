@@ -51,7 +51,7 @@ class SqliteLedger(Ledger):
         self.path = path
         self.readonly = readonly
         self._lock_fd: int | None = None
-        self._run_keys: dict[str, int] = {}  # run_id -> its key in the attempt log
+        self._run_keys: dict[str, int] = {}  # run_id -> its key in the orders and the attempt log
         try:
             if readonly:
                 if not path.is_file():

@@ -319,12 +319,13 @@ STATEMENTS = common.Statements(
     run_requests=f"SELECT COUNT(*) FROM attempt_log WHERE run = ({RUN_KEY})",
     history=f"SELECT {_READABLE}, r.command, r.operator, r.reason, r.ticket FROM {_LOG} "
     "LEFT JOIN runs r ON r.run_id = k.run_id WHERE a.order_id = ? ORDER BY a.sent_ms, a.rowid",
-    attempts=f"SELECT {_READABLE} FROM {_LOG} WHERE (? IS NULL OR {SENT_AT} >= ?) "
+    # a time given as text is converted once, not every row's time formatted to compare
+    attempts=f"SELECT {_READABLE} FROM {_LOG} WHERE (? IS NULL OR a.sent_ms >= {_ms_of('?')}) "
     "AND (? IS NULL OR k.run_id = ?) ORDER BY a.rowid",
     run_orders=f"SELECT {_CSV} FROM orders WHERE order_id IN (SELECT order_id FROM order_state "
     f"WHERE run = ({RUN_KEY}) UNION SELECT order_id FROM attempt_log WHERE run = ({RUN_KEY})) "
     "ORDER BY order_id",
-    prune=f"DELETE FROM attempt_log WHERE {SENT_AT.replace('a.', '')} < ?",
+    prune=f"DELETE FROM attempt_log WHERE sent_ms < {_ms_of('?')}",
 )
 
 # A ledger of schema 5 read as it is (a read-only copy, which cannot be upgraded): the
