@@ -136,6 +136,42 @@ async def test_a_read_only_copy_of_an_older_ledger_is_read_as_written(tmp_path: 
         db.close()
 
 
+async def test_a_read_only_copy_of_a_schema_6_ledger_is_read_with_todays_statements(
+    tmp_path: Path,
+) -> None:
+    """A schema-6 SQLite ledger (its tables are today's: schema 7 changed PostgreSQL only) on a
+    read-only mount is read with today's statements, not those of the schema-5 files, which
+    read the orders through their view."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    ledger = folder / "l.sqlite"
+    SqliteLedger(ledger).close()
+    db = sqlite3.connect(ledger)
+    db.execute("PRAGMA user_version = 6")
+    db.commit()
+    db.close()
+    probe = (
+        "import sys; from pathlib import Path; from worker.ledger import SqliteLedger; "
+        "from worker.ledger.sqlite_sql import READ_AS_SCHEMA_5, STATEMENTS; "
+        "l = SqliteLedger(Path(sys.argv[1]), readonly=True); "
+        "print('today' if l.sql is STATEMENTS else 'schema 5' if l.sql is READ_AS_SCHEMA_5 "
+        "else 'other')"
+    )
+    mount = f'mount --bind -o ro "{folder}" "{folder}" && exec "$@"'
+    command = [sys.executable, "-c", probe, str(ledger)]
+    read = await asyncio.to_thread(
+        subprocess.run,
+        ["unshare", "-rm", "sh", "-c", mount, "sh", *command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+        timeout=60,
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.strip() == "today"
+
+
 async def test_full_disk_stops_the_run_and_loses_nothing(make_sim: object, tmp_path: Path) -> None:
     """When the ledger cannot grow (a file size limit stands in for a full disk) the run stops
     with exit 3 and a clear error; every answer it could not record is logged; a resume then

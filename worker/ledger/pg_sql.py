@@ -12,6 +12,11 @@ from worker.ledger.schema import ATTEMPT_COLUMNS, CSV_COLUMNS, FINAL_SQL
 # sets it, every other run judges the lease by it) and its process (boot, PID namespace, PID:
 # a run on the same machine can tell it died), the attempt log's order (``seq``) and each
 # order's request ids unique (a transaction retried after a lost COMMIT writes nothing twice).
+# The orders have no index but their key, and their pages are half filled by inserts: an
+# order's result then rewrites its row on its own page without touching an index (a heap-only
+# tuple update, HOT), where an index of outcomes took two entries per order (pending, then
+# final) and every result a new entry in the key's index too. What reads orders by outcome
+# (`report --outcome`, `retry`'s candidates, by key order) walks the table or its key.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS orders (
@@ -24,8 +29,7 @@ CREATE TABLE IF NOT EXISTS orders (
     run_id      text NOT NULL,
     created_at  text NOT NULL,
     updated_at  text NOT NULL
-);
-CREATE INDEX IF NOT EXISTS orders_by_outcome ON orders (outcome, order_id);
+) WITH (fillfactor = 50);
 CREATE TABLE IF NOT EXISTS runs (
     run_id       text PRIMARY KEY,
     command      text NOT NULL,
@@ -78,6 +82,11 @@ MIGRATIONS: dict[int, str] = {
 DROP INDEX IF EXISTS attempts_by_order;
 CREATE UNIQUE INDEX attempts_by_order ON attempts (order_id, request_id);
 ALTER TABLE attempts DROP CONSTRAINT IF EXISTS attempts_request_id_key;
+""",
+    # 7: results rewrite their order's row in place (see SCHEMA); pages written from now on
+    6: """
+DROP INDEX IF EXISTS orders_by_outcome;
+ALTER TABLE orders SET (fillfactor = 50);
 """,
 }
 

@@ -9,8 +9,11 @@ from worker.domain.models import FINAL
 # lease term, written by the run that holds the lease (PostgreSQL; a file has no leases); 5: a
 # compact attempt log behind a view of the same columns (SQLite; nothing changes in PostgreSQL);
 # 6: the orders compact behind a view of the same columns, both views writable (SQLite); one
-# index of the attempt log, (order, request id) unique, where there were two (PostgreSQL)
-SCHEMA_VERSION = 6
+# index of the attempt log, (order, request id) unique, where there were two (PostgreSQL); 7: the
+# orders without an index of their outcomes, their pages half filled by inserts, so that a result
+# rewrites its order's row in place (PostgreSQL; nothing changes in SQLite)
+SCHEMA_VERSION = 7
+ORDER_STATE_SINCE = 6  # the first SQLite schema with its orders in ``order_state``
 FINAL_VALUES = frozenset(o.value for o in FINAL)  # the final outcomes, as the ledger writes them
 FINAL_SQL = ", ".join(f"'{o.value}'" for o in sorted(FINAL))
 

@@ -20,7 +20,7 @@ from worker.domain.models import Result, RunRecord
 from worker.ledger.base import Ledger, decide_batch, json_param, result_rows
 from worker.ledger.control import hold, publish
 from worker.ledger.plan import Plan
-from worker.ledger.schema import SCHEMA_VERSION
+from worker.ledger.schema import ORDER_STATE_SINCE, SCHEMA_VERSION
 from worker.ledger.sqlite import Transaction, connect_readonly, lock, upgrade, upgrade_file
 from worker.ledger.sqlite_sql import (
     BEGIN_RUN,
@@ -88,7 +88,7 @@ class SqliteLedger(Ledger):
             self._db.close()  # upgraded in place when no run holds it, then read
             upgrade_file(self.path)
             self._db = connect_readonly(self.path)
-            if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            if self._db.execute("PRAGMA user_version").fetchone()[0] < ORDER_STATE_SINCE:
                 self.sql = READ_AS_SCHEMA_5  # a read-only copy, read as it was written
 
     @property
