@@ -71,7 +71,7 @@ class Result:
         """The fields of the one log event per order outcome."""
         return {
             "order_id": self.order_id,
-            "outcome": self.outcome.value,
+            "outcome": self.outcome._value_,  # (not .value: a property, on every order)
             "http_status": self.http_status,
             "error_code": self.error_code,
             "attempts": self.attempts,
@@ -97,7 +97,7 @@ class RunSummary:
 
     def add(self, result: Result) -> None:
         """Count one order's result."""
-        self.outcomes[result.outcome.value] += 1
+        self.outcomes[result.outcome._value_] += 1
         if result.error_code:
             self.error_codes[result.error_code] += 1
 

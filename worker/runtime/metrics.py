@@ -32,6 +32,7 @@ from worker.domain.models import Result
 
 log = structlog.get_logger(__name__)
 
+_STATUS_KEYS = {code: str(code) for code in range(100, 600)}  # an answer's status as its label
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -69,14 +70,16 @@ class Metrics:
 
     def answered(self, answer: Answer) -> None:
         """One answer (or transport failure) came back."""
-        self.requests[str(answer.status) if answer.status else str(answer.failure)] += 1
+        status = answer.status
+        key = _STATUS_KEYS.get(status) if status else str(answer.failure)
+        self.requests[key or str(status)] += 1
         seconds = answer.latency_ms / 1000.0
         self._buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self._latency_sum += seconds
 
     def finished(self, result: Result) -> None:
         """One order reached its outcome for this run."""
-        self.outcomes[result.outcome.value, result.error_code or ""] += 1
+        self.outcomes[result.outcome._value_, result.error_code or ""] += 1
 
     def circuit_changed(self, is_open: bool) -> None:
         """The circuit breaker opened or closed (its ``on_state``)."""
