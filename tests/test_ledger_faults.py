@@ -106,16 +106,8 @@ async def test_a_read_only_copy_of_an_older_ledger_is_read_as_written(tmp_path: 
     run_id = OLD_ORDER[6]
 
     def read_only(*args: str) -> subprocess.CompletedProcess[str]:
-        mount = f'mount --bind -o ro "{folder}" "{folder}" && exec "$@"'
         command = [sys.executable, "-m", "worker", *args, "--ledger", str(ledger)]
-        return subprocess.run(
-            ["unshare", "-rm", "sh", "-c", mount, "sh", *command],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            check=False,
-            timeout=60,
-        )
+        return _on_read_only_mount(folder, command)
 
     report = await asyncio.to_thread(read_only, "report", "--format", "json")
     assert report.returncode == 0, report.stderr
@@ -157,19 +149,23 @@ async def test_a_read_only_copy_of_a_schema_6_ledger_is_read_with_todays_stateme
         "print('today' if l.sql is STATEMENTS else 'schema 5' if l.sql is READ_AS_SCHEMA_5 "
         "else 'other')"
     )
-    mount = f'mount --bind -o ro "{folder}" "{folder}" && exec "$@"'
     command = [sys.executable, "-c", probe, str(ledger)]
-    read = await asyncio.to_thread(
-        subprocess.run,
+    read = await asyncio.to_thread(_on_read_only_mount, folder, command)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.strip() == "today"
+
+
+def _on_read_only_mount(folder: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """``command`` run where ``folder`` is mounted read-only (a mount namespace of its own)."""
+    mount = f'mount --bind -o ro "{folder}" "{folder}" && exec "$@"'
+    return subprocess.run(
         ["unshare", "-rm", "sh", "-c", mount, "sh", *command],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=folder.parent,
         check=False,
         timeout=60,
     )
-    assert read.returncode == 0, read.stderr
-    assert read.stdout.strip() == "today"
 
 
 async def test_full_disk_stops_the_run_and_loses_nothing(make_sim: object, tmp_path: Path) -> None:
