@@ -528,6 +528,26 @@ async def test_a_resume_with_a_canary_sends_untried_orders_first(
     assert {rows[o]["outcome"] for o in bad} == {"retryable_failed"}
 
 
+async def test_a_resume_with_only_tried_orders_and_a_canary_larger_than_the_workers(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """The same command again when every order left was tried by an earlier run, with
+    `--canary` larger than `--concurrency`: no order is fresh, so the canary is empty and the
+    tried orders go (it waited for canary slots no worker would ever take, sending nothing)."""
+    ledger = tmp_path / "l.sqlite"
+    bad = [f"CFL{n:09d}0" for n in range(1, 4)]  # a CONFLICT every time: retryable_failed
+    src = write_ids(tmp_path / "o.csv", [*bad, *ids("CDE", 5)])
+    env = sim_env(sim, ledger, MOUVONE_CONCURRENCY="2", MOUVONE_MAX_ATTEMPTS="1")
+    first = await cli.run("run", str(src), "--yes", env=env)
+    assert first.code == 1, first.stderr[-2000:]
+    sent = sum(sim.sim.stats.deletes.values())
+    again = await cli.run("run", str(src), "--yes", "--canary", "5", env=env, timeout=30)
+    assert again.code == 1, again.stderr[-2000:]
+    assert "canary:" not in again.stdout + again.stderr
+    assert sum(sim.sim.stats.deletes.values()) == sent + len(bad)
+    assert {ledger_rows(ledger)[o]["outcome"] for o in bad} == {"retryable_failed"}
+
+
 async def test_the_progress_names_the_canary_and_a_request_waiting(
     cli: Cli, make_sim: Any, tmp_path: Path
 ) -> None:

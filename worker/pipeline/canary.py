@@ -42,8 +42,8 @@ class Canary:
         self.size = size
         self._control = control
         self._ask = ask
-        self._reserved = 0  # canary orders workers have set out to take
-        self._expected = size  # canary results still to come, less slots that found no order
+        self._reserved = 0  # canary slots reserved, less those that took no canary order
+        self._dry = False  # a slot found no order: no canary order comes after it
         self._results: list[Result] = []
         self._open = asyncio.Event()
         if size <= 0:
@@ -80,9 +80,18 @@ class Canary:
         await self._open.wait()
 
     async def not_taken(self) -> None:
-        """A canary slot that found no order (the input ran out first, or the run stopped)."""
-        self._expected -= 1
+        """A canary slot that found no order (the input ran out first, or the run stopped):
+        the canary is then the orders its reserved slots took, however few (the slots no worker
+        reserved are not waited for: with fewer workers than slots, all waiting for the
+        verdict, they never would be)."""
+        self._reserved -= 1
+        self._dry = True
         await self._settle()
+
+    @property
+    def _expected(self) -> int:
+        """Canary results to wait for."""
+        return self._reserved if self._dry else self.size
 
     async def done(self, result: Result) -> None:
         """A canary order's result."""
@@ -118,7 +127,8 @@ class Canary:
         return answered.result() if answered.done() else False
 
     async def _settle(self) -> None:
-        if self._open.is_set() or len(self._results) < self._expected or self._control.stopping:
+        expected = self._expected
+        if self._open.is_set() or len(self._results) < expected or self._control.stopping:
             return
         results = self._results
         # an order a precondition skipped was not sent: it says nothing of the run's sending
@@ -128,7 +138,7 @@ class Canary:
             log.info("canary_passed", orders=len(results), outcomes=outcomes)
             self._open.set()
             return
-        if self._expected < self.size:  # the input ran out first: no "rest" to hold back
+        if expected < self.size:  # the input ran out first: no "rest" to hold back
             log.info("canary_was_the_whole_input", orders=len(results), outcomes=outcomes)
             self._open.set()
             return
