@@ -10,10 +10,13 @@ import json
 import os
 import pty
 import random
+import select
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -250,15 +253,28 @@ async def test_report_without_ledger(cli: Cli, tmp_path: Path) -> None:
     assert "none.sqlite: no ledger at this path" in done.stderr
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+# The command with SIGHUP at its default, as a terminal's process has it (the suite itself may
+# run under nohup, which its children would inherit).
+HUNG_UP_AS_FROM_A_TERMINAL = (
+    "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'worker', *sys.argv[1:]])"
+)
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)]
+)
 async def test_signal_mid_run(
     cli: Cli, make_sim: Any, tmp_path: Path, signum: int, code: int, ledger_location: str
 ) -> None:
-    """A signal stops reading, lets in-flight requests finish and be recorded, exits 130/143."""
+    """A signal stops reading, lets in-flight requests finish and be recorded, exits 130/143
+    (SIGHUP, a terminal that closed: 129)."""
     running = await make_sim(latency_ms=100)
     ledger = ledger_location
     ids = [f"CDE{n:010d}" for n in range(1, 301)]
     src = write_ids(tmp_path / "o.csv", ids)
+    if signum == signal.SIGHUP:  # as from a terminal, whatever this process inherited
+        cli = Cli(tmp_path, [sys.executable, "-c", HUNG_UP_AS_FROM_A_TERMINAL])
     proc = await cli.start(
         "run",
         str(src),
@@ -279,6 +295,94 @@ async def test_signal_mid_run(
     for order_id in running.sim.cancelled:  # every answer received was recorded
         assert rows[order_id]["outcome"] == "cancelled"
     assert {r["outcome"] for r in rows.values()} <= {"cancelled", "pending"}
+
+
+# The command in a session of its own whose controlling terminal is its standard input, as a
+# login shell's command has it: closing the terminal's other end hangs it up.
+ON_ITS_OWN_TERMINAL = (
+    "import fcntl, os, signal, sys, termios; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+    "fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'worker', *sys.argv[1:]])"
+)
+
+
+async def test_a_terminal_that_closes_stops_the_run_as_sigterm(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """An SSH session lost mid-run: the terminal hangs up (SIGHUP, then every write to it
+    fails). The run stops as on SIGTERM: every answer received recorded, the run's end and
+    summary in the ledger, exit 129; the same command finishes the job."""
+    running = await make_sim(latency_ms=20)
+    ids = [f"TTY{n:010d}" for n in range(1, 1001)]
+    src = write_ids(tmp_path / "o.csv", ids)
+    ledger = tmp_path / "l.sqlite"
+    env = sim_env(running, ledger, MOUVONE_RATE="300", MOUVONE_CONCURRENCY="8", TERM="xterm")
+    del env["MOUVONE_LOG_FORMAT"]  # a person's screen: the console and the progress display
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ON_ITS_OWN_TERMINAL, "run", str(src), "--yes",
+        cwd=tmp_path, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    hang_up = threading.Event()
+    screen = asyncio.get_running_loop().run_in_executor(None, _terminal, master, hang_up)
+    try:
+        await asyncio.wait_for(running.sim.wait_for_deletes(40), 30)
+    finally:
+        hang_up.set()
+    assert b"/1000" in await screen  # the progress display was on the screen
+    await asyncio.wait_for(proc.wait(), 60)
+    assert proc.returncode == 129
+    rows = ledger_rows(ledger)
+    for order_id in running.sim.cancelled:  # every answer received was recorded
+        assert rows[order_id]["outcome"] == "cancelled"
+    assert {r["outcome"] for r in rows.values()} == {"cancelled", "pending"}
+    cli = Cli(tmp_path)
+    runs = await cli.run("runs", "--ledger", str(ledger), env=env)
+    assert "exit 129" in runs.stdout, runs.stdout
+    done = await cli.run("run", str(src), "--yes", env={**env, "MOUVONE_LOG_FORMAT": "json"})
+    assert done.code == 0, done.stderr[-2000:]
+    assert {r["outcome"] for r in ledger_rows(ledger).values()} == {"cancelled"}
+
+
+def _terminal(fd: int, hang_up: threading.Event) -> bytes:
+    """A terminal's other end: what it shows, until ``hang_up`` closes it."""
+    seen = b""
+    try:
+        while not hang_up.is_set():
+            if select.select([fd], [], [], 0.05)[0]:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:  # the process closed its end
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+    finally:
+        os.close(fd)
+    return seen
+
+
+async def test_a_run_under_nohup_outlives_its_terminal(
+    make_sim: Any, tmp_path: Path, ledger_location: str
+) -> None:
+    """Started with SIGHUP ignored (``nohup``), a run goes on when the terminal hangs up: every
+    order cancelled, exit 0."""
+    running = await make_sim(latency_ms=20)
+    ids = [f"HUP{n:010d}" for n in range(1, 201)]
+    src = write_ids(tmp_path / "o.csv", ids)
+    nohup = Cli(tmp_path, [shutil.which("nohup") or "nohup", sys.executable, "-m", "worker"])
+    proc = await nohup.start(
+        "run", str(src), "--yes", env=sim_env(running, ledger_location, MOUVONE_RATE="400")
+    )
+    await asyncio.wait_for(running.sim.wait_for_deletes(20), 30)
+    proc.send_signal(signal.SIGHUP)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"exit 0" in out
+    rows = ledger_rows(ledger_location)
+    assert {r["outcome"] for r in rows.values()} == {"cancelled"}
+    assert len(rows) == len(ids)
 
 
 async def test_kill_9_then_resume(

@@ -57,7 +57,7 @@ def cmd_enqueue(settings: Settings, source: OrderInput, approved: set[str] | Non
 
 
 def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
-    """`consume`: until SIGTERM/SIGINT (143/130), a fatal answer (3), or empty (0/1)."""
+    """`consume`: until SIGTERM/SIGINT/SIGHUP (143/130/129), a fatal answer (3), or empty (0/1)."""
     settings.require_target()
     settings.require_credentials()
     check_ledger(settings, getattr(args, "ledger", None) is not None)

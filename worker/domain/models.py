@@ -168,7 +168,7 @@ class RunReport:
             if self.dry_run:
                 return "some IDs of the input are invalid (above); nothing was sent"
             return "finished; some orders need a person: cancel-orders report"
-        if code in (3, 4, 130, 143):
+        if code in (3, 4, 129, 130, 143):
             why = self.reason or f"exit {code}"
             then = "resume with the same command"
             if code == 3:  # the API's trouble passes by itself; anything else needs a fix first

@@ -75,9 +75,9 @@ class RunControl:
             log.warning("run_stopped_by_limit", reason=reason, exit_code=4)
 
     def interrupt(self, exit_code: int, signal_name: str) -> None:
-        """A signal asked the run to stop (130 for SIGINT, 143 for SIGTERM). A signal while the
-        run is already stopping asks it not to wait for the requests in flight (they stay
-        `pending`) and keeps the first reason."""
+        """A signal asked the run to stop (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP). A
+        signal while the run is already stopping asks it not to wait for the requests in flight
+        (they stay `pending`) and keeps the first reason."""
         if self.stopping:
             self.hurry_event.set()
             log.warning("run_interrupted_again", signal=signal_name)
@@ -96,15 +96,26 @@ class RunControl:
         )
 
 
+def stopping_signals() -> list[tuple[signal.Signals, int]]:
+    """The signals that stop a run gracefully, with their exit statuses: SIGINT 130, SIGTERM
+    143, and SIGHUP 129 (the terminal closed: a lost SSH session), unless the process was
+    started with SIGHUP ignored (``nohup``), whose run goes on."""
+    signals = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signals.append((signal.SIGHUP, 129))
+    return signals
+
+
 async def with_signals(control: RunControl, work: Awaitable[T]) -> T:
-    """Await ``work`` with SIGINT and SIGTERM turned into ``control.interrupt`` (130 / 143)."""
+    """Await ``work`` with the stopping signals turned into ``control.interrupt``."""
     loop = asyncio.get_running_loop()
-    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        loop.add_signal_handler(signum, control.interrupt, code, signal.Signals(signum).name)
+    signals = stopping_signals()
+    for signum, code in signals:
+        loop.add_signal_handler(signum, control.interrupt, code, signum.name)
     try:
         return await work
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum, _ in signals:
             with suppress(Exception):
                 loop.remove_signal_handler(signum)
 

@@ -41,6 +41,7 @@ MEANING = {
     2: "refused before sending: a usage or configuration error",
     3: "aborted: a fatal API answer or too many failures; unanswered orders stay pending",
     4: "stopped early by a limit the operator set; resume with the same command",
+    129: "hung up (SIGHUP: its terminal closed); resume with the same command",
     130: "interrupted (SIGINT); resume with the same command",
     143: "terminated (SIGTERM); resume with the same command",
 }
