@@ -324,13 +324,15 @@ async def test_a_terminal_that_closes_stops_the_run_as_sigterm(
         cwd=tmp_path, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
     )  # fmt: skip
     os.close(slave)
-    hang_up = threading.Event()
-    screen = asyncio.get_running_loop().run_in_executor(None, _terminal, master, hang_up)
+    shown, hang_up = threading.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+    screen = loop.run_in_executor(None, _terminal, master, shown, hang_up)
     try:
         await asyncio.wait_for(running.sim.wait_for_deletes(40), 30)
+        assert await loop.run_in_executor(None, shown.wait, 30)  # the progress display is up
     finally:
         hang_up.set()
-    assert b"/1000" in await screen  # the progress display was on the screen
+    await screen
     await asyncio.wait_for(proc.wait(), 60)
     assert proc.returncode == 129
     rows = ledger_rows(ledger)
@@ -345,8 +347,9 @@ async def test_a_terminal_that_closes_stops_the_run_as_sigterm(
     assert {r["outcome"] for r in ledger_rows(ledger).values()} == {"cancelled"}
 
 
-def _terminal(fd: int, hang_up: threading.Event) -> bytes:
-    """A terminal's other end: what it shows, until ``hang_up`` closes it."""
+def _terminal(fd: int, shown: threading.Event, hang_up: threading.Event) -> None:
+    """A terminal's other end, read until ``hang_up`` closes it; ``shown`` once a progress
+    display of the 1,000 orders is on it."""
     seen = b""
     try:
         while not hang_up.is_set():
@@ -357,10 +360,11 @@ def _terminal(fd: int, hang_up: threading.Event) -> bytes:
                     break
                 if not chunk:
                     break
-                seen += chunk
+                seen = seen[-4096:] + chunk
+                if b"/1000" in seen:
+                    shown.set()
     finally:
         os.close(fd)
-    return seen
 
 
 async def test_a_run_under_nohup_outlives_its_terminal(
