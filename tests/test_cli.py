@@ -297,6 +297,41 @@ async def test_signal_mid_run(
     assert {r["outcome"] for r in rows.values()} <= {"cancelled", "pending"}
 
 
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+async def test_a_signal_while_the_input_is_read_stops_the_command_cleanly(
+    make_sim: Any, tmp_path: Path, signum: int, code: int
+) -> None:
+    """A signal before a run has started (its input still coming on standard input): a
+    one-line reason and the signal's exit status, nothing sent, no ledger made."""
+    running = await make_sim(latency_ms=20)
+    ledger = tmp_path / "l.sqlite"
+    cli = Cli(tmp_path, [sys.executable, "-c", HUNG_UP_AS_FROM_A_TERMINAL])
+    proc = await cli.start("run", "-", "--yes", env=sim_env(running, ledger), stdin=b"")
+    assert proc.stdin is not None
+    proc.stdin.write(b"orderId\nSIG0000000001\nSIG0000000002\n")  # and more to come
+    await proc.stdin.drain()
+    await _until_it_catches(proc.pid, signum)
+    proc.send_signal(signum)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == code, err.decode()[-2000:]
+    assert err.decode().endswith(
+        f"cancel-orders: stopped by {signal.Signals(signum).name}: nothing more was sent\n"
+    )
+    assert not running.sim.stats.deletes
+    assert not ledger.exists()
+
+
+async def _until_it_catches(pid: int, signum: int) -> None:
+    """Wait (30 s at most) until process ``pid`` has a handler for ``signum``."""
+    status = Path(f"/proc/{pid}/status")
+    for _ in range(3000):
+        caught = int(status.read_text().split("SigCgt:")[1].split()[0], 16)
+        if caught & (1 << (signum - 1)):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no handler of signal {signum} in 30 s")
+
+
 # The command in a session of its own whose controlling terminal is its standard input, as a
 # login shell's command has it: closing the terminal's other end hangs it up.
 ON_ITS_OWN_TERMINAL = (

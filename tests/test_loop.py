@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import sys
 
 import pytest
 
 from worker.runtime import loop
+from worker.runtime.signals import Stopped, raise_on_stopping_signals
 
 
 async def _loop_module() -> str:
@@ -23,6 +25,25 @@ def test_commands_run_on_uvloop_when_installed() -> None:
 def test_without_uvloop_asyncio_runs_them(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
     assert loop.run(_loop_module()).startswith("asyncio")
+
+
+async def _sigterm_handler() -> object:
+    return signal.getsignal(signal.SIGTERM)
+
+
+def test_sigterm_raises_between_event_loops_and_keeps_its_default_within() -> None:
+    """Between event loops SIGTERM raises Stopped (the command says why and exits 143); while
+    a loop runs it keeps its default, where uvloop would swallow the exception."""
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+    try:
+        raise_on_stopping_signals()
+        assert loop.run(_sigterm_handler()) == signal.SIG_DFL
+        with pytest.raises(Stopped) as stopped:
+            signal.raise_signal(signal.SIGTERM)
+        assert (stopped.value.signal, stopped.value.exit_code) == (signal.SIGTERM, 143)
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGHUP, before[1])
 
 
 def test_settle_gc_freezes_what_is_loaded_and_collects_young_objects_less_often() -> None:

@@ -28,6 +28,7 @@ from worker.domain.errors import WorkerError
 from worker.pipeline.steering import ACTIONS
 from worker.runtime.logs import flush_logs
 from worker.runtime.redaction import printable, redact
+from worker.runtime.signals import Stopped, raise_on_stopping_signals
 
 COMMANDS = {  # command -> module of worker.cli : function
     "run": "run:cmd_run",
@@ -258,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     harden()
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    raise_on_stopping_signals()
     try:
         module, name = COMMANDS[args.command].split(":")
         command: Callable[[argparse.Namespace], int] = getattr(
@@ -268,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush_logs()  # the gathered log lines first: the error is the last line
         say(sys.stderr, f"cancel-orders: error: {printable(redact.text(str(exc)))}\n")
         return exc.exit_code
+    except Stopped as stop:  # SIGTERM or SIGHUP before (or after) a run's own handling
+        say(sys.stderr, f"cancel-orders: stopped by {stop.signal.name}: nothing more was sent\n")
+        return stop.exit_code
     except KeyboardInterrupt:
         print("cancel-orders: interrupted: nothing more was sent", file=sys.stderr)
         return 130

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from datetime import datetime
@@ -15,6 +14,7 @@ import structlog
 from worker.domain.errors import WorkerError
 from worker.runtime.clock import Clock
 from worker.runtime.redaction import redact
+from worker.runtime.signals import stopping_signals
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -94,16 +94,6 @@ class RunControl:
             f"{self.grace_s:g}s to be answered and recorded. Another {signal_name} stops at once: "
             "they stay pending and are looked up before they are sent again",
         )
-
-
-def stopping_signals() -> list[tuple[signal.Signals, int]]:
-    """The signals that stop a run gracefully, with their exit statuses: SIGINT 130, SIGTERM
-    143, and SIGHUP 129 (the terminal closed: a lost SSH session), unless the process was
-    started with SIGHUP ignored (``nohup``), whose run goes on."""
-    signals = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signals.append((signal.SIGHUP, 129))
-    return signals
 
 
 async def with_signals(control: RunControl, work: Awaitable[T]) -> T:

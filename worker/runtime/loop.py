@@ -13,6 +13,8 @@ import gc
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
+from worker.runtime.signals import default_while_a_loop_runs
+
 T = TypeVar("T")
 
 YOUNG_GC_THRESHOLD = 10_000  # objects allocated and not yet freed before a young collection
@@ -20,12 +22,14 @@ RECANCEL_S = 1.0  # a task still running this long after its cancel is cancelled
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)`` on the fastest loop available."""
-    try:
-        import uvloop  # noqa: PLC0415 - optional: not built for every platform
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+    """``asyncio.run(main)`` on the fastest loop available (SIGTERM and SIGHUP at their default
+    while it runs: ``runtime.signals``)."""
+    with default_while_a_loop_runs():
+        try:
+            import uvloop  # noqa: PLC0415 - optional: not built for every platform
+        except ImportError:
+            return asyncio.run(main)
+        return uvloop.run(main)
 
 
 async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
