@@ -38,6 +38,7 @@ def test_sigterm_raises_between_event_loops_and_keeps_its_default_within() -> No
     try:
         raise_on_stopping_signals()
         assert loop.run(_sigterm_handler()) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # else it kills
         with pytest.raises(Stopped) as stopped:
             signal.raise_signal(signal.SIGTERM)
         assert (stopped.value.signal, stopped.value.exit_code) == (signal.SIGTERM, 143)
