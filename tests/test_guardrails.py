@@ -247,6 +247,37 @@ async def test_plan_then_apply_sends_exactly_the_plan(
     assert json.loads(summary)["plan"] == plan["digest"]
 
 
+async def test_an_apply_stopped_early_says_until_when_it_can_be_resumed(
+    cli: Cli, make_sim: Any, tmp_path: Path
+) -> None:
+    """An `apply` stopped before its end (here by its stop file) names the moment its plan
+    expires in its one next step: after it, the same command is refused (a new plan, reviewed
+    again); before it, the same command finishes the job."""
+    sim = await make_sim()
+    ledger = tmp_path / "l.sqlite"
+    wanted = ids("CDE", 5)
+    src = write_ids(tmp_path / "o.csv", wanted)
+    plan_file = tmp_path / "plan.json"
+    env = sim_env(sim, ledger)
+    assert (await cli.run("plan", str(src), "--output", str(plan_file), env=env)).code == 0
+    expires_at = json.loads(plan_file.read_text())["expires_at"]
+    stop_file = tmp_path / "stop"
+    stop_file.touch()
+    command = ("apply", str(plan_file), "--yes", "--stop-file", str(stop_file))
+    stopped = await cli.run(*command, env=env)
+    assert stopped.code == 4, stopped.stderr[-2000:]
+    assert f"next: resume with the same command before the plan expires at {expires_at}:" in (
+        stopped.stdout
+    )
+    (summary,) = [json.loads(line) for line in stopped.stderr.splitlines() if "run_summary" in line]
+    assert summary["resume_before"] == expires_at
+    stop_file.unlink()
+    finished = await cli.run(*command, env=env)
+    assert finished.code == 0, finished.stderr[-2000:]
+    assert "resume_before" not in finished.stderr
+    assert sorted(sim.sim.stats.deletes) == wanted
+
+
 async def test_apply_refuses_a_plan_edited_expired_or_for_another_target(
     cli: Cli, make_sim: Any, tmp_path: Path
 ) -> None:

@@ -88,6 +88,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             total=total,
             resume=(resume := masked_command_line(getattr(args, "argv", []))),
             plan=getattr(source, "digest", ""),
+            plan_expires_at=getattr(source, "expires_at", ""),
             who=None if args.dry_run else who_from(args, settings, source, resume),
             approved=approved,
         )

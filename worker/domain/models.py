@@ -133,6 +133,7 @@ class RunOptions:
     total: int | None = None  # orders in the input, when known beforehand
     resume: str = ""  # the command line that resumes this run (secrets removed)
     plan: str = ""  # `apply`: the digest of the plan it sends
+    plan_expires_at: str = ""  # `apply`: when the plan expires (a resume after is refused)
     who: RunRecord | None = None  # who started it and why, recorded with the run
     approved: int | None = None  # orders the confirmation or --max-orders counted: no more
     predict: bool = False  # `check`: each order's GET says what its DELETE would answer
@@ -156,6 +157,7 @@ class RunReport:
     target: str = ""  # the target's name or base URL, and the token host
     resume: str = ""  # the command line that resumes it
     plan: str = ""  # the digest of the plan it applied
+    resume_before: str = ""  # when the resume's plan expires (`apply` stopped early)
 
     @property
     def ending(self) -> str:
@@ -207,6 +209,8 @@ class RunReport:
         }
         if self.resume:
             fields["resume"] = self.resume
+            if self.resume_before:
+                fields["resume_before"] = self.resume_before
         if self.plan:
             fields["plan"] = self.plan
         if self.limits:

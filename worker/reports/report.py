@@ -167,7 +167,13 @@ def render_run(data: dict[str, object]) -> str:
         # After a stop, one instruction: the same command finishes the claimed orders (looked
         # up first only if they may have been sent) and reads the rest of the input.
         first = "first fix what stopped it (above), then " if data["exit_code"] == 3 else ""
-        lines.extend((f"next: {first}resume with the same command:", f"  {data['resume']}"))
+        # an `apply`: its plan is refused once expired (then: a new plan, reviewed again)
+        before = (
+            f" before the plan expires at {data['resume_before']}"
+            if data.get("resume_before")
+            else ""
+        )
+        lines.extend((f"next: {first}resume with the same command{before}:", f"  {data['resume']}"))
     elif not dry:
         lines.extend(_next_steps(outcomes, str(data.get("ledger", ""))))
     return "".join(printable(line) + "\n" for line in lines)  # API text cannot steer a terminal

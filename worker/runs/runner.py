@@ -222,4 +222,5 @@ class Runner:
             ),
             resume=self._options.resume if stopped else "",
             plan=self._options.plan,
+            resume_before=self._options.plan_expires_at if stopped else "",
         )

@@ -114,6 +114,7 @@ class Plan:
     ticket: str | None = None
     token_host: str = ""
     predictions: dict[str, str] | None = None  # `plan --check`: order -> predicted outcome
+    expires_at: str = ""  # as the plan says it (checked: a moment still to come)
 
     @property
     def age(self) -> str:
@@ -172,6 +173,7 @@ def load(path: Path, seal: Seal, now: datetime | None = None) -> Plan:
         ticket=_text(data, "ticket"),
         token_host=_text(data, "token_host") or "",
         predictions=_predictions(data),
+        expires_at=printable(str(data["expires_at"])),
     )
 
 
@@ -262,6 +264,7 @@ class PlanSource:
         self.name = name
         self.plan = plan  # its digest, operator, reason and ticket are recorded with the run
         self.digest = plan.digest if plan is not None else ""
+        self.expires_at = plan.expires_at if plan is not None else ""
 
     @classmethod
     def of(cls, plan: Plan, validator: IdValidator) -> PlanSource:
