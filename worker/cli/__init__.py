@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush_logs()  # the gathered log lines first: the error is the last line
         say(sys.stderr, f"cancel-orders: error: {printable(redact.text(str(exc)))}\n")
         return exc.exit_code
-    except Stopped as stop:  # SIGTERM or SIGHUP before (or after) a run's own handling
+    except Stopped as stop:  # SIGTERM or SIGHUP between event loops (runtime.signals)
         say(sys.stderr, f"cancel-orders: stopped by {stop.signal.name}: nothing more was sent\n")
         return stop.exit_code
     except KeyboardInterrupt:
