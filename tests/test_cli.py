@@ -321,6 +321,47 @@ async def test_a_signal_while_the_input_is_read_stops_the_command_cleanly(
     assert not ledger.exists()
 
 
+async def test_a_signal_during_checks_look_ups_stops_it_cleanly(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """SIGTERM while `check` looks orders up: it stops as a run does (its look-ups in flight
+    finish, no new one starts), says why, and exits 143."""
+    running = await make_sim(latency_ms=50)
+    src = write_ids(tmp_path / "o.csv", [f"CHK{n:010d}" for n in range(1, 301)])
+    env = sim_env(running, tmp_path / "l.sqlite", MOUVONE_RATE="20")
+    proc = await Cli(tmp_path).start("check", str(src), env=env)
+    for _ in range(3000):  # 30 s at most for the first look-ups
+        if len(running.sim.stats.arrivals) >= 5:
+            break
+        await asyncio.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 143, err.decode()[-2000:]
+    assert err.decode().endswith("cancel-orders: error: interrupted by SIGTERM\n")
+    assert 5 <= len(running.sim.stats.arrivals) < 300
+    assert not running.sim.stats.deletes
+
+
+async def test_a_signal_during_a_selection_stops_it_cleanly(make_sim: Any, tmp_path: Path) -> None:
+    """SIGTERM while `select` pages through the API's search (an event loop, outside any run):
+    the walk is cancelled, the command says why it stopped and exits 143, and no partial
+    list is left where a run could take it for the selection."""
+    running = await make_sim(orders=2000, seed=3, latency_ms=20)
+    out = tmp_path / "selection.csv"
+    env = sim_env(running, tmp_path / "l.sqlite", MOUVONE_RATE="2")
+    proc = await Cli(tmp_path).start("select", "--status", "Valid", "--output", str(out), env=env)
+    for _ in range(3000):  # 30 s at most for the first pages
+        if len(running.sim.stats.arrivals) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 143, err.decode()[-2000:]
+    assert err.decode().endswith("cancel-orders: stopped by SIGTERM: nothing more was sent\n")
+    assert len(running.sim.stats.arrivals) < 20
+    assert not out.exists()
+
+
 async def _until_it_catches(pid: int, signum: int) -> None:
     """Wait (30 s at most) until process ``pid`` has a handler for ``signum``."""
     status = Path(f"/proc/{pid}/status")

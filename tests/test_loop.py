@@ -27,21 +27,35 @@ def test_without_uvloop_asyncio_runs_them(monkeypatch: pytest.MonkeyPatch) -> No
     assert loop.run(_loop_module()).startswith("asyncio")
 
 
-async def _sigterm_handler() -> object:
-    return signal.getsignal(signal.SIGTERM)
+async def _signalled(signum: int, cleaned: list[str]) -> None:
+    """Raise ``signum`` in this process once the loop runs, and wait for ever."""
+    asyncio.get_running_loop().call_soon(signal.raise_signal, signum)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        cleaned.append("cleaned up")
 
 
-def test_sigterm_raises_between_event_loops_and_keeps_its_default_within() -> None:
-    """Between event loops SIGTERM raises Stopped (the command says why and exits 143); while
-    a loop runs it keeps its default, where uvloop would swallow the exception."""
+@pytest.mark.parametrize("uvloop", [True, False])
+def test_sigterm_ends_a_command_in_an_event_loop_and_between_them(
+    uvloop: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within an event loop SIGTERM cancels the loop's coroutine (its clean-up runs) and the
+    loop ends in Stopped (uvloop would swallow an exception raised by a signal handler);
+    between loops SIGTERM raises Stopped. Either way the command exits 143."""
+    if not uvloop:
+        monkeypatch.setitem(sys.modules, "uvloop", None)
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
     try:
         raise_on_stopping_signals()
-        assert loop.run(_sigterm_handler()) == signal.SIG_DFL
-        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # else it kills
+        cleaned: list[str] = []
         with pytest.raises(Stopped) as stopped:
-            signal.raise_signal(signal.SIGTERM)
+            loop.run(_signalled(signal.SIGTERM, cleaned))
         assert (stopped.value.signal, stopped.value.exit_code) == (signal.SIGTERM, 143)
+        assert cleaned == ["cleaned up"]
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # else it kills
+        with pytest.raises(Stopped):
+            signal.raise_signal(signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, before[0])
         signal.signal(signal.SIGHUP, before[1])

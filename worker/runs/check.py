@@ -15,6 +15,7 @@ from typing import TextIO
 from worker.domain.errors import FatalApiError, WorkerError
 from worker.domain.models import SUCCESS, Outcome, RunOptions
 from worker.ledger import SqliteLedger
+from worker.pipeline.control import with_signals
 from worker.reports.report import write_report
 from worker.runs.runner import Runner
 from worker.runtime import loop as event_loop
@@ -31,7 +32,8 @@ async def _predict_into(
         command="check", force=True, predict=True, progress_bar=progress_bar, total=source.scan()
     )
     predicting = settings.model_copy(update={"canary": 0, "max_failure_rate": None})
-    report = await Runner(predicting, source, ledger, options).execute()
+    runner = Runner(predicting, source, ledger, options)
+    report = await with_signals(runner.control, runner.execute())
     if report.reason is not None:
         error = FatalApiError if report.exit_code == 3 else WorkerError
         stopped = error(report.reason)

@@ -13,7 +13,7 @@ import gc
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-from worker.runtime.signals import default_while_a_loop_runs
+from worker.runtime.signals import loop_stops
 
 T = TypeVar("T")
 
@@ -22,14 +22,14 @@ RECANCEL_S = 1.0  # a task still running this long after its cancel is cancelled
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)`` on the fastest loop available (SIGTERM and SIGHUP at their default
-    while it runs: ``runtime.signals``)."""
-    with default_while_a_loop_runs():
+    """``asyncio.run(main)`` on the fastest loop available (SIGTERM and SIGHUP cancel it:
+    ``runtime.signals``)."""
+    with loop_stops(main) as coroutine:
         try:
             import uvloop  # noqa: PLC0415 - optional: not built for every platform
         except ImportError:
-            return asyncio.run(main)
-        return uvloop.run(main)
+            return asyncio.run(coroutine)
+        return uvloop.run(coroutine)
 
 
 async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
