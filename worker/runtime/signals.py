@@ -31,7 +31,7 @@ def stopping_signals() -> list[tuple[signal.Signals, int]]:
 
 
 class Stopped(BaseException):
-    """SIGTERM or SIGHUP between event loops. A BaseException, as KeyboardInterrupt is: no
+    """SIGTERM or SIGHUP outside a run. A BaseException, as KeyboardInterrupt is: no
     ``except Exception`` swallows it."""
 
     def __init__(self, signum: int) -> None:
