@@ -330,14 +330,9 @@ async def test_a_signal_during_checks_look_ups_stops_it_cleanly(
     src = write_ids(tmp_path / "o.csv", [f"CHK{n:010d}" for n in range(1, 301)])
     env = sim_env(running, tmp_path / "l.sqlite", MOUVONE_RATE="20")
     proc = await Cli(tmp_path).start("check", str(src), env=env)
-    for _ in range(3000):  # 30 s at most for the first look-ups
-        if len(running.sim.stats.arrivals) >= 5:
-            break
-        await asyncio.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 143, err.decode()[-2000:]
-    assert err.decode().endswith("cancel-orders: error: interrupted by SIGTERM\n")
+    err = await _terminated_after(proc, running, 5)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.endswith("cancel-orders: error: interrupted by SIGTERM\n")
     assert 5 <= len(running.sim.stats.arrivals) < 300
     assert not running.sim.stats.deletes
 
@@ -350,16 +345,25 @@ async def test_a_signal_during_a_selection_stops_it_cleanly(make_sim: Any, tmp_p
     out = tmp_path / "selection.csv"
     env = sim_env(running, tmp_path / "l.sqlite", MOUVONE_RATE="2")
     proc = await Cli(tmp_path).start("select", "--status", "Valid", "--output", str(out), env=env)
-    for _ in range(3000):  # 30 s at most for the first pages
-        if len(running.sim.stats.arrivals) >= 2:
+    err = await _terminated_after(proc, running, 2)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.endswith("cancel-orders: stopped by SIGTERM: nothing more was sent\n")
+    assert len(running.sim.stats.arrivals) < 20
+    assert not out.exists()
+
+
+async def _terminated_after(
+    proc: asyncio.subprocess.Process, running: RunningSimulator, requests: int
+) -> str:
+    """SIGTERM to ``proc`` once the simulator has had ``requests`` API requests (30 s at
+    most); what it said on stderr once it has ended."""
+    for _ in range(3000):
+        if len(running.sim.stats.arrivals) >= requests:
             break
         await asyncio.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 143, err.decode()[-2000:]
-    assert err.decode().endswith("cancel-orders: stopped by SIGTERM: nothing more was sent\n")
-    assert len(running.sim.stats.arrivals) < 20
-    assert not out.exists()
+    return err.decode()
 
 
 async def _until_it_catches(pid: int, signum: int) -> None:
