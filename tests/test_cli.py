@@ -422,6 +422,9 @@ async def test_a_terminal_that_closes_stops_the_run_as_sigterm(
     cli = Cli(tmp_path)
     runs = await cli.run("runs", "--ledger", str(ledger), env=env)
     assert "exit 129" in runs.stdout, runs.stdout
+    with contextlib.closing(sqlite3.connect(ledger)) as db:
+        (summary,) = db.execute("SELECT summary FROM runs").fetchone()
+    assert json.loads(summary)["ending"].startswith("interrupted by SIGHUP (its terminal closed);")
     done = await cli.run("run", str(src), "--yes", env={**env, "MOUVONE_LOG_FORMAT": "json"})
     assert done.code == 0, done.stderr[-2000:]
     assert {r["outcome"] for r in ledger_rows(ledger).values()} == {"cancelled"}

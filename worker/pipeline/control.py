@@ -83,7 +83,9 @@ class RunControl:
             log.warning("run_interrupted_again", signal=signal_name)
             return
         self.exit_code = exit_code
-        self.reason = f"interrupted by {signal_name}"
+        self.reason = f"interrupted by {signal_name}" + (
+            " (its terminal closed)" if signal_name == "SIGHUP" else ""
+        )
         self.stop_event.set()
         log.warning(
             "run_interrupted",
