@@ -124,7 +124,9 @@ class PgLedger(Ledger):
         stamp: str,
     ) -> Plan:
         valid = sorted({order_id for order_id, invalid in batch if invalid is None})
-        fresh = {row[0] for row in conn.execute(INSERT_NEW, (run_id, stamp, stamp, valid))}
+        fresh = {
+            row[0] for row in conn.execute(INSERT_NEW, (run_id, stamp, stamp, json_param(valid)))
+        }
         rest = [order_id for order_id, _ in batch if order_id not in fresh]
         args = {"ids": rest, "run": run_id, "force": force, "idle": self.claim_idle}
         locked = {row[0]: row[1:] for row in conn.execute(LOCK_HELD, args)} if rest else {}
