@@ -33,6 +33,7 @@ from worker.ledger.pg_sql import (
     PUBLISH,
     STATEMENTS,
     UPSERT,
+    any_of,
 )
 from worker.ledger.plan import Plan
 from worker.ledger.postgres import PgDb
@@ -128,12 +129,14 @@ class PgLedger(Ledger):
             row[0] for row in conn.execute(INSERT_NEW, (run_id, stamp, stamp, json_param(valid)))
         }
         rest = [order_id for order_id, _ in batch if order_id not in fresh]
-        args = {"ids": rest, "run": run_id, "force": force, "idle": self.claim_idle}
+        args = {"ids": json_param(rest), "run": run_id, "force": force, "idle": self.claim_idle}
         locked = {row[0]: row[1:] for row in conn.execute(LOCK_HELD, args)} if rest else {}
         missing = [order_id for order_id in rest if order_id not in locked]
         final: dict[str, str] = {
             order_id: outcome
-            for order_id, outcome in (conn.execute(OUTCOMES_OF, (missing,)) if missing else ())
+            for order_id, outcome in (
+                conn.execute(OUTCOMES_OF, (json_param(missing),)) if missing else ()
+            )
             if outcome in FINAL_VALUES
         }
         plan = Plan()
@@ -149,8 +152,8 @@ class PgLedger(Ledger):
         taken = [order_id for order_id in plan.to_send if order_id not in fresh]
         if taken:
             conn.execute(
-                "UPDATE orders SET run_id = %s, updated_at = %s WHERE order_id = ANY(%s)",
-                (run_id, stamp, taken),
+                f"UPDATE orders SET run_id = %s, updated_at = %s WHERE order_id {any_of()}",
+                (run_id, stamp, json_param(taken)),
             )
         if plan.invalid:
             conn.execute(UPSERT, {"rows": result_rows(plan.invalid), "run": run_id, "at": stamp})
@@ -180,7 +183,7 @@ class PgLedger(Ledger):
     # -- plumbing -----------------------------------------------------------------------------
 
     def _list(self, values: Sequence[str]) -> object:
-        return list(values)
+        return json_param(list(values))  # read by any_of()
 
     def _fetch(self, sql: str, args: Sequence[object] = ()) -> list[Row]:
         return self._pg.fetch(sql, args)

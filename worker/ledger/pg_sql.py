@@ -7,6 +7,14 @@ from __future__ import annotations
 import worker.ledger.statements as common
 from worker.ledger.schema import ATTEMPT_COLUMNS, CSV_COLUMNS, FINAL_SQL
 
+
+def any_of(param: str = "%s") -> str:
+    """``= ANY(...)`` of a list given as one JSON array (``json_param``): as a text array,
+    psycopg quoted each element in Python on the ledger thread (1.2 µs an ID against 0.1);
+    the array is made once, before the key's index is searched with it."""
+    return f"= ANY(ARRAY(SELECT jsonb_array_elements_text({param}::jsonb)))"
+
+
 # Every table of the SQLite ledger, with the same columns, plus what sharing needs: a run's
 # lease (``heartbeat_at``, renewed while it lives, and ``lease_s``, its term: the run holding it
 # sets it, every other run judges the lease by it) and its process (boot, PID namespace, PID:
@@ -97,7 +105,7 @@ INSERT_NEW = (
     "SELECT i, 'pending', 0, %s, %s, %s FROM jsonb_array_elements_text(%s::jsonb) AS i "
     "ORDER BY i ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
 )
-OUTCOMES_OF = "SELECT order_id, outcome FROM orders WHERE order_id = ANY(%s)"
+OUTCOMES_OF = f"SELECT order_id, outcome FROM orders WHERE order_id {any_of()}"
 
 UPSERT = f"""
 INSERT INTO orders (order_id, outcome, http_status, error_code, message, attempts, run_id,
@@ -137,7 +145,7 @@ SELECT o.order_id, o.outcome, o.run_id, o.updated_at,
        o.outcome = 'pending' AND r.finished_at IS NULL
            AND r.heartbeat_at > now() - make_interval(secs => coalesce(r.lease_s, %(idle)s))
 FROM orders o LEFT JOIN runs r ON r.run_id = o.run_id
-WHERE o.order_id = ANY(%(ids)s) AND (o.run_id = %(run)s OR %(force)s
+WHERE o.order_id {any_of("%(ids)s")} AND (o.run_id = %(run)s OR %(force)s
                                      OR o.outcome NOT IN ({FINAL_SQL}))
 FOR UPDATE OF o SKIP LOCKED
 """
@@ -156,13 +164,13 @@ STATEMENTS = common.Statements(
     "NULL GROUP BY error_code",
     rows=common.ROWS,
     rows_with=f"SELECT {_CSV} FROM orders WHERE outcome = %s ORDER BY order_id",
-    rows_of=f"SELECT {_CSV} FROM orders WHERE order_id = ANY(%s) ORDER BY order_id",
+    rows_of=f"SELECT {_CSV} FROM orders WHERE order_id {any_of()} ORDER BY order_id",
     timeline=common.TIMELINE,
     last_run=common.LAST_RUN,
     still_mine="SELECT order_id FROM orders WHERE run_id = %s AND outcome = 'pending' AND "
-    "order_id = ANY(%s)",
-    existing=f"{common.EXISTING_OF} WHERE o.order_id = ANY(%s)",
-    candidates="SELECT order_id FROM orders WHERE outcome = ANY(%s) AND order_id > %s "
+    f"order_id {any_of()}",
+    existing=f"{common.EXISTING_OF} WHERE o.order_id {any_of()}",
+    candidates=f"SELECT order_id FROM orders WHERE outcome {any_of()} AND order_id > %s "
     "ORDER BY order_id LIMIT %s",
     target="SELECT base_url FROM runs WHERE base_url IS NOT NULL AND (finished_at IS NULL "
     "OR coalesce((summary::jsonb ->> 'requests')::bigint, 1) > 0) ORDER BY started_at LIMIT 1",
