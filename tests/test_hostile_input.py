@@ -110,3 +110,26 @@ async def test_hostile_ids_never_change_the_path(cli: Cli, make_sim: Any, tmp_pa
     assert set(running.sim.stats.deletes) == set(ids)
     assert all(n == 1 for n in running.sim.stats.deletes.values())
     assert set(ledger_rows(ledger)) == set(ids)
+
+
+async def test_an_id_holding_nul_is_invalid_whatever_the_pattern(
+    cli: Cli, make_sim: Any, tmp_path: Path, ledger_location: str
+) -> None:
+    """An ID with U+0000 in it, under a pattern that accepts anything: `invalid`
+    (`WRONG_FORMAT`, the character shown as U+FFFD), never sent; the others cancelled. No
+    ledger can keep such an ID as it is: on PostgreSQL its claim took the U+FFFD one, then
+    waited for ever for the order its own run held."""
+    running = await make_sim()
+    path = tmp_path / "o.csv"
+    path.write_bytes(b"orderId\nNUL\x000000000001\nCDE0000000001\nCDE0000000002\n")
+    env = sim_env(running, ledger_location, MOUVONE_ID_PATTERN=".+")
+    done = await cli.run("run", str(path), "--yes", env=env, timeout=30)
+    assert done.code == 1, done.stderr[-2000:]
+    assert set(running.sim.stats.deletes) == {"CDE0000000001", "CDE0000000002"}
+    rows = ledger_rows(ledger_location)
+    held = rows["NUL\ufffd0000000001"]
+    assert (held["outcome"], held["error_code"]) == ("invalid", "WRONG_FORMAT")
+    assert "holds U+0000" in held["message"]
+    again = await cli.run("run", str(path), "--yes", env=env, timeout=30)  # the same command
+    assert again.code == 1, again.stderr[-2000:]
+    assert sum(running.sim.stats.deletes.values()) == 2

@@ -44,15 +44,22 @@ class IdValidator:
         self._regex = re.compile(pattern)
 
     def matches(self, value: str) -> bool:
-        """True when ``value`` is a well-formed order ID."""
-        return self._regex.fullmatch(value) is not None
+        """True when ``value`` is a well-formed order ID. None holds U+0000, whatever the
+        pattern (one that accepts anything, say): no ledger can keep it as it is (PostgreSQL's
+        text cannot hold it, the batches' JSON carries it as U+FFFD), so its row would be
+        another ID's."""
+        return "\x00" not in value and self._regex.fullmatch(value) is not None
 
     def check(self, value: str, where: str) -> tuple[str, Result | None]:
         """(ID, None) for a valid ID, else (stored ID, an `invalid` result saying why)."""
         if self.matches(value):
             return value, None
-        stored = value
-        if len(value) > MAX_STORED_ID:
-            stored = f"{value[:MAX_STORED_ID]}...(+{len(value) - MAX_STORED_ID} chars)"
-        message = f"{where}: does not match the ID pattern {self.pattern}"
-        return stored, Result(stored, Outcome.INVALID, None, "WRONG_FORMAT", message, 0)
+        stored = value.replace("\x00", "\ufffd")
+        if len(stored) > MAX_STORED_ID:
+            stored = f"{stored[:MAX_STORED_ID]}...(+{len(stored) - MAX_STORED_ID} chars)"
+        why = (
+            "holds U+0000, which no order ID does"
+            if "\x00" in value
+            else f"does not match the ID pattern {self.pattern}"
+        )
+        return stored, Result(stored, Outcome.INVALID, None, "WRONG_FORMAT", f"{where}: {why}", 0)
