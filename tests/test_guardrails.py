@@ -599,8 +599,13 @@ async def test_the_progress_names_the_canary_and_a_request_waiting(
         if line.startswith(b"{") and (event := json.loads(line))["event"] == "progress":
             stages.append(event["stage"])
     assert stages[-1].startswith("canary 4/5, 1 waiting over 10 s"), stages
-    status = await cli.run("control", "status", env=env)  # the same stage there
-    assert "canary 4/5, 1 waiting over 10 s" in status.stdout, status.stdout + status.stderr
+    said = ""
+    for _ in range(20):  # the same stage there, published every half second: the next one
+        status = await cli.run("control", "status", env=env)
+        said = status.stdout + status.stderr
+        if "canary 4/5, 1 waiting over 10 s" in said:
+            break
+    assert "canary 4/5, 1 waiting over 10 s" in said, said
     _, rest = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, rest.decode()[-2000:]
 

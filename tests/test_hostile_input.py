@@ -112,24 +112,32 @@ async def test_hostile_ids_never_change_the_path(cli: Cli, make_sim: Any, tmp_pa
     assert set(ledger_rows(ledger)) == set(ids)
 
 
-async def test_an_id_holding_nul_is_invalid_whatever_the_pattern(
+async def test_ids_no_ledger_can_keep_are_invalid_whatever_the_pattern(
     cli: Cli, make_sim: Any, tmp_path: Path, ledger_location: str
 ) -> None:
-    """An ID with U+0000 in it, under a pattern that accepts anything: `invalid`
-    (`WRONG_FORMAT`, the character shown as U+FFFD), never sent; the others cancelled. No
-    ledger can keep such an ID as it is: on PostgreSQL its claim took the U+FFFD one, then
-    waited for ever for the order its own run held."""
+    """Under a pattern that accepts anything, an ID with U+0000 in it and one of 600
+    characters are `invalid` (`WRONG_FORMAT`, saying why), never sent; the others cancelled,
+    and the same command again sends nothing. No ledger keeps the first as it is (PostgreSQL's
+    text cannot hold it; its claim took the U+FFFD ID, then waited for ever for the order its
+    own run held), and PostgreSQL's index cannot take the second (its claim failed the whole
+    batch: exit 3, nothing sent)."""
     running = await make_sim()
+    long_id = "L" * 600
     path = tmp_path / "o.csv"
-    path.write_bytes(b"orderId\nNUL\x000000000001\nCDE0000000001\nCDE0000000002\n")
+    path.write_bytes(
+        b"orderId\nNUL\x000000000001\n" + long_id.encode() + b"\nCDE0000000001\nCDE0000000002\n"
+    )
     env = sim_env(running, ledger_location, MOUVONE_ID_PATTERN=".+")
     done = await cli.run("run", str(path), "--yes", env=env, timeout=30)
     assert done.code == 1, done.stderr[-2000:]
     assert set(running.sim.stats.deletes) == {"CDE0000000001", "CDE0000000002"}
     rows = ledger_rows(ledger_location)
-    held = rows["NUL\ufffd0000000001"]
-    assert (held["outcome"], held["error_code"]) == ("invalid", "WRONG_FORMAT")
-    assert "holds U+0000" in held["message"]
+    nul = rows["NUL\ufffd0000000001"]
+    assert (nul["outcome"], nul["error_code"]) == ("invalid", "WRONG_FORMAT")
+    assert "holds U+0000" in nul["message"]
+    (long_row,) = [r for order_id, r in rows.items() if order_id.startswith("LLL")]
+    assert (long_row["outcome"], long_row["error_code"]) == ("invalid", "WRONG_FORMAT")
+    assert "600 characters long" in long_row["message"]
     again = await cli.run("run", str(path), "--yes", env=env, timeout=30)  # the same command
     assert again.code == 1, again.stderr[-2000:]
     assert sum(running.sim.stats.deletes.values()) == 2
