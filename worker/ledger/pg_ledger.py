@@ -126,16 +126,16 @@ class PgLedger(Ledger):
     ) -> Plan:
         valid = sorted({order_id for order_id, invalid in batch if invalid is None})
         fresh = {
-            row[0] for row in conn.execute(INSERT_NEW, (run_id, stamp, stamp, json_param(valid)))
+            row[0] for row in conn.execute(INSERT_NEW, (run_id, stamp, stamp, self._list(valid)))
         }
         rest = [order_id for order_id, _ in batch if order_id not in fresh]
-        args = {"ids": json_param(rest), "run": run_id, "force": force, "idle": self.claim_idle}
+        args = {"ids": self._list(rest), "run": run_id, "force": force, "idle": self.claim_idle}
         locked = {row[0]: row[1:] for row in conn.execute(LOCK_HELD, args)} if rest else {}
         missing = [order_id for order_id in rest if order_id not in locked]
         final: dict[str, str] = {
             order_id: outcome
             for order_id, outcome in (
-                conn.execute(OUTCOMES_OF, (json_param(missing),)) if missing else ()
+                conn.execute(OUTCOMES_OF, (self._list(missing),)) if missing else ()
             )
             if outcome in FINAL_VALUES
         }
@@ -153,7 +153,7 @@ class PgLedger(Ledger):
         if taken:
             conn.execute(
                 f"UPDATE orders SET run_id = %s, updated_at = %s WHERE order_id {any_of()}",
-                (run_id, stamp, json_param(taken)),
+                (run_id, stamp, self._list(taken)),
             )
         if plan.invalid:
             conn.execute(UPSERT, {"rows": result_rows(plan.invalid), "run": run_id, "at": stamp})

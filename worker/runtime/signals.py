@@ -24,10 +24,10 @@ T = TypeVar("T")
 def stopping_signals() -> list[tuple[signal.Signals, int]]:
     """The signals that stop a command, with their exit statuses; SIGHUP only when it is not
     ignored: a process started under ``nohup`` goes on when its terminal closes."""
-    signals = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+    signals = [signal.SIGINT, signal.SIGTERM]
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signals.append((signal.SIGHUP, 129))
-    return signals
+        signals.append(signal.SIGHUP)
+    return [(signum, 128 + signum) for signum in signals]
 
 
 class Stopped(BaseException):
