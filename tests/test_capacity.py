@@ -68,6 +68,9 @@ class _Source:
         await self.gate.wait()
         return OrderState(self.orders.pop(0)) if self.orders else None
 
+    def left(self) -> int | None:
+        return None  # more may come
+
 
 async def test_a_due_retry_goes_before_the_source_and_a_stop_keeps_what_waits() -> None:
     """On the virtual clock: an order shelved for 2 s comes back before the source's next one
@@ -94,6 +97,73 @@ async def test_a_due_retry_goes_before_the_source_and_a_stop_keeps_what_waits() 
     left = list(orders.leftovers())
     assert [(s.order_id, "retry" in why) for s, why in left] == [("CDE0000000002", True)]
     assert await orders.next(source) is None
+
+
+class _Input(_Source):
+    """A whole input: every order already known, so the orders left are counted."""
+
+    def left(self) -> int | None:
+        return len(self.orders)
+
+
+async def test_at_the_end_of_the_input_fresh_orders_go_before_a_due_retry_for_a_few_seconds() -> (
+    None
+):
+    """On the virtual clock, at 10 orders a second: a retry that became due waits behind the
+    fresh orders left while all of them would go within RETRY_LAG_S (5 s) of its time, and no
+    longer; a source whose end is not known (a stream) never holds a due retry back."""
+    clock = FakeClock()
+    orders = OrderPicker(RetryShelf(clock), lambda: False, lambda: 10.0)
+    source = _Input([f"CDE{k:010d}" for k in range(45)])
+    retry = OrderState("TMP0000000002")
+    orders.shelf.put(retry, 0.0)
+    await clock.run(asyncio.ensure_future(asyncio.sleep(0)))  # its timer: due now
+    assert orders.shelf.oldest_due() == clock.now
+    # 45 left: 4.5 s at the pace, within 5 s of its time: the fresh ones go first
+    taken = [await orders.next(source) for _ in range(5)]
+    assert [s.order_id for s in taken if s] == [f"CDE{k:010d}" for k in range(5)]
+    clock.advance(1.0)  # 40 left (4 s) and the retry 1 s late: 5 s, still within
+    fresh = await orders.next(source)
+    assert fresh is not None
+    assert fresh.order_id == "CDE0000000005"
+    clock.advance(0.5)  # 39 left (3.9 s), 1.5 s late: 5.4 s, past its lag: the retry goes
+    assert await orders.next(source) is retry
+    # the same retry before 60 orders left (6 s at the pace): it goes at once
+    orders = OrderPicker(RetryShelf(clock), lambda: False, lambda: 10.0)
+    source = _Input([f"CDE{k:010d}" for k in range(60)])
+    orders.shelf.put(retry, 0.0)
+    await clock.run(asyncio.ensure_future(asyncio.sleep(0)))
+    assert await orders.next(source) is retry
+    # a stream: the orders left are never known
+    orders = OrderPicker(RetryShelf(clock), lambda: False, lambda: 10.0)
+    orders.shelf.put(retry, 0.0)
+    await clock.run(asyncio.ensure_future(asyncio.sleep(0)))
+    assert await orders.next(_Source(["CDE0000000001"])) is retry
+
+
+async def test_the_last_retries_go_after_the_last_fresh_orders(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Through the CLI, one worker at --rate 100: an order answered 503 twice at the start of
+    an input that takes under 5 s at the rate is retried after the fresh orders, back to back at
+    the end, instead of at its backoff's time with the last slots left empty while it runs out;
+    every order is cancelled and the retried one has its three attempts."""
+    ledger = tmp_path / "l.sqlite"
+    wanted = ["TMP0000000002", *ids("CDE", 60)]
+    env = sim_env(
+        sim, ledger, MOUVONE_BACKOFF_BASE="0.05", MOUVONE_BACKOFF_CAP="0.1", MOUVONE_RATE="100"
+    )
+    done = await cli.run(
+        "run", str(write_ids(tmp_path / "o.csv", wanted)), "--yes", "--concurrency", "1", env=env
+    )
+    assert done.code == 0, done.stderr[-2000:]
+    order = [order for method, order, _, _ in sim.sim.stats.journal if method == "DELETE"]
+    assert order[0] == "TMP0000000002"
+    assert order[-2:] == ["TMP0000000002", "TMP0000000002"], order
+    assert sorted(order[1:-2]) == ids("CDE", 60)
+    rows = ledger_rows(ledger)
+    assert rows["TMP0000000002"]["attempts"] == 3
+    assert {r["outcome"] for r in rows.values()} == {"cancelled"}
 
 
 async def test_the_ledger_remembers_the_busiest_second_the_gateway_took(

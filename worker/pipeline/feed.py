@@ -48,6 +48,10 @@ class Feed:
         self._closed = True
         self._available.set()
 
+    def left(self) -> int | None:
+        """The IDs still to come, once the feed is closed (None before: more may come)."""
+        return len(self._ids) if self._closed else None
+
     async def get(self) -> str | None:
         """The next ID; None when the feed is closed and empty."""
         ids = self._ids

@@ -99,7 +99,9 @@ class Pool:
             required=s.required_statuses,
             predict=predict,
         )
-        self.orders = OrderPicker(RetryShelf(clock), lambda: control.stopping)
+        self.orders = OrderPicker(
+            RetryShelf(clock), lambda: control.stopping, lambda: self.limiter.pace_per_s
+        )
         self._after_canary: list[OrderState] = []  # tried by an earlier run: after the canary
 
     async def run(

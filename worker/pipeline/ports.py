@@ -33,6 +33,11 @@ class Source(Protocol):
         """The next order to send; None when there are no more."""
         ...
 
+    def left(self) -> int | None:
+        """The orders still to be taken, once the source knows no more will come; None while
+        more may (a stream's never do: its end is not known)."""
+        ...
+
     def ownership(self) -> Callable[[OrderState], Awaitable[bool]] | None:
         """The check, after the rate limiter and right before each DELETE, that an order is
         still this run's; None when nothing else can take it (a ledger file this run holds

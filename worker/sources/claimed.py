@@ -101,6 +101,10 @@ class ClaimedInput:
             state.handle = str(self._feed.epoch)  # confirmed in this epoch
         return bool(mine)
 
+    def left(self) -> int | None:
+        """The claimed orders not yet taken, once the whole input is claimed."""
+        return self._feed.left()
+
     async def take(self) -> OrderState | None:
         """The next claimed order; one an earlier run may have sent is looked up first."""
         order_id = await self._feed.get()

@@ -103,6 +103,9 @@ class StreamEntries:
         )
         return checked is not None and checked[0]
 
+    def left(self) -> None:
+        """A stream's end is never known: more entries may come."""
+
     async def take(self) -> OrderState | None:
         """The next entry still this consumer's; one already final is acknowledged here."""
         while not self._control.stopping:
