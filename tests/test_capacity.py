@@ -144,12 +144,14 @@ async def test_at_the_end_of_the_input_fresh_orders_go_before_a_due_retry_for_a_
 async def test_the_last_retries_go_after_the_last_fresh_orders(
     cli: Cli, sim: RunningSimulator, tmp_path: Path
 ) -> None:
-    """Through the CLI, one worker at --rate 100: an order answered 503 twice at the start of
-    an input that takes under 5 s at the rate is retried after the fresh orders, back to back at
-    the end, instead of at its backoff's time with the last slots left empty while it runs out;
-    every order is cancelled and the retried one has its three attempts."""
+    """Through the CLI, one worker at --rate 100: an order answered 503 twice near the start
+    of an input that takes under 5 s at the rate is retried after the fresh orders, back to back
+    at the end, instead of at its backoff's time with the last slots left empty while it runs
+    out; every order is cancelled and the retried one has its three attempts. (Sixth in the
+    input: the whole input is claimed long before its first answer.)"""
     ledger = tmp_path / "l.sqlite"
-    wanted = ["TMP0000000002", *ids("CDE", 60)]
+    fresh = ids("CDE", 60)
+    wanted = [*fresh[:5], "TMP0000000002", *fresh[5:]]
     env = sim_env(
         sim, ledger, MOUVONE_BACKOFF_BASE="0.05", MOUVONE_BACKOFF_CAP="0.1", MOUVONE_RATE="100"
     )
@@ -158,9 +160,9 @@ async def test_the_last_retries_go_after_the_last_fresh_orders(
     )
     assert done.code == 0, done.stderr[-2000:]
     order = [order for method, order, _, _ in sim.sim.stats.journal if method == "DELETE"]
-    assert order[0] == "TMP0000000002"
+    assert order[5] == "TMP0000000002"
     assert order[-2:] == ["TMP0000000002", "TMP0000000002"], order
-    assert sorted(order[1:-2]) == ids("CDE", 60)
+    assert sorted(order[:5] + order[6:-2]) == fresh
     rows = ledger_rows(ledger)
     assert rows["TMP0000000002"]["attempts"] == 3
     assert {r["outcome"] for r in rows.values()} == {"cancelled"}
