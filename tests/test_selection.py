@@ -285,6 +285,39 @@ async def test_check_is_a_run_with_the_runs_brakes(cli: Cli, make_sim: Any, tmp_
     assert not ledger.exists()
 
 
+async def test_check_tells_a_person_what_it_predicted_and_how_it_ended(
+    cli: Cli, make_sim: Any, tmp_path: Path
+) -> None:
+    """`check`'s table keeps its counts in one column whatever the predicted outcome's words
+    ("would be retryable_failed" is longer than the plain outcomes), and its summary event
+    ends as a check ends: orders that would not be cancelled, with no ledger to report on;
+    a stopped check recorded nothing, so nothing "stays pending" and nothing is resumed."""
+    running = await make_sim()
+    src = write_ids(tmp_path / "o.csv", ["CDE0000000001", "NFD0000000001", "ERR0000000001"])
+    env = sim_env(running, tmp_path / "l.sqlite", MOUVONE_MAX_ATTEMPTS="2")
+    checked = await cli.run("check", str(src), env=env)
+    assert checked.code == 1, checked.stderr[-2000:]
+    rows = [line for line in checked.stdout.splitlines() if line.startswith("would ")]
+    assert len(rows) == 8, checked.stdout
+    assert len({len(line) for line in rows}) == 1, checked.stdout  # one column of counts
+    assert "would be retryable_failed" in checked.stdout
+    events = [json.loads(line) for line in checked.stderr.splitlines() if line.startswith("{")]
+    ended = [e for e in events if e["event"] == "check_summary"]
+    assert [e["ending"] for e in ended] == [
+        "checked; some orders would not be cancelled (the report)"
+    ]
+
+    stop = tmp_path / "stop"
+    stop.touch()
+    stopped = await cli.run("check", str(src), "--stop-file", str(stop), env=env)
+    assert stopped.code == 4, stopped.stderr[-2000:]
+    events = [json.loads(line) for line in stopped.stderr.splitlines() if line.startswith("{")]
+    (ending,) = [e["ending"] for e in events if e["event"] == "check_summary"]
+    assert ending.endswith("; nothing was recorded: the same command checks every order again")
+    assert "pending" not in ending
+    assert "resume" not in ending
+
+
 async def test_plan_check_shows_its_progress(cli: Cli, make_sim: Any, tmp_path: Path) -> None:
     """`plan --check` looks every order up at --rate and says how far it is, as a run does
     (progress events off a terminal, with the count to do)."""

@@ -158,6 +158,7 @@ class RunReport:
     resume: str = ""  # the command line that resumes it
     plan: str = ""  # the digest of the plan it applied
     resume_before: str = ""  # when the resume's plan expires (`apply` stopped early)
+    predicted: bool = False  # a check's: its outcomes are predictions, nothing is recorded
 
     @property
     def ending(self) -> str:
@@ -166,6 +167,11 @@ class RunReport:
         code = self.exit_code
         if code == 0:
             return "done"
+        if self.predicted:
+            if code == 1:
+                return "checked; some orders would not be cancelled (the report)"
+            why = self.reason or f"exit {code}"
+            return f"{why}; nothing was recorded: the same command checks every order again"
         if code == 1:
             if self.dry_run:
                 return "some IDs of the input are invalid (above); nothing was sent"

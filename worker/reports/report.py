@@ -124,12 +124,14 @@ def render_counts(data: dict[str, object]) -> str:
     lines.append(f"Orders: {data['total']}")
     lines.append("")
     predicted = bool(data.get("predicted"))
-    lines.append(f"{'predicted outcome' if predicted else 'outcome':<20}{'orders':>10}")
     outcomes = data["outcomes"]
     assert isinstance(outcomes, dict)
     only = data.get("only")  # --outcome: that row alone, not six rows of zeros
+    names = {name: _predicted(name) if predicted else name for name in outcomes}
+    wide = max([20, *(len(name) + 2 for name in names.values())])  # a prediction's: longer
+    lines.append(f"{'predicted outcome' if predicted else 'outcome':<{wide}}{'orders':>10}")
     lines.extend(
-        f"{_predicted(name) if predicted else name:<20}{count:>10}"
+        f"{names[name]:<{wide}}{count:>10}"
         for name, count in outcomes.items()
         if only is None or name == only
     )

@@ -223,4 +223,5 @@ class Runner:
             resume=self._options.resume if stopped else "",
             plan=self._options.plan,
             resume_before=self._options.plan_expires_at if stopped else "",
+            predicted=self._options.predict,
         )
