@@ -12,6 +12,7 @@ from worker.cli.common import say, settings_from
 from worker.cli.flags import REPORT_KEYS, RUN_GROUPS, keys_of
 from worker.cli.inputs import source_from
 from worker.domain.errors import ConfigError
+from worker.domain.models import CHECKED_FAILING
 from worker.ledger import Ledger, ledger_at
 from worker.reports.report import open_output, write_report
 
@@ -60,6 +61,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         out = open_output(args.output, stack)
         bar = sys.stderr.isatty()
         code = run_check(settings, source, out, args.format, args.outcome, progress_bar=bar)
-    said = "done" if code == 0 else "checked; some orders would not be cancelled (the report)"
+    said = "done" if code == 0 else CHECKED_FAILING
     say(sys.stderr, f"cancel-orders: {said}\n")  # the last line, as every run's
     return code

@@ -139,6 +139,10 @@ class RunOptions:
     predict: bool = False  # `check`: each order's GET says what its DELETE would answer
 
 
+# how a check that predicts failures ends (its last line and its summary event)
+CHECKED_FAILING = "checked; some orders would not be cancelled (the report)"
+
+
 @dataclass
 class RunReport:
     """How a run ended."""
@@ -169,7 +173,7 @@ class RunReport:
             return "done"
         if self.predicted:
             if code == 1:
-                return "checked; some orders would not be cancelled (the report)"
+                return CHECKED_FAILING
             why = self.reason or f"exit {code}"
             return f"{why}; nothing was recorded: the same command checks every order again"
         if code == 1:
