@@ -119,6 +119,37 @@ def test_bad_config_file(tmp_path: Path) -> None:
         load_settings({}, typo, env_file=tmp_path / "none")
 
 
+def test_a_bad_value_names_where_it_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad value from a file or the environment names its source: the --config file and its
+    line, the .env file and its line, the environment's variable; one given as a flag is the
+    person's own, named by the setting alone. The source that counts is the one named (a flag
+    over the environment over .env over the file)."""
+    config = tmp_path / "job.toml"
+    config.write_text('# the night job\nconcurrency = 8\nrate = "fast"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings({}, config, env_file=tmp_path / "none")
+    assert str(err.value).startswith("invalid setting rate: Input should be a valid number")
+    assert str(err.value).endswith(f"(from {config} line 3)")
+
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("OTHER=1\nexport MOUVONE_RATE=slow\n")
+    dotenv.chmod(0o600)
+    with pytest.raises(ConfigError) as err:
+        load_settings({}, config, env_file=dotenv)
+    assert str(err.value).endswith(f"(from {dotenv} line 2)")
+
+    monkeypatch.setenv("MOUVONE_RATE", "abc")
+    with pytest.raises(ConfigError) as err:
+        load_settings({}, config, env_file=dotenv)
+    assert str(err.value).endswith("(from MOUVONE_RATE in the environment)")
+
+    with pytest.raises(ConfigError) as err:
+        load_settings({"rate": -1}, config, env_file=dotenv)
+    assert str(err.value) == "invalid setting rate: Input should be greater than 0"
+
+
 def test_environment_can_be_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo builds settings that a real credential in the environment cannot reach."""
     monkeypatch.setenv("MOUVONE_ACCESS_TOKEN", "real-token")

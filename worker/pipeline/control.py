@@ -118,7 +118,9 @@ def limits_watcher(settings: Settings, control: RunControl, clock: Clock) -> Awa
     if ahead is None and settings.stop_file is None:
         return None
     if ahead is not None and ahead <= 0:  # passed before sending starts: nothing is sent
-        control.stop_by_limit("the deadline had passed before anything was sent (--until)")
+        control.stop_by_limit(
+            "the deadline had passed before anything was sent (--until / --run-time)"
+        )
         return None
     deadline = None if ahead is None else clock.monotonic() + ahead
     log.info("run_limits", deadline_in_s=ahead, stop_file=str(settings.stop_file or "") or None)

@@ -4,6 +4,7 @@ file, the flags; a bad value becomes one line naming the setting."""
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from contextlib import suppress
 from pathlib import Path
@@ -49,7 +50,9 @@ def load_settings(
     try:
         return Settings(**given)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc, config_file)) from None
+        key = ".".join(str(part) for part in exc.errors()[0]["loc"])
+        source = None if key in given else _source(key, config_file, env_file, environment)
+        raise ConfigError(_one_line(exc, config_file, source)) from None
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML
         raise ConfigError(f"{config_file}: {exc}") from None
     finally:
@@ -84,13 +87,46 @@ def given_elsewhere(config_file: Path | None, env_file: Path | None = Path(".env
     return given
 
 
-def _one_line(exc: ValidationError, config_file: Path | None) -> str:
+def _source(
+    key: str, config_file: Path | None, env_file: Path | None, environment: bool
+) -> str | None:
+    """Where a setting not given as a flag came from, in the order the sources count: the
+    environment's variable, the .env file's line, the --config file's line; None when none
+    of them sets it (the shipped defaults, or a rule across settings)."""
+    if not key:
+        return None
+    variable = f"{ENV_PREFIX}{key.upper()}"
+    if environment:
+        if variable in os.environ:
+            return f"from {variable} in the environment"
+        line = _line_of(env_file, rf"(export\s+)?{variable}\s*=")
+        if line is not None:
+            return f"from {env_file} line {line}"
+    line = _line_of(config_file, rf"{re.escape(key)}\s*=")
+    return None if line is None else f"from {config_file} line {line}"
+
+
+def _line_of(path: Path | None, pattern: str) -> int | None:
+    """The number of the first line of ``path`` that starts with ``pattern``, if any."""
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return None
+    found = re.compile(pattern, re.IGNORECASE)
+    return next((n for n, line in enumerate(lines, 1) if found.match(line.strip())), None)
+
+
+def _one_line(exc: ValidationError, config_file: Path | None, source: str | None = None) -> str:
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         where = f"{config_file} or .env" if config_file else ".env"
         message = f"unknown setting (in {where})"
+    elif source is not None:
+        message = f"{message} ({source})"
     extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     if not key:  # a rule across settings: the message names them
         return f"invalid settings: {message}{extra}"
