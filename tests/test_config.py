@@ -134,11 +134,11 @@ def test_a_bad_value_names_where_it_came_from(
     assert str(err.value).endswith(f"(from {config} line 3)")
 
     dotenv = tmp_path / ".env"
-    dotenv.write_text("OTHER=1\nexport MOUVONE_RATE=slow\n")
+    dotenv.write_text("MOUVONE_RATE=7\nOTHER=1\nexport MOUVONE_RATE=slow\n")  # the last counts
     dotenv.chmod(0o600)
     with pytest.raises(ConfigError) as err:
         load_settings({}, config, env_file=dotenv)
-    assert str(err.value).endswith(f"(from {dotenv} line 2)")
+    assert str(err.value).endswith(f"(from {dotenv} line 3)")
 
     monkeypatch.setenv("MOUVONE_RATE", "abc")
     with pytest.raises(ConfigError) as err:

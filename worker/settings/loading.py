@@ -1,5 +1,6 @@
 """Reading the settings: the .env file (its MOUVONE_ lines, only when private), the --config
-file, the flags; a bad value becomes one line naming the setting."""
+file, the flags; a bad value becomes one line naming the setting, and where it came from when
+that was not a flag."""
 
 from __future__ import annotations
 
@@ -107,7 +108,8 @@ def _source(
 
 
 def _line_of(path: Path | None, pattern: str) -> int | None:
-    """The number of the first line of ``path`` that starts with ``pattern``, if any."""
+    """The number of the last line of ``path`` that starts with ``pattern`` (the one that
+    counts, in a .env file that sets a variable twice), if any."""
     if path is None:
         return None
     try:
@@ -115,7 +117,8 @@ def _line_of(path: Path | None, pattern: str) -> int | None:
     except (OSError, ValueError):
         return None
     found = re.compile(pattern, re.IGNORECASE)
-    return next((n for n, line in enumerate(lines, 1) if found.match(line.strip())), None)
+    matching = [n for n, line in enumerate(lines, 1) if found.match(line.strip())]
+    return matching[-1] if matching else None
 
 
 def _one_line(exc: ValidationError, config_file: Path | None, source: str | None = None) -> str:
