@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import random
+import re
 import select
 import shutil
 import signal
@@ -60,7 +61,12 @@ async def test_mixed_run_exit_1_with_summary_and_events(
     src = write_ids(tmp_path / "orders.csv", MIXED)
     done = await cli.run("run", str(src), "--yes", "--max-attempts", "2", env=sim_env(sim, ledger))
     assert done.code == 1, done.stderr
-    assert "cancelled                    2" in done.stdout
+    assert "cancelled                     2" in done.stdout
+    # every count in one column: the outcomes' lines, the fixed ones and the requests
+    counts = [re.match(r"  [a-z_ ]+? +(\d+)(   .*)?$", line) for line in done.stdout.splitlines()]
+    ends = {m.end(1) for m in counts if m}
+    assert len([m for m in counts if m]) >= 9, done.stdout
+    assert len(ends) == 1, done.stdout
     assert "error codes:" in done.stdout
     assert f"cancel-orders report --ledger {ledger} --outcome rejected" in done.stdout
     assert f"cancel-orders retry --ledger {ledger}" in done.stdout

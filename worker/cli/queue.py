@@ -21,7 +21,7 @@ from worker.ledger import SqliteLedger
 from worker.pipeline.control import with_signals
 from worker.queue.connection import names, open_redis_problem, streams_for
 from worker.queue.results import read_results
-from worker.reports.report import write_report
+from worker.reports.report import sent_lines, write_report
 from worker.runs.consumer import Consumer
 from worker.runs.enqueue import enqueue, redrive
 from worker.runs.lifecycle import cap
@@ -85,11 +85,7 @@ def render_consumed(report: RunReport, settings: Settings) -> str:
     lines = [head + (f" ({report.reason})" if report.reason else "")]
     outcomes = data["outcomes"]
     assert isinstance(outcomes, dict)
-    lines.extend(f"  {name:<20}{count:>10}" for name, count in outcomes.items() if count)
-    lines.append(
-        f"  requests             {data['requests']:>10}   in {data['elapsed_s']} s"
-        f" ({data['rate_per_s']}/s)"
-    )
+    lines.extend(sent_lines(data, outcomes))
     codes = data.get("error_codes")
     if isinstance(codes, dict) and codes:
         lines.append("  error codes: " + ", ".join(f"{c} {n}" for c, n in codes.items()))

@@ -159,7 +159,7 @@ def render_run(data: dict[str, object]) -> str:
     lines.append(f"  orders read          {data['orders_read']:>10}")
     lines.append(f"  already final        {data['skipped_final']:>10}   (in the ledger: not sent)")
     lines.append(f"  duplicates           {data['duplicates']:>10}   (sent once)")
-    lines.extend(_dry_lines(data, outcomes) if dry else _sent_lines(data, outcomes))
+    lines.extend(_dry_lines(data, outcomes) if dry else sent_lines(data, outcomes))
     codes = data.get("error_codes")
     if isinstance(codes, dict) and codes:
         lines.append("  error codes: " + ", ".join(f"{c} {n}" for c, n in codes.items()))
@@ -198,14 +198,15 @@ def _dry_lines(data: dict[str, object], outcomes: dict[str, int]) -> list[str]:
     return lines
 
 
-def _sent_lines(data: dict[str, object], outcomes: dict[str, int]) -> list[str]:
-    lines = [f"  {name:<20}{count:>10}" for name, count in outcomes.items() if count]
+def sent_lines(data: dict[str, object], outcomes: dict[str, int]) -> list[str]:
+    """The counts of a run that sent: its outcomes, requests, pauses, learned rate, outage."""
+    lines = [f"  {name:<21}{count:>10}" for name, count in outcomes.items() if count]
     lines.append(
         f"  requests             {data['requests']:>10}   in {data['elapsed_s']} s"
         f" ({data['rate_per_s']}/s)"
     )
     if data.get("paused_s"):
-        lines.append(f"  paused by the gateway{data['paused_s']:>9} s   (429 / quota Retry-After)")
+        lines.append(f"  paused by the gateway{data['paused_s']:>10} s   (429 / quota Retry-After)")
     if data.get("lowest_rate") is not None:
         lines.append(f"  rate lowered to      {data['lowest_rate']:>10}/s (after 429 answers)")
     if data.get("outage_s"):
