@@ -125,8 +125,9 @@ async def test_control_pauses_rerates_and_stops_a_running_run(
     cli: Cli, sim: RunningSimulator, tmp_path: Path
 ) -> None:
     """`control` through the ledger: pause brings the requests to zero and status says so,
-    resume brings them back, `rate 5` holds the run at 5 a second, stop ends it with exit 4,
-    and the same command afterwards finishes the rest."""
+    resume brings them back, `rate 5` holds the run at 5 a second, `rate 50` over its ceiling
+    is said to be held at it, stop ends it with exit 4, and the same command afterwards
+    finishes the rest."""
     ledger = tmp_path / "l.sqlite"
     # enough orders that the run cannot finish while the `control` commands start (seconds
     # each on a busy machine): at 20/s, 20 s of them
@@ -146,6 +147,11 @@ async def test_control_pauses_rerates_and_stops_a_running_run(
     since = time.monotonic()
     await asyncio.wait_for(sim.sim.wait_for_deletes(len(sim.sim.stats.deletes) + 12), 30)
     assert _busiest_second([t for t in sim.sim.stats.arrivals if t > since]) <= 5
+    # over the run's ceiling (its --rate, 20: no --max-rate): taken as the ceiling, and said
+    capped = await cli.run("control", "--ledger", str(ledger), "rate", "50")
+    assert capped.code == 0
+    assert "at most 20/s, its ceiling" in capped.stdout, capped.stdout
+    assert "at most 20.0" in await _until_status(cli, ledger, "set 20.0")
     assert (await cli.run("control", "--ledger", str(ledger), "stop")).code == 0
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 4, err.decode()[-2000:]

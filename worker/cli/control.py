@@ -54,6 +54,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         return 0
     ledger_control.command(path, run_id, commands_for(args.action, args.value))
     print(f"Run {run_id} on {path}: {_said(args)} (taken within a second)")
+    _say_capped(args, [{"consumer": run_id, **ledger_control.status(path, run_id)}])
     return 0
 
 
@@ -67,6 +68,7 @@ def _shared(url: PostgresUrl, claim_idle: float, args: argparse.Namespace) -> in
         return 0
     pg_control.command(url, run_ids, commands_for(args.action, args.value))
     print(f"{len(run_ids)} runs on {url}: {_said(args)} (taken within a second)")
+    _say_capped(args, pg_control.statuses(url, run_ids))
     return 0
 
 
@@ -112,6 +114,23 @@ def _status_of(text: str) -> dict[str, Any]:
     return status if isinstance(status, dict) else {"unreadable": True}
 
 
+def _say_capped(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> None:
+    """After `control rate R`: the runs whose ceiling is under R, which go at their ceiling
+    (from the status each last published; a run of an earlier version published none)."""
+    if args.action != "rate":
+        return
+    asked = float(args.value)
+    for status in statuses:
+        ceiling = status.get("max_rate")
+        if isinstance(ceiling, int | float) and ceiling < asked:
+            print(
+                printable(
+                    f"  run {status.get('consumer')}: at most {ceiling:g}/s, its ceiling "
+                    "(--max-rate, else the --rate it started with)"
+                )
+            )
+
+
 def _said(args: argparse.Namespace) -> str:
     return f"{args.action} {args.value}" if args.value else args.action
 
@@ -135,9 +154,10 @@ def render_status(title: str, statuses: list[dict[str, Any]]) -> str:
         outcomes = ", ".join(f"{k} {v}" for k, v in counts)
         paused = "paused" if status.get("paused") else "running"
         stage = status.get("stage") or paused  # a run of an earlier version published no stage
+        ceiling = f", at most {status['max_rate']}" if "max_rate" in status else ""
         lines.append(
             f"{who}{stage}, {done} done, rate {status.get('rate')}/s "
-            f"(set {status.get('configured_rate')}), requests {status.get('requests')}, "
+            f"(set {status.get('configured_rate')}{ceiling}), requests {status.get('requests')}, "
             f"at {status.get('updated_at')}"
         )
         if outcomes:

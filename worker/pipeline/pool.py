@@ -262,6 +262,7 @@ class Pool:
             "requests": self.control.requests,
             "rate": round(self.limiter.pace_per_s, 3),
             "configured_rate": self.limiter.rate_per_s,
+            "max_rate": self._settings.rate_ceiling,  # the most `control rate` may set
             "stopping": self.control.stopping,
             "updated_at": now_iso(),
         }
