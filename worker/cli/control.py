@@ -54,7 +54,10 @@ def cmd_control(args: argparse.Namespace) -> int:
         return 0
     ledger_control.command(path, run_id, commands_for(args.action, args.value))
     print(f"Run {run_id} on {path}: {_said(args)} (taken within a second)")
-    _say_capped(args, [{"consumer": run_id, **ledger_control.status(path, run_id)}])
+    if args.action == "rate":
+        _say_capped(
+            float(args.value), [{"consumer": run_id, **ledger_control.status(path, run_id)}]
+        )
     return 0
 
 
@@ -68,7 +71,8 @@ def _shared(url: PostgresUrl, claim_idle: float, args: argparse.Namespace) -> in
         return 0
     pg_control.command(url, run_ids, commands_for(args.action, args.value))
     print(f"{len(run_ids)} runs on {url}: {_said(args)} (taken within a second)")
-    _say_capped(args, pg_control.statuses(url, run_ids))
+    if args.action == "rate":
+        _say_capped(float(args.value), pg_control.statuses(url, run_ids))
     return 0
 
 
@@ -84,7 +88,8 @@ def _group(settings: Settings, action: str, value: str | None) -> int:
             if action != "status":
                 wanted: Any = commands_for(action, value)
                 await streams.redis.hset(control_key, mapping=wanted)
-                return {}
+                published: Any = await streams.redis.hgetall(status_key)
+                return {"consumers": published}
             standing: Any = await streams.redis.hgetall(control_key)
             found: Any = await streams.redis.hgetall(status_key)
             return {"standing": standing, "consumers": found}
@@ -93,12 +98,14 @@ def _group(settings: Settings, action: str, value: str | None) -> int:
 
     group = settings.queue_names[1]
     answer = event_loop.run(main())
-    if action != "status":
-        print(f"Group {group}: {action}{f' {value}' if value else ''} (taken within a second)")
-        return 0
     consumers = [
         {"consumer": name, **_status_of(text)} for name, text in sorted(answer["consumers"].items())
     ]
+    if action != "status":
+        print(f"Group {group}: {action}{f' {value}' if value else ''} (taken within a second)")
+        if action == "rate":
+            _say_capped(float(value or 0), consumers)
+        return 0
     standing = ", ".join(f"{k}={v}" for k, v in sorted(answer["standing"].items()) if v)
     print(render_status(f"Group {group} (standing: {standing or 'none'})", consumers))
     return 0
@@ -114,18 +121,16 @@ def _status_of(text: str) -> dict[str, Any]:
     return status if isinstance(status, dict) else {"unreadable": True}
 
 
-def _say_capped(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> None:
-    """After `control rate R`: the runs whose ceiling is under R, which go at their ceiling
-    (from the status each last published; a run of an earlier version published none)."""
-    if args.action != "rate":
-        return
-    asked = float(args.value)
+def _say_capped(asked: float, statuses: list[dict[str, Any]]) -> None:
+    """After `control rate R`: the runs (or consumers) whose ceiling is under R, which go at
+    their ceiling (from the status each last published; one of an earlier version published
+    none)."""
     for status in statuses:
         ceiling = status.get("max_rate")
         if isinstance(ceiling, int | float) and ceiling < asked:
             print(
                 printable(
-                    f"  run {status.get('consumer')}: at most {ceiling:g}/s, its ceiling "
+                    f"  {status.get('consumer')}: at most {ceiling:g}/s, its ceiling "
                     "(--max-rate, else the --rate it started with)"
                 )
             )
