@@ -88,7 +88,8 @@ def _group(settings: Settings, action: str, value: str | None) -> int:
             if action != "status":
                 wanted: Any = commands_for(action, value)
                 await streams.redis.hset(control_key, mapping=wanted)
-                published: Any = await streams.redis.hgetall(status_key)
+                # `rate`: whose ceiling is under it (_say_capped)
+                published: Any = await streams.redis.hgetall(status_key) if action == "rate" else {}
                 return {"consumers": published}
             standing: Any = await streams.redis.hgetall(control_key)
             found: Any = await streams.redis.hgetall(status_key)

@@ -156,15 +156,15 @@ def render_run(data: dict[str, object]) -> str:
     assert isinstance(outcomes, dict)
     if data.get("target"):
         lines.append(f"  target: {data['target']}")
-    lines.append(f"  orders read          {data['orders_read']:>10}")
-    lines.append(f"  already final        {data['skipped_final']:>10}   (in the ledger: not sent)")
-    lines.append(f"  duplicates           {data['duplicates']:>10}   (sent once)")
+    lines.append(_count("orders read", data["orders_read"]))
+    lines.append(_count("already final", data["skipped_final"], "   (in the ledger: not sent)"))
+    lines.append(_count("duplicates", data["duplicates"], "   (sent once)"))
     lines.extend(_dry_lines(data, outcomes) if dry else sent_lines(data, outcomes))
     codes = data.get("error_codes")
     if isinstance(codes, dict) and codes:
         lines.append("  error codes: " + ", ".join(f"{c} {n}" for c, n in codes.items()))
     if data.get("not_read"):
-        lines.append(f"  not read from input  {data['not_read']:>10}   (the run stopped first)")
+        lines.append(_count("not read from input", data["not_read"], "   (the run stopped first)"))
     if data.get("resume"):
         # After a stop, one instruction: the same command finishes the claimed orders (looked
         # up first only if they may have been sent) and reads the rest of the input.
@@ -183,8 +183,8 @@ def render_run(data: dict[str, object]) -> str:
 
 def _dry_lines(data: dict[str, object], outcomes: dict[str, int]) -> list[str]:
     lines = [
-        f"  would send           {data['would_send']:>10}",
-        f"  invalid              {outcomes.get('invalid', 0):>10}",
+        _count("would send", data["would_send"]),
+        _count("invalid", outcomes.get("invalid", 0)),
     ]
     layout = data.get("input")
     if isinstance(layout, dict) and layout:
@@ -200,20 +200,22 @@ def _dry_lines(data: dict[str, object], outcomes: dict[str, int]) -> list[str]:
 
 def sent_lines(data: dict[str, object], outcomes: dict[str, int]) -> list[str]:
     """The counts of a run that sent: its outcomes, requests, pauses, learned rate, outage."""
-    lines = [f"  {name:<21}{count:>10}" for name, count in outcomes.items() if count]
-    lines.append(
-        f"  requests             {data['requests']:>10}   in {data['elapsed_s']} s"
-        f" ({data['rate_per_s']}/s)"
-    )
+    lines = [_count(name, count) for name, count in outcomes.items() if count]
+    took = f"   in {data['elapsed_s']} s ({data['rate_per_s']}/s)"
+    lines.append(_count("requests", data["requests"], took))
     if data.get("paused_s"):
-        lines.append(f"  paused by the gateway{data['paused_s']:>10} s   (429 / quota Retry-After)")
+        paused = " s   (429 / quota Retry-After)"
+        lines.append(_count("paused by the gateway", data["paused_s"], paused))
     if data.get("lowest_rate") is not None:
-        lines.append(f"  rate lowered to      {data['lowest_rate']:>10}/s (after 429 answers)")
+        lines.append(_count("rate lowered to", data["lowest_rate"], "/s (after 429 answers)"))
     if data.get("outage_s"):
-        lines.append(
-            f"  API outage           {data['outage_s']:>10} s   (5xx, timeouts: nothing sent)"
-        )
+        lines.append(_count("API outage", data["outage_s"], " s   (5xx, timeouts: nothing sent)"))
     return lines
+
+
+def _count(label: str, value: object, after: str = "") -> str:
+    """One line of a summary's counts: every value ends in the same column."""
+    return f"  {label:<21}{value:>10}{after}"
 
 
 def _next_steps(outcomes: dict[str, int], ledger: str) -> list[str]:
