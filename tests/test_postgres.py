@@ -17,7 +17,9 @@ from typing import Any
 import psycopg
 
 from tests.support import Cli, Queue, cut_database, ids, ledger_rows, sim_env, table_rows, write_ids
-from worker.ledger import SCHEMA_VERSION
+from worker.domain.location import PostgresUrl
+from worker.domain.models import Outcome, Result
+from worker.ledger import SCHEMA_VERSION, ledger_at
 from worker.simulator import RunningSimulator
 
 MIXED = [*ids("CDE", 3), "NFD0000000001", "SUB0000000001", "TMP0000000002", "bad id!"]
@@ -184,6 +186,62 @@ async def test_two_hosts_share_one_input_and_ledger(
     sent = [json.loads(r["summary"])["requests"] for r in runs]
     assert sum(sent) == len(wanted)
     assert min(sent) > 0, sent
+
+
+async def test_an_order_a_peer_failed_is_left_to_the_next_run(
+    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str, spawned: list[Any]
+) -> None:
+    """Two hosts given the same input at once: an order that always fails gets its attempts
+    once, from the run that holds it; the other run, begun before it ended, leaves it to the
+    next run (it says so, and exits 1: not every order of its input was cancelled). The same
+    command afterwards, a run begun after the failure, retries it."""
+    sim = await make_sim()
+    wanted = ["ERR0000000001", *ids("CDE", 3)]
+    src = write_ids(tmp_path / "in.csv", wanted)
+    env = sim_env(sim, pg_url, MOUVONE_MAX_ATTEMPTS="3", MOUVONE_CLAIM_IDLE="2")
+    sim.sim.hold()
+    first = await _run(cli, spawned, src, env)
+    await sim.sim.wait_for_held(1)  # it holds the whole input, its first DELETE unanswered
+    second = await _run(cli, spawned, src, env)
+    await _both_begun(cli, env)
+    sim.sim.release()
+    outs = [await asyncio.wait_for(p.communicate(), 60) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [1, 1], [o[1][-1500:] for o in outs]
+    assert _deletes(sim) == Counter({"ERR0000000001": 3, **dict.fromkeys(wanted[1:], 1)})
+    said = outs[1][0].decode()
+    assert re.search(r"failed in another run +1 +\(retryable_failed since this run began", said)
+    assert ledger_rows(pg_url)["ERR0000000001"]["outcome"] == "retryable_failed"
+    again = await cli.run("run", str(src), "--yes", env=env)
+    assert again.code == 1, again.stderr[-1500:]
+    assert _deletes(sim)["ERR0000000001"] == 6
+    assert "failed in another run" not in again.stdout
+
+
+def test_a_claim_leaves_what_a_peer_failed_since_it_began(pg_url: str) -> None:
+    """A claim takes an order another run ended `retryable_failed` before this run began (the
+    resume of a failed run), leaves one it ended after (`failed_elsewhere`: its attempts were
+    spent, by the same job), unless forced; an order pending under the live peer stays held."""
+    a, b, c = "ABC0000000001", "ABC0000000002", "ABC0000000003"
+    ledger = ledger_at(PostgresUrl(pg_url))
+    try:
+        ledger.begin_run("peer", "run", "http://127.0.0.1:1")
+        ledger.claim([(a, None), (b, None), (c, None)], "peer")
+        failed = [Result(o, Outcome.RETRYABLE_FAILED, 500, "HTTP_500", None, 3) for o in (a, b)]
+        ledger.record(failed, "peer")
+        ledger.begin_run("me", "run", "http://127.0.0.1:1")
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # the order of events, by clock
+            conn.execute("UPDATE orders SET updated_at = '2026-12-01T02:00:01.000Z' WHERE "
+                         "order_id = %s", (a,))  # fmt: skip
+            conn.execute("UPDATE orders SET updated_at = '2026-12-01T02:00:03.000Z' WHERE "
+                         "order_id = %s", (b,))  # fmt: skip
+            conn.execute("UPDATE runs SET started_at = '2026-12-01T02:00:02.000Z' WHERE "
+                         "run_id = 'me'")  # fmt: skip
+        plan = ledger.claim([(a, None), (b, None), (c, None)], "me")
+        assert (plan.to_send, plan.failed_elsewhere, plan.held) == ([a], [b], [c])
+        forced = ledger.claim([(b, None)], "me", force=True)
+        assert (forced.to_send, forced.failed_elsewhere) == ([b], [])
+    finally:
+        ledger.close()
 
 
 async def test_a_lease_is_judged_by_its_holders_term(

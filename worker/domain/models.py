@@ -87,6 +87,8 @@ class RunSummary:
     error_codes: Counter[str] = field(default_factory=Counter)
     skipped_final: int = 0
     duplicates: int = 0
+    # ended retryable_failed by another run after this one began: not sent, left to the next run
+    failed_elsewhere: int = 0
     read: int = 0
     sent_requests: int = 0
     paused_s: float = 0.0  # time every worker waited on 429 / quota answers
@@ -107,7 +109,10 @@ class RunSummary:
         return sum(self.outcomes.values())
 
     def all_succeeded(self) -> bool:
-        """True when every order counted ended cancelled or already cancelled."""
+        """True when every order counted ended cancelled or already cancelled (and none was
+        left failing by another run)."""
+        if self.failed_elsewhere:
+            return False
         return all(Outcome(name) in SUCCESS for name, n in self.outcomes.items() if n)
 
 
@@ -228,6 +233,8 @@ class RunReport:
         if self.dry_run:
             fields["input"] = {k: v for k, v in self.layout.items() if k != "index"}
             fields["first_invalid"] = list(s.first_invalid)
+        if s.failed_elsewhere:
+            fields["failed_elsewhere"] = s.failed_elsewhere
         if s.log_lines_lost:
             fields["log_lines_lost"] = s.log_lines_lost
         return fields

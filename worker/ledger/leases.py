@@ -45,8 +45,11 @@ def decide(
     stamp: str,
     force: bool,
 ) -> None:
-    """One known order of a claim: row = (outcome, holder, updated_at, uncertain, held) when
-    this claim locked it; None when it is final (``final``) or another claim is deciding it."""
+    """One known order of a claim: row = (outcome, holder, updated_at, uncertain, held,
+    failed_elsewhere) when this claim locked it; None when it is final (``final``) or another
+    claim is deciding it. An order another run ended `retryable_failed` after this one began
+    had its attempts from that run (two hosts given the same input would otherwise each spend
+    them): it is left to the next run, unless ``force``."""
     if row is None:
         if order_id in final:
             plan.skipped.append(final[order_id])
@@ -55,12 +58,14 @@ def decide(
         else:
             plan.held.append(order_id)
         return
-    outcome, holder, updated_at, uncertain, held = row
+    outcome, holder, updated_at, uncertain, held, failed_elsewhere = row
     mine = holder == run_id
     if mine and updated_at != stamp:  # claimed by this run from an earlier line
         plan.duplicates += 1
     elif held and not mine:  # pending under another run that lives
         plan.held.append(order_id)
+    elif failed_elsewhere and not force:
+        plan.failed_elsewhere.append(order_id)
     elif outcome in FINAL_VALUES and not force:
         plan.skipped.append(outcome)
     elif invalid is not None:

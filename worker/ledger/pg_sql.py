@@ -143,7 +143,9 @@ SELECT o.order_id, o.outcome, o.run_id, o.updated_at,
        o.outcome = 'retryable_failed' OR
            (o.outcome = 'pending' AND (o.attempts > 0 OR r.finished_at IS NULL)),
        o.outcome = 'pending' AND r.finished_at IS NULL
-           AND r.heartbeat_at > now() - make_interval(secs => coalesce(r.lease_s, %(idle)s))
+           AND r.heartbeat_at > now() - make_interval(secs => coalesce(r.lease_s, %(idle)s)),
+       o.outcome = 'retryable_failed' AND o.run_id <> %(run)s
+           AND o.updated_at >= (SELECT started_at FROM runs WHERE run_id = %(run)s)
 FROM orders o LEFT JOIN runs r ON r.run_id = o.run_id
 WHERE o.order_id {any_of("%(ids)s")} AND (o.run_id = %(run)s OR %(force)s
                                      OR o.outcome NOT IN ({FINAL_SQL}))

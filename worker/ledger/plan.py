@@ -19,3 +19,6 @@ class Plan:
     uncertain: set[str] = field(default_factory=set)
     # pending under another run that lives (a shared ledger): asked for again later
     held: list[str] = field(default_factory=list)
+    # ended retryable_failed by another run after this one began (it spent their attempts):
+    # left to the next run, which retries them
+    failed_elsewhere: list[str] = field(default_factory=list)

@@ -57,9 +57,10 @@ class ProgressReporter:
         self.stage: Callable[[], str] = str  # what the run waits for, told by the pool
 
     def done(self) -> int:
-        """Orders dealt with so far (answered, invalid, skipped or duplicate)."""
+        """Orders dealt with so far (answered, invalid, skipped, duplicate or left to the next
+        run)."""
         s = self._summary
-        return s.answered + s.skipped_final + s.duplicates
+        return s.answered + s.skipped_final + s.duplicates + s.failed_elsewhere
 
     async def run(self) -> None:
         """Update until cancelled; gathered log lines are written at every tick."""

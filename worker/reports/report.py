@@ -159,6 +159,9 @@ def render_run(data: dict[str, object]) -> str:
     lines.append(_count("orders read", data["orders_read"]))
     lines.append(_count("already final", data["skipped_final"], "   (in the ledger: not sent)"))
     lines.append(_count("duplicates", data["duplicates"], "   (sent once)"))
+    if data.get("failed_elsewhere"):
+        why = "   (retryable_failed since this run began: left to the next run)"
+        lines.append(_count("failed in another run", data["failed_elsewhere"], why))
     lines.extend(_dry_lines(data, outcomes) if dry else sent_lines(data, outcomes))
     codes = data.get("error_codes")
     if isinstance(codes, dict) and codes:
@@ -177,7 +180,9 @@ def render_run(data: dict[str, object]) -> str:
         )
         lines.extend((f"next: {first}resume with the same command{before}:", f"  {data['resume']}"))
     elif not dry:
-        lines.extend(_next_steps(outcomes, str(data.get("ledger", ""))))
+        lines.extend(
+            _next_steps(outcomes, str(data.get("ledger", "")), bool(data.get("failed_elsewhere")))
+        )
     return "".join(printable(line) + "\n" for line in lines)  # API text cannot steer a terminal
 
 
@@ -218,15 +223,15 @@ def _count(label: str, value: object, after: str = "") -> str:
     return f"  {label:<21}{value:>10}{after}"
 
 
-def _next_steps(outcomes: dict[str, int], ledger: str) -> list[str]:
-    """What a person can do next, given this run's outcomes."""
+def _next_steps(outcomes: dict[str, int], ledger: str, failed_elsewhere: bool) -> list[str]:
+    """What a person can do next, given this run's outcomes (and orders another run failed)."""
     where = f" --ledger {ledger}" if ledger else ""
     steps = [
         f"  {name} orders: cancel-orders report{where} --outcome {name}"
         for name in ("rejected", "not_found", "invalid", "skipped")
         if outcomes.get(name)
     ]
-    if outcomes.get("retryable_failed") or outcomes.get("pending"):
+    if outcomes.get("retryable_failed") or outcomes.get("pending") or failed_elsewhere:
         steps.append(
             f"  to send the retryable and pending orders again: cancel-orders retry{where}"
         )

@@ -156,6 +156,13 @@ class ClaimedInput:
         summary = self._summary
         self._held.ids += plan.held
         summary.duplicates += plan.duplicates
+        if plan.failed_elsewhere:
+            summary.failed_elsewhere += len(plan.failed_elsewhere)
+            log.warning(
+                "orders_failed_in_another_run",
+                orders=len(plan.failed_elsewhere),
+                first=plan.failed_elsewhere[0],
+            )
         summary.skipped_final += len(plan.skipped)
         for outcome in plan.skipped:
             self.skipped[outcome] = self.skipped.get(outcome, 0) + 1
