@@ -267,7 +267,7 @@ async def test_a_lease_is_judged_by_its_holders_term(
             break
         await asyncio.sleep(0.05)
     status = await cli.run("control", "status", "--claim-idle", "0.5", env=env)
-    assert status.stdout.startswith("1 runs on"), status.stdout + status.stderr
+    assert status.stdout.startswith("1 run on "), status.stdout + status.stderr
     more = write_ids(tmp_path / "more.csv", [*wanted, extra])
     second = await _run(cli, spawned, more, env, "--claim-idle", "1")
     await sim.sim.wait_for_held(2)  # the second has claimed: its own order is on the wire

@@ -67,13 +67,18 @@ def _shared(url: PostgresUrl, claim_idle: float, args: argparse.Namespace) -> in
 
     run_ids = pg_control.live_runs(url, claim_idle)
     if args.action == "status":
-        print(render_status(f"{len(run_ids)} runs on {url}", pg_control.statuses(url, run_ids)))
+        print(render_status(_runs_on(len(run_ids), url), pg_control.statuses(url, run_ids)))
         return 0
     pg_control.command(url, run_ids, commands_for(args.action, args.value))
-    print(f"{len(run_ids)} runs on {url}: {_said(args)} (taken within a second)")
+    print(f"{_runs_on(len(run_ids), url)}: {_said(args)} (taken within a second)")
     if args.action == "rate":
         _say_capped(float(args.value), pg_control.statuses(url, run_ids))
     return 0
+
+
+def _runs_on(count: int, url: PostgresUrl) -> str:
+    """``1 run on URL``, ``2 runs on URL``."""
+    return f"{count} run{'' if count == 1 else 's'} on {url}"
 
 
 def _group(settings: Settings, action: str, value: str | None) -> int:
