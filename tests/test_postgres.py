@@ -202,7 +202,8 @@ async def test_an_order_a_peer_failed_is_left_to_the_next_run(
     sim.sim.hold()
     first = await _run(cli, spawned, src, env)
     await sim.sim.wait_for_held(1)  # it holds the whole input, its first DELETE unanswered
-    second = await _run(cli, spawned, src, env)
+    told = tmp_path / "second.json"
+    second = await _run(cli, spawned, src, env, "--on-finish", f"cat > {told}")
     await _both_begun(cli, env)
     sim.sim.release()
     outs = [await asyncio.wait_for(p.communicate(), 60) for p in (first, second)]
@@ -210,6 +211,9 @@ async def test_an_order_a_peer_failed_is_left_to_the_next_run(
     assert _deletes(sim) == Counter({"ERR0000000001": 3, **dict.fromkeys(wanted[1:], 1)})
     said = outs[1][0].decode()
     assert re.search(r"failed in another run +1 +\(retryable_failed since this run began", said)
+    notified = json.loads(told.read_text())  # the notification says so too
+    assert notified["failed_elsewhere"] == 1
+    assert "1 failed in another run (left to the next run)" in notified["text"]
     assert ledger_rows(pg_url)["ERR0000000001"]["outcome"] == "retryable_failed"
     again = await cli.run("run", str(src), "--yes", env=env)
     assert again.code == 1, again.stderr[-1500:]
