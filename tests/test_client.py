@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 
@@ -10,6 +11,7 @@ import pytest
 from aioresponses import aioresponses
 
 from worker.api.client import MouvoneClient, new_session, order_url
+from worker.domain.answer import Answer
 from worker.domain.classifier import Action, OutcomeTable
 from worker.simulator import RunningSimulator
 
@@ -199,3 +201,73 @@ async def test_redirects_are_not_followed() -> None:
     assert hits == ["DELETE /v1/customer-orders/ABC0000000001"]
     table = OutcomeTable.load(None)
     assert table.classify(302, None, None).action is Action.RETRY
+
+
+@pytest.fixture
+async def stalling() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A server that never answers a DELETE of an ID starting SLO (and answers the others at
+    once); the event is set when such a DELETE has arrived."""
+    from aiohttp import web  # noqa: PLC0415
+
+    arrived, ended = asyncio.Event(), asyncio.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.path.rsplit("/", 1)[-1].startswith("SLO"):
+            arrived.set()
+            await ended.wait()  # never answered while the test runs
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", arrived
+    ended.set()
+    await runner.cleanup()
+
+
+async def test_a_request_times_out_alone(stalling: tuple[str, asyncio.Event]) -> None:
+    """One timer for every request in flight: the unanswered request ends `timeout` after its
+    timeout, the others answered meanwhile are untouched, and the task it ran in goes on (its
+    next request is answered): the timeout's cancellation is taken back."""
+    base, _ = stalling
+    session = new_session(4)
+    try:
+        client = MouvoneClient(session, base, "key", timeout_s=0.3)
+
+        async def stalled_then_fine() -> tuple[Answer, Answer, int]:
+            first = await client.cancel("SLO0000000001", "tok")
+            second = await client.cancel("ABC0000000002", "tok")
+            task = asyncio.current_task()
+            assert task is not None
+            return first, second, task.cancelling()
+
+        (late, after, cancelling), *others = await asyncio.gather(
+            stalled_then_fine(), *(client.cancel(f"ABC000000010{i}", "tok") for i in range(5))
+        )
+    finally:
+        await session.close()
+    assert (late.status, late.failure) == (None, "timeout")
+    assert 300 <= late.latency_ms < 3000, late.latency_ms
+    assert (after.status, cancelling) == (200, 0)
+    assert [a.status for a in others] == [200] * 5
+
+
+async def test_a_stop_during_a_request_is_not_a_timeout(
+    stalling: tuple[str, asyncio.Event],
+) -> None:
+    """A request whose task is cancelled (the run stops) raises the cancellation, as before:
+    only the timeout's own cancellation becomes an answer."""
+    base, arrived = stalling
+    session = new_session(4)
+    try:
+        client = MouvoneClient(session, base, "key", timeout_s=30)
+        task = asyncio.create_task(client.cancel("SLO0000000001", "tok"))
+        await arrived.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await session.close()

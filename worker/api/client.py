@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import ssl
@@ -16,6 +17,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from worker.api.deadlines import Deadlines
 from worker.api.headers import limit_per_s, request_ids, response_id, traceparent
 from worker.domain.answer import Answer
 from worker.domain.retry import parse_retry_after
@@ -27,6 +29,7 @@ MAX_MESSAGE = 500
 MAX_CODE = 100
 
 
+NO_TIMER = aiohttp.ClientTimeout(total=None)  # aiohttp's own timer per request: not used
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-]+")  # what quote() would leave as it is
 
 
@@ -99,7 +102,7 @@ class MouvoneClient:
         self._base_url = base_url
         self._order_url = OrderUrls(base_url)
         self._api_key = api_key
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._deadlines = Deadlines(timeout_s)
         self._token = ""
         self._headers: CIMultiDict[str] = CIMultiDict()
 
@@ -139,6 +142,7 @@ class MouvoneClient:
         sent_at = time.time()
         started = time.perf_counter()
         limit = MAX_ERROR_BODY if method == "DELETE" else MAX_READ_BODY
+        task = self._deadlines.start()
         try:
             # A redirect is not followed: it would send the DELETE (and the credentials) to a
             # URL nobody chose; as an unexpected answer it is retried, then retryable_failed.
@@ -146,7 +150,7 @@ class MouvoneClient:
                 method,
                 url,
                 headers=headers,
-                timeout=self._timeout,
+                timeout=NO_TIMER,  # the timeout is self._deadlines
                 allow_redirects=False,
                 proxy=self._proxy,
             ) as resp:
@@ -169,12 +173,22 @@ class MouvoneClient:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 hint = limit_per_s(resp.headers) if status == 429 else None
                 body = await read_body(resp, limit)
+        except asyncio.CancelledError:
+            if not self._deadlines.stop(task):
+                raise
+            assert task is not None
+            if task.uncancel():  # cancelled for another reason too (the run stops)
+                raise
+            answer = _failure(TimeoutError(), _ms(started))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             answer = _failure(exc, _ms(started))
         else:
             answer = _answered(method, status, body, retry_after, _ms(started))
             answer.response_id = answered_as
             answer.limit_per_s = hint
+        finally:
+            if self._deadlines.stop(task):  # timed out, but the cancellation was swallowed
+                task.uncancel()  # type: ignore[union-attr]
         answer.request_id = request_id
         answer.sent_at = sent_at
         return answer
