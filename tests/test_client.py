@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -183,16 +184,10 @@ async def test_redirects_are_not_followed() -> None:
             return web.Response(status=200)
         raise web.HTTPFound("/elsewhere/customer-orders/ABC0000000001")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", redirect)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, base = await _serve(redirect)
     session = new_session(4)
     try:
-        client = MouvoneClient(session, f"http://127.0.0.1:{port}/v1", "key", 5)
+        client = MouvoneClient(session, base, "key", 5)
         answer = await client.cancel("ABC0000000001", "tok")
     finally:
         await session.close()
@@ -217,15 +212,23 @@ async def stalling() -> AsyncIterator[tuple[str, asyncio.Event]]:
             await ended.wait()  # never answered while the test runs
         return web.Response(status=200)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", arrived
+    runner, base = await _serve(answer)
+    yield base, arrived
     ended.set()
     await runner.cleanup()
+
+
+async def _serve(handler: Any) -> tuple[Any, str]:
+    """A server answering every request with ``handler`` on a loopback port; (its runner, to
+    clean up, and the base URL a client is given)."""
+    from aiohttp import web  # noqa: PLC0415
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
 
 
 async def test_a_request_times_out_alone(stalling: tuple[str, asyncio.Event]) -> None:
