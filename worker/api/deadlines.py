@@ -61,6 +61,6 @@ class Deadlines:
                 self._timer = loop.call_at(when, self._expire, loop)
                 return
             del due[task]
-            if not task.done():
+            if not task.done() and task.get_loop() is loop:  # (not one a closed loop left)
                 self._expired.add(task)
                 task.cancel()
