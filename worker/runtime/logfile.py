@@ -27,7 +27,7 @@ class LogFile:
 
     def __init__(self) -> None:
         self._handle: Any = None
-        self._pending: list[bytes] = []
+        self._pending = bytearray()  # the lines gathered, copied as they come (as on stderr)
         self.lost = 0
 
     def open(self, path: Path) -> None:
@@ -46,20 +46,22 @@ class LogFile:
         if self._handle is None:  # it failed: the line is lost
             self.lost += 1
             return
-        self._pending.append(line)
+        pending = self._pending
+        pending += line
+        pending += b"\n"
 
     def flush(self) -> None:
         """Write what was gathered."""
-        if self._handle is None or not self._pending:
+        pending = self._pending
+        if self._handle is None or not pending:
             return
-        block = b"\n".join(self._pending) + b"\n"
-        count = len(self._pending)
-        self._pending.clear()
+        block = bytes(pending)
+        del pending[: len(block)]
         try:
             self._handle.write(block)
             self._handle.flush()
         except (OSError, ValueError):
-            self.lost += count
+            self.lost += block.count(b"\n")
             with contextlib.suppress(OSError, ValueError):
                 self._handle.close()
             self._handle = None
