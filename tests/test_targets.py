@@ -149,6 +149,7 @@ async def test_a_wrong_host_is_not_an_outage(
         last = done.stderr.strip().splitlines()[-1]
         assert f"127.0.0.1:{port}" in last
         assert key in last
+        assert "next: first fix what stopped it (above), then resume" in done.stdout
         assert all(r["attempts"] == 0 for r in ledger_rows(ledger).values())
 
 

@@ -171,7 +171,9 @@ def render_run(data: dict[str, object]) -> str:
     if data.get("resume"):
         # After a stop, one instruction: the same command finishes the claimed orders (looked
         # up first only if they may have been sent) and reads the rest of the input.
-        first = "first fix what stopped it (above), then " if data["exit_code"] == 3 else ""
+        # an abort (3), or a setting found wrong once the run began (2: the API's or the
+        # token endpoint's host unreachable): the same command alone would stop the same way
+        first = "first fix what stopped it (above), then " if data["exit_code"] in (2, 3) else ""
         # an `apply`: its plan is refused once expired (then: a new plan, reviewed again)
         before = (
             f" before the plan expires at {data['resume_before']}"
