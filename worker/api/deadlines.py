@@ -19,7 +19,8 @@ class Deadlines:
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._due: dict[asyncio.Task[object], float] = {}  # in the order they started
+        # in the order they started: ``stop`` removes each, so a task's next request goes last
+        self._due: dict[asyncio.Task[object], float] = {}
         self._expired: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
@@ -31,7 +32,6 @@ class Deadlines:
         if task is None:
             return None
         loop = task.get_loop()
-        self._due.pop(task, None)  # (a task's earlier request left no entry; kept in order)
         when = loop.time() + self.timeout_s
         self._due[task] = when
         if self._timer is None or self._loop is not loop:  # (a client used by a new loop)
