@@ -128,7 +128,11 @@ async def test_runs_and_a_group_on_one_ledger_through_kills_freezes_and_cuts(
 
     survivors = [frozen_run, third_run, *consumers[1:]]
     ends = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in survivors)), 150)
-    assert [p.returncode for p in survivors] == [0, 0, 0, 0], [e[-1500:] for _, e in ends]
+    said = "\n".join(  # each survivor's summary and last lines, whole (a list's repr is cut)
+        f"--- exit {p.returncode}\n{o.decode()}{e.decode()[-1500:]}"
+        for p, (o, e) in zip(survivors, ends, strict=True)
+    )
+    assert [p.returncode for p in survivors] == [0, 0, 0, 0], said
 
     rows = ledger_rows(pg_url)
     assert set(rows) == {*RUN_ORDERS, *QUEUE_ORDERS}
