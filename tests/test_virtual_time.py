@@ -154,6 +154,76 @@ async def test_a_lease_lapsed_by_a_freeze_keeps_only_the_orders_still_ours() -> 
         thread.close()
 
 
+async def test_orders_claimed_across_a_lapse_are_checked_and_sent_before_the_feed_ends() -> None:
+    """A claim that was under way when the process froze comes back after the lapse: its
+    orders are set aside to be checked. The producer then finds the input at its end and
+    closes the feed; the workers still get the orders that are still ours (the keeper checks
+    them at once, not at its next renewal), and nothing ends the feed before the check has."""
+    clock = FakeClock()
+    shared = _SharedLedger(taken={"CDE0000000002"})
+    thread = LedgerThread(shared)  # type: ignore[arg-type]  # the part of a Ledger it uses
+    feed = Feed(low=100)
+    keeper = asyncio.ensure_future(keep_lease(thread, "run1", feed, clock))
+    every = shared.lease_every_s
+    try:
+        await _until(lambda: shared.renewals == 1 and bool(clock.sleepers))
+        epoch = feed.epoch  # the producer's claim begins, then the process freezes
+        clock.now += every * (LAPSE + 1)
+        clock.advance(every)
+        await _until(lambda: feed.epoch == epoch + 1 and bool(clock.sleepers))
+        renewed_at = clock.monotonic()
+        await feed.put(["CDE0000000001", "CDE0000000002", "CDE0000000003"], epoch)
+        feed.close()  # the last batch of the input
+        taken = asyncio.ensure_future(_all(feed))
+        await _until(taken.done)
+        assert taken.result() == ["CDE0000000001", "CDE0000000003"]
+        assert shared.asked == ["CDE0000000001", "CDE0000000002", "CDE0000000003"]
+        assert clock.monotonic() == renewed_at  # checked at once
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        thread.close()
+
+
+async def test_a_lease_that_cannot_be_renewed_is_tried_again_at_its_pace() -> None:
+    """Orders set aside to be checked wake the keeper at once only once the lease is renewed:
+    a database that refuses is asked again a renewal period later, not in a loop."""
+
+    class _Refusing(_SharedLedger):
+        def renew(self, _run_id: str) -> None:
+            self.renewals += 1
+            raise LedgerError("postgresql://db: connection refused")
+
+    clock = FakeClock()
+    shared = _Refusing(taken=set())
+    thread = LedgerThread(shared)  # type: ignore[arg-type]  # the part of a Ledger it uses
+    feed = Feed(low=100)
+    feed.lapse()
+    await feed.put(["CDE0000000001"], epoch=0)  # claimed before the lapse: to be checked
+    keeper = asyncio.ensure_future(keep_lease(thread, "run1", feed, clock))
+    try:
+        await _until(lambda: bool(clock.sleepers))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert shared.renewals == 1
+        clock.advance(shared.lease_every_s)
+        await _until(lambda: shared.renewals == 2 and bool(clock.sleepers))
+        assert shared.asked == []
+        assert feed.suspect == ["CDE0000000001"]
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        thread.close()
+
+
+async def _all(feed: Feed) -> list[str]:
+    """Every ID the feed gives until it ends."""
+    taken = []
+    while (order_id := await feed.get()) is not None:
+        taken.append(order_id)
+    return taken
+
+
 async def test_an_order_is_confirmed_ours_before_its_delete_once_the_lease_may_have_lapsed(
     tmp_path: Path,
 ) -> None:

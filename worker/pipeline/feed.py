@@ -20,6 +20,7 @@ class Feed:
         self._wanted.set()
         self.epoch = 0  # counts the run's lapsed leases (a shared ledger)
         self.suspect: list[str] = []  # IDs claimed before the last lapse, not yet checked
+        self.suspected = asyncio.Event()  # set while ``suspect`` holds IDs: the keeper checks
 
     async def put(self, ids: Iterable[str], epoch: int | None = None) -> None:
         """Add these IDs once the workers are running low; IDs claimed in an ``epoch`` before
@@ -27,7 +28,12 @@ class Feed:
         await self._wanted.wait()
         if epoch is not None and epoch != self.epoch:
             self.suspect.extend(ids)
+            if self.suspect:
+                self.suspected.set()
             return
+        self._add(ids)
+
+    def _add(self, ids: Iterable[str]) -> None:
         self._ids.extend(ids)
         if len(self._ids) >= self._low:
             self._wanted.clear()
@@ -35,13 +41,25 @@ class Feed:
             self._available.set()
 
     def lapse(self) -> list[str]:
-        """The lease lapsed: a new epoch; every waiting ID taken out (to be checked)."""
+        """The lease lapsed: a new epoch; every waiting ID set aside to be checked (the IDs
+        to check returned; they stay in ``suspect`` until ``checked``)."""
         self.epoch += 1
-        ids = [*self.suspect, *self._ids]
+        self.suspect.extend(self._ids)
         self._ids.clear()
-        self.suspect = []
         self._wanted.set()
-        return ids
+        if self.suspect:
+            self.suspected.set()
+        return list(self.suspect)
+
+    def checked(self, queued: list[str], mine: list[str]) -> None:
+        """The set-aside IDs ``queued`` were checked: ``mine`` (still this run's) go to the
+        workers, the others are dropped. Until then the feed does not end (``get``)."""
+        done = set(queued)
+        self.suspect = [order_id for order_id in self.suspect if order_id not in done]
+        if not self.suspect:
+            self.suspected.clear()
+        self._add(mine)
+        self._available.set()  # a worker waiting for the check looks again
 
     def close(self) -> None:
         """No more IDs: ``get`` returns None once the waiting ones are taken."""
@@ -49,14 +67,16 @@ class Feed:
         self._available.set()
 
     def left(self) -> int | None:
-        """The IDs still to come, once the feed is closed (None before: more may come)."""
-        return len(self._ids) if self._closed else None
+        """The IDs still to come, once the feed is closed (None before: more may come); those
+        set aside to be checked count, as most of them will come."""
+        return len(self._ids) + len(self.suspect) if self._closed else None
 
     async def get(self) -> str | None:
-        """The next ID; None when the feed is closed and empty."""
+        """The next ID; None when the feed is closed and empty, and no ID set aside is left to
+        check (the check may give some back)."""
         ids = self._ids
         while not ids:
-            if self._closed:
+            if self._closed and not self.suspect:
                 return None
             self._available.clear()
             await self._available.wait()

@@ -12,7 +12,7 @@ import structlog
 
 from worker.domain.errors import LedgerError
 from worker.pipeline.feed import Feed
-from worker.runtime.clock import Clock
+from worker.runtime.clock import Clock, first_of
 from worker.settings import Settings
 from worker.sinks.ledger import LedgerThread
 
@@ -54,20 +54,22 @@ async def keep_lease(
             await asyncio.to_thread(ledger.ledger.renew, run_id)
         except LedgerError as exc:  # tried again at the next turn; the writes will tell
             log.warning("lease_not_renewed", error=str(exc))
-        else:
-            now = clock.monotonic()
-            lapsed = now - renewed > every_s * LAPSE
-            renewed = now
-            queued = feed.lapse() if lapsed else feed.suspect
-            if lease is not None:  # after the lapse's new epoch, never before it
-                lease.renewed_at = now
-            if queued:  # what may have been taken is checked against the ledger
-                feed.suspect = []
-                mine = await ledger.call(ledger.ledger.still_mine, queued, run_id)
-                taken = len(queued) - len(mine)
-                log.warning("lease_lapsed", queued=len(queued), taken_by_others=taken)
-                await feed.put(mine)
-        await clock.sleep(every_s)
+            await clock.sleep(every_s)
+            continue
+        now = clock.monotonic()
+        lapsed = now - renewed > every_s * LAPSE
+        renewed = now
+        queued = feed.lapse() if lapsed else list(feed.suspect)
+        if lease is not None:  # after the lapse's new epoch, never before it
+            lease.renewed_at = now
+        if queued:  # what may have been taken is checked against the ledger
+            mine = await ledger.call(ledger.ledger.still_mine, queued, run_id)
+            taken = len(queued) - len(mine)
+            log.warning("lease_lapsed", queued=len(queued), taken_by_others=taken)
+            feed.checked(queued, mine)
+        # the next renewal, or at once when orders claimed before a lapse are set aside (the
+        # workers wait for their check: the input may have ended meanwhile)
+        await first_of(clock, every_s, feed.suspected.wait())
 
 
 class HeldByOthers:
