@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 
-from tests.support import PG_URL, REDIS_URL, Cli, Queue, Receiver, unavailable
+from tests.support import PG_URL, REDIS_URL, Cli, Queue, Receiver, redis_client, unavailable
 from worker.queue.streams import Names
 from worker.simulator import RunningSimulator, SimConfig, start
 
@@ -23,7 +22,7 @@ from worker.simulator import RunningSimulator, SimConfig, start
 @pytest.fixture
 async def queue() -> AsyncIterator[Queue]:
     """Fresh streams on the real Redis; skipped (failed under CI) when Redis is unreachable."""
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client = redis_client(REDIS_URL, decode_responses=True)
     try:
         await client.ping()
     except Exception as exc:  # any failure means no Redis
@@ -42,7 +41,7 @@ async def queue() -> AsyncIterator[Queue]:
 async def private_queue(private_redis: str) -> AsyncIterator[Queue]:
     """Streams on a Redis server of the test's own: for a test that kills every client's
     connection, which on the shared server would cut the other tests' running beside it."""
-    client = aioredis.Redis.from_url(private_redis, decode_responses=True)
+    client = redis_client(private_redis, decode_responses=True)
     names = Names("test:req", "test-group", "c", "test:res", "test:dead")
     yield Queue(names, client, private_redis)
     await client.aclose()
@@ -111,7 +110,7 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[str]:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
-    client = aioredis.Redis.from_url(url)
+    client = redis_client(url)
     try:
         for _ in range(100):
             try:

@@ -42,6 +42,12 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def redis_client(url: str, **options: Any) -> aioredis.Redis:
+    """A test's own client of a Redis server: patient (redis-py's default read timeout is
+    5 s, which a read of 30,000 entries can take on a busy machine)."""
+    return aioredis.Redis.from_url(url, socket_timeout=60, **options)
+
+
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.support import Cli, Queue, cut_database, ids, ledger_rows, sim_env, table_rows, write_ids
 from worker.domain.location import PostgresUrl
@@ -80,6 +81,7 @@ async def _session(cli: Cli, sim: RunningSimulator, tmp: Path, ledger: str) -> d
     return seen
 
 
+@pytest.mark.timeout(360)  # two sessions of seventeen commands, a process each: slow when busy
 async def test_every_command_answers_as_on_a_file(
     cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str
 ) -> None:

@@ -15,8 +15,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from tests.support import (
     REDIS_URL,
     Cli,
@@ -25,6 +23,7 @@ from tests.support import (
     at_the_prompt,
     ids,
     max_in_window,
+    redis_client,
     sim_env,
     untraced,
     write_ids,
@@ -423,7 +422,7 @@ async def test_enqueue_to_a_redis_out_of_memory(
 ) -> None:
     """Redis refuses writes (out of memory): enqueue says so while it retries, then gives up
     with exit 3 and a clear message instead of looping for ever."""
-    admin = aioredis.Redis.from_url(private_redis)
+    admin = redis_client(private_redis)
     await admin.config_set("maxmemory", "1")
     await admin.aclose()
     env = sim_env(sim, tmp_path / "l.sqlite", MOUVONE_REDIS_URL=private_redis,
@@ -450,7 +449,7 @@ async def test_consume_from_a_redis_that_refuses_writes(
     assert added.code == 0, added.stderr[-2000:]
     proc = await cli.start("consume", "--exit-when-empty", env=env)
     await asyncio.wait_for(sim.sim.wait_for_deletes(10), 30)
-    admin = aioredis.Redis.from_url(private_redis)
+    admin = redis_client(private_redis)
     await admin.config_set("maxmemory", "1")
     await admin.aclose()
     _, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -521,7 +520,7 @@ async def test_enqueue_to_a_read_only_replica(
     """A Redis that is a read-only replica: enqueue gives up (exit 3) once its patience is
     spent (here the outage timeout, 2 s; at most 30 s by default), its last line naming the
     server and the refusal; nothing enqueued."""
-    admin = aioredis.Redis.from_url(private_redis)
+    admin = redis_client(private_redis)
     await admin.execute_command("REPLICAOF", "127.0.0.1", "1")  # a master that is not there
     env = sim_env(sim, tmp_path / "l.sqlite", MOUVONE_REDIS_URL=private_redis,
                   MOUVONE_OUTAGE_TIMEOUT="2")  # fmt: skip

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from tests.support import (
@@ -28,6 +27,7 @@ from tests.support import (
     ids,
     ledger_rows,
     lookalike_env,
+    redis_client,
     sim_env,
     table_rows,
     write_ids,
@@ -183,7 +183,7 @@ async def test_a_stream_entry_that_is_not_utf8(
     """One entry of undecodable bytes is dead-lettered with its reason; the entries after it
     are consumed; a malformed attempts field does not crash the stream's report."""
     n = queue.names
-    raw = aioredis.Redis.from_url(REDIS_URL)
+    raw = redis_client(REDIS_URL)
     try:
         await raw.xadd(n.stream, {"order_id": b"\xff\xfe\xfa"})
         await raw.xadd(n.stream, {"order_id": b"CDE0000000001"})
