@@ -67,9 +67,9 @@ class Feed:
         self._available.set()
 
     def left(self) -> int | None:
-        """The IDs still to come, once the feed is closed (None before: more may come); those
-        set aside to be checked count, as most of them will come."""
-        return len(self._ids) + len(self.suspect) if self._closed else None
+        """The IDs in hand, once the feed is closed (None before: more may come); not those set
+        aside to be checked: taking one of these never waits."""
+        return len(self._ids) if self._closed else None
 
     async def get(self) -> str | None:
         """The next ID; None when the feed is closed and empty, and no ID set aside is left to
