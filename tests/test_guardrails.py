@@ -23,8 +23,10 @@ from tests.support import (
     Queue,
     ids,
     ledger_rows,
+    max_in_window,
     on_a_terminal,
     read_until,
+    send_times,
     sim_env,
     write_ids,
 )
@@ -100,17 +102,6 @@ async def test_a_clean_canary_lets_the_rest_go(
     assert "canary_passed" in done.stderr
 
 
-def _busiest_second(times: list[float]) -> int:
-    """The most arrivals within any one-second window."""
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 async def _until_status(cli: Cli, ledger: Path, text: str) -> str:
     """`control status` until it shows ``text`` (the run publishes twice a second)."""
     for _ in range(100):
@@ -143,10 +134,10 @@ async def test_control_pauses_rerates_and_stops_a_running_run(
     assert (await cli.run("control", "--ledger", str(ledger), "resume")).code == 0
     await asyncio.wait_for(sim.sim.wait_for_deletes(held + 10), 30)
     assert (await cli.run("control", "--ledger", str(ledger), "rate", "5")).code == 0
-    await _until_status(cli, ledger, "set 5.0")
-    since = time.monotonic()
+    await _until_status(cli, ledger, "set 5.0")  # taken: what is sent from now on keeps to it
+    since = time.time()
     await asyncio.wait_for(sim.sim.wait_for_deletes(len(sim.sim.stats.deletes) + 12), 30)
-    assert _busiest_second([t for t in sim.sim.stats.arrivals if t > since]) <= 5
+    until = time.time()
     # over the run's ceiling (its --rate, 20: no --max-rate): taken as the ceiling, and said
     capped = await cli.run("control", "--ledger", str(ledger), "rate", "50")
     assert capped.code == 0
@@ -156,6 +147,10 @@ async def test_control_pauses_rerates_and_stops_a_running_run(
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 4, err.decode()[-2000:]
     assert "control stop" in err.decode().strip().splitlines()[-1]
+    # at the run's own send times (the server's arrivals bunch up on a busy machine)
+    at_five = [t for t in send_times(ledger) if since <= t <= until]
+    assert len(at_five) >= 10, at_five
+    assert max_in_window(at_five) <= 5
     rows = ledger_rows(ledger)
     assert "pending" in {r["outcome"] for r in rows.values()}
     again = await cli.run("run", str(src), "--yes", "--rate", "500", env=env)
@@ -588,10 +583,11 @@ async def test_a_resume_with_only_tried_orders_and_a_canary_larger_than_the_work
 async def test_the_progress_names_the_canary_and_a_request_waiting(
     cli: Cli, make_sim: Any, tmp_path: Path
 ) -> None:
-    """While a canary waits on one order the API takes 13 s to answer, the progress (the line
+    """While a canary waits on one order the API takes 20 s to answer, the progress (the line
     on a terminal, the `progress` event off one) and `control status` say how far the canary is
-    and that a request has waited over 10 s, not only "0.0 req/s"."""
-    running = await make_sim(stall_s=13)
+    and that a request has waited over 10 s, not only "0.0 req/s" (10 s in which to see it:
+    a `control status` may take seconds to start on a busy machine)."""
+    running = await make_sim(stall_s=20)
     cde = ids("CDE", 5)  # the first answer proves the credentials: the others go at once
     orders = [cde[0], "SLO0000000001", *cde[1:]]
     env = sim_env(running, tmp_path / "l.sqlite", MOUVONE_PROGRESS_INTERVAL="0.2")
