@@ -414,12 +414,17 @@ async def test_a_frozen_host_wakes_to_find_its_orders_taken(
     """A run frozen (SIGSTOP) longer than --claim-idle: another run takes its orders and
     finishes the input; woken, the first finds its lease lapsed and drops the orders it had
     queued that are no longer its own, and its workers confirm theirs before each DELETE: only
-    requests already on the wire at the freeze can go out twice (at most one per worker, 2)."""
+    requests already on the wire at the freeze can go out twice (at most one per worker, 2).
+    Both end 0, and each one's summary accounts for every order of its input, those the other
+    run took or answered included."""
     sim = await make_sim(latency_ms=5)
     wanted = ids("CDE", 400)
     src = write_ids(tmp_path / "in.csv", wanted)
     env = sim_env(sim, pg_url, MOUVONE_RATE="50", MOUVONE_CLAIM_IDLE="1.5")
-    frozen = await _run(cli, spawned, src, env, "--concurrency", "2")
+    told = tmp_path / "frozen.json"
+    frozen = await _run(
+        cli, spawned, src, env, "--concurrency", "2", "--on-finish", f"cat > {told}"
+    )
     await _progress(pg_url, 20)
     os.kill(frozen.pid, signal.SIGSTOP)
     try:
@@ -428,13 +433,30 @@ async def test_a_frozen_host_wakes_to_find_its_orders_taken(
         assert other.returncode == 0, err.decode()[-2000:]
     finally:
         os.kill(frozen.pid, signal.SIGCONT)
-    _, woke = await asyncio.wait_for(frozen.communicate(), 60)
-    assert frozen.returncode in (0, 1), woke.decode()[-2000:]
+    out, woke = await asyncio.wait_for(frozen.communicate(), 60)
+    assert frozen.returncode == 0, woke.decode()[-2000:]
     assert b"lease_lapsed" in woke
+    taken = _accounted(woke)
+    assert taken > 0
+    assert f"{'taken by another run':<21}{taken:>10}" in out.decode(), out.decode()
+    notified = json.loads(told.read_text())  # the notification says so too
+    assert notified["taken_elsewhere"] == taken
+    assert f"{taken} taken by another run" in notified["text"]
+    _accounted(err)
     deletes = _deletes(sim)
     assert set(deletes) == set(wanted)
     twice = [order for order, n in deletes.items() if n > 1]
     assert len(twice) <= 2, twice
+
+
+def _accounted(stderr: bytes) -> int:
+    """A run's JSON summary accounts for every order it read; how many another run took."""
+    line = next(x for x in stderr.splitlines() if b'"event":"run_summary"' in x)
+    summary = json.loads(line)
+    taken = int(summary.get("taken_elsewhere", 0))
+    counted = sum(summary["outcomes"].values()) + summary["skipped_final"] + taken
+    assert counted + summary["duplicates"] == summary["orders_read"], summary
+    return taken
 
 
 async def test_a_cut_connection_loses_nothing(

@@ -89,6 +89,9 @@ class RunSummary:
     duplicates: int = 0
     # ended retryable_failed by another run after this one began: not sent, left to the next run
     failed_elsewhere: int = 0
+    # claimed by this run, then taken or answered by another after this run's lease lapsed (a
+    # shared ledger): their outcome is that run's
+    taken_elsewhere: int = 0
     read: int = 0
     sent_requests: int = 0
     paused_s: float = 0.0  # time every worker waited on 429 / quota answers
@@ -235,6 +238,8 @@ class RunReport:
             fields["first_invalid"] = list(s.first_invalid)
         if s.failed_elsewhere:
             fields["failed_elsewhere"] = s.failed_elsewhere
+        if s.taken_elsewhere:
+            fields["taken_elsewhere"] = s.taken_elsewhere
         if s.log_lines_lost:
             fields["log_lines_lost"] = s.log_lines_lost
         return fields

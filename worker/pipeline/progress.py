@@ -57,10 +57,10 @@ class ProgressReporter:
         self.stage: Callable[[], str] = str  # what the run waits for, told by the pool
 
     def done(self) -> int:
-        """Orders dealt with so far (answered, invalid, skipped, duplicate or left to the next
-        run)."""
+        """Orders dealt with so far (answered, invalid, skipped, duplicate, left to the next
+        run or taken by another)."""
         s = self._summary
-        return s.answered + s.skipped_final + s.duplicates + s.failed_elsewhere
+        return s.answered + s.skipped_final + s.duplicates + s.failed_elsewhere + s.taken_elsewhere
 
     async def run(self) -> None:
         """Update until cancelled; gathered log lines are written at every tick."""

@@ -70,8 +70,9 @@ def payload(
         "ledger": str(ledger_path) if ledger_path is not None else None,
         "needing_a_person": needing_a_person(ledger_path, report.get("run_id")),
     }
-    if report.get("failed_elsewhere"):  # left to the next run (a shared ledger)
-        data["failed_elsewhere"] = report["failed_elsewhere"]
+    for key in ("failed_elsewhere", "taken_elsewhere"):  # another run's (a shared ledger)
+        if report.get(key):
+            data[key] = report[key]
     if report.get("reason"):
         data["stop_reason"] = report["reason"]
     cleaned: dict[str, object] = redact.clean(data)  # the values, before they become text
@@ -95,6 +96,8 @@ def text(data: Mapping[str, object], *, markdown: bool = False) -> str:
     counts = ", ".join(f"{e(n)} {e(o)}" for o, n in outcomes.items()) or "no order answered"
     if data.get("failed_elsewhere"):
         counts += f", {e(data['failed_elsewhere'])} failed in another run (left to the next run)"
+    if data.get("taken_elsewhere"):
+        counts += f", {e(data['taken_elsewhere'])} taken by another run"
     codes = _mapping(data.get("error_codes"))
     listed = ", ".join(f"{e(c)} {e(n)}" for c, n in codes.items())
     coded = f" (error codes: {listed})" if codes else ""

@@ -162,6 +162,9 @@ def render_run(data: dict[str, object]) -> str:
     if data.get("failed_elsewhere"):
         why = "   (retryable_failed since this run began: left to the next run)"
         lines.append(_count("failed in another run", data["failed_elsewhere"], why))
+    if data.get("taken_elsewhere"):
+        why = "   (this run's lease lapsed: another run took or answered them)"
+        lines.append(_count("taken by another run", data["taken_elsewhere"], why))
     lines.extend(_dry_lines(data, outcomes) if dry else sent_lines(data, outcomes))
     codes = data.get("error_codes")
     if isinstance(codes, dict) and codes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -183,6 +183,12 @@ class Runner:
             outcomes, codes = await self._ledger.call(self._ledger.ledger.run_counts, self.run_id)
         except LedgerError:
             return  # the ledger failed: the counts of what arrived are all there is
+        if self._ledger.ledger.lease_every_s is not None:  # shared: other runs write too
+            # answers this run recorded that a run whose lease had lapsed answered again after
+            # (its request was on the wire when it froze): the order's row is now that run's
+            unrecorded = _answered(Counter(r.outcome for r in self._sink.unrecorded()))
+            answered = _answered(self.summary.outcomes) - unrecorded - _answered(outcomes)
+            self.summary.taken_elsewhere += max(0, answered)
         self.summary.outcomes = Counter(outcomes)
         self.summary.error_codes = Counter(codes)
 
@@ -225,3 +231,8 @@ class Runner:
             resume_before=self._options.plan_expires_at if stopped else "",
             predicted=self._options.predict,
         )
+
+
+def _answered(outcomes: Mapping[str, int]) -> int:
+    """Orders counted with an outcome other than `pending`."""
+    return sum(n for name, n in outcomes.items() if name != Outcome.PENDING)

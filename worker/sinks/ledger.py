@@ -124,6 +124,8 @@ class LedgerSink:
         its DELETE (its row is that run's to write)."""
         if state.lost:
             log.info("order_taken_by_another_run", order_id=state.order_id)
+            if self._tally is not None:
+                self._tally.summary.taken_elsewhere += 1
             return
         self.add(result)
 

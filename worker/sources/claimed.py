@@ -75,7 +75,15 @@ class ClaimedInput:
 
     def keepers(self) -> list[Coroutine[Any, Any, None]]:
         """The run's lease on the orders it claimed (a shared ledger's)."""
-        return [keep_lease(self._ledger, self._run_id, self._feed, self._clock, self._lease)]
+        return [
+            keep_lease(
+                self._ledger, self._run_id, self._feed, self._clock, self._lease, self._taken
+            )
+        ]
+
+    def _taken(self, orders: int) -> None:
+        """Orders this run had queued that another took after its lease lapsed."""
+        self._summary.taken_elsewhere += orders
 
     def ownership(self) -> Callable[[OrderState], Awaitable[bool]] | None:
         """On a shared ledger, the check before each DELETE; None on a file this run holds

@@ -38,7 +38,12 @@ class Lease:
 
 
 async def keep_lease(
-    ledger: LedgerThread, run_id: str, feed: Feed, clock: Clock, lease: Lease | None = None
+    ledger: LedgerThread,
+    run_id: str,
+    feed: Feed,
+    clock: Clock,
+    lease: Lease | None = None,
+    on_taken: Callable[[int], None] | None = None,
 ) -> None:
     """Renew the run's lease until cancelled, on a thread and a connection of its own (a slow
     write of results never delays it); at once when the ledger has no leases (a file).
@@ -46,7 +51,8 @@ async def keep_lease(
     A lease that lapsed (the process was frozen, or the database unreachable, for longer than
     ``claim_idle``) may have let another run take orders this one has queued: the queue is
     then checked against the ledger and keeps only the orders still this run's (a new epoch of
-    the feed: the orders taken before it are checked again before their DELETE)."""
+    the feed: the orders taken before it are checked again before their DELETE); ``on_taken``
+    hears how many were another's."""
     every_s = ledger.ledger.lease_every_s
     renewed = clock.monotonic()
     while every_s is not None:
@@ -67,6 +73,8 @@ async def keep_lease(
             taken = len(queued) - len(mine)
             log.warning("lease_lapsed", queued=len(queued), taken_by_others=taken)
             feed.checked(queued, mine)
+            if taken and on_taken is not None:
+                on_taken(taken)
         # the next renewal, or at once when orders claimed before a lapse are set aside (the
         # workers wait for their check: the input may have ended meanwhile)
         await first_of(clock, every_s, feed.suspected.wait())
