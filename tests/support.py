@@ -91,6 +91,17 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+def accounted(stderr: bytes) -> int:
+    """A run's JSON summary (on its standard error) accounts for every order it read; how many
+    another run took."""
+    line = next(x for x in stderr.splitlines() if b'"event":"run_summary"' in x)
+    summary = json.loads(line)
+    taken = int(summary.get("taken_elsewhere", 0))
+    counted = sum(summary["outcomes"].values()) + summary["skipped_final"] + taken
+    assert counted + summary["duplicates"] == summary["orders_read"], summary
+    return taken
+
+
 def send_times(ledger: Path | str) -> list[float]:
     """When each request left the client (the attempt log), in seconds since the epoch: rates
     are measured where the limiter acts, not at a server sharing the CPU."""

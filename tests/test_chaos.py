@@ -21,6 +21,7 @@ import psycopg
 from tests.support import (
     Cli,
     Queue,
+    accounted,
     assert_one_result_each,
     cut_database,
     ids,
@@ -139,6 +140,8 @@ async def test_runs_and_a_group_on_one_ledger_through_kills_freezes_and_cuts(
         for p, (o, e) in zip(survivors, ends, strict=True)
     )
     assert [p.returncode for p in survivors] == [0, 0, 0, 0], said
+    for _, err in ends[:2]:  # the runs: every order they read accounted for
+        accounted(err)
 
     rows = ledger_rows(pg_url)
     assert set(rows) == {*RUN_ORDERS, *QUEUE_ORDERS}

@@ -17,7 +17,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support import Cli, Queue, cut_database, ids, ledger_rows, sim_env, table_rows, write_ids
+from tests.support import (
+    Cli,
+    Queue,
+    accounted,
+    cut_database,
+    ids,
+    ledger_rows,
+    sim_env,
+    table_rows,
+    write_ids,
+)
 from worker.domain.location import PostgresUrl
 from worker.domain.models import Outcome, Result
 from worker.ledger import SCHEMA_VERSION, ledger_at
@@ -436,27 +446,17 @@ async def test_a_frozen_host_wakes_to_find_its_orders_taken(
     out, woke = await asyncio.wait_for(frozen.communicate(), 60)
     assert frozen.returncode == 0, woke.decode()[-2000:]
     assert b"lease_lapsed" in woke
-    taken = _accounted(woke)
+    taken = accounted(woke)
     assert taken > 0
     assert f"{'taken by another run':<21}{taken:>10}" in out.decode(), out.decode()
     notified = json.loads(told.read_text())  # the notification says so too
     assert notified["taken_elsewhere"] == taken
     assert f"{taken} taken by another run" in notified["text"]
-    _accounted(err)
+    accounted(err)
     deletes = _deletes(sim)
     assert set(deletes) == set(wanted)
     twice = [order for order, n in deletes.items() if n > 1]
     assert len(twice) <= 2, twice
-
-
-def _accounted(stderr: bytes) -> int:
-    """A run's JSON summary accounts for every order it read; how many another run took."""
-    line = next(x for x in stderr.splitlines() if b'"event":"run_summary"' in x)
-    summary = json.loads(line)
-    taken = int(summary.get("taken_elsewhere", 0))
-    counted = sum(summary["outcomes"].values()) + summary["skipped_final"] + taken
-    assert counted + summary["duplicates"] == summary["orders_read"], summary
-    return taken
 
 
 async def test_a_cut_connection_loses_nothing(
