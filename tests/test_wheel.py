@@ -18,8 +18,9 @@ from tests.support import REDIS_URL, Cli, Queue, write_ids
 from worker.simulator import RunningSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
-# one worker builds the wheel once for the module (pytest-xdist's loadgroup)
-pytestmark = pytest.mark.xdist_group("wheel")
+# one worker builds the wheel once for the module (pytest-xdist's loadgroup), in the setup of
+# whichever test comes first: a build, a venv and an install, a minute on a busy machine
+pytestmark = [pytest.mark.xdist_group("wheel"), pytest.mark.timeout(480)]
 NOT_SOURCE = (".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", ".coverage*")
 COMMANDS = ("run", "retry", "report", "select", "check", "plan", "apply", "control", "enqueue",
             "consume", "redrive", "simulate", "demo")  # fmt: skip
