@@ -17,9 +17,11 @@ server), ``scaleout`` (1, 2 and 4 runs sharing one PostgreSQL ledger and one inp
 freezes and connection cuts, ``--rounds`` times in a row), ``relearn`` (the pace after 429s
 that were a killed run's or a neighbour's doing), ``scale`` (dry run and resume of
 10,000,000 lines), ``night`` (5,000 orders with every kind of trouble, applied with the
-runbook's flags, interrupted and resumed: see ``benchmarks/night.py``) and ``screen`` (the
+runbook's flags, interrupted and resumed: see ``benchmarks/night.py``), ``screen`` (the
 terminal of a 5,000-order run through a canary, a slow order, a Ctrl-C and a resume, captured
-at every stage in tmux); those three are not in the default set: they take minutes, or tmux.
+at every stage in tmux) and ``baseline`` (today's code beside an earlier commit's,
+$BENCH_BASELINE: see ``benchmarks/baseline.py``); those four are not in the default set: they
+take minutes, tmux or git.
 
 The tool's modules are compiled to bytecode first, as an installed wheel's are (pip compiles
 them at install): with ``PYTHONDONTWRITEBYTECODE`` set, a checkout's modules would be compiled
@@ -50,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.baseline import scenario_baseline
 from benchmarks.goals import scenario_goals
 from benchmarks.night import scenario_night
 from benchmarks.relearn import scenario_relearn
@@ -629,6 +632,7 @@ SCENARIOS: dict[str, Callable[[Bench, dict[float, Simulator], int], None]] = {
     "relearn": scenario_relearn,
     "night": scenario_night,
     "goals": scenario_goals,
+    "baseline": scenario_baseline,
 }
 
 
@@ -654,7 +658,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     chosen = args.scenarios or [
-        name for name in SCENARIOS if name not in ("scale", "night", "screen")
+        name for name in SCENARIOS if name not in ("scale", "night", "screen", "baseline")
     ]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
