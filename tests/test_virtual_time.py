@@ -216,6 +216,47 @@ async def test_a_lease_that_cannot_be_renewed_is_tried_again_at_its_pace() -> No
         thread.close()
 
 
+async def test_a_check_the_database_refuses_is_tried_again_at_its_pace() -> None:
+    """The lease is renewed after a lapse, then the check of the orders set aside fails (the
+    database went away again): the keeper goes on, the orders stay set aside (never sent
+    unchecked), and the check is tried again a renewal period later, not in a loop."""
+
+    class _CheckRefused(_SharedLedger):
+        refusals = 1
+
+        def still_mine(self, order_ids: list[str], run_id: str) -> list[str]:
+            if self.refusals:
+                self.refusals -= 1
+                self.asked.extend(order_ids)
+                raise LedgerError("postgresql://db: cannot read the ledger: connection refused")
+            return super().still_mine(order_ids, run_id)
+
+    clock = FakeClock()
+    shared = _CheckRefused(taken={"CDE0000000002"})
+    thread = LedgerThread(shared)  # type: ignore[arg-type]  # the part of a Ledger it uses
+    feed = Feed(low=100)
+    feed.lapse()
+    await feed.put(["CDE0000000001", "CDE0000000002"], epoch=0)  # claimed before the lapse
+    keeper = asyncio.ensure_future(keep_lease(thread, "run1", feed, clock))
+    try:
+        await _until(lambda: len(shared.asked) == 2 and bool(clock.sleepers))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not keeper.done()
+        assert (shared.renewals, len(shared.asked)) == (1, 2)  # not asked again in a loop
+        assert feed.suspect == ["CDE0000000001", "CDE0000000002"]
+        feed.close()
+        taken = asyncio.ensure_future(_all(feed))
+        clock.advance(shared.lease_every_s)
+        await _until(taken.done)
+        assert taken.result() == ["CDE0000000001"]
+        assert shared.renewals == 2
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        thread.close()
+
+
 async def _all(feed: Feed) -> list[str]:
     """Every ID the feed gives until it ends."""
     taken = []

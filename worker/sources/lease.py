@@ -69,7 +69,12 @@ async def keep_lease(
         if lease is not None:  # after the lapse's new epoch, never before it
             lease.renewed_at = now
         if queued:  # what may have been taken is checked against the ledger
-            mine = await ledger.call(ledger.ledger.still_mine, queued, run_id)
+            try:
+                mine = await ledger.call(ledger.ledger.still_mine, queued, run_id)
+            except LedgerError as exc:  # set aside still: checked again at the next turn
+                log.warning("lease_check_failed", queued=len(queued), error=str(exc))
+                await clock.sleep(every_s)
+                continue
             taken = len(queued) - len(mine)
             log.warning("lease_lapsed", queued=len(queued), taken_by_others=taken)
             feed.checked(queued, mine)
