@@ -240,3 +240,22 @@ async def test_a_stop_file_stops_the_run(cli: Cli, sim: RunningSimulator, tmp_pa
     assert proc.returncode == 4, err.decode()[-2000:]
     assert b"the stop file" in err
     assert len(sim.sim.stats.deletes) < 100
+
+
+async def test_a_stop_file_that_cannot_be_checked_is_refused_before_anything_is_sent(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """--stop-file naming a path the system cannot look at (here a name longer than it allows)
+    is a usage error: exit 2, one line naming the flag, the path and the problem, and nothing
+    read, claimed or sent (it stopped the run mid-way as an internal error, exit 3)."""
+    ledger = tmp_path / "l.sqlite"
+    stop = tmp_path / ("x" * 300)
+    src = write_ids(tmp_path / "o.csv", ids("CDE", 50))
+    env = sim_env(sim, ledger)
+    result = await cli.run("run", str(src), "--yes", "--stop-file", str(stop), env=env)
+    assert result.code == 2, result.stderr[-2000:]
+    assert f"cancel-orders: --stop-file {stop}: cannot be checked (File name too long)" in (
+        result.stderr.splitlines()
+    )
+    assert len(sim.sim.stats.deletes) == 0
+    assert ledger_rows(ledger) == {}

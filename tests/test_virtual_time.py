@@ -14,7 +14,7 @@ from tests.support import mocked_api_settings
 from worker.domain.errors import LedgerError
 from worker.domain.models import Outcome, Result, RunOptions, RunSummary
 from worker.ledger import SqliteLedger
-from worker.pipeline.control import RunControl
+from worker.pipeline.control import RunControl, watch_limits
 from worker.pipeline.feed import Feed
 from worker.pipeline.order import OrderState
 from worker.pipeline.pool import drain
@@ -255,6 +255,33 @@ async def test_a_check_the_database_refuses_is_tried_again_at_its_pace() -> None
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
         thread.close()
+
+
+async def test_a_stop_file_that_can_no_longer_be_checked_stops_the_run(tmp_path: Path) -> None:
+    """--stop-file whose check starts failing mid-run (its folder made unreadable, a network
+    file system gone): the brake cannot be read, so it counts as pulled: the run stops as at
+    the file (exit 4, the same command resumes), saying why, at the next check."""
+
+    class _Unreadable(type(tmp_path)):  # type: ignore[misc]  # the platform's Path class
+        checks = 0
+
+        def exists(self, **_kwargs: object) -> bool:
+            type(self).checks += 1
+            if type(self).checks > 3:
+                raise PermissionError(13, "Permission denied")
+            return False
+
+    clock = FakeClock()
+    control = RunControl()
+    watcher = asyncio.ensure_future(
+        watch_limits(control, None, _Unreadable(tmp_path / "STOP"), clock)
+    )
+    await clock.run(watcher)
+    assert control.exit_code == 4
+    assert control.reason == (
+        f"the stop file {tmp_path / 'STOP'} can no longer be checked (Permission denied)"
+    )
+    assert clock.now == 1003.0  # three checks a second apart found nothing; the fourth failed
 
 
 async def _all(feed: Feed) -> list[str]:

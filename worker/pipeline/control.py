@@ -122,6 +122,13 @@ def limits_watcher(settings: Settings, control: RunControl, clock: Clock) -> Awa
             "the deadline had passed before anything was sent (--until / --run-time)"
         )
         return None
+    if settings.stop_file is not None:
+        try:
+            _exists(settings.stop_file)
+        except OSError as exc:  # a brake that cannot be read: nothing is sent
+            why = exc.strerror or str(exc)
+            control.abort(f"--stop-file {settings.stop_file}: cannot be checked ({why})", 2)
+            return None
     deadline = None if ahead is None else clock.monotonic() + ahead
     log.info("run_limits", deadline_in_s=ahead, stop_file=str(settings.stop_file or "") or None)
     return watch_limits(control, deadline, settings.stop_file, clock)
@@ -137,8 +144,8 @@ async def watch_limits(
         if deadline is not None and now >= deadline:
             control.stop_by_limit("the deadline was reached (--until / --run-time)")
             return
-        if stop_file is not None and _exists(stop_file):
-            control.stop_by_limit(f"the stop file {stop_file} exists (--stop-file)")
+        if stop_file is not None and (why := _stop_asked(stop_file)):
+            control.stop_by_limit(why)
             return
         wait = STOP_FILE_CHECK_S if deadline is None else min(STOP_FILE_CHECK_S, deadline - now)
         await clock.sleep(max(wait, 0.0))
@@ -150,3 +157,12 @@ STOP_FILE_CHECK_S = 1.0
 def _exists(path: Path) -> bool:
     """One stat a second: not worth a thread."""
     return path.exists()
+
+
+def _stop_asked(path: Path) -> str | None:
+    """Why the stop file stops the run: it exists, or it can no longer be checked (a brake
+    that cannot be read counts as pulled: the same command resumes); None to go on."""
+    try:
+        return f"the stop file {path} exists (--stop-file)" if _exists(path) else None
+    except OSError as exc:
+        return f"the stop file {path} can no longer be checked ({exc.strerror or exc})"
