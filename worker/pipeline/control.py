@@ -113,7 +113,9 @@ async def with_signals(control: RunControl, work: Awaitable[T]) -> T:
 
 
 def limits_watcher(settings: Settings, control: RunControl, clock: Clock) -> Awaitable[None] | None:
-    """The watcher of --until, --run-time and --stop-file (exit 4), or None without them."""
+    """The watcher of --until, --run-time and --stop-file (exit 4), or None without them, or
+    when the run stops before anything is sent: a deadline already passed (exit 4), a stop file
+    that cannot be checked (exit 2)."""
     ahead = settings.deadline_in_s(datetime.now().astimezone())
     if ahead is None and settings.stop_file is None:
         return None
