@@ -23,7 +23,7 @@ from worker.runtime.metrics import Metrics
 from worker.sinks.ledger import FLUSH_DELAY_S, LedgerSink, LedgerThread
 from worker.sources import IdValidator
 from worker.sources.claimed import ClaimedInput
-from worker.sources.lease import LAPSE, keep_lease
+from worker.sources.lease import LAPSE, Lease, keep_lease
 from worker.sources.plan import PlanSource
 
 
@@ -251,6 +251,63 @@ async def test_a_check_the_database_refuses_is_tried_again_at_its_pace() -> None
         await _until(taken.done)
         assert taken.result() == ["CDE0000000001"]
         assert shared.renewals == 2
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        thread.close()
+
+
+async def test_a_database_that_refuses_the_lease_for_its_whole_term_stops_the_run() -> None:
+    """The database refuses renewal after renewal (with every order left set aside after a
+    lapse, nothing else would meet the refusal): the keeper gives up once the refusals have
+    lasted the lease's whole term (the run stops, exit 3) instead of waiting for ever; a
+    turn that succeeds in between starts the count again."""
+
+    class _Gone(_SharedLedger):
+        renewed = (False, False, True, False, False, False, False)  # turn by turn
+
+        def renew(self, run_id: str) -> None:
+            super().renew(run_id)
+            if not self.renewed[self.renewals - 1]:
+                raise LedgerError("postgresql://db: connection refused")
+
+    clock = FakeClock()
+    shared = _Gone(taken=set())
+    thread = LedgerThread(shared)  # type: ignore[arg-type]  # the part of a Ledger it uses
+    feed = Feed(low=100)
+    feed.lapse()
+    await feed.put(["CDE0000000001"], epoch=0)  # claimed before the lapse: to be checked
+    every = shared.lease_every_s
+    gone: list[tuple[float, str]] = []
+    keeper = asyncio.ensure_future(
+        keep_lease(
+            thread,
+            "run1",
+            feed,
+            clock,
+            Lease(every * LAPSE, clock.monotonic()),
+            on_gone=lambda why: gone.append((clock.monotonic(), why)),
+        )
+    )
+    try:
+        start = clock.monotonic()
+        # refused, refused, renewed (the order set aside checked), then refused four times
+        for turn in range(1, 7):
+            await _until(lambda n=turn: shared.renewals == n and bool(clock.sleepers))
+            assert gone == []
+            assert not keeper.done()
+            clock.advance(every)
+        await _until(keeper.done)
+        assert keeper.result() is None
+        assert shared.renewals == 7
+        assert gone == [
+            (
+                start + 6 * every,
+                "the ledger has refused this run's lease for 30 s, its whole term "
+                "(--claim-idle): postgresql://db: connection refused",
+            )
+        ]
+        assert shared.asked == ["CDE0000000001"]
     finally:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)

@@ -77,7 +77,13 @@ class ClaimedInput:
         """The run's lease on the orders it claimed (a shared ledger's)."""
         return [
             keep_lease(
-                self._ledger, self._run_id, self._feed, self._clock, self._lease, self._taken
+                self._ledger,
+                self._run_id,
+                self._feed,
+                self._clock,
+                self._lease,
+                self._taken,
+                self._control.abort,
             )
         ]
 

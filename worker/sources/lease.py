@@ -44,6 +44,7 @@ async def keep_lease(
     clock: Clock,
     lease: Lease | None = None,
     on_taken: Callable[[int], None] | None = None,
+    on_gone: Callable[[str], None] | None = None,
 ) -> None:
     """Renew the run's lease until cancelled, on a thread and a connection of its own (a slow
     write of results never delays it); at once when the ledger has no leases (a file).
@@ -52,14 +53,23 @@ async def keep_lease(
     ``claim_idle``) may have let another run take orders this one has queued: the queue is
     then checked against the ledger and keeps only the orders still this run's (a new epoch of
     the feed: the orders taken before it are checked again before their DELETE); ``on_taken``
-    hears how many were another's."""
+    hears how many were another's.
+
+    A database that refuses the renewal or the check is asked again at each turn; once it has
+    refused every turn for the lease's whole term, ``on_gone`` hears why and the keeper ends
+    (the run stops, exit 3: with every order left set aside, nothing else would meet the
+    refusal, and the run would wait for a database that may never come back)."""
     every_s = ledger.ledger.lease_every_s
+    if every_s is None:
+        return
+    refusals = _Refusals(clock, lease.term_s if lease is not None else every_s * LAPSE, on_gone)
     renewed = clock.monotonic()
-    while every_s is not None:
+    while True:
         try:
             await asyncio.to_thread(ledger.ledger.renew, run_id)
         except LedgerError as exc:  # tried again at the next turn; the writes will tell
-            log.warning("lease_not_renewed", error=str(exc))
+            if refusals.given_up("lease_not_renewed", exc):
+                return
             await clock.sleep(every_s)
             continue
         now = clock.monotonic()
@@ -70,19 +80,55 @@ async def keep_lease(
             lease.renewed_at = now
         if queued:  # what may have been taken is checked against the ledger
             try:
-                mine = await ledger.call(ledger.ledger.still_mine, queued, run_id)
+                await _check(ledger, run_id, feed, queued, on_taken)
             except LedgerError as exc:  # set aside still: checked again at the next turn
-                log.warning("lease_check_failed", queued=len(queued), error=str(exc))
+                if refusals.given_up("lease_check_failed", exc, queued=len(queued)):
+                    return
                 await clock.sleep(every_s)
                 continue
-            taken = len(queued) - len(mine)
-            log.warning("lease_lapsed", queued=len(queued), taken_by_others=taken)
-            feed.checked(queued, mine)
-            if taken and on_taken is not None:
-                on_taken(taken)
+        refusals.since = None
         # the next renewal, or at once when orders claimed before a lapse are set aside (the
         # workers wait for their check: the input may have ended meanwhile)
         await first_of(clock, every_s, feed.suspected.wait())
+
+
+async def _check(
+    ledger: LedgerThread,
+    run_id: str,
+    feed: Feed,
+    queued: list[str],
+    on_taken: Callable[[int], None] | None,
+) -> None:
+    """Keep in the feed the orders set aside that are still this run's."""
+    mine = await ledger.call(ledger.ledger.still_mine, queued, run_id)
+    taken = len(queued) - len(mine)
+    log.warning("lease_lapsed", queued=len(queued), taken_by_others=taken)
+    feed.checked(queued, mine)
+    if taken and on_taken is not None:
+        on_taken(taken)
+
+
+@dataclass
+class _Refusals:
+    """The database's refusals of the lease's turns, in a row."""
+
+    clock: Clock
+    term_s: float  # refused this long: the keeper gives up
+    on_gone: Callable[[str], None] | None
+    since: float | None = None  # the first refused turn of the row
+
+    def given_up(self, event: str, exc: LedgerError, **fields: object) -> bool:
+        """Log one refusal; True (``on_gone`` told why) once they have lasted the term."""
+        now = self.clock.monotonic()
+        self.since = now if self.since is None else self.since
+        log.warning(event, error=str(exc), **fields)
+        if self.on_gone is None or now - self.since < self.term_s:
+            return False
+        self.on_gone(
+            f"the ledger has refused this run's lease for {now - self.since:.0f} s, its "
+            f"whole term (--claim-idle): {exc}"
+        )
+        return True
 
 
 class HeldByOthers:
