@@ -135,6 +135,43 @@ def cut_database(pg_url: str) -> int:
     return int(cut[0]) if cut else 0
 
 
+class TcpRelay:
+    """A TCP relay on a free loopback port to a loopback ``port`` (a database seen through
+    it); ``cut`` takes the server away for good: the relay stops listening (new connections
+    refused) and every connection it carries is cut."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._server: asyncio.Server | None = None
+        self._carried: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._carry, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._port)
+        self._carried += [writer, up_writer]
+        await asyncio.gather(_relay(reader, up_writer), _relay(up_reader, writer))
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._carried:
+            writer.transport.abort()
+
+
+async def _relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        sink.close()
+
+
 def max_in_window(times: Iterable[float], window: float = 1.0) -> int:
     """The most of these times in any ``window`` seconds."""
     ordered = sorted(times)

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ import psycopg
 import pytest
 
 from tests.support import (
+    PG_URL,
     Cli,
     Queue,
+    TcpRelay,
     accounted,
     cut_database,
     ids,
@@ -457,6 +460,50 @@ async def test_a_frozen_host_wakes_to_find_its_orders_taken(
     assert set(deletes) == set(wanted)
     twice = [order for order, n in deletes.items() if n > 1]
     assert len(twice) <= 2, twice
+
+
+@pytest.mark.timeout(300)  # the code before this test took many minutes: it fails on its clock
+async def test_a_database_gone_while_the_run_was_frozen_stops_it_in_seconds(
+    cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str, spawned: list[Any]
+) -> None:
+    """The run reaches PostgreSQL through a relay; frozen (SIGSTOP) past its lease, it wakes to
+    a server gone for good (every connection cut, new ones refused): it stops, exit 3, its
+    last line naming the ledger, after one call's four waits for a connection (twice the
+    URL's connect_timeout each) and a short one for each call after it, not four long ones for
+    each of its calls in turn (that took many minutes). No order is counted as another run's
+    (its check failed, nobody took it), and every order it read is accounted for."""
+    sim = await make_sim(latency_ms=5)
+    src = write_ids(tmp_path / "in.csv", ids("CDE", 400))
+    relay = TcpRelay(int(PG_URL.rsplit(":", 1)[1].split("/", 1)[0]))
+    via = pg_url.replace(PG_URL, PG_URL.replace(":5432/", f":{await relay.start()}/"), 1)
+    via += "&connect_timeout=2"  # the pool waits 4 s for a connection, four times at most
+    env = sim_env(sim, via, MOUVONE_RATE="50", MOUVONE_CLAIM_IDLE="1.5")
+    run = await _run(cli, spawned, src, env, "--concurrency", "4")
+    await _progress(pg_url, 20)
+    os.kill(run.pid, signal.SIGSTOP)
+    try:
+        for _ in range(600):  # until its lease has lapsed, as the other runs judge it
+            lapsed = table_rows(
+                pg_url,
+                "SELECT count(*) AS n FROM runs WHERE heartbeat_at < now() - '2 s'::interval",
+            )
+            if lapsed[0]["n"]:
+                break
+            await asyncio.sleep(0.05)
+        await relay.cut()
+    finally:
+        os.kill(run.pid, signal.SIGCONT)
+    woke = time.monotonic()
+    _, err = await asyncio.wait_for(run.communicate(), 240)
+    took = time.monotonic() - woke
+    said = err.decode()
+    assert run.returncode == 3, said[-2000:]
+    last = said.strip().splitlines()[-1]
+    assert last.startswith("cancel-orders: "), last
+    assert "cannot reach the ledger" in last, last
+    assert accounted(err) == 0
+    assert b"order_taken_by_another_run" not in err
+    assert took < 60, f"{took:.0f} s from the wake to the exit"
 
 
 async def test_a_cut_connection_loses_nothing(

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from worker.domain.errors import LedgerError
@@ -27,6 +28,7 @@ logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
 CONNECT_TIMEOUT_S = 10
 TRIES = 4  # one call: the first try and three more on a fresh connection
+GONE_WAIT_S = 2.0  # the wait for a connection once the server could not be reached (below)
 _RETRIED = (psycopg.OperationalError, psycopg.errors.DeadlockDetected)
 _names = itertools.count(1)
 
@@ -37,22 +39,21 @@ class PgDb:
 
     def __init__(self, url: PostgresUrl, *, size: int = 3) -> None:
         self.url = url
+        connect_s = connect_timeout(url.dsn)
         self.pool = ConnectionPool(
             url.dsn,
             min_size=1,
             max_size=size,
             open=False,
             check=ConnectionPool.check_connection,
-            kwargs={
-                "connect_timeout": CONNECT_TIMEOUT_S,
-                "fallback_application_name": "cancel-orders",
-            },
-            timeout=CONNECT_TIMEOUT_S * 2,
+            kwargs={"connect_timeout": connect_s, "fallback_application_name": "cancel-orders"},
+            timeout=connect_s * 2,
             name="ledger",
         )
+        self.gone = False  # the last call found no connection after the pool's whole wait
         try:  # one connection first: a server that refuses is named at once, not after retries
-            psycopg.connect(url.dsn, connect_timeout=CONNECT_TIMEOUT_S).close()
-            self.pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+            psycopg.connect(url.dsn, connect_timeout=connect_s).close()
+            self.pool.open(wait=True, timeout=connect_s)
         except (psycopg.Error, PoolTimeout) as exc:
             self.pool.close()
             why = _first_line(exc) if isinstance(exc, psycopg.Error) else "timed out"
@@ -65,17 +66,31 @@ class PgDb:
     def run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         """``work(connection)`` in one transaction, committed at its end; tried again on a
         fresh connection when the server dropped the connection or a deadlock aborted it
-        (every write of the ledger can be repeated: upserts, and appends keyed by request)."""
+        (every write of the ledger can be repeated: upserts, and appends keyed by request).
+
+        A call that found no connection in any of its tries (the pool tries to connect for
+        the whole of each wait: a failover has over a minute to end) says the server is gone,
+        and the calls after it wait GONE_WAIT_S, once, until one succeeds: a run stopping for
+        it writes what it can and ends in seconds (its calls run one after the other: eighty
+        seconds each were many minutes)."""
         for attempt in range(TRIES):
             try:
-                with self.pool.connection() as conn:
-                    return work(conn)
+                with self.pool.connection(GONE_WAIT_S if self.gone else None) as conn:
+                    done = work(conn)
+            except PoolTimeout as exc:
+                if self.gone or attempt == TRIES - 1:
+                    self.gone = True
+                    raise LedgerError(f"{self.url}: cannot reach the ledger: {exc}") from None
+                time.sleep(0.05 * 2**attempt)
             except _RETRIED as exc:
                 if attempt == TRIES - 1:
                     raise LedgerError(f"{self.url}: cannot write the ledger: {exc}") from None
                 time.sleep(0.05 * 2**attempt)
-            except (psycopg.Error, PoolTimeout) as exc:
+            except psycopg.Error as exc:
                 raise LedgerError(f"{self.url}: the ledger failed: {_first_line(exc)}") from None
+            else:
+                self.gone = False
+                return done
         raise AssertionError("unreachable")
 
     def fetch(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
@@ -85,12 +100,16 @@ class PgDb:
     def stream(self, sql: str, args: Sequence[object] = ()) -> Iterator[tuple[Any, ...]]:
         """A query's rows through a server-side cursor, 2,000 at a time (a report of millions
         of orders holds one page in memory)."""
+        wait = GONE_WAIT_S if self.gone else None
         try:
-            with self.pool.connection() as conn, conn.cursor(name=f"rows{next(_names)}") as cur:
+            with self.pool.connection(wait) as conn, conn.cursor(name=f"rows{next(_names)}") as cur:
                 cur.itersize = 2000
                 cur.execute(sql, args)
                 yield from cur
-        except (psycopg.Error, PoolTimeout) as exc:
+        except PoolTimeout as exc:
+            self.gone = True
+            raise LedgerError(f"{self.url}: cannot reach the ledger: {exc}") from None
+        except psycopg.Error as exc:
             raise LedgerError(f"{self.url}: cannot read the ledger: {_first_line(exc)}") from None
 
     def version(self) -> int | None:
@@ -129,6 +148,18 @@ class PgDb:
             conn.execute("INSERT INTO ledger_schema VALUES (%s)", (SCHEMA_VERSION,))
 
         self.run(build)
+
+
+def connect_timeout(dsn: str) -> int:
+    """Seconds to connect: the URL's ``connect_timeout`` when it names a positive one (libpq's
+    parameter: a whole number, at least 2), else CONNECT_TIMEOUT_S. The pool waits twice that
+    for a connection."""
+    given = conninfo_to_dict(dsn).get("connect_timeout")
+    try:
+        seconds = int(str(given)) if given is not None else 0
+    except ValueError:
+        seconds = 0
+    return max(seconds, 2) if seconds > 0 else CONNECT_TIMEOUT_S
 
 
 def _version(conn: psycopg.Connection[Any]) -> int | None:

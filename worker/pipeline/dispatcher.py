@@ -59,7 +59,7 @@ class Dispatcher:
         control: RunControl,
         clock: Clock,
         breaker: CircuitBreaker,
-        still_mine: Callable[[OrderState], Awaitable[bool]] | None = None,
+        still_mine: Callable[[OrderState], Awaitable[bool | None]] | None = None,
         metrics: Metrics | None = None,
         required: frozenset[str] | None = None,
         predict: bool = False,
@@ -291,10 +291,12 @@ class Dispatcher:
         return self._control.stopping
 
     async def _mine(self, state: OrderState) -> bool:
-        """Still this run's, right before its DELETE (its source's check); lost when not."""
+        """Still this run's, right before its DELETE (its source's check); lost when not (not
+        when the check failed: the run stops, and the order stays as the ledger has it)."""
         assert self._still_mine is not None
-        state.lost = not await self._still_mine(state)
-        return not state.lost
+        mine = await self._still_mine(state)
+        state.lost = mine is False
+        return mine is True
 
     def _noted(self, state: OrderState, answer: Answer) -> None:
         """What one answer tells the run: metrics, the breaker, credentials accepted."""

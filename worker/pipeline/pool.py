@@ -71,7 +71,7 @@ class Pool:
         metrics: Metrics,
         summary: RunSummary,
         *,
-        still_mine: Callable[[OrderState], Awaitable[bool]] | None = None,
+        still_mine: Callable[[OrderState], Awaitable[bool | None]] | None = None,
         ask: Callable[[list[Result]], bool] | None = None,
         predict: bool = False,
     ) -> None:

@@ -38,10 +38,10 @@ class Source(Protocol):
         more may (a stream's never do: its end is not known)."""
         ...
 
-    def ownership(self) -> Callable[[OrderState], Awaitable[bool]] | None:
+    def ownership(self) -> Callable[[OrderState], Awaitable[bool | None]] | None:
         """The check, after the rate limiter and right before each DELETE, that an order is
-        still this run's; None when nothing else can take it (a ledger file this run holds
-        locked)."""
+        still this run's (None: it could not be told, and the run stops); None when nothing
+        else can take it (a ledger file this run holds locked)."""
         ...
 
 

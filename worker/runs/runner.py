@@ -181,8 +181,14 @@ class Runner:
         and left `pending` (a stop), which no worker reported."""
         try:
             outcomes, codes = await self._ledger.call(self._ledger.ledger.run_counts, self.run_id)
-        except LedgerError:
-            return  # the ledger failed: the counts of what arrived are all there is
+        except LedgerError:  # the ledger failed: the counts of what arrived, and the orders
+            # claimed that no worker took, `pending` in the ledger as claimed
+            summary = self.summary
+            told = sum(summary.outcomes.values()) + summary.skipped_final + summary.duplicates
+            left = summary.read - told - summary.taken_elsewhere
+            if left > 0:
+                summary.outcomes[Outcome.PENDING.value] += left
+            return
         if self._ledger.ledger.lease_every_s is not None:  # shared: other runs write too
             # answers this run recorded that a run whose lease had lapsed answered again after
             # (its request was on the wire when it froze): the order's row is now that run's

@@ -53,6 +53,12 @@ class LedgerThread:
             future.add_done_callback(_consume)  # its error, if any, is the caller's no more
             raise
 
+    async def ask(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run the question ``fn(*args, **kwargs)`` on the ledger thread; a caller cancelled
+        before it starts takes it out of the queue (the writes behind it, such as a stopping
+        run's last results, do not wait for an answer no one will read)."""
+        return await self.submit(fn, *args, **kwargs)
+
     def submit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
         """Start ``fn(*args, **kwargs)`` on the ledger thread; its future (which a cancelled
         waiter does not cancel when shielded)."""
@@ -196,7 +202,7 @@ class LedgerChannel:
         self._run_id = run_id
 
     async def commands(self) -> dict[str, str]:
-        return await self._ledger.call(self._ledger.ledger.steering, self._run_id)
+        return await self._ledger.ask(self._ledger.ledger.steering, self._run_id)
 
     async def publish(self, status: dict[str, Any]) -> None:
-        await self._ledger.call(self._ledger.ledger.publish, self._run_id, status)
+        await self._ledger.ask(self._ledger.ledger.publish, self._run_id, status)

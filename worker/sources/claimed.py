@@ -91,12 +91,12 @@ class ClaimedInput:
         """Orders this run had queued that another took after its lease lapsed."""
         self._summary.taken_elsewhere += orders
 
-    def ownership(self) -> Callable[[OrderState], Awaitable[bool]] | None:
+    def ownership(self) -> Callable[[OrderState], Awaitable[bool | None]] | None:
         """On a shared ledger, the check before each DELETE; None on a file this run holds
         locked (nothing else can take its orders)."""
         return None if self._lease is None else self._still_mine
 
-    async def _still_mine(self, state: OrderState) -> bool:
+    async def _still_mine(self, state: OrderState) -> bool | None:
         """Still this run's: at no cost while the lease is fresh and the order was taken in
         its current epoch; else asked of the ledger (the process was frozen, or the database
         unreachable: another run may have judged the lease lapsed and taken the order)."""
@@ -105,12 +105,12 @@ class ClaimedInput:
         if lease.fresh(self._clock.monotonic()) and state.handle == str(self._feed.epoch):
             return True
         try:
-            mine = await self._ledger.call(
+            mine = await self._ledger.ask(
                 self._ledger.ledger.still_mine, [state.order_id], self._run_id
             )
         except LedgerError as exc:  # nothing it sends now could be recorded either
             self._control.abort(f"the ledger cannot confirm an order is still this run's: {exc}")
-            return False
+            return None  # not sent, and not another run's that we know of
         if mine:
             state.handle = str(self._feed.epoch)  # confirmed in this epoch
         return bool(mine)

@@ -100,7 +100,7 @@ async def _check(
     on_taken: Callable[[int], None] | None,
 ) -> None:
     """Keep in the feed the orders set aside that are still this run's."""
-    mine = await ledger.call(ledger.ledger.still_mine, queued, run_id)
+    mine = await ledger.ask(ledger.ledger.still_mine, queued, run_id)
     taken = len(queued) - len(mine)
     log.warning("lease_lapsed", queued=len(queued), taken_by_others=taken)
     feed.checked(queued, mine)
