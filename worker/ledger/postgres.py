@@ -80,7 +80,10 @@ class PgDb:
             except PoolTimeout as exc:
                 if self.gone or attempt == TRIES - 1:
                     self.gone = True
-                    raise LedgerError(f"{self.url}: cannot reach the ledger: {exc}") from None
+                    tries = f" ({attempt + 1} tries)" if attempt else ""
+                    raise LedgerError(
+                        f"{self.url}: cannot reach the ledger: {exc}{tries}"
+                    ) from None
                 time.sleep(0.05 * 2**attempt)
             except _RETRIED as exc:
                 if attempt == TRIES - 1:
