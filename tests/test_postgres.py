@@ -13,10 +13,12 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg_pool import PoolTimeout
 
 from tests.support import (
     PG_URL,
@@ -31,9 +33,11 @@ from tests.support import (
     table_rows,
     write_ids,
 )
+from worker.domain.errors import LedgerError
 from worker.domain.location import PostgresUrl
 from worker.domain.models import Outcome, Result
-from worker.ledger import SCHEMA_VERSION, ledger_at
+from worker.ledger import SCHEMA_VERSION, ledger_at, postgres
+from worker.ledger.postgres import GONE_WAIT_S, TRIES, PgDb
 from worker.simulator import RunningSimulator
 
 MIXED = [*ids("CDE", 3), "NFD0000000001", "SUB0000000001", "TMP0000000002", "bad id!"]
@@ -608,3 +612,45 @@ async def test_the_schema_is_versioned_and_a_dead_server_named(
     assert gone.code == 2
     assert "127.0.0.1" in gone.stderr
     assert len(gone.stderr.strip().splitlines()) == 1, gone.stderr
+
+
+def test_a_server_found_gone_is_not_waited_for_again_and_again(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that finds no connection in its four waits marks the server gone: a call within
+    GONE_WAIT_S fails at once with the same error, one after it waits GONE_WAIT_S once, and a
+    call that succeeds gives the next outage its four waits again (a failover's time)."""
+    db = PgDb(PostgresUrl(pg_url))
+    now = [1000.0]
+    monkeypatch.setattr(
+        postgres, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=lambda _s: None)
+    )
+    real = db.pool.connection
+    waits: list[float | None] = []
+
+    def refused(timeout: float | None = None) -> Any:
+        waits.append(timeout)
+        raise PoolTimeout(f"couldn't get a connection after {timeout or 20:.2f} sec")
+
+    try:
+        monkeypatch.setattr(db.pool, "connection", refused)
+        with pytest.raises(LedgerError, match=r"cannot reach the ledger: .* \(4 tries\)$"):
+            db.fetch("SELECT 1")
+        assert waits == [None] * TRIES
+        with pytest.raises(LedgerError, match=r"\(4 tries\)$"):  # the same answer, at once
+            db.fetch("SELECT 1")
+        assert waits == [None] * TRIES
+        now[0] += GONE_WAIT_S
+        with pytest.raises(LedgerError, match=r"after 2\.00 sec$"):
+            db.fetch("SELECT 1")
+        assert waits == [None] * TRIES + [GONE_WAIT_S]
+        monkeypatch.setattr(db.pool, "connection", real)
+        now[0] += GONE_WAIT_S
+        assert db.fetch("SELECT 1") == [(1,)]  # back: the next outage is waited for again
+        monkeypatch.setattr(db.pool, "connection", refused)
+        waits.clear()
+        with pytest.raises(LedgerError):
+            db.fetch("SELECT 1")
+        assert waits == [None] * TRIES
+    finally:
+        db.close()

@@ -50,7 +50,8 @@ class PgDb:
             timeout=connect_s * 2,
             name="ledger",
         )
-        self.gone = False  # the last call found no connection after the pool's whole wait
+        # when the last call found no connection in any of its waits, and what it raised
+        self._gone: tuple[float, str] | None = None
         try:  # one connection first: a server that refuses is named at once, not after retries
             psycopg.connect(url.dsn, connect_timeout=connect_s).close()
             self.pool.open(wait=True, timeout=connect_s)
@@ -69,21 +70,19 @@ class PgDb:
         (every write of the ledger can be repeated: upserts, and appends keyed by request).
 
         A call that found no connection in any of its tries (the pool tries to connect for
-        the whole of each wait: a failover has over a minute to end) says the server is gone,
-        and the calls after it wait GONE_WAIT_S, once, until one succeeds: a run stopping for
-        it writes what it can and ends in seconds (its calls run one after the other: eighty
-        seconds each were many minutes)."""
+        the whole of each wait: a failover has over a minute to end) says the server is gone:
+        the calls after it wait GONE_WAIT_S, once, until one succeeds, and those within
+        GONE_WAIT_S of a failed one fail at once with its error. A run stopping for it writes
+        what it can and ends in seconds (its calls run one after the other: eighty seconds
+        each were many minutes)."""
         for attempt in range(TRIES):
+            gone = self._still_gone()
             try:
-                with self.pool.connection(GONE_WAIT_S if self.gone else None) as conn:
+                with self.pool.connection(GONE_WAIT_S if gone else None) as conn:
                     done = work(conn)
             except PoolTimeout as exc:
-                if self.gone or attempt == TRIES - 1:
-                    self.gone = True
-                    tries = f" ({attempt + 1} tries)" if attempt else ""
-                    raise LedgerError(
-                        f"{self.url}: cannot reach the ledger: {exc}{tries}"
-                    ) from None
+                if gone or attempt == TRIES - 1:
+                    raise self._unreachable(exc, attempt + 1) from None
                 time.sleep(0.05 * 2**attempt)
             except _RETRIED as exc:
                 if attempt == TRIES - 1:
@@ -92,7 +91,7 @@ class PgDb:
             except psycopg.Error as exc:
                 raise LedgerError(f"{self.url}: the ledger failed: {_first_line(exc)}") from None
             else:
-                self.gone = False
+                self._gone = None
                 return done
         raise AssertionError("unreachable")
 
@@ -103,17 +102,32 @@ class PgDb:
     def stream(self, sql: str, args: Sequence[object] = ()) -> Iterator[tuple[Any, ...]]:
         """A query's rows through a server-side cursor, 2,000 at a time (a report of millions
         of orders holds one page in memory)."""
-        wait = GONE_WAIT_S if self.gone else None
+        wait = GONE_WAIT_S if self._still_gone() else None
         try:
             with self.pool.connection(wait) as conn, conn.cursor(name=f"rows{next(_names)}") as cur:
                 cur.itersize = 2000
                 cur.execute(sql, args)
                 yield from cur
         except PoolTimeout as exc:
-            self.gone = True
-            raise LedgerError(f"{self.url}: cannot reach the ledger: {exc}") from None
+            raise self._unreachable(exc, 1) from None
         except psycopg.Error as exc:
             raise LedgerError(f"{self.url}: cannot read the ledger: {_first_line(exc)}") from None
+
+    def _still_gone(self) -> bool:
+        """The server was found gone (the next wait is short); its error raised again within
+        GONE_WAIT_S of it."""
+        gone = self._gone
+        if gone is None:
+            return False
+        if time.monotonic() - gone[0] < GONE_WAIT_S:
+            raise LedgerError(gone[1])
+        return True
+
+    def _unreachable(self, exc: PoolTimeout, tries: int) -> LedgerError:
+        """No connection in any of ``tries`` waits: the server is gone."""
+        why = f"{self.url}: cannot reach the ledger: {exc}"
+        self._gone = (time.monotonic(), why + (f" ({tries} tries)" if tries > 1 else ""))
+        return LedgerError(self._gone[1])
 
     def version(self) -> int | None:
         """The schema's version; None when the database holds no ledger yet."""
