@@ -560,6 +560,34 @@ async def test_a_resume_with_a_canary_sends_untried_orders_first(
     assert {rows[o]["outcome"] for o in bad} == {"retryable_failed"}
 
 
+async def test_a_resume_judges_its_own_orders_before_the_ones_left_to_it(
+    cli: Cli, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Orders an earlier run tried and left (`retryable_failed`: they always answer 400
+    CONFLICT) come first in the input; a run with `--max-failure-rate 10` sends the orders no
+    run tried first and the left ones after them, so the brake judges the run by its own
+    orders (5 failed of 50, not over 10%) instead of stopping it on its first answers (5 of
+    the first 5), as it did every time the same command was run again."""
+    ledger = tmp_path / "l.sqlite"
+    bad = [f"CFL{n:09d}0" for n in range(1, 6)]  # a last digit 0: a CONFLICT every time
+    good = ids("CDE", 45)
+    env = sim_env(sim, ledger, MOUVONE_CONCURRENCY="1", MOUVONE_MAX_ATTEMPTS="1")
+    first = await cli.run("run", str(write_ids(tmp_path / "bad.csv", bad)), "--yes", env=env)
+    assert first.code == 1, first.stderr[-2000:]
+    assert {ledger_rows(ledger)[o]["outcome"] for o in bad} == {"retryable_failed"}
+    sent_before = len(sim.sim.stats.journal)
+    src = write_ids(tmp_path / "o.csv", [*bad, *good])
+    flags = ("--max-failure-rate", "10", "--min-orders", "5")
+    again = await cli.run("run", str(src), "--yes", *flags, env=env)
+    assert again.code == 1, again.stderr[-2000:]
+    assert "max-failure-rate" not in again.stderr
+    rows = ledger_rows(ledger)
+    assert {rows[o]["outcome"] for o in good} == {"cancelled"}
+    journal = sim.sim.stats.journal[sent_before:]
+    deletes = [order for method, order, _, _ in journal if method == "DELETE"]
+    assert sorted(deletes[-len(bad) :]) == bad, deletes
+
+
 async def test_a_resume_with_only_tried_orders_and_a_canary_larger_than_the_workers(
     cli: Cli, sim: RunningSimulator, tmp_path: Path
 ) -> None:

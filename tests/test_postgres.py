@@ -270,6 +270,32 @@ def test_a_claim_leaves_what_a_peer_failed_since_it_began(pg_url: str) -> None:
         ledger.close()
 
 
+def test_an_order_an_earlier_run_left_is_held_by_the_live_run_that_took_it(pg_url: str) -> None:
+    """Two live runs resume the same input: an order an earlier run left `retryable_failed`
+    goes to the first to claim it, marked `pending` under it (its last answer kept), and the
+    second finds it held. (It kept its outcome, and the second took it too or called it failed
+    in another run: both runs sent it, twice the attempts, when they began together.)"""
+    a = "ABC0000000001"
+    ledger = ledger_at(PostgresUrl(pg_url))
+    try:
+        ledger.begin_run("earlier", "run", "http://127.0.0.1:1")
+        ledger.claim([(a, None)], "earlier")
+        ledger.record([Result(a, Outcome.RETRYABLE_FAILED, 500, "HTTP_500", None, 3)], "earlier")
+        ledger.begin_run("first", "run", "http://127.0.0.1:1")
+        ledger.begin_run("second", "run", "http://127.0.0.1:1")
+        assert ledger.claim([(a, None)], "first").to_send == [a]
+        row = ledger_rows(pg_url)[a]
+        assert (row["outcome"], row["error_code"], row["run_id"]) == (
+            "pending",
+            "HTTP_500",
+            "first",
+        )
+        plan = ledger.claim([(a, None)], "second")
+        assert (plan.to_send, plan.held, plan.failed_elsewhere) == ([], [a], [])
+    finally:
+        ledger.close()
+
+
 async def test_a_lease_is_judged_by_its_holders_term(
     cli: Cli, make_sim: Any, tmp_path: Path, pg_url: str, spawned: list[Any]
 ) -> None:
@@ -582,6 +608,19 @@ async def test_a_consumer_refuses_a_ledger_of_another_target(
     assert await queue.results() == []
     recorded = table_rows(pg_url, "SELECT order_id FROM orders")
     assert [r["order_id"] for r in recorded] == ["CDE0000000001"]
+
+
+async def test_control_on_a_database_without_a_ledger_says_so(
+    cli: Cli, sim: RunningSimulator, pg_url: str
+) -> None:
+    """`control` on a database no run has used yet says what `report` says (it named a
+    missing table), exit 2."""
+    for args in (("control", "status"), ("control", "stop"), ("report",)):
+        done = await cli.run(*args, env=sim_env(sim, pg_url))
+        assert done.code == 2, args
+        assert done.stderr.strip().endswith(": no ledger in this database (a run creates it)"), (
+            done.stderr
+        )
 
 
 async def test_the_schema_is_versioned_and_a_dead_server_named(

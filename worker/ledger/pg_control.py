@@ -18,6 +18,8 @@ def live_runs(url: PostgresUrl, claim_idle: float) -> list[str]:
     first; ConfigError when there is none."""
     db = PgDb(url, size=1)
     try:
+        if db.version() is None:  # as every command that reads a ledger says it
+            raise ConfigError(f"{url}: no ledger in this database (a run creates it)")
         rows = db.fetch(
             "SELECT run_id FROM runs WHERE finished_at IS NULL AND heartbeat_at > "
             "now() - make_interval(secs => coalesce(lease_s, %s)) ORDER BY started_at",

@@ -32,8 +32,8 @@ from worker.ledger.pg_sql import (
     OUTCOMES_OF,
     PUBLISH,
     STATEMENTS,
+    TAKE,
     UPSERT,
-    any_of,
 )
 from worker.ledger.plan import Plan
 from worker.ledger.postgres import PgDb
@@ -150,11 +150,8 @@ class PgLedger(Ledger):
                 decide(plan, order_id, invalid, locked.get(order_id), final, run_id, stamp, force)
             seen.add(order_id)
         taken = [order_id for order_id in plan.to_send if order_id not in fresh]
-        if taken:
-            conn.execute(
-                f"UPDATE orders SET run_id = %s, updated_at = %s WHERE order_id {any_of()}",
-                (run_id, stamp, self._list(taken)),
-            )
+        if taken:  # marked `pending` under this run: another live run leaves them to it
+            conn.execute(TAKE, (run_id, stamp, self._list(taken)))
         if plan.invalid:
             conn.execute(UPSERT, {"rows": result_rows(plan.invalid), "run": run_id, "at": stamp})
         return plan

@@ -106,6 +106,13 @@ INSERT_NEW = (
     "ORDER BY i ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
 )
 OUTCOMES_OF = f"SELECT order_id, outcome FROM orders WHERE order_id {any_of()}"
+# Orders a claim takes from earlier runs: `pending` under this run (so that another live run
+# finds them held, not left by a run that ended: it sent them too), their last answer kept; a
+# final one (--force) keeps its outcome until answered again.
+TAKE = (
+    "UPDATE orders SET run_id = %s, updated_at = %s, outcome = CASE WHEN outcome IN "
+    f"({FINAL_SQL}) THEN outcome ELSE 'pending' END WHERE order_id {any_of()}"
+)
 
 UPSERT = f"""
 INSERT INTO orders (order_id, outcome, http_status, error_code, message, attempts, run_id,

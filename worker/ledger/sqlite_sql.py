@@ -199,10 +199,14 @@ DROP TABLE orders_schema5;
 # The batch forms: one statement per batch, its rows in one JSON parameter, so that the whole
 # batch runs inside SQLite (which releases the GIL) instead of row by row in Python.
 # ?1: JSON array of order IDs; ?2: the run's key; ?3: the time, integer milliseconds.
-CLAIM_BATCH = """
+# An order an earlier run left (`retryable_failed`) is marked `pending` under this run like a
+# new one, its last answer kept; a final one (--force) keeps its outcome until answered again.
+CLAIM_BATCH = f"""
 INSERT INTO order_state (order_id, outcome, attempts, run, created_ms, updated_ms)
 SELECT value, 'pending', 0, ?2, ?3, ?3 FROM json_each(?1) WHERE true
-ON CONFLICT (order_id) DO UPDATE SET run = excluded.run, updated_ms = excluded.updated_ms
+ON CONFLICT (order_id) DO UPDATE SET run = excluded.run, updated_ms = excluded.updated_ms,
+    outcome = CASE WHEN order_state.outcome IN ({FINAL_SQL}) THEN order_state.outcome
+                   ELSE 'pending' END
 """
 
 # ?1: JSON array of results, each an array (order_id, outcome, http_status, error_code,

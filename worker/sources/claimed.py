@@ -3,7 +3,10 @@
 
 The input's IDs are read in batches (off the event loop), each batch claimed in the ledger
 (marked `pending` under this run, or found final, a duplicate, invalid, or held by another live
-run) and what is to be sent fed to the workers. An order an earlier run may have sent is looked
+run) and what is to be sent fed to the workers: the orders no earlier run tried first, those
+earlier runs tried and left (`retryable_failed`, `pending` after a request) once the whole input
+is claimed, so that the guardrails judge the run by its own orders first (a resume does not
+begin with the failures of the run before). An order an earlier run may have sent is looked
 up before it is sent again. On a shared ledger the run's lease is kept while it sends, and the
 orders another live run holds are asked for again until that run finishes them or dies.
 """
@@ -59,6 +62,9 @@ class ClaimedInput:
         self._summary = summary
         self.skipped: dict[str, int] = {}  # outcome -> orders found final, not sent again
         self._uncertain: set[str] = set()  # queued orders an earlier run may have sent
+        # claimed orders earlier runs tried, by the epoch of their claim: sent after the input
+        self._tried: list[tuple[int, list[str]]] = []
+        self._input_claimed = False
         self._claimed = 0  # orders claimed to be sent (held to options.approved)
         self._feed = Feed(low=settings.concurrency)
         shared = ledger.ledger.lease_every_s is not None
@@ -152,6 +158,12 @@ class ClaimedInput:
                 break
             self._summary.read += len(batch)
             await self._claim(batch, feed)
+        self._input_claimed = True
+        tried, self._tried = self._tried, []
+        for epoch, order_ids in tried:
+            if feed is None or self._control.stopping:
+                break  # claimed, never sent: `pending` under this run
+            await feed.put(order_ids, epoch)
         await self._held.settle(
             lambda ids: self._claim([(order_id, None) for order_id in ids], feed),
             lambda: self._control.stopping,
@@ -192,7 +204,11 @@ class ClaimedInput:
         if feed is None:
             summary.sent_requests += len(plan.to_send)
             return
-        await feed.put(plan.to_send, epoch)
+        to_send = plan.to_send
+        if plan.uncertain and not self._input_claimed:
+            self._tried.append((epoch, [i for i in to_send if i in plan.uncertain]))
+            to_send = [order_id for order_id in to_send if order_id not in plan.uncertain]
+        await feed.put(to_send, epoch)
 
     def _beyond_approval(self, more: int) -> bool:
         """What was confirmed and capped is what is sent: claimed orders beyond the approved
