@@ -152,7 +152,7 @@ class TcpRelay:
     async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._port)
         self._carried += [writer, up_writer]
-        await asyncio.gather(_relay(reader, up_writer), _relay(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     async def cut(self) -> None:
         if self._server is not None:
@@ -161,9 +161,16 @@ class TcpRelay:
             writer.transport.abort()
 
 
-async def _relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+async def pipe(
+    source: asyncio.StreamReader,
+    sink: asyncio.StreamWriter,
+    seen: Callable[[bytes], None] | None = None,
+) -> None:
+    """Carry one direction of a connection until it ends (``seen`` is shown each piece)."""
     try:
         while data := await source.read(65536):
+            if seen is not None:
+                seen(data)
             sink.write(data)
             await sink.drain()
     except (ConnectionError, OSError):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.support import Cli, ledger_rows, sim_env, write_ids
+from tests.support import Cli, ledger_rows, pipe, sim_env, write_ids
 from worker.simulator import RunningSimulator, SimConfig, start
 
 MIXED = {"CDE0000000001": "cancelled", "ALR0000000001": "already_cancelled",
@@ -124,26 +124,14 @@ class ForwardProxy:
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         else:
             up_writer.write(first)
-        await asyncio.gather(_pipe(reader, up_writer, self), _pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, self._count), pipe(up_reader, writer))
+
+    def _count(self, data: bytes) -> None:
+        self.deletes += data.count(b"DELETE http://")
 
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
-
-
-async def _pipe(
-    source: asyncio.StreamReader, sink: asyncio.StreamWriter, count: ForwardProxy | None = None
-) -> None:
-    try:
-        while data := await source.read(65536):
-            if count is not None:
-                count.deletes += data.count(b"DELETE http://")
-            sink.write(data)
-            await sink.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        sink.close()
 
 
 @pytest.fixture

@@ -126,6 +126,16 @@ async def _until(done: Callable[[], bool]) -> None:
         await asyncio.sleep(0.001)
 
 
+async def _set_aside(shared: _SharedLedger, order_ids: list[str]) -> tuple[LedgerThread, Feed]:
+    """The ledger's thread, and a feed whose orders were claimed before a lapse: set aside,
+    to be checked."""
+    thread = LedgerThread(shared)  # type: ignore[arg-type]  # the part of a Ledger it uses
+    feed = Feed(low=100)
+    feed.lapse()
+    await feed.put(order_ids, epoch=0)
+    return thread, feed
+
+
 async def test_a_lease_lapsed_by_a_freeze_keeps_only_the_orders_still_ours() -> None:
     """The lease is renewed every lease_every_s of the clock; after a freeze longer than
     LAPSE renewals, the orders queued are checked against the ledger and those another run
@@ -196,10 +206,7 @@ async def test_a_lease_that_cannot_be_renewed_is_tried_again_at_its_pace() -> No
 
     clock = FakeClock()
     shared = _Refusing(taken=set())
-    thread = LedgerThread(shared)  # type: ignore[arg-type]  # the part of a Ledger it uses
-    feed = Feed(low=100)
-    feed.lapse()
-    await feed.put(["CDE0000000001"], epoch=0)  # claimed before the lapse: to be checked
+    thread, feed = await _set_aside(shared, ["CDE0000000001"])
     keeper = asyncio.ensure_future(keep_lease(thread, "run1", feed, clock))
     try:
         await _until(lambda: bool(clock.sleepers))
@@ -233,10 +240,7 @@ async def test_a_check_the_database_refuses_is_tried_again_at_its_pace() -> None
 
     clock = FakeClock()
     shared = _CheckRefused(taken={"CDE0000000002"})
-    thread = LedgerThread(shared)  # type: ignore[arg-type]  # the part of a Ledger it uses
-    feed = Feed(low=100)
-    feed.lapse()
-    await feed.put(["CDE0000000001", "CDE0000000002"], epoch=0)  # claimed before the lapse
+    thread, feed = await _set_aside(shared, ["CDE0000000001", "CDE0000000002"])
     keeper = asyncio.ensure_future(keep_lease(thread, "run1", feed, clock))
     try:
         await _until(lambda: len(shared.asked) == 2 and bool(clock.sleepers))
@@ -273,10 +277,7 @@ async def test_a_database_that_refuses_the_lease_for_its_whole_term_stops_the_ru
 
     clock = FakeClock()
     shared = _Gone(taken=set())
-    thread = LedgerThread(shared)  # type: ignore[arg-type]  # the part of a Ledger it uses
-    feed = Feed(low=100)
-    feed.lapse()
-    await feed.put(["CDE0000000001"], epoch=0)  # claimed before the lapse: to be checked
+    thread, feed = await _set_aside(shared, ["CDE0000000001"])
     every = shared.lease_every_s
     gone: list[tuple[float, str]] = []
     keeper = asyncio.ensure_future(
