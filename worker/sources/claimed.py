@@ -64,7 +64,8 @@ class ClaimedInput:
         self._uncertain: set[str] = set()  # queued orders an earlier run may have sent
         # claimed orders earlier runs tried, by the epoch of their claim: sent after the input
         self._tried: list[tuple[int, list[str]]] = []
-        self._input_claimed = False
+        # (`retry` sends only such orders: in the order it finds them)
+        self._input_claimed = options.command == "retry"
         self._claimed = 0  # orders claimed to be sent (held to options.approved)
         self._feed = Feed(low=settings.concurrency)
         shared = ledger.ledger.lease_every_s is not None
