@@ -77,6 +77,30 @@ async def test_pause_holds_everyone() -> None:
     assert max_in_window(times) <= 10
 
 
+async def test_a_brake_holds_everyone_and_is_not_a_pause_of_the_gateway() -> None:
+    """A brake (the ledger has not taken the results) stops every admission until it ends,
+    waiters included, as a pause does; it is not counted as a pause of the gateway's."""
+    clock = FakeClock()
+    limiter = RateLimiter(10, clock, margin=1.0, hard_cap=False)
+    await _admit(limiter, clock, 1)
+    start = clock.monotonic()
+    tasks = [asyncio.create_task(limiter.acquire()) for _ in range(5)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    limiter.brake(1.5)
+    limiter.brake(0.5)  # a shorter one does not end it early
+    times: list[float] = []
+
+    async def watch(task: asyncio.Task[float]) -> None:
+        await task
+        times.append(clock.monotonic())
+
+    await clock.run(*[asyncio.create_task(watch(t)) for t in tasks])
+    assert min(times) >= start + 1.5
+    assert max_in_window(times) <= 10
+    assert limiter.paused_total_s == 0.0
+
+
 async def test_pause_never_shortens() -> None:
     """A shorter pause arriving during a longer one does not end it early."""
     clock = FakeClock()

@@ -5,9 +5,11 @@ DELETE that an order is still the run's."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.fakes import FakeClock
 from tests.support import mocked_api_settings
@@ -20,7 +22,7 @@ from worker.pipeline.order import OrderState
 from worker.pipeline.pool import drain
 from worker.pipeline.tally import Tally
 from worker.runtime.metrics import Metrics
-from worker.sinks.ledger import FLUSH_DELAY_S, LedgerSink, LedgerThread
+from worker.sinks.ledger import FLUSH_DELAY_S, STALL_S, LedgerSink, LedgerThread
 from worker.sources import IdValidator
 from worker.sources.claimed import ClaimedInput
 from worker.sources.lease import LAPSE, Lease, keep_lease
@@ -92,6 +94,56 @@ async def test_the_flusher_writes_a_result_at_most_the_delay_after_it_arrives(
         assert start + FLUSH_DELAY_S <= written_at[0] <= start + 2 * FLUSH_DELAY_S
         assert errors == []
     finally:
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        thread.close()
+        ledger.close()
+
+
+async def test_a_write_the_ledger_has_not_taken_holds_every_request_until_it_has(
+    tmp_path: Path,
+) -> None:
+    """The ledger takes a batch of results no sooner than its writer lets it (a database gone
+    away, a file another program locks): once the write has waited STALL_S, the sink brakes
+    the requests, again at each look until the write ends, then no more: the answers that
+    could not be recorded stay those in flight, not all that the rate sends meanwhile."""
+
+    written = threading.Event()
+
+    class _Stuck(SqliteLedger):
+        def record(self, *args: Any, **kwargs: Any) -> None:
+            assert written.wait(10)
+            super().record(*args, **kwargs)
+
+    clock = FakeClock()
+    ledger = _Stuck(tmp_path / "l.sqlite")
+    thread = LedgerThread(ledger)
+    sink = LedgerSink(thread, "run1", Tally(RunSummary(), Metrics(), logged=False), clock)
+    brakes: list[tuple[float, float]] = []
+    sink.brake(lambda seconds: brakes.append((clock.monotonic(), seconds)))
+    flusher = asyncio.ensure_future(sink.run([].append))
+    try:
+        sink.add(Result("CDE0000000001", Outcome.CANCELLED, 200, None, None, 1))
+        await _until(lambda: clock.sleepers == 1)  # the flusher's delay
+        start = clock.monotonic()
+        clock.advance(FLUSH_DELAY_S)
+        await _until(lambda: clock.sleepers == 1)  # the write, watched
+        clock.advance(STALL_S / 2)
+        await _until(lambda: clock.sleepers == 1)
+        assert brakes == []  # a write this short holds nothing
+        for looks in (1, 2, 3):
+            clock.advance(STALL_S / 2)
+            await _until(lambda n=looks: len(brakes) == n and clock.sleepers == 1)
+            clock.advance(STALL_S / 2)
+        assert brakes == [(start + FLUSH_DELAY_S + n * STALL_S, STALL_S * 1.5) for n in (1, 2, 3)]
+        written.set()
+        await _until(lambda: bool(list(ledger.rows())) and clock.sleepers == 0)
+        clock.advance(STALL_S * 3)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(brakes) == 3  # the write ended: no more
+    finally:
+        written.set()
         flusher.cancel()
         await asyncio.gather(flusher, return_exceptions=True)
         thread.close()

@@ -105,6 +105,7 @@ class RateLimiter:
         self._next_slot = 0.0
         self._paused_until = 0.0
         self.paused_total_s = 0.0
+        self.braked_until = 0.0  # no slot before then: the ledger has not taken the results
         self._throttler: Throttler | None = None
         self.on_wait: Callable[[float], None] = _ignore  # time spent waiting for a slot
         self._hard_cap = hard_cap
@@ -178,8 +179,8 @@ class RateLimiter:
             self.on_wait(slot - now)
             await self._clock.sleep(slot - now)
             now = self._clock.monotonic()
-            if now < self._paused_until or self.held:
-                continue  # a pause or a hold began while this caller waited: queue behind it
+            if now < self._paused_until or now < self.braked_until or self.held:
+                continue  # a pause, a brake or a hold began while this caller waited: behind it
             if now - slot > STALL_S and not retaken:
                 retaken = True
                 continue
@@ -210,6 +211,12 @@ class RateLimiter:
             self.paused_total_s += until - max(self._paused_until, self._clock.monotonic())
             self._paused_until = until
         self._next_slot = max(self._next_slot, self._paused_until)
+
+    def brake(self, seconds: float) -> None:
+        """Hand out no slot for ``seconds`` from now: the run's results wait on its ledger (a
+        wait of the tool's, not the gateway's: not counted as paused)."""
+        self.braked_until = max(self.braked_until, self._clock.monotonic() + seconds)
+        self._next_slot = max(self._next_slot, self.braked_until)
 
     def slow_down(self, slot: float | None = None, hint_per_s: float | None = None) -> None:
         """A 429 to the request sent in ``slot`` (its limiter slot), the gateway's own limit in

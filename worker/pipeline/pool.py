@@ -116,6 +116,7 @@ class Pool:
         run (`cancel-orders control`)."""
         control = self.control
         self.dispatcher.on_attempt = sink.attempt
+        sink.brake(self.limiter.brake)
         self.dispatcher.may_shelve = lambda: (
             self.canary.passed
         )  # a canary order waits in its worker
@@ -224,6 +225,8 @@ class Pool:
             return "paused (control)"
         if breaker.is_open:
             return f"API outage for {breaker.outage_s():.0f} s: probing"
+        if limiter.braked_until > now:
+            return "waiting for the ledger to record the answers"
         if limiter.paused_until > now:
             return f"waiting {limiter.paused_until - now:.0f} s (Retry-After)"
         if not self.canary.passed and self.canary.size:

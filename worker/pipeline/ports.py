@@ -61,3 +61,8 @@ class Sink(Protocol):
         """One answered request for this order (the attempt log); never awaits, and comes
         before the order's result."""
         ...
+
+    def brake(self, pause: Callable[[float], None]) -> None:
+        """How to hold every request for a while (the limiter's pause), for a sink that may
+        fall behind: no order is sent whose outcome it could not record."""
+        ...

@@ -31,6 +31,7 @@ log = structlog.get_logger(__name__)
 
 FLUSH_EVERY = 1024  # results: write at once
 FLUSH_DELAY_S = 0.1  # the longest a received answer waits before its transaction starts
+STALL_S = 1.0  # a write the ledger has not taken this long holds every request until it has
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -99,6 +100,14 @@ class LedgerSink:
         self._waiting = asyncio.Event()  # something is buffered
         self._full = asyncio.Event()  # FLUSH_EVERY are buffered
         self._flush_lock = asyncio.Lock()
+        self._pause: Callable[[float], None] | None = None  # holds the requests (``brake``)
+
+    def brake(self, pause: Callable[[float], None]) -> None:
+        """While a write waits on the ledger longer than STALL_S (a database that has gone
+        away, a file locked by another program), ``pause`` (the limiter's brake) holds every
+        request, again and again until the write ends: the answers that cannot be recorded
+        stay few (those in flight), not thousands sent meanwhile."""
+        self._pause = pause
 
     def add(self, result: Result) -> None:
         """Buffer, count and log one order's result (never awaits; the result is buffered
@@ -159,13 +168,23 @@ class LedgerSink:
             write = self._ledger.submit(self._ledger.ledger.record, batch, self._run_id, tried)
             self._writing = (write, batch, tried)
             try:
-                await asyncio.shield(write)
+                await self._written(write)
             except LedgerError:
                 self._writing = None
                 self._buffer[:0] = batch  # kept for the final flush
                 self._attempts[:0] = tried
                 raise
             self._writing = None
+
+    async def _written(self, write: asyncio.Future[None]) -> None:
+        """Until ``write`` ends (its error raised); every request held while it takes longer
+        than STALL_S (``brake``)."""
+        pause = self._pause
+        if pause is not None:
+            while not await first_of(self._clock, STALL_S, asyncio.shield(write)):
+                log.warning("ledger_slow", waited_s=STALL_S, results=len(self._buffer))
+                pause(STALL_S * 1.5)  # until the next look, and a little more
+        await asyncio.shield(write)
 
     async def _settle_interrupted_write(self) -> None:
         assert self._writing is not None

@@ -56,6 +56,9 @@ class ResultsStream:
         dead = "attempts exhausted" if result.outcome is Outcome.RETRYABLE_FAILED else ""
         await self.finish(state.handle, state.order_id, result, dead, state.tried)
 
+    def brake(self, pause: Callable[[float], None]) -> None:
+        """Never: each result is written before its worker takes another order."""
+
     def interrupted(self, state: OrderState, result: Result) -> None:
         """A worker stopped before the answer: the entry stays pending, for a claim."""
 
