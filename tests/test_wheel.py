@@ -4,7 +4,9 @@ of the build."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,8 +20,8 @@ from tests.support import REDIS_URL, Cli, Queue, write_ids
 from worker.simulator import RunningSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
-# one worker builds the wheel once for the module (pytest-xdist's loadgroup), in the setup of
-# whichever test comes first: a build, a venv and an install, a minute on a busy machine
+# the wheel is built once for the run (``installed``), in the setup of whichever test comes
+# first: a build, a venv and an install, a minute on a busy machine
 pytestmark = [pytest.mark.xdist_group("wheel"), pytest.mark.timeout(480)]
 NOT_SOURCE = (".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", ".coverage*")
 COMMANDS = ("run", "retry", "report", "select", "check", "plan", "apply", "control", "enqueue",
@@ -34,10 +36,28 @@ def _pip(python: Path, *args: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(the built wheel, the installed ``cancel-orders``) in a venv outside the checkout."""
-    where = tmp_path_factory.mktemp("wheel")
+    """(the built wheel, the installed ``cancel-orders``) in a venv outside the checkout, made
+    once for the whole run: the first worker to need it builds it under a lock in the
+    session's shared temporary folder, the others wait and use it (the `xdist_group` mark
+    alone did not keep these tests on one worker: the wheel was built twice, 40 s each)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one folder per worker: their parent is the run's
+        shared = shared.parent
+    where = shared / "wheel"
+    with (shared / "wheel.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (where / "ready").exists():
+            _build(where)
+            (where / "ready").touch()
+    (wheel,) = (where / "dist").glob("cancel_orders-*.whl")
+    return wheel, where / "venv" / "bin" / "cancel-orders"
+
+
+def _build(where: Path) -> None:
+    """The wheel in ``where/dist``, installed in the venv ``where/venv``."""
+    shutil.rmtree(where, ignore_errors=True)  # a build a failed run left
     # built from a copy of the sources: a build in the checkout shares its build/ folder with
     # any other build running there at the same time
     source = where / "source"
@@ -45,9 +65,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     _pip(Path(sys.executable), "wheel", "--no-deps", str(source), "-w", str(where / "dist"))
     (wheel,) = (where / "dist").glob("cancel_orders-*.whl")
     venv.EnvBuilder(with_pip=True).create(where / "venv")
-    python = where / "venv" / "bin" / "python"
-    _pip(python, "install", str(wheel))
-    return wheel, where / "venv" / "bin" / "cancel-orders"
+    _pip(where / "venv" / "bin" / "python", "install", str(wheel))
 
 
 def test_every_module_is_in_the_wheel(installed: tuple[Path, Path]) -> None:
