@@ -108,8 +108,10 @@ async def test_every_command_answers_as_on_a_file(
     """The same commands on the same orders (one request at a time, so that both simulators
     see the same sequence), on a SQLite file and on PostgreSQL: the same exit statuses and
     the same outputs, once times, ids and names are set aside."""
-    on_file = await _session(cli, await make_sim(), tmp_path / "a", str(tmp_path / "l.sqlite"))
-    on_pg = await _session(cli, await make_sim(), tmp_path / "b", pg_url)
+    on_file, on_pg = await asyncio.gather(  # side by side: each is a minute on a busy machine
+        _session(cli, await make_sim(), tmp_path / "a", str(tmp_path / "l.sqlite")),
+        _session(cli, await make_sim(), tmp_path / "b", pg_url),
+    )
     assert on_file["run"][0] == 1
     assert on_file["retry"][0] == 1
     assert '  "outcomes": {' in on_file["report json"][1]  # the normal form still says things
