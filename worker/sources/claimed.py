@@ -64,8 +64,8 @@ class ClaimedInput:
         self._uncertain: set[str] = set()  # queued orders an earlier run may have sent
         # claimed orders earlier runs tried, by the epoch of their claim: sent after the input
         self._tried: list[tuple[int, list[str]]] = []
-        # (`retry` sends only such orders: in the order it finds them)
-        self._input_claimed = options.command == "retry"
+        # held back until the input is claimed (not by `retry`: it sends only such orders)
+        self._hold_tried = options.command != "retry"
         self._claimed = 0  # orders claimed to be sent (held to options.approved)
         self._feed = Feed(low=settings.concurrency)
         shared = ledger.ledger.lease_every_s is not None
@@ -159,7 +159,7 @@ class ClaimedInput:
                 break
             self._summary.read += len(batch)
             await self._claim(batch, feed)
-        self._input_claimed = True
+        self._hold_tried = False
         tried, self._tried = self._tried, []
         for epoch, order_ids in tried:
             if feed is None or self._control.stopping:
@@ -206,7 +206,7 @@ class ClaimedInput:
             summary.sent_requests += len(plan.to_send)
             return
         to_send = plan.to_send
-        if plan.uncertain and not self._input_claimed:
+        if plan.uncertain and self._hold_tried:
             self._tried.append((epoch, [i for i in to_send if i in plan.uncertain]))
             to_send = [order_id for order_id in to_send if order_id not in plan.uncertain]
         await feed.put(to_send, epoch)
